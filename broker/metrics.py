@@ -1,0 +1,119 @@
+"""Prometheus metrics on a registry of their own (no global registry: one per app).
+
+Labels are profile names, kinds, routes, statuses and outcomes: never a token, a bearer hash or
+anything a caller chose freely (unknown paths are counted under the route "other").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _EntryCollector(Collector):
+    """Per-entry gauges, read from the cache's snapshot at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], Iterable[Any]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self):
+        expiry = GaugeMetricFamily(
+            "broker_token_expires_in_seconds",
+            "Seconds until the cached token expires (absent when none is cached)",
+            labels=["profile", "kind"],
+        )
+        failures = GaugeMetricFamily(
+            "broker_refresh_failures_in_row",
+            "Consecutive failed refresh attempts",
+            labels=["profile", "kind"],
+        )
+        waiters = GaugeMetricFamily(
+            "broker_singleflight_waiters",
+            "Callers waiting on an in-flight refresh",
+            labels=["profile", "kind"],
+        )
+        state = GaugeMetricFamily(
+            "broker_entry_state",
+            "1 for the entry's current state",
+            labels=["profile", "kind", "state"],
+        )
+        for s in self._snapshot():
+            labels = [s.profile, s.kind]
+            if s.expires_in is not None:
+                expiry.add_metric(labels, s.expires_in)
+            failures.add_metric(labels, s.failures)
+            waiters.add_metric(labels, s.waiters)
+            state.add_metric([*labels, s.state], 1)
+        yield from (expiry, failures, waiters, state)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "broker_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.cache = Counter(
+            "broker_cache_requests",
+            "Token requests by profile, kind and result (hit|miss)",
+            ["profile", "kind", "result"],
+            registry=r,
+        )
+        self.upstream = Counter(
+            "broker_upstream_requests",
+            "Upstream calls by endpoint and outcome",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "broker_upstream_latency_seconds",
+            "Upstream call latency",
+            ["endpoint"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.refreshes = Counter(
+            "broker_refreshes",
+            "Refresh attempts by profile, kind and outcome",
+            ["profile", "kind", "outcome"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "broker_rejected_requests",
+            "Requests refused by a guard, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.mirror = Counter(
+            "broker_mirror_requests",
+            "Mirror requests by result (hit|miss|rejected|error)",
+            ["result"],
+            registry=r,
+        )
+        self.mirror_entries = Gauge(
+            "broker_mirror_cache_entries", "Tokens held by the mirror cache", registry=r
+        )
+        self._request_children: dict[tuple[str, int], Any] = {}
+
+    def count_request(self, route: str, status: int) -> None:
+        """Hot path: cache the labelled child so a hit costs one dict lookup and one inc."""
+        child = self._request_children.get((route, status))
+        if child is None:
+            child = self._request_children[(route, status)] = self.requests.labels(route, status)
+        child.inc()
+
+    def watch_entries(self, snapshot: Callable[[], Iterable[Any]]) -> None:
+        self.registry.register(_EntryCollector(snapshot))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

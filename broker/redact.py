@@ -1,0 +1,107 @@
+"""Redaction of anything token-like or secret-like: in log events, exception texts, error bodies.
+
+Three nets, each catching what the others may miss:
+1. keys whose name says "secret" (`client_secret`, `authorization`, `access_token`, ...): value
+   replaced whatever it is;
+2. shapes: JWTs (`eyJ...` three dot-separated parts), `Bearer <x>`, `secret=<x>` in form text;
+3. known values: every secret the config loaded and the recent opaque tokens upstream issued,
+   replaced wherever they appear, even inside longer text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+REDACTED = "[redacted]"
+SENSITIVE_KEYS = frozenset(
+    {
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "client_secret",
+        "client_assertion",
+        "assertion",
+        "password",
+        "authorization",
+        "secret",
+        "token",
+        "bearer",
+        "x-broker-key",
+        "access_key",
+        "x-identity-header",
+        "identity_header",
+        "cookie",
+    }
+)
+_SHAPES = re.compile(
+    r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # a JWT (header always "{"...)
+    r"|(?i:bearer)\s+[^\s\"',;<>]+"  # Authorization: Bearer xyz
+    r"|(?i:(?:client_secret|client_assertion|refresh_token|access_token|password|assertion)"
+    r"[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;<>]+"  # form or JSON fragments
+)
+_MIN_KNOWN = 8  # shorter "secrets" would redact ordinary words
+_MAX_KNOWN = 512  # recent opaque tokens remembered; JWTs are caught by shape anyway
+
+
+class Redactor:
+    """Scrubs secrets from text and structures. One per process, fed by config and the cache."""
+
+    def __init__(self, known: Iterable[str] = ()) -> None:
+        self._known: OrderedDict[str, None] = OrderedDict()
+        self._pattern: re.Pattern[str] | None = None
+        for value in known:
+            self.add(value)
+
+    def add(self, value: str | None) -> None:
+        """Remember a secret value so it is redacted wherever it turns up."""
+        if not value or len(value) < _MIN_KNOWN or value in self._known:
+            return
+        self._known[value] = None
+        while len(self._known) > _MAX_KNOWN:
+            self._known.popitem(last=False)
+        self._pattern = None
+
+    def text(self, value: str) -> str:
+        if not value:
+            return value
+        value = _SHAPES.sub(_keep_prefix, value)
+        if self._known:
+            if self._pattern is None:
+                alternatives = sorted(self._known, key=len, reverse=True)
+                self._pattern = re.compile("|".join(map(re.escape, alternatives)))
+            value = self._pattern.sub(REDACTED, value)
+        return value
+
+    def value(self, value: Any, depth: int = 0) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if depth > 6:
+            return value
+        if isinstance(value, dict):
+            return {
+                k: REDACTED
+                if isinstance(k, str) and k.lower() in SENSITIVE_KEYS
+                else self.value(v, depth + 1)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple | set | frozenset):
+            return type(value)(self.value(v, depth + 1) for v in value)
+        if isinstance(value, BaseException):
+            return self.text(f"{type(value).__name__}: {value}")
+        return value
+
+    def __call__(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        """structlog processor: runs after exceptions are rendered, before the renderer."""
+        return self.value(event_dict)
+
+
+def _keep_prefix(match: re.Match[str]) -> str:
+    text = match.group(0)
+    if text.startswith("eyJ"):
+        return REDACTED
+    # Keep "Bearer " or "client_secret=" so the reader still knows what was there.
+    m = re.match(r"(?i)(bearer\s+|[a-z_]+[\"']?\s*[=:]\s*[\"']?)", text)
+    return (m.group(1) if m else "") + REDACTED

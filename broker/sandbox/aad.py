@@ -1,0 +1,139 @@
+"""A fake Azure AD v2.0 token endpoint: `POST /{tenant}/oauth2/v2.0/token`.
+
+Statuses and error bodies follow Azure AD: 400 `invalid_request` / `unauthorized_client` /
+`invalid_scope` / `invalid_grant` / `unsupported_grant_type`, 401 `invalid_client`, each with
+`error`, `error_description` (AADSTS code first), `error_codes`, `timestamp`, `trace_id`,
+`correlation_id`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from . import faults
+from .grants import GrantRefused, authenticate
+from .state import Call, SandboxState
+
+SAFE_FIELDS = ("grant_type", "client_id", "scope", "client_assertion_type")
+
+
+def aad_error(
+    status: int, error: str, code: int, description: str, correlation_id: str
+) -> web.Response:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    trace = str(uuid.uuid4())
+    body = {
+        "error": error,
+        "error_description": f"AADSTS{code}: {description} Trace ID: {trace} "
+        f"Correlation ID: {correlation_id} Timestamp: {now}",
+        "error_codes": [code],
+        "timestamp": now,
+        "trace_id": trace,
+        "correlation_id": correlation_id,
+        "error_uri": f"https://login.microsoftonline.com/error?code={code}",
+    }
+    return web.json_response(body, status=status)
+
+
+def make_handler(state: SandboxState):
+    async def token(request: web.Request) -> web.StreamResponse:
+        correlation_id = request.headers.get("client-request-id") or str(uuid.uuid4())
+        form: dict[str, Any] = {}
+        call = Call("aad", request.path, dict(request.headers), {})
+        state.record(call)
+
+        def fault_error(status: int, _fault: Any) -> web.Response:
+            if status == 429:
+                return aad_error(
+                    429,
+                    "temporarily_unavailable",
+                    50196,
+                    "The server is busy. Retry later.",
+                    correlation_id,
+                )
+            if status >= 500:
+                return aad_error(
+                    status,
+                    "temporarily_unavailable",
+                    90033,
+                    "A transient error has occurred. Please try again.",
+                    correlation_id,
+                )
+            return aad_error(
+                status, "invalid_client", 7000215, "Invalid client secret provided.", correlation_id
+            )
+
+        response = await faults.apply(state, "aad", request, fault_error)
+        if response is None:
+            if request.content_type == "application/x-www-form-urlencoded":
+                form = dict(await request.post())
+            call.form = {k: str(v) for k, v in form.items() if k in SAFE_FIELDS}
+            response = _answer(state, request.match_info["tenant"], form, correlation_id)
+        call.status = response.status
+        response.headers["client-request-id"] = correlation_id
+        return response
+
+    return token
+
+
+def _answer(
+    state: SandboxState, tenant: str, form: dict[str, Any], correlation_id: str
+) -> web.Response:
+    def refuse(status: int, error: str, code: int, text: str) -> web.Response:
+        return aad_error(status, error, code, text, correlation_id)
+
+    for required in ("grant_type", "client_id"):
+        if not form.get(required):
+            return refuse(
+                400,
+                "invalid_request",
+                900144,
+                f"The request body must contain the following parameter: '{required}'.",
+            )
+    if not any(app.tenant_id == tenant for app in state.apps.values()):
+        return refuse(400, "invalid_request", 90002, f"Tenant '{tenant}' not found.")
+    app = state.apps.get(form["client_id"])
+    if app is None or app.tenant_id != tenant:
+        return refuse(
+            400,
+            "unauthorized_client",
+            700016,
+            f"Application with identifier '{form['client_id']}' was not found in "
+            f"the directory '{tenant}'.",
+        )
+    scope = str(form.get("scope", ""))
+    resource = scope.split()[0].removesuffix("/.default") if scope else ""
+    if form["grant_type"] == "client_credentials" and not scope.endswith("/.default"):
+        return refuse(
+            400,
+            "invalid_scope",
+            1002012,
+            f"The provided value for scope {scope} is not valid. Client credential "
+            f"flows must have a scope value with /.default suffixed to the resource "
+            f"identifier (application ID URI).",
+        )
+    try:
+        extra = authenticate(state, app, form)
+    except GrantRefused as e:
+        return refuse(e.status, e.error, e.code, e.description)
+    lifetime = state.lifetimes["aad"]
+    claims = {
+        "aud": resource,
+        "iss": f"https://sts.windows.net/{tenant}/",
+        "tid": tenant,
+        "appid": app.client_id,
+        "oid": str(uuid.uuid5(uuid.NAMESPACE_OID, app.client_id)),
+        "ver": "1.0",
+    }
+    body = {
+        "token_type": "Bearer",
+        "expires_in": int(lifetime),
+        "ext_expires_in": int(lifetime),
+        "access_token": state.mint(claims, lifetime),
+        **extra,
+    }
+    return web.json_response(body, headers={"Cache-Control": "no-store, no-cache"})

@@ -1,0 +1,180 @@
+"""The sandbox's state and knobs: registered apps, token lifetimes, latency, injected faults,
+and a record of every call (so tests can count upstream calls and see the headers sent)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+PARTNER_AUDIENCE = "https://api.partnercenter.microsoft.com"
+ENDPOINTS = ("aad", "partner")
+
+# Fault modes besides a plain status code:
+#   html      200 with an HTML page (a captive portal or a misrouted load balancer)
+#   garbage   200 with a body that is not JSON
+#   expired   200 with a token that expired a minute ago
+#   no_expiry 200 with an opaque token and no expires_in
+#   too_long  200 with a 48 h token
+#   reset     the connection is dropped without an answer
+#   hang      no answer for `delay` seconds (default: a long time)
+MODES = ("status", "html", "garbage", "expired", "no_expiry", "too_long", "reset", "hang")
+
+
+@dataclass
+class AppRegistration:
+    tenant_id: str
+    client_id: str
+    client_secret: str | None = None
+    certificate_pem: bytes | None = None  # public certificate, for client assertions
+    refresh_tokens: set[str] = field(default_factory=set)
+    federated_subject: str | None = None  # accepted `sub` of a federated token
+
+
+@dataclass
+class Fault:
+    mode: str = "status"
+    status: int = 500
+    times: int | None = 1  # None: until cleared
+    retry_after: str | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class Call:
+    endpoint: str
+    path: str
+    headers: dict[str, str]
+    form: dict[str, str]  # grant fields, secrets removed
+    status: int = 0
+    at: float = field(default_factory=time.time)
+
+
+class SandboxState:
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self._wall = wall  # injectable, so tests with a fake clock and the sandbox agree
+        self.signing_key = secrets.token_bytes(32)  # HS256: the broker never verifies it anyway
+        self.apps: dict[str, AppRegistration] = {}
+        self.lifetimes = {"aad": 3599.0, "partner": 3600.0}
+        self.latency = {"aad": 0.0, "partner": 0.0}
+        self.clock_skew = 0.0  # seconds the sandbox's own clock runs ahead of the host
+        self.faults: dict[str, deque[Fault]] = {e: deque() for e in ENDPOINTS}
+        self.counts: Counter[str] = Counter()
+        self.calls: deque[Call] = deque(maxlen=10_000)
+        self.issued = 0
+        self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
+
+    # -- registrations -----------------------------------------------------------------------
+
+    def register(self, tenant_id: str, client_id: str, **kwargs: Any) -> AppRegistration:
+        app = AppRegistration(tenant_id, client_id, **kwargs)
+        self.apps[client_id] = app
+        return app
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def fail(
+        self,
+        endpoint: str,
+        status: int = 500,
+        *,
+        mode: str = "status",
+        times: int | None = 1,
+        retry_after: str | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Queue a fault for the next `times` calls to `endpoint` (None: until `clear`)."""
+        if endpoint not in ENDPOINTS or mode not in MODES:
+            raise ValueError(f"endpoint in {ENDPOINTS}, mode in {MODES}")
+        self.faults[endpoint].append(Fault(mode, status, times, retry_after, delay))
+
+    def clear(self, endpoint: str | None = None) -> None:
+        for name in [endpoint] if endpoint else ENDPOINTS:
+            self.faults[name].clear()
+
+    def next_fault(self, endpoint: str) -> Fault | None:
+        queue = self.faults[endpoint]
+        if not queue:
+            return None
+        fault = queue[0]
+        if fault.times is not None:
+            fault.times -= 1
+            if fault.times <= 0:
+                queue.popleft()
+        return fault
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._wall() + self.clock_skew
+
+    def mint(self, claims: dict[str, Any], lifetime: float) -> str:
+        now = self.now()
+        self.issued += 1
+        body = {
+            "iat": int(now),
+            "nbf": int(now),
+            "exp": int(now + lifetime),
+            "jti": secrets.token_urlsafe(12),
+            **claims,
+        }
+        return jwt.encode(body, self.signing_key, algorithm="HS256")
+
+    def verify(self, token: str, audience: str | None) -> dict[str, Any]:
+        """Check a token this sandbox minted, like Partner Center checks an AAD token: the
+        signature, then exp/nbf on the sandbox's own clock with Azure's 5 minutes of skew."""
+        claims = jwt.decode(
+            token,
+            self.signing_key,
+            algorithms=["HS256"],
+            options={
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": audience is not None,
+            },
+            audience=audience,
+        )
+        now = self.now()
+        if not isinstance(claims.get("exp"), int | float) or claims["exp"] < now - 300:
+            raise jwt.ExpiredSignatureError("expired")
+        if isinstance(claims.get("nbf"), int | float) and claims["nbf"] > now + 300:
+            raise jwt.ImmatureSignatureError("not yet valid")
+        return claims
+
+    # -- call record -------------------------------------------------------------------------
+
+    def record(self, call: Call) -> None:
+        self.counts[call.endpoint] += 1
+        self.calls.append(call)
+        for waiter in [w for w in self._waiters if self.counts[w[0]] >= w[1]]:
+            self._waiters.remove(waiter)
+            if not waiter[2].done():
+                waiter[2].set_result(None)
+
+    async def wait_calls(self, endpoint: str, count: int, timeout: float = 10.0) -> None:
+        """Wait (on a future, not a sleep) until `endpoint` has been called `count` times."""
+        if self.counts[endpoint] >= count:
+            return
+        waiter = (endpoint, count, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[2], timeout)
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self.counts),
+            "faults": {e: len(q) for e, q in self.faults.items()},
+            "lifetimes": self.lifetimes,
+            "latency": self.latency,
+            "issued": self.issued,
+        }

@@ -1,0 +1,51 @@
+"""Where new tokens come from: wires each profile's credential and Partner Center exchange into
+the cache as two entries, `aad` and `partner`. The partner entry gets its Azure AD token through
+the aad entry, so both share its cache and its single flight.
+"""
+
+from __future__ import annotations
+
+from .cache import Policy, TokenCache
+from .config import ProfileSettings
+from .credentials import make_credential
+from .errors import UpstreamRefused
+from .tokens import Token
+from .upstream import RefreshIds, Upstream
+
+KINDS = ("partner", "aad")
+
+
+def policy_for(profile: ProfileSettings) -> Policy:
+    return Policy(
+        refresh_ahead=profile.refresh_ahead,
+        min_refresh_margin=profile.min_refresh_margin,
+        min_remaining=profile.min_remaining,
+        wait_timeout=profile.upstream_timeout,
+        warm=profile.warm,
+    )
+
+
+def add_profile(cache: TokenCache, profile: ProfileSettings, upstream: Upstream) -> None:
+    credential = make_credential(profile)
+    policy = policy_for(profile)
+
+    async def fetch_aad(ids: RefreshIds) -> Token:
+        return await credential.acquire(upstream, ids)
+
+    aad = cache.add(profile.name, "aad", fetch_aad, policy)
+
+    async def fetch_partner(ids: RefreshIds) -> Token:
+        aad_token, _ = await aad.get()
+        try:
+            return await upstream.generate_token(
+                profile.generatetoken_url,
+                aad_token.value,
+                timeout=profile.upstream_timeout,
+                ids=ids,
+            )
+        except UpstreamRefused as e:
+            if e.upstream_status == 401:  # Partner Center no longer takes this AAD token
+                aad.invalidate(aad_token)
+            raise
+
+    cache.add(profile.name, "partner", fetch_partner, policy)

@@ -1,0 +1,93 @@
+"""No token or secret in logs, error bodies, metrics or status: checked by grepping for the
+real values the test used."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from broker.config import parse_settings
+from broker.logs import make_logger
+from broker.redact import REDACTED, Redactor
+
+from .conftest import config_text
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+
+
+def test_redactor_catches_shapes_keys_and_known_values() -> None:
+    """JWTs, bearer headers, form fields, sensitive keys and registered values are all scrubbed."""
+    r = Redactor(["registered-opaque-secret"])
+    assert r.text(f"token was {JWT} ok") == f"token was {REDACTED} ok"
+    assert r.text("Authorization: Bearer abc.def-123") == f"Authorization: Bearer {REDACTED}"
+    assert r.text("client_secret=hunter2hunter2&scope=x") == f"client_secret={REDACTED}&scope=x"
+    assert r.text('{"refresh_token": "0.AAA-opaque"}') == '{"refresh_token": "' + REDACTED + '"}'
+    assert r.text("in the middle registered-opaque-secret here") == (
+        f"in the middle {REDACTED} here"
+    )
+    event = r.value(
+        {"client_secret": "plain", "nested": {"Authorization": "x", "ok": "fine"}, "list": [JWT]}
+    )
+    assert event == {
+        "client_secret": REDACTED,
+        "nested": {"Authorization": REDACTED, "ok": "fine"},
+        "list": [REDACTED],
+    }
+    r.add("short")  # too short to redact safely: ordinary words would vanish
+    assert r.text("short words stay") == "short words stay"
+
+
+def test_exception_text_in_logs_is_redacted() -> None:
+    """A traceback whose message holds a secret is rendered, then scrubbed."""
+    stream = io.StringIO()
+    log = make_logger(stream=stream, redactor=Redactor(["exception-secret-value"]))
+    try:
+        raise RuntimeError(f"failed with exception-secret-value and {JWT}")
+    except RuntimeError:
+        log.exception("boom")
+    out = stream.getvalue()
+    assert "RuntimeError" in out
+    assert "exception-secret-value" not in out and JWT not in out
+
+
+async def test_no_secret_or_token_anywhere_after_success_and_failures(
+    sandbox, secret, start_broker
+):
+    """Through refreshes, refusals and upstream errors, the client secret and every token
+    issued stay out of logs, error bodies, /v1/profiles and /metrics."""
+    wrong_secret = "wrong-secret-value-" + secret[-8:]
+    settings = parse_settings(
+        config_text(
+            sandbox,
+            profiles="[profiles.default]\n[profiles.wrong]\n"
+            "client_secret_env = 'WRONG'\nwarm = false\n",
+        ),
+        env={"TEST_CLIENT_SECRET": secret, "WRONG": wrong_secret},
+    )
+    b = await start_broker(settings)
+    outputs: list[str] = []
+    tokens: set[str] = set()
+    for kind in ("partner", "aad"):
+        body = await (await b.get(f"/v1/token/default?kind={kind}")).json()
+        tokens.add(body["access_token"])
+    refused = await b.get("/v1/token/wrong")
+    assert refused.status == 502
+    error = (await refused.json())["error"]
+    assert error["upstream_status"] == 401 and "AADSTS7000215" in error["message"]
+    outputs.append(await refused.text())
+    sandbox.state.fail("partner", 500)
+    forced = await b.client.post("/v1/token/default/refresh", headers={"Metadata": "true"})
+    assert forced.status == 503
+    outputs.append(await forced.text())
+    outputs.append(await (await b.get("/v1/profiles")).text())
+    outputs.append(await (await b.client.get("/metrics")).text())
+    outputs.append(await (await b.client.get("/readyz")).text())
+    logs = b.logs.getvalue()
+    assert "token_refreshed" in logs and "refresh_failed" in logs
+    outputs.append(logs)
+    everything = "\n".join(outputs)
+    for value in (secret, wrong_secret, *tokens):
+        assert value not in everything
+    assert "eyJ" not in everything
+    for line in logs.splitlines():
+        json.loads(line)  # every log line is one JSON object
