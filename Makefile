@@ -4,6 +4,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	&& echo $$p && break; done)
 VENV := .venv
+SOURCES := $(wildcard broker tests bench)
 BIN := $(VENV)/bin
 
 .PHONY: demo test lint format bench clean
@@ -26,15 +27,15 @@ demo: $(VENV)/.installed
 	$(BIN)/pc-token-broker demo
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check broker tests bench
-	$(BIN)/ruff format --check broker tests bench
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
 test: lint
 	$(BIN)/python -m pytest
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff check --fix broker tests bench
-	$(BIN)/ruff format broker tests bench
+	$(BIN)/ruff check --fix $(SOURCES)
+	$(BIN)/ruff format $(SOURCES)
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[speed]'
