@@ -39,6 +39,7 @@ class Policy:
     min_remaining: float
     wait_timeout: float  # how long a caller waits on a flight: the upstream timeout
     warm: bool
+    poll_interval: float | None = None  # re-fetch at least this often (a file-based source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,13 +173,13 @@ class Entry:
             self.flight = None
 
     def _succeeded(self, token: Token, started: float, ids: RefreshIds) -> None:
+        unchanged = token is self.token  # a file-based source that has not changed
         self.token = token
         self.failures = 0
         self.last_error = None
         self._ids = None
-        self.calls["ok"] += 1
-        self._metrics.refreshes.labels(self.profile, self.kind, "ok").inc()
         p = self.policy
+        now = self._clock.monotonic()
         at = schedule.refresh_at(
             token,
             refresh_ahead=p.refresh_ahead,
@@ -186,14 +187,22 @@ class Entry:
             min_remaining=p.min_remaining,
             rand=self._rand,
         )
-        self._arm(at)
+        if p.poll_interval is not None:
+            at = min(at, now + p.poll_interval)
+        # Never re-arm sooner than this: a source handing back a nearly expired token must not
+        # turn the timer into a busy loop.
+        self._arm(max(at, now + schedule.MIN_REFRESH_INTERVAL))
+        if unchanged:
+            return
+        self.calls["ok"] += 1
+        self._metrics.refreshes.labels(self.profile, self.kind, "ok").inc()
         self._log.info(
             "token_refreshed",
             correlation_id=ids.correlation_id,
             duration_ms=round((self._clock.monotonic() - started) * 1000, 1),
             lifetime_s=round(token.lifetime),
             expires_on=token.expires_on,
-            next_refresh_in_s=round(at - self._clock.monotonic(), 1),
+            next_refresh_in_s=round((self.next_at or now) - now, 1),
         )
 
     def _failed(self, error: UpstreamError, started: float) -> None:

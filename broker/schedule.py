@@ -26,6 +26,10 @@ FAILURE_MEMORY = 2.0
 # Cool down for this long (then double, up to the backoff cap) before trying again.
 REFUSAL_COOLDOWN = 15.0
 
+# The shortest time between two fetches of one entry, whatever the token says: a source that
+# keeps handing back a nearly expired token (a static file nobody renews) must not spin.
+MIN_REFRESH_INTERVAL = 1.0
+
 
 def refresh_margin(lifetime: float, refresh_ahead: float, min_refresh_margin: float) -> float:
     """Seconds before expiry to refresh: max(min margin, fraction of lifetime), at most half."""

@@ -57,7 +57,7 @@ class Broker:
         self._session = session
         self.upstream = Upstream(session, self.clock, metrics=self.metrics, redactor=self.redactor)
         for profile in self.settings.profiles.values():
-            add_profile(self.cache, profile, self.upstream)
+            add_profile(self.cache, profile, self.upstream, self.log)
         self.cache.start()
         self.log.info(
             "broker_started",

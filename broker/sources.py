@@ -5,6 +5,8 @@ the aad entry, so both share its cache and its single flight.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .cache import Policy, TokenCache
 from .config import ProfileSettings
 from .credentials import make_credential
@@ -13,6 +15,8 @@ from .tokens import Token
 from .upstream import RefreshIds, Upstream
 
 KINDS = ("partner", "aad")
+# How often a static token file is checked for a new token placed by another system.
+STATIC_POLL = 10.0
 
 
 def policy_for(profile: ProfileSettings) -> Policy:
@@ -22,11 +26,12 @@ def policy_for(profile: ProfileSettings) -> Policy:
         min_remaining=profile.min_remaining,
         wait_timeout=profile.upstream_timeout,
         warm=profile.warm,
+        poll_interval=STATIC_POLL if profile.credential == "static_token_file" else None,
     )
 
 
-def add_profile(cache: TokenCache, profile: ProfileSettings, upstream: Upstream) -> None:
-    credential = make_credential(profile)
+def add_profile(cache: TokenCache, profile: ProfileSettings, upstream: Upstream, log: Any) -> None:
+    credential = make_credential(profile, log)
     policy = policy_for(profile)
 
     async def fetch_aad(ids: RefreshIds) -> Token:

@@ -75,6 +75,14 @@ class Upstream:
         self._metrics = metrics
         self._redactor = redactor
 
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def redactor(self) -> Redactor:
+        return self._redactor
+
     async def post(
         self,
         endpoint: str,

@@ -194,14 +194,21 @@ def test_example_config_documents_every_key_and_parses(tmp_path: Path) -> None:
 
     text = (ROOT / "config.example.toml").read_text()
     (tmp_path / "client-secret").write_text("example-secret-value")
+    from .test_credentials import make_certificate
+
+    (tmp_path / "app.pem").write_bytes(make_certificate(password=b"example-pw")[0])
+    text = text.replace("/var/lib/pc-token-broker", str(tmp_path))
+    (tmp_path / "delegated.refresh-token").write_text("0.A-example")
     s = parse_settings(
         text,
         env={
             "CREDENTIALS_DIRECTORY": str(tmp_path),
             "BILLING_CLIENT_SECRET": "billing-secret-value",
+            "APP_PEM_PASSWORD": "example-pw",
+            "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "federated"),
         },
     )
-    assert set(s.profiles) == {"default", "billing"}
+    assert set(s.profiles) == {"default", "billing", "cert-app", "delegated", "workload", "placed"}
     for key in PROFILE_KEYS | SERVER_KEYS | MIRROR_KEYS:
         assert key in text, key
 

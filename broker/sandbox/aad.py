@@ -12,6 +12,7 @@ import datetime
 import uuid
 from typing import Any
 
+import jwt
 from aiohttp import web
 
 from . import faults
@@ -72,7 +73,10 @@ def make_handler(state: SandboxState):
             if request.content_type == "application/x-www-form-urlencoded":
                 form = dict(await request.post())
             call.form = {k: str(v) for k, v in form.items() if k in SAFE_FIELDS}
-            response = _answer(state, request.match_info["tenant"], form, correlation_id)
+            if form.get("client_assertion"):  # which assertion was used, not the assertion
+                call.form["assertion_jti"] = _jti(str(form["client_assertion"]))
+            token_url = f"{request.scheme}://{request.host}{request.path}"
+            response = _answer(state, request.match_info["tenant"], form, correlation_id, token_url)
         call.status = response.status
         response.headers["client-request-id"] = correlation_id
         return response
@@ -80,8 +84,15 @@ def make_handler(state: SandboxState):
     return token
 
 
+def _jti(assertion: str) -> str:
+    try:
+        return str(jwt.decode(assertion, options={"verify_signature": False}).get("jti"))
+    except jwt.PyJWTError:
+        return ""
+
+
 def _answer(
-    state: SandboxState, tenant: str, form: dict[str, Any], correlation_id: str
+    state: SandboxState, tenant: str, form: dict[str, Any], correlation_id: str, token_url: str
 ) -> web.Response:
     def refuse(status: int, error: str, code: int, text: str) -> web.Response:
         return aad_error(status, error, code, text, correlation_id)
@@ -117,7 +128,7 @@ def _answer(
             f"identifier (application ID URI).",
         )
     try:
-        extra = authenticate(state, app, form)
+        extra = authenticate(state, app, form, token_url)
     except GrantRefused as e:
         return refuse(e.status, e.error, e.code, e.description)
     lifetime = state.lifetimes["aad"]

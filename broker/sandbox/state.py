@@ -14,6 +14,9 @@ from typing import Any
 import jwt
 
 PARTNER_AUDIENCE = "https://api.partnercenter.microsoft.com"
+# A Kubernetes-like OIDC issuer whose projected service-account tokens the sandbox trusts.
+FEDERATED_ISSUER = "https://oidc.sandbox.invalid/cluster"
+FEDERATED_AUDIENCE = "api://AzureADTokenExchange"
 ENDPOINTS = ("aad", "partner")
 
 # Fault modes besides a plain status code:
@@ -60,6 +63,8 @@ class SandboxState:
     def __init__(self, wall: Callable[[], float] = time.time) -> None:
         self._wall = wall  # injectable, so tests with a fake clock and the sandbox agree
         self.signing_key = secrets.token_bytes(32)  # HS256: the broker never verifies it anyway
+        self.federated_key = secrets.token_bytes(32)  # the "cluster's" service-account key
+        self.revoke_rotated = False  # True: a used refresh token stops working (strict rotation)
         self.apps: dict[str, AppRegistration] = {}
         self.lifetimes = {"aad": 3599.0, "partner": 3600.0}
         self.latency = {"aad": 0.0, "partner": 0.0}
@@ -126,6 +131,33 @@ class SandboxState:
         }
         return jwt.encode(body, self.signing_key, algorithm="HS256")
 
+    def mint_federated(self, subject: str, lifetime: float = 3600) -> str:
+        """A projected service-account token, as the kubelet writes to the token file."""
+        now = self.now()
+        claims = {
+            "iss": FEDERATED_ISSUER,
+            "sub": subject,
+            "aud": [FEDERATED_AUDIENCE],
+            "iat": int(now),
+            "nbf": int(now),
+            "exp": int(now + lifetime),
+            "jti": secrets.token_urlsafe(8),
+        }
+        return jwt.encode(claims, self.federated_key, algorithm="HS256")
+
+    def issue_refresh_token(self, app: AppRegistration) -> str:
+        token = f"0.A{secrets.token_urlsafe(48)}"  # opaque, like Azure AD's
+        app.refresh_tokens.add(token)
+        return token
+
+    def check_times(self, claims: dict[str, Any]) -> None:
+        """exp and nbf on the sandbox's clock, with Azure's 5 minutes of allowed skew."""
+        now = self.now()
+        if not isinstance(claims.get("exp"), int | float) or claims["exp"] < now - 300:
+            raise jwt.ExpiredSignatureError("expired")
+        if isinstance(claims.get("nbf"), int | float) and claims["nbf"] > now + 300:
+            raise jwt.ImmatureSignatureError("not yet valid")
+
     def verify(self, token: str, audience: str | None) -> dict[str, Any]:
         """Check a token this sandbox minted, like Partner Center checks an AAD token: the
         signature, then exp/nbf on the sandbox's own clock with Azure's 5 minutes of skew."""
@@ -141,11 +173,7 @@ class SandboxState:
             },
             audience=audience,
         )
-        now = self.now()
-        if not isinstance(claims.get("exp"), int | float) or claims["exp"] < now - 300:
-            raise jwt.ExpiredSignatureError("expired")
-        if isinstance(claims.get("nbf"), int | float) and claims["nbf"] > now + 300:
-            raise jwt.ImmatureSignatureError("not yet valid")
+        self.check_times(claims)
         return claims
 
     # -- call record -------------------------------------------------------------------------

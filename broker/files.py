@@ -1,0 +1,54 @@
+"""Small file helpers for credentials: bounded reads, atomic replacement keeping the mode."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+
+READ_LIMIT = 64 * 1024  # bytes: tokens and secrets are a few KiB
+
+
+def read_text(path: str) -> str:
+    """The file's text, stripped; ValueError if empty or larger than READ_LIMIT."""
+    with open(path, "rb") as f:
+        data = f.read(READ_LIMIT + 1)
+    if len(data) > READ_LIMIT:
+        raise ValueError(f"larger than {READ_LIMIT} bytes")
+    text = data.decode("utf-8").strip()
+    if not text:
+        raise ValueError("empty")
+    return text
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Replace `path` with `text` so a reader sees the old or the new content, never half.
+
+    The new file gets the old one's mode (and owner, where permitted) before it is renamed over
+    it: a 0600 secret never becomes readable by others, not even for an instant.
+    """
+    old = os.stat(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".pc-token-broker-", dir=directory)
+    try:
+        os.fchmod(fd, stat.S_IMODE(old.st_mode))
+        with contextlib.suppress(PermissionError):
+            os.fchown(fd, old.st_uid, old.st_gid)
+        with os.fdopen(fd, "wb") as f:
+            fd = -1  # the file object owns it now
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,303 @@
+"""Every credential type obtains a token from the sandbox, checked the way Azure AD checks it."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from broker.config import parse_settings
+from broker.errors import ConfigError
+
+from .conftest import CLIENT_ID, TENANT, FakeClock, config_text
+
+HEADERS = {"Metadata": "true"}
+
+
+def make_certificate(password: bytes | None = None) -> tuple[bytes, bytes]:
+    """A self-signed RSA certificate: (PEM with key and certificate, public certificate PEM)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pc-token-broker test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    encryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    return key_pem + cert_pem, cert_pem
+
+
+def settings_for(sandbox, profile: str, env: dict[str, str] | None = None):
+    text = config_text(sandbox, profiles=profile).replace(
+        'client_secret_env = "TEST_CLIENT_SECRET"\n', ""
+    )
+    return parse_settings(text, env=env or {})
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "PS256"])
+async def test_certificate_credential(sandbox, start_broker, tmp_path: Path, algorithm: str):
+    """A client assertion signed with the certificate key (x5t#S256 header) gets a token;
+    the sandbox checked signature, thumbprint, audience and times."""
+    pem, cert = make_certificate()
+    sandbox.state.apps[CLIENT_ID].certificate_pem = cert
+    (tmp_path / "app.pem").write_bytes(pem)
+    settings = settings_for(
+        sandbox,
+        f"""[profiles.default]
+credential = "certificate"
+certificate_file = "{tmp_path}/app.pem"
+signing_algorithm = "{algorithm}"
+""",
+    )
+    b = await start_broker(settings)
+    r = await b.get("/v1/token")
+    assert r.status == 200, await r.text()
+    call = next(c for c in sandbox.state.calls if c.endpoint == "aad")
+    assert call.form["client_assertion_type"].endswith("jwt-bearer") and call.status == 200
+    assert "client_secret" not in call.form
+
+
+async def test_certificate_not_registered_is_refused(sandbox, start_broker, tmp_path: Path):
+    """An assertion signed by another certificate: 502 with Azure AD's 401."""
+    pem, _ = make_certificate()
+    _, other = make_certificate()
+    sandbox.state.apps[CLIENT_ID].certificate_pem = other
+    (tmp_path / "app.pem").write_bytes(pem)
+    settings = settings_for(
+        sandbox,
+        f"""[profiles.default]
+credential = "certificate"
+certificate_file = "{tmp_path}/app.pem"
+warm = false
+""",
+    )
+    b = await start_broker(settings)
+    r = await b.get("/v1/token")
+    error = (await r.json())["error"]
+    assert (
+        r.status == 502 and error["upstream_status"] == 401 and "AADSTS700027" in error["message"]
+    )
+
+
+async def test_encrypted_certificate_key_with_password_file(sandbox, start_broker, tmp_path):
+    """An encrypted key is opened with certificate_password_file."""
+    pem, cert = make_certificate(password=b"pem-password-123")
+    sandbox.state.apps[CLIENT_ID].certificate_pem = cert
+    (tmp_path / "app.pem").write_bytes(pem)
+    (tmp_path / "pw").write_text("pem-password-123\n")
+    settings = settings_for(
+        sandbox,
+        f"""[profiles.default]
+credential = "certificate"
+certificate_file = "{tmp_path}/app.pem"
+certificate_password_file = "{tmp_path}/pw"
+""",
+    )
+    b = await start_broker(settings)
+    assert (await b.get("/v1/token")).status == 200
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"not a pem", "no readable private key"),
+        ("encrypted", "the private key is encrypted: set certificate_password_file"),
+        ("key only", "no certificate in the PEM file"),
+    ],
+)
+def test_bad_certificate_files_are_config_errors(sandbox, tmp_path: Path, content, problem):
+    """check-config catches an unusable PEM: garbage, an encrypted key without password, no cert."""
+    if content == "encrypted":
+        content, _ = make_certificate(password=b"pw-pw-pw-pw")
+    elif content == "key only":
+        pem, _ = make_certificate()
+        content = pem.split(b"-----BEGIN CERTIFICATE-----")[0]
+    (tmp_path / "app.pem").write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        settings_for(
+            sandbox,
+            f"""[profiles.default]
+credential = "certificate"
+certificate_file = "{tmp_path}/app.pem"
+""",
+        )
+    assert problem in str(info.value) and "profiles.default.certificate_file" in str(info.value)
+
+
+async def test_refresh_token_is_rotated_and_written_back(sandbox, start_broker, tmp_path: Path):
+    """The refresh_token grant: the rotated token is on disk after the refresh, the file keeps
+    its mode, and the next refresh (old token now revoked) uses the new one."""
+    sandbox.state.revoke_rotated = True
+    app = sandbox.state.register(TENANT, "22222222-0000-4000-8000-000000000001")  # public client
+    first = sandbox.state.issue_refresh_token(app)
+    path = tmp_path / "refresh-token"
+    path.write_text(first + "\n")
+    os.chmod(path, 0o640)
+    settings = settings_for(
+        sandbox,
+        f"""[profiles.default]
+credential = "refresh_token"
+client_id = "{app.client_id}"
+refresh_token_file = "{path}"
+""",
+    )
+    b = await start_broker(settings)
+    assert (await b.get("/v1/token")).status == 200
+    second = path.read_text().strip()
+    assert second != first and second in app.refresh_tokens and first not in app.refresh_tokens
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    forced = await b.client.post("/v1/token/default/refresh", headers=HEADERS)
+    assert forced.status == 200, await forced.text()
+    third = path.read_text().strip()
+    assert third not in (first, second)
+    assert not list(tmp_path.glob(".pc-token-broker-*"))  # no temporary file left behind
+    logs = b.logs.getvalue()
+    assert first not in logs and second not in logs and third not in logs
+
+
+async def test_refresh_token_of_a_confidential_client_sends_its_secret(
+    sandbox, secret, start_broker, tmp_path
+):
+    """A confidential app redeems its refresh token with its client secret too."""
+    token = sandbox.state.issue_refresh_token(sandbox.state.apps[CLIENT_ID])
+    (tmp_path / "rt").write_text(token)
+    text = config_text(
+        sandbox,
+        profiles=f"""[profiles.default]
+credential = "refresh_token"
+refresh_token_file = "{tmp_path}/rt"
+""",
+    )
+    b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
+    assert (await b.get("/v1/token")).status == 200
+
+
+async def test_federated_token_file_is_reread_on_each_refresh(sandbox, start_broker, tmp_path):
+    """Workload identity: the projected token is the assertion; a rotated file is used on the
+    next refresh."""
+    subject = "system:serviceaccount:partner-tools:broker"
+    sandbox.state.apps[CLIENT_ID].federated_subject = subject
+    path = tmp_path / "azure-identity-token"
+    first = sandbox.state.mint_federated(subject)
+    path.write_text(first)
+    settings = settings_for(
+        sandbox,
+        f"""[profiles.default]
+credential = "federated_token_file"
+federated_token_file = "{path}"
+""",
+    )
+    b = await start_broker(settings)
+    assert (await b.get("/v1/token")).status == 200
+    second = sandbox.state.mint_federated(subject)
+    path.write_text(second)  # the kubelet rotated it
+    assert (await b.client.post("/v1/token/default/refresh", headers=HEADERS)).status == 200
+    used = [c.form["assertion_jti"] for c in sandbox.state.calls if c.endpoint == "aad"]
+    jtis = [jwt.decode(t, options={"verify_signature": False})["jti"] for t in (first, second)]
+    assert used == jtis
+
+
+async def test_federated_token_for_another_subject_is_refused(sandbox, start_broker, tmp_path):
+    """A token for a subject with no federated credential: 502 with Azure AD's 400."""
+    sandbox.state.apps[CLIENT_ID].federated_subject = "system:serviceaccount:a:b"
+    (tmp_path / "t").write_text(sandbox.state.mint_federated("system:serviceaccount:x:y"))
+    settings = settings_for(
+        sandbox,
+        f"""[profiles.default]
+credential = "federated_token_file"
+federated_token_file = "{tmp_path}/t"
+warm = false
+""",
+    )
+    b = await start_broker(settings)
+    r = await b.get("/v1/token")
+    error = (await r.json())["error"]
+    assert r.status == 502 and error["upstream_status"] == 400 and "AADSTS70021" in error["message"]
+
+
+async def test_static_token_file_needs_no_azure_ad(
+    fake_sandbox, start_broker, tmp_path, clock: FakeClock
+):
+    """A token placed by another system is served as the aad token and exchanged at Partner
+    Center, with no Azure AD call; a new file is picked up within the poll interval."""
+    claims = {"aud": "https://api.partnercenter.microsoft.com", "tid": TENANT, "appid": "x"}
+    first = fake_sandbox.state.mint(claims, 3600)
+    path = tmp_path / "aad-token"
+    path.write_text(first)
+    settings = settings_for(
+        fake_sandbox,
+        f"""[profiles.default]
+credential = "static_token_file"
+static_token_file = "{path}"
+""",
+    )
+    b = await start_broker(settings, clock=clock)
+    aad = await (await b.get("/v1/token?kind=aad")).json()
+    assert aad["access_token"] == first
+    assert (await b.get("/v1/token")).status == 200
+    second = fake_sandbox.state.mint(claims, 3600)
+    path.write_text(second)
+    clock.advance(10)  # the poll interval for static files
+    entry = b.broker.cache.entry("default", "aad")
+    if entry.flight:
+        await entry.flight
+    aad = await (await b.get("/v1/token?kind=aad")).json()
+    assert aad["access_token"] == second
+    assert fake_sandbox.state.counts["aad"] == 0
+
+
+async def test_expired_static_token_is_a_clean_503(fake_sandbox, start_broker, tmp_path):
+    """An expired token in the static file is never served: 503 credential_unavailable."""
+    path = tmp_path / "aad-token"
+    path.write_text(fake_sandbox.state.mint({"aud": "x"}, -10))
+    settings = settings_for(
+        fake_sandbox,
+        f"""[profiles.default]
+credential = "static_token_file"
+static_token_file = "{path}"
+warm = false
+""",
+    )
+    b = await start_broker(settings)
+    r = await b.get("/v1/token?kind=aad")
+    error = (await r.json())["error"]
+    assert r.status == 503 and error["code"] == "credential_unavailable"
+    assert "already expired" in error["message"]
+
+
+def test_keys_of_another_credential_are_refused(sandbox, tmp_path: Path) -> None:
+    """A profile setting a key its credential does not use is a config error naming the key."""
+    with pytest.raises(ConfigError) as info:
+        settings_for(
+            sandbox,
+            f"""[profiles.default]
+credential = "federated_token_file"
+federated_token_file = "{tmp_path}/t"
+certificate_file = "/x.pem"
+""",
+        )
+    assert "profiles.default.certificate_file: not used by credential 'federated_token_file'" in (
+        str(info.value)
+    )
