@@ -13,8 +13,10 @@ from aiohttp import web
 from .clock import Clock, SystemClock
 from .config import Settings
 from .errors import UpstreamError
+from .guards import OriginGuard
 from .logs import make_logger
 from .metrics import CONTENT_TYPE, Metrics
+from .mirror_http import MirrorHandler
 from .redact import Redactor
 from .render import JSON, TEXT, Negotiator, Rendered, json_body, render
 from .service import Broker
@@ -23,7 +25,6 @@ from .sources import KINDS
 BROKER = web.AppKey("broker", Broker)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "Via")
 FORCE_REFRESH_INTERVAL = 10.0  # s between forced refreshes of one profile: no upstream storms
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _CONTENT_TYPES = {
@@ -57,20 +58,13 @@ def error_response(
     )
 
 
-def _strip_port(host: str) -> str:
-    if host.startswith("["):
-        return host[: host.find("]") + 1].lower()
-    name, sep, port = host.rpartition(":")
-    return (name if sep and port.isdigit() else host).lower()
-
-
 class Handlers:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self._negotiate = Negotiator()
         self._rendered: dict[tuple[str, str], Rendered] = {}
         self._last_forced: dict[str, float] = {}
-        self._hosts: dict[str, bool] = {}
+        self._guard = OriginGuard(broker.settings.server)
 
     @property
     def settings(self) -> Settings:
@@ -79,37 +73,13 @@ class Handlers:
     # -- guards ----------------------------------------------------------------------------
 
     def guard(self, request: web.Request) -> web.Response | None:
-        """SSRF and DNS-rebinding defences, as Azure IMDS does; None when the request may pass."""
+        """Origin checks and the required header; None when the request may pass."""
         headers = request.headers
-        for name in PROXY_HEADERS:
-            if name in headers:
-                self.broker.metrics.rejected.labels("proxy_header").inc()
-                return error_response(
-                    403, "proxied_request", f"requests through a proxy ({name}) are refused"
-                )
-        if not self._host_allowed(headers.get("Host", "")):
-            self.broker.metrics.rejected.labels("host").inc()
-            return error_response(
-                403, "host_not_allowed", "the Host header is not in server.allowed_hosts"
-            )
-        name, value = self.settings.server.required_header
-        if headers.get(name) != value:
-            self.broker.metrics.rejected.labels("required_header").inc()
-            return error_response(
-                400,
-                "required_header_missing",
-                f"every /v1 request must carry the header '{name}: {value}'",
-            )
-        return None
-
-    def _host_allowed(self, host: str) -> bool:
-        allowed = self._hosts.get(host)
-        if allowed is None:
-            allowed = _strip_port(host) in self.settings.server.allowed_hosts
-            if len(self._hosts) > 256:  # attacker-chosen values: keep the memo bounded
-                self._hosts.clear()
-            self._hosts[host] = allowed
-        return allowed
+        rejection = self._guard.origin(headers) or self._guard.required_header(headers)
+        if rejection is None:
+            return None
+        self.broker.metrics.rejected.labels(rejection.reason).inc()
+        return error_response(rejection.status, rejection.code, rejection.message)
 
     # -- /v1 ---------------------------------------------------------------------------------
 
@@ -284,6 +254,9 @@ def add_routes(app: web.Application, handlers: Handlers, broker: Broker) -> None
     route("/healthz", "healthz", "GET", handlers.healthz)
     route("/readyz", "readyz", "GET", handlers.readyz)
     route("/metrics", "metrics", "GET", handlers.metrics)
+    mirror = MirrorHandler(broker)
+    route("/generatetoken", "mirror", "POST", mirror.handle)
+    route("/v3/generatetoken", "mirror", "POST", mirror.handle)
     r.add_route("*", "/{tail:.*}", _counted("other", handlers.not_found, broker))
 
 

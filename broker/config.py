@@ -71,6 +71,7 @@ class MirrorSettings:
     upstream_base: str = "https://api.partnercenter.microsoft.com"
     max_entries: int = 10000
     min_remaining: float = 30.0
+    upstream_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +238,10 @@ def _mirror(r: Reader, data: dict[str, Any]) -> MirrorSettings:
         out["max_entries"] = int(n) if n else None
     if "min_remaining" in t:
         out["min_remaining"] = r.number(t["min_remaining"], ("mirror", "min_remaining"), 0, 3600)
+    if "upstream_timeout" in t:
+        out["upstream_timeout"] = r.number(
+            t["upstream_timeout"], ("mirror", "upstream_timeout"), 0.1, 300
+        )
     return MirrorSettings(
         **{k: getattr(d, k) if out.get(k) is None else out[k] for k in MIRROR_KEYS}
     )

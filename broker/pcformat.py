@@ -93,6 +93,28 @@ def grant_type(content_type: str | None, body: bytes) -> str:
     return GRANT
 
 
+def parse_token_answer(content_type: str, body: bytes) -> dict[str, object]:
+    """A 200 answer's fields, from JSON or XML; ValueError when it is neither (an HTML page)."""
+    media = media_type(content_type)
+    if media.endswith("json"):
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            raise ValueError("200 but the JSON is not an object")
+        return data
+    if media.endswith("xml") and b"<!DOCTYPE" not in body.upper():
+        try:
+            root = ET.fromstring(body)  # noqa: S314 - no DTDs (refused above), body bounded
+        except ET.ParseError:
+            raise ValueError("200 but the XML is malformed") from None
+        fields = {}
+        for element in root.iter():
+            name = element.tag.rsplit("}", 1)[-1]
+            if name in ("access_token", "token_type", "expires_in", "expires_on"):
+                fields[name] = (element.text or "").strip()
+        return fields
+    raise ValueError(f"200 but not a JSON token ({media or 'no content type'})")
+
+
 def _xml(root: str, fields: dict[str, object]) -> bytes:
     inner = "".join(f"<{k}>{escape(str(v))}</{k}>" for k, v in fields.items())
     return f'<?xml version="1.0" encoding="utf-8"?><{root}>{inner}</{root}>'.encode()

@@ -15,6 +15,7 @@ from . import __version__
 from .cache import EntryStatus, TokenCache
 from .clock import Clock
 from .config import Settings
+from .mirror import MirrorCache
 from .redact import Redactor
 from .sources import add_profile
 from .upstream import Upstream
@@ -38,6 +39,8 @@ class Broker:
         self.redactor = redactor
         self.cache = TokenCache(clock=clock, log=log, metrics=metrics, rand=rand)
         self.upstream: Upstream | None = None
+        self.mirror: MirrorCache | None = None
+        self._rand = rand
         self._session: aiohttp.ClientSession | None = None
         self._owns_session = False
         metrics.watch_entries(self.cache.snapshot)
@@ -58,6 +61,15 @@ class Broker:
         self.upstream = Upstream(session, self.clock, metrics=self.metrics, redactor=self.redactor)
         for profile in self.settings.profiles.values():
             add_profile(self.cache, profile, self.upstream, self.log)
+        if self.settings.mirror.enabled:
+            self.mirror = MirrorCache(
+                self.settings.mirror,
+                self.upstream,
+                clock=self.clock,
+                log=self.log,
+                metrics=self.metrics,
+                rand=self._rand,
+            )
         self.cache.start()
         self.log.info(
             "broker_started",
@@ -67,6 +79,8 @@ class Broker:
 
     async def close(self) -> None:
         await self.cache.close()
+        if self.mirror is not None:
+            await self.mirror.close()
         if self._owns_session and self._session is not None:
             await self._session.close()
 

@@ -25,6 +25,7 @@ from .errors import (
     UpstreamUnreachable,
 )
 from .redact import Redactor
+from .streams import read_limited
 from .tokens import Token, TokenRejected, token_from_response
 
 MAX_BODY = 1 << 20  # bytes read from any upstream answer; a token answer is ~3 KiB
@@ -104,7 +105,7 @@ class Upstream:
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
-                body = await resp.content.read(MAX_BODY + 1)
+                body = await read_limited(resp.content, MAX_BODY)
                 if len(body) > MAX_BODY:
                     outcome = "bad_token"
                     raise TokenFormatError(
@@ -131,7 +132,7 @@ class Upstream:
             if outcome != "ok":
                 self._metrics.upstream.labels(endpoint, outcome).inc()
 
-    def _count(self, endpoint: str, outcome: str) -> None:
+    def count(self, endpoint: str, outcome: str) -> None:
         self._metrics.upstream.labels(endpoint, outcome).inc()
 
     def _token(
@@ -144,7 +145,7 @@ class Upstream:
                 body, now_mono=self._clock.monotonic(), now_wall=self._clock.time()
             )
         except (ValueError, UnicodeDecodeError) as e:
-            self._count(endpoint, "bad_token")
+            self.count(endpoint, "bad_token")
             reason = (
                 str(e)
                 if isinstance(e, TokenRejected)
@@ -154,7 +155,7 @@ class Upstream:
                 reason, endpoint=endpoint, upstream_status=200, correlation_id=correlation_id
             ) from None
         self._redactor.add(token.value)  # opaque tokens too, not only JWT-shaped ones
-        self._count(endpoint, "ok")
+        self.count(endpoint, "ok")
         return token, body
 
     def error(self, endpoint: str, answer: Answer, correlation_id: str | None) -> UpstreamError:
@@ -165,9 +166,9 @@ class Upstream:
         retry_after = retry_after_seconds(answer.headers.get("Retry-After"), self._clock.time())
         kwargs = dict(endpoint=endpoint, upstream_status=status, correlation_id=correlation_id)
         if status >= 500 or status in _RETRYABLE_4XX:
-            self._count(endpoint, "failing")
+            self.count(endpoint, "failing")
             return UpstreamFailing(message, retry_after=retry_after, **kwargs)
-        self._count(endpoint, "refused")
+        self.count(endpoint, "refused")
         return UpstreamRefused(message, retry_after=retry_after, **kwargs)
 
     def _describe(self, answer: Answer) -> str:

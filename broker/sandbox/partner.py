@@ -16,6 +16,7 @@ import jwt
 from aiohttp import web
 
 from .. import pcformat
+from ..streams import read_limited
 from . import faults
 from .state import PARTNER_AUDIENCE, Call, SandboxState
 
@@ -77,7 +78,7 @@ async def _answer(
             description="Accept must allow application/json, text/json, "
             "application/xml or text/xml.",
         )
-    body = await request.content.read(pcformat.MAX_BODY + 1)
+    body = await read_limited(request.content, pcformat.MAX_BODY)
     try:
         pcformat.grant_type(request.headers.get("Content-Type"), body)
     except pcformat.BadRequest as e:
