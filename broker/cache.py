@@ -80,6 +80,7 @@ class Entry:
         self._metrics = metrics
         self._rand = rand
         self.token: Token | None = None
+        self.token_correlation_id: str | None = None  # of the refresh that produced `token`
         self.flight: asyncio.Task[Token] | None = None  # the one refresh in progress
         self._ids: RefreshIds | None = None  # kept across the retries of one refresh
         self.last_error: UpstreamError | None = None
@@ -194,6 +195,7 @@ class Entry:
         self._arm(max(at, now + schedule.MIN_REFRESH_INTERVAL))
         if unchanged:
             return
+        self.token_correlation_id = ids.correlation_id
         self.calls["ok"] += 1
         self._metrics.refreshes.labels(self.profile, self.kind, "ok").inc()
         self._log.info(

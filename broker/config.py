@@ -35,6 +35,14 @@ class ServerSettings:
     allowed_hosts: frozenset[str] = frozenset({"localhost", "127.0.0.1", "[::1]"})
     log_format: str = "json"
     log_level: str = "info"
+    allow_remote: bool = False  # binding a non-loopback address must be asked for
+    socket_mode: int = 0o660  # unix sockets: never world-accessible whatever is asked
+    socket_group: int | None = None  # unix sockets: group (gid, from a name or number)
+    max_connections: int = 256
+    read_timeout: float = 10.0  # s to receive a request's head (and a mirror body)
+    max_header_bytes: int = 8192  # request line and headers together
+    audit: bool = True  # one line per token handed out
+    refresh_min_interval: float = 10.0  # s between forced refreshes of one profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,9 @@ class ProfileSettings:
     refresh_token_file: str | None = None  # read at each refresh, rotated token written back
     federated_token_file: str | None = None  # re-read at each refresh (it rotates)
     static_token_file: str | None = None  # an AAD token placed by another system
+    allowed_uids: tuple[int, ...] = ()  # unix-socket callers allowed (empty: any)
+    allowed_gids: tuple[int, ...] = ()
+    access_key: Secret | None = None  # callers must send it as X-Broker-Key
 
     @property
     def token_url(self) -> str:
@@ -95,7 +106,10 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "warm": True,
     "credential": "client_secret",
 }
-PROFILE_KEYS = frozenset({"tenant_id", "client_id", *PROFILE_DEFAULTS}).union(
+ACCESS_KEYS = frozenset(
+    {"allowed_uids", "allowed_gids", "access_key", "access_key_file", "access_key_env"}
+)
+PROFILE_KEYS = frozenset({"tenant_id", "client_id", *PROFILE_DEFAULTS, *ACCESS_KEYS}).union(
     *CREDENTIAL_KEYS.values()
 )
 SERVER_KEYS = frozenset(ServerSettings.__dataclass_fields__)
@@ -107,40 +121,63 @@ def _server(r: Reader, data: dict[str, Any]) -> ServerSettings:
     t = r.table(data.get("server"), ("server",), SERVER_KEYS)
     d = ServerSettings()
     out: dict[str, Any] = {}
+
+    def at(key: str) -> tuple[str, ...]:
+        return ("server", key)
+
     if "listen" in t:
-        items = r.strings(t["listen"], ("server", "listen"))
         parsed = []
-        for i, item in enumerate(items or ()):
+        for i, item in enumerate(r.strings(t["listen"], at("listen")) or ()):
             try:
                 parsed.append(parse_listen(item))
             except ValueError as e:
-                r.problem(("server", "listen"), f"entry {i + 1} ({item!r}): {e}")
-        out["listen"] = tuple(parsed) or d.listen
+                r.problem(at("listen"), f"entry {i + 1} ({item!r}): {e}")
+        out["listen"] = tuple(parsed) or None
     if "required_header" in t:
-        text = r.string(t["required_header"], ("server", "required_header")) or ""
+        text = r.string(t["required_header"], at("required_header")) or ""
         name, sep, value = text.partition(":")
         if text and (not sep or not _HEADER_NAME.fullmatch(name.strip()) or not value.strip()):
-            r.problem(("server", "required_header"), f"must look like 'Name: value', not {text!r}")
+            r.problem(at("required_header"), f"must look like 'Name: value', not {text!r}")
         elif text:
             out["required_header"] = (name.strip(), value.strip())
     if "allowed_hosts" in t:
-        hosts = r.strings(t["allowed_hosts"], ("server", "allowed_hosts"))
-        out["allowed_hosts"] = frozenset(h.lower() for h in hosts or ()) or d.allowed_hosts
-    if "log_format" in t:
-        out["log_format"] = (
-            r.string(t["log_format"], ("server", "log_format"), choices=("json", "console"))
-            or d.log_format
-        )
-    if "log_level" in t:
-        out["log_level"] = (
-            r.string(
-                t["log_level"],
-                ("server", "log_level"),
-                choices=("debug", "info", "warning", "error"),
+        hosts = r.strings(t["allowed_hosts"], at("allowed_hosts"))
+        out["allowed_hosts"] = frozenset(h.lower() for h in hosts) if hosts else None
+    choices = {
+        "log_format": ("json", "console"),
+        "log_level": ("debug", "info", "warning", "error"),
+    }
+    for key, allowed in choices.items():
+        if key in t:
+            out[key] = r.string(t[key], at(key), choices=allowed)
+    for key in ("allow_remote", "audit"):
+        if key in t:
+            out[key] = r.boolean(t[key], at(key))
+    for key, low, high in (("max_connections", 1, 1_000_000), ("max_header_bytes", 1024, 1 << 20)):
+        if key in t:
+            out[key] = r.whole(t[key], at(key), low, high)
+    for key, low, high in (("read_timeout", 0.1, 600), ("refresh_min_interval", 0, 3600)):
+        if key in t:
+            out[key] = r.number(t[key], at(key), low, high)
+    if "socket_mode" in t:
+        out["socket_mode"] = r.mode(t["socket_mode"], at("socket_mode"))
+    if "socket_group" in t:
+        ids = r.ids([t["socket_group"]], at("socket_group"), "group")
+        out["socket_group"] = ids[0] if ids else None
+    server = ServerSettings(
+        **{k: getattr(d, k) if out.get(k) is None else out[k] for k in SERVER_KEYS}
+    )
+    for listen in server.listen:
+        if not listen.is_loopback and not server.allow_remote:
+            r.problem(
+                at("listen"),
+                f"{listen} is not a loopback address: anything that can reach "
+                "it could act as the partner; set server.allow_remote = true "
+                "to allow it",
             )
-            or d.log_level
-        )
-    return ServerSettings(**{**{k: getattr(d, k) for k in SERVER_KEYS}, **out})
+        elif not listen.is_loopback:
+            r.warnings.append(f"server.listen: {listen} is reachable from other hosts")
+    return server
 
 
 def _profile(
@@ -176,6 +213,10 @@ def _profile(
     v["warm"] = r.boolean(merged["warm"], at("warm"))
     if credential is not None:
         v.update(credential_fields(r, credential, merged, own, path, at))
+    for key, lookup in (("allowed_uids", "user"), ("allowed_gids", "group")):
+        if key in merged:
+            v[key] = tuple(r.ids(merged[key], at(key), lookup))
+    v["access_key"], _ = r.secret(merged, path, "access_key", required=False)
     if len(r.problems) > before:
         return None
     return ProfileSettings(name=name, credential=credential or "", **v)
@@ -232,10 +273,7 @@ def _mirror(r: Reader, data: dict[str, Any]) -> MirrorSettings:
     if "upstream_base" in t:
         out["upstream_base"] = r.url(t["upstream_base"], ("mirror", "upstream_base"))
     if "max_entries" in t:
-        n = r.number(t["max_entries"], ("mirror", "max_entries"), 1, 10_000_000)
-        if n is not None and n != int(n):
-            r.problem(("mirror", "max_entries"), "must be a whole number")
-        out["max_entries"] = int(n) if n else None
+        out["max_entries"] = r.whole(t["max_entries"], ("mirror", "max_entries"), 1, 10_000_000)
     if "min_remaining" in t:
         out["min_remaining"] = r.number(t["min_remaining"], ("mirror", "min_remaining"), 0, 3600)
     if "upstream_timeout" in t:

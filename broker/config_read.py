@@ -69,6 +69,47 @@ class Reader:
             return None
         return value
 
+    def whole(self, value: Any, path: tuple[str, ...], low: int, high: int) -> int | None:
+        number = self.number(value, path, low, high)
+        if number is not None and number != int(number):
+            self.problem(path, "must be a whole number")
+            return None
+        return None if number is None else int(number)
+
+    def mode(self, value: Any, path: tuple[str, ...]) -> int | None:
+        """A file mode written as an octal string ("0660"); never world-accessible."""
+        if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+            self.problem(path, 'must be an octal mode string such as "0660"')
+            return None
+        mode = int(value, 8)
+        if mode & 0o007:
+            self.problem(path, f"{value} would let any local user in; others get no access")
+            return None
+        return mode
+
+    def ids(self, value: Any, path: tuple[str, ...], kind: str) -> list[int]:
+        """User or group ids from numbers or names (names resolved now, at load)."""
+        import grp
+        import pwd
+
+        if not isinstance(value, list) or not all(
+            isinstance(v, int | str) and not isinstance(v, bool) for v in value
+        ):
+            self.problem(path, f"must be a list of {kind} ids or names")
+            return []
+        ids = []
+        for item in value:
+            if isinstance(item, int):
+                ids.append(item)
+                continue
+            try:
+                ids.append(
+                    pwd.getpwnam(item).pw_uid if kind == "user" else grp.getgrnam(item).gr_gid
+                )
+            except KeyError:
+                self.problem(path, f"no {kind} named {item!r} on this host")
+        return ids
+
     def boolean(self, value: Any, path: tuple[str, ...]) -> bool | None:
         if not isinstance(value, bool):
             self.problem(path, "must be true or false")

@@ -43,7 +43,9 @@ def _replace_stale_socket(path: str) -> None:
     raise ListenError(f"unix:{path}: another process is listening on it")
 
 
-def bind(listen: Listen, *, socket_mode: int = 0o660) -> socket.socket:
+def bind(
+    listen: Listen, *, socket_mode: int = 0o660, socket_group: int | None = None
+) -> socket.socket:
     """A bound, listening-ready socket for one entry."""
     if listen.kind == "unix":
         _replace_stale_socket(listen.path)
@@ -57,7 +59,13 @@ def bind(listen: Listen, *, socket_mode: int = 0o660) -> socket.socket:
             raise ListenError(f"{listen}: {e.strerror}") from None
         finally:
             os.umask(old)
-        os.chmod(listen.path, socket_mode & ~0o007)  # never world-accessible
+        try:
+            if socket_group is not None:
+                os.chown(listen.path, -1, socket_group)
+            os.chmod(listen.path, socket_mode & ~0o007)  # never world-accessible
+        except OSError as e:
+            sock.close()
+            raise ListenError(f"{listen}: cannot set group or mode: {e.strerror}") from None
         return sock
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

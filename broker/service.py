@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 
 from . import __version__
+from .audit import Audit
 from .cache import EntryStatus, TokenCache
 from .clock import Clock
 from .config import Settings
@@ -30,6 +31,7 @@ class Broker:
         log: Any,
         metrics: Any,
         redactor: Redactor,
+        audit: Audit | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
@@ -37,6 +39,7 @@ class Broker:
         self.log = log
         self.metrics = metrics
         self.redactor = redactor
+        self.audit = audit or Audit(enabled=False)
         self.cache = TokenCache(clock=clock, log=log, metrics=metrics, rand=rand)
         self.upstream: Upstream | None = None
         self.mirror: MirrorCache | None = None
@@ -45,8 +48,9 @@ class Broker:
         self._owns_session = False
         metrics.watch_entries(self.cache.snapshot)
         for profile in settings.profiles.values():
-            if profile.client_secret is not None:
-                redactor.add(profile.client_secret.reveal())
+            for secret in (profile.client_secret, profile.access_key, profile.certificate_password):
+                if secret is not None:
+                    redactor.add(secret.reveal())
 
     async def start(self, session: aiohttp.ClientSession | None = None) -> None:
         """Open the upstream session (unless given), build the entries, fetch warm profiles."""
@@ -78,6 +82,7 @@ class Broker:
         )
 
     async def close(self) -> None:
+        self.audit.flush()
         await self.cache.close()
         if self.mirror is not None:
             await self.mirror.close()

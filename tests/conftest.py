@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import io
 import itertools
@@ -71,28 +72,73 @@ class FakeClock:
         return min(live) if live else None
 
 
+class Witness:
+    """Sees every secret a test used and everything its brokers wrote (log lines, audit lines,
+    every response body except the token deliveries themselves), and fails the test if one of
+    the former appears in the latter."""
+
+    def __init__(self) -> None:
+        self.secrets: set[str] = set()
+        self.states: list[SandboxState] = []
+        self.outputs: list[Callable[[], str]] = []
+
+    def watch(self, state: SandboxState) -> SandboxState:
+        state.issued_values = set()
+        self.states.append(state)
+        return state
+
+    def check(self) -> None:
+        values = set(self.secrets)
+        for state in self.states:
+            values |= state.issued_values or set()
+            values |= {a.client_secret for a in state.apps.values() if a.client_secret}
+        text = "\n".join(output() for output in self.outputs)
+        leaked = sorted(v[:12] + "..." for v in values if v and v in text)
+        assert not leaked, f"secrets or tokens leaked into logs or bodies: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+def witness():
+    w = Witness()
+    yield w
+    w.check()
+
+
+# Successful answers of these routes carry tokens by design; every other body is witnessed.
+_TOKEN_ROUTES = ("/v1/token", "/generatetoken", "/v3/generatetoken", "/msi/token")
+
+
+def _delivers_token(request, response) -> bool:
+    path = request.path
+    return (
+        response.status == 200 and path.startswith(_TOKEN_ROUTES) and not path.endswith("/refresh")
+    )
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
 
 @pytest.fixture
-def secret() -> str:
-    return f"s3cr3t-{secrets.token_urlsafe(24)}"
+def secret(witness: Witness) -> str:
+    value = f"s3cr3t-{secrets.token_urlsafe(24)}"
+    witness.secrets.add(value)
+    return value
 
 
 @pytest.fixture
-async def sandbox(secret: str):
+async def sandbox(secret: str, witness: Witness):
     """The sandbox on loopback with one app registered, on the real clock."""
-    async with Sandbox() as sb:
+    async with Sandbox(witness.watch(SandboxState())) as sb:
         sb.state.register(TENANT, CLIENT_ID, client_secret=secret)
         yield sb
 
 
 @pytest.fixture
-async def fake_sandbox(secret: str, clock: FakeClock):
+async def fake_sandbox(secret: str, clock: FakeClock, witness: Witness):
     """The sandbox on loopback sharing the test's fake wall clock."""
-    async with Sandbox(SandboxState(wall=clock.time)) as sb:
+    async with Sandbox(witness.watch(SandboxState(wall=clock.time))) as sb:
         sb.state.register(TENANT, CLIENT_ID, client_secret=secret)
         yield sb
 
@@ -141,7 +187,7 @@ class BrokerUnderTest:
 
 
 @pytest.fixture
-async def start_broker():
+async def start_broker(witness: Witness):
     """Factory: a broker app on a loopback test server, logs captured (debug level)."""
     clients: list[TestClient] = []
 
@@ -152,8 +198,22 @@ async def start_broker():
         redactor = redactor or Redactor()
         log = make_logger(fmt="json", level="debug", stream=logs, redactor=redactor)
         app = create_app(
-            settings, clock=clock, log=log, redactor=redactor, rand=rand or (lambda: 0.5)
+            settings,
+            clock=clock,
+            log=log,
+            redactor=redactor,
+            rand=rand or (lambda: 0.5),
+            audit_stream=logs,
         )
+        bodies: list[bytes] = []
+
+        async def witness_body(request, response) -> None:
+            if not _delivers_token(request, response) and isinstance(response.body, bytes):
+                bodies.append(response.body)
+
+        app.on_response_prepare.append(witness_body)
+        witness.outputs.append(logs.getvalue)
+        witness.outputs.append(lambda: b"\n".join(bodies).decode("utf-8", "replace"))
         client = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)
@@ -162,3 +222,44 @@ async def start_broker():
     yield start
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+async def run_server(witness: Witness):
+    """Factory: the real daemon (server.serve, in this loop) with settings from TOML text.
+    Returns its listening addresses and the captured log text."""
+    from broker.server import serve
+
+    stops: list[tuple[asyncio.Event, asyncio.Task]] = []
+
+    async def run(settings: Settings) -> tuple[list[str], io.StringIO]:
+        logs = io.StringIO()
+        redactor = Redactor()
+        stop = asyncio.Event()
+        ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            serve(
+                settings,
+                stop=stop,
+                on_ready=ready.set_result,
+                redactor=redactor,
+                log=make_logger(stream=logs, redactor=redactor),
+                audit_stream=logs,
+            )
+        )
+        done, _ = await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
+        if ready not in done:
+            raise RuntimeError(f"serve exited with {task.result()}: {logs.getvalue()}")
+        stops.append((stop, task))
+        witness.outputs.append(logs.getvalue)
+        return ready.result(), logs
+
+    async def stop_all() -> None:
+        while stops:
+            stop, task = stops.pop()
+            stop.set()
+            assert await task == 0
+
+    run.stop_all = stop_all  # type: ignore[attr-defined]
+    yield run
+    await stop_all()

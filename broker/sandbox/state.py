@@ -73,6 +73,7 @@ class SandboxState:
         self.counts: Counter[str] = Counter()
         self.calls: deque[Call] = deque(maxlen=10_000)
         self.issued = 0
+        self.issued_values: set[str] | None = None  # tests set a set() to collect every token
         self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
 
     # -- registrations -----------------------------------------------------------------------
@@ -122,6 +123,7 @@ class SandboxState:
     def mint(self, claims: dict[str, Any], lifetime: float) -> str:
         now = self.now()
         self.issued += 1
+        claims = {**claims}
         body = {
             "iat": int(now),
             "nbf": int(now),
@@ -129,7 +131,7 @@ class SandboxState:
             "jti": secrets.token_urlsafe(12),
             **claims,
         }
-        return jwt.encode(body, self.signing_key, algorithm="HS256")
+        return self._issued(jwt.encode(body, self.signing_key, algorithm="HS256"))
 
     def mint_federated(self, subject: str, lifetime: float = 3600) -> str:
         """A projected service-account token, as the kubelet writes to the token file."""
@@ -143,12 +145,17 @@ class SandboxState:
             "exp": int(now + lifetime),
             "jti": secrets.token_urlsafe(8),
         }
-        return jwt.encode(claims, self.federated_key, algorithm="HS256")
+        return self._issued(jwt.encode(claims, self.federated_key, algorithm="HS256"))
 
     def issue_refresh_token(self, app: AppRegistration) -> str:
         token = f"0.A{secrets.token_urlsafe(48)}"  # opaque, like Azure AD's
         app.refresh_tokens.add(token)
-        return token
+        return self._issued(token)
+
+    def _issued(self, value: str) -> str:
+        if self.issued_values is not None:
+            self.issued_values.add(value)
+        return value
 
     def check_times(self, claims: dict[str, Any]) -> None:
         """exp and nbf on the sandbox's clock, with Azure's 5 minutes of allowed skew."""

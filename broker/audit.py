@@ -1,0 +1,72 @@
+"""One audit line per token handed out: when, which profile and kind, to whom, hit or miss, and
+the correlation id of the refresh that produced it. Never the token.
+
+Kept cheap for the hot path: a prebuilt JSON line (every field is safe by construction:
+validated profile names, fixed kinds, numbers, and a correlation id made by the broker), and
+writes batched and flushed every 200 ms instead of one system call per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import TextIO
+
+FLUSH_AFTER = 0.2  # s: an audit line reaches the log within this long
+FLUSH_SIZE = 32 * 1024  # bytes: or as soon as this much is waiting
+
+
+class Audit:
+    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._stream = stream or sys.stderr
+        self._pending: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._stamp = ""
+
+    def _timestamp(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:  # format the date once a second, not once a request
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+
+    def served(
+        self,
+        route: str,
+        profile: str,
+        kind: str,
+        caller: str,
+        hit: bool,
+        correlation_id: str | None,
+    ) -> None:
+        if not self.enabled:
+            return
+        line = (
+            f'{{"event": "token_served", "timestamp": "{self._timestamp(time.time())}", '
+            f'"route": "{route}", "profile": "{profile}", "kind": "{kind}", '
+            f'"caller": "{caller}", "cache": "{"hit" if hit else "miss"}", '
+            f'"correlation_id": "{correlation_id or ""}"}}\n'
+        )
+        self._pending.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_SIZE:
+            self.flush()
+        elif self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self.flush)
+            except RuntimeError:  # no loop (a synchronous caller): write now
+                self.flush()
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending:
+            self._stream.write("".join(self._pending))
+            self._stream.flush()
+            self._pending.clear()
+            self._size = 0
