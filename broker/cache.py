@@ -254,6 +254,13 @@ class Entry:
         if self.policy.warm and self.flight is None and self.token is None:
             self._launch()
 
+    def retire(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.next_at = None
+
     async def close(self) -> None:
         self._closed = True
         if self._timer is not None:
@@ -318,8 +325,9 @@ class TokenCache:
         self._rand = rand
         self.entries: dict[tuple[str, str], Entry] = {}
 
-    def add(self, profile: str, kind: str, fetch: Fetch, policy: Policy) -> Entry:
-        entry = Entry(
+    def make_entry(self, profile: str, kind: str, fetch: Fetch, policy: Policy) -> Entry:
+        """A new entry sharing this cache's clock, log and metrics; not yet installed."""
+        return Entry(
             profile,
             kind,
             fetch,
@@ -329,19 +337,29 @@ class TokenCache:
             metrics=self._metrics,
             rand=self._rand,
         )
-        self.entries[(profile, kind)] = entry
+
+    def install(self, entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            self.entries[(entry.profile, entry.kind)] = entry
+
+    def add(self, profile: str, kind: str, fetch: Fetch, policy: Policy) -> Entry:
+        entry = self.make_entry(profile, kind, fetch, policy)
+        self.install([entry])
         return entry
 
     def entry(self, profile: str, kind: str) -> Entry | None:
         return self.entries.get((profile, kind))
 
-    def start(self) -> None:
-        for entry in self.entries.values():
-            entry.start()
+    def start(self, profile: str | None = None) -> None:
+        for (name, _), entry in self.entries.items():
+            if profile is None or name == profile:
+                entry.start()
 
-    async def remove(self, profile: str) -> None:
+    def retire(self, profile: str) -> None:
+        """Drop a profile's entries now. Their timers stop; a refresh already in flight is left
+        to finish for the callers awaiting it (nobody else can reach the entry any more)."""
         for key in [k for k in self.entries if k[0] == profile]:
-            await self.entries.pop(key).close()
+            self.entries.pop(key).retire()
 
     async def close(self) -> None:
         await asyncio.gather(*(e.close() for e in self.entries.values()))

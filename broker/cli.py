@@ -41,7 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("partner", "aad"), default="partner")
     _target_args(p)
     _target_args(sub.add_parser("status", help="a table of every profile's state"))
-    _target_args(sub.add_parser("healthcheck", help="exit 0 when the daemon is ready"))
+    p = sub.add_parser("healthcheck", help="exit 0 when the daemon is ready (/readyz)")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="only check that it is alive (/healthz), for liveness probes",
+    )
+    _target_args(p)
     sub.add_parser("demo", help="sandbox + broker + many clients; prints what happened")
     p = sub.add_parser("sandbox", help="run only the fake Azure AD and Partner Center")
     p.add_argument("--port", type=int, default=8780)
@@ -72,12 +78,12 @@ def _load(path_arg: str | None):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings, _ = _load(args.config)
+    settings, path = _load(args.config)
     if settings is None:
         return 2
     from .server import serve
 
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, config_path=path))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -133,7 +139,8 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     from .client import DaemonUnreachable, request
 
     try:
-        status, _ = request(_target(args), "GET", "/readyz", timeout=5)
+        path = "/healthz" if args.live else "/readyz"
+        status, _ = request(_target(args), "GET", path, timeout=5)
     except DaemonUnreachable as e:
         print(f"pc-token-broker: {e}", file=sys.stderr)
         return 3

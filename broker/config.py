@@ -43,6 +43,7 @@ class ServerSettings:
     max_header_bytes: int = 8192  # request line and headers together
     audit: bool = True  # one line per token handed out
     refresh_min_interval: float = 10.0  # s between forced refreshes of one profile
+    shutdown_timeout: float = 10.0  # s in-flight requests get to finish after SIGTERM
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +157,11 @@ def _server(r: Reader, data: dict[str, Any]) -> ServerSettings:
     for key, low, high in (("max_connections", 1, 1_000_000), ("max_header_bytes", 1024, 1 << 20)):
         if key in t:
             out[key] = r.whole(t[key], at(key), low, high)
-    for key, low, high in (("read_timeout", 0.1, 600), ("refresh_min_interval", 0, 3600)):
+    for key, low, high in (
+        ("read_timeout", 0.1, 600),
+        ("refresh_min_interval", 0, 3600),
+        ("shutdown_timeout", 0, 600),
+    ):
         if key in t:
             out[key] = r.number(t[key], at(key), low, high)
     if "socket_mode" in t:

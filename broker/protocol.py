@@ -214,7 +214,7 @@ class _GuardedFactory:
 class GuardedAppRunner(web.AppRunner):
     def __init__(self, app: web.Application, *, limits: Limits, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        self._limits = limits
+        self.limits = limits
 
     async def _make_server(self) -> Any:
-        return _GuardedFactory(await super()._make_server(), self._limits)
+        return _GuardedFactory(await super()._make_server(), self.limits)

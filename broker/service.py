@@ -5,6 +5,7 @@ The HTTP layer (`app.py`) reads from here; nothing here knows about HTTP request
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -16,9 +17,10 @@ from .audit import Audit
 from .cache import EntryStatus, TokenCache
 from .clock import Clock
 from .config import Settings
+from .guards import OriginGuard
 from .mirror import MirrorCache
 from .redact import Redactor
-from .sources import add_profile
+from .sources import add_profile, profile_entries
 from .upstream import Upstream
 
 
@@ -35,6 +37,7 @@ class Broker:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
+        self.guard = OriginGuard(settings.server)
         self.clock = clock
         self.log = log
         self.metrics = metrics
@@ -46,11 +49,27 @@ class Broker:
         self._rand = rand
         self._session: aiohttp.ClientSession | None = None
         self._owns_session = False
+        self._background: set[asyncio.Task] = set()
         metrics.watch_entries(self.cache.snapshot)
+        self._remember_secrets(settings)
+
+    def _remember_secrets(self, settings: Settings) -> None:
         for profile in settings.profiles.values():
             for secret in (profile.client_secret, profile.access_key, profile.certificate_password):
                 if secret is not None:
-                    redactor.add(secret.reveal())
+                    self.redactor.add(secret.reveal())
+
+    def _mirror_for(self, settings: Settings) -> MirrorCache | None:
+        if not settings.mirror.enabled or self.upstream is None:
+            return None
+        return MirrorCache(
+            settings.mirror,
+            self.upstream,
+            clock=self.clock,
+            log=self.log,
+            metrics=self.metrics,
+            rand=self._rand,
+        )
 
     async def start(self, session: aiohttp.ClientSession | None = None) -> None:
         """Open the upstream session (unless given), build the entries, fetch warm profiles."""
@@ -65,21 +84,67 @@ class Broker:
         self.upstream = Upstream(session, self.clock, metrics=self.metrics, redactor=self.redactor)
         for profile in self.settings.profiles.values():
             add_profile(self.cache, profile, self.upstream, self.log)
-        if self.settings.mirror.enabled:
-            self.mirror = MirrorCache(
-                self.settings.mirror,
-                self.upstream,
-                clock=self.clock,
-                log=self.log,
-                metrics=self.metrics,
-                rand=self._rand,
-            )
+        self.mirror = self._mirror_for(self.settings)
         self.cache.start()
         self.log.info(
             "broker_started",
             profiles=sorted(self.settings.profiles),
             warm=sorted(p.name for p in self.settings.profiles.values() if p.warm),
         )
+
+    def apply(self, new: Settings) -> dict[str, list[str]]:
+        """Switch to `new` settings (a SIGHUP reload). Everything that can fail is built first;
+        the switch itself is synchronous, so no request sees half of it. New profiles appear,
+        removed ones go, changed ones start over with a fresh fetch; a refresh that callers are
+        waiting on is left to finish. Raises (changing nothing) if a credential cannot be built.
+        """
+        assert self.upstream is not None, "apply() after start()"
+        old = self.settings
+        added = sorted(set(new.profiles) - set(old.profiles))
+        removed = sorted(set(old.profiles) - set(new.profiles))
+        changed = sorted(
+            n for n in set(new.profiles) & set(old.profiles) if new.profiles[n] != old.profiles[n]
+        )
+        entries = [
+            e
+            for name in added + changed
+            for e in profile_entries(self.cache, new.profiles[name], self.upstream, self.log)
+        ]
+        mirror = self._mirror_for(new) if new.mirror != old.mirror else self.mirror
+        # -- the switch: no await from here on.
+        self._remember_secrets(new)
+        self.settings = new
+        self.guard = OriginGuard(new.server)
+        self.audit.enabled = new.server.audit
+        for name in removed + changed:
+            self.cache.retire(name)
+        self.cache.install(entries)
+        for name in added + changed:
+            self.cache.start(name)
+        if mirror is not self.mirror:
+            if self.mirror is not None:
+                task = asyncio.get_running_loop().create_task(self.mirror.close())
+                self._background.add(task)  # held until done: a bare task may be collected
+                task.add_done_callback(self._background.discard)
+            self.mirror = mirror
+        needs_restart = [
+            k
+            for k in (
+                "listen",
+                "log_format",
+                "log_level",
+                "socket_mode",
+                "socket_group",
+                "allow_remote",
+            )
+            if getattr(new.server, k) != getattr(old.server, k)
+        ]
+        return {
+            "added": added,
+            "removed": removed,
+            "changed": changed,
+            "needs_restart": needs_restart,
+        }
 
     async def close(self) -> None:
         self.audit.flush()
@@ -103,3 +168,18 @@ class Broker:
             ok = ok and s.servable
             detail.setdefault(s.profile, {})[s.kind] = s.state
         return ok, detail
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=: profiles by state, the worst error."""
+        states: dict[str, int] = {}
+        failing = []
+        for s in self.statuses():
+            if s.kind == "partner":
+                states[s.state] = states.get(s.state, 0) + 1
+                if s.last_error and not s.servable:
+                    failing.append(s.profile)
+        parts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+        text = f"{len(self.settings.profiles)} profiles" + (f" ({parts})" if parts else "")
+        if failing:
+            text += f"; failing: {', '.join(sorted(failing))}"
+        return text

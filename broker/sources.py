@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .cache import Policy, TokenCache
+from .cache import Entry, Policy, TokenCache
 from .config import ProfileSettings
-from .credentials import make_credential
+from .credentials import Credential, make_credential
 from .errors import UpstreamRefused
 from .tokens import Token
 from .upstream import RefreshIds, Upstream
@@ -30,14 +30,21 @@ def policy_for(profile: ProfileSettings) -> Policy:
     )
 
 
-def add_profile(cache: TokenCache, profile: ProfileSettings, upstream: Upstream, log: Any) -> None:
-    credential = make_credential(profile, log)
+def profile_entries(
+    cache: TokenCache,
+    profile: ProfileSettings,
+    upstream: Upstream,
+    log: Any,
+    credential: Credential | None = None,
+) -> list[Entry]:
+    """The profile's two entries, built but not yet in the cache (see `TokenCache.install`)."""
+    credential = credential or make_credential(profile, log)
     policy = policy_for(profile)
 
     async def fetch_aad(ids: RefreshIds) -> Token:
         return await credential.acquire(upstream, ids)
 
-    aad = cache.add(profile.name, "aad", fetch_aad, policy)
+    aad = cache.make_entry(profile.name, "aad", fetch_aad, policy)
 
     async def fetch_partner(ids: RefreshIds) -> Token:
         aad_token, _ = await aad.get()
@@ -53,4 +60,8 @@ def add_profile(cache: TokenCache, profile: ProfileSettings, upstream: Upstream,
                 aad.invalidate(aad_token)
             raise
 
-    cache.add(profile.name, "partner", fetch_partner, policy)
+    return [aad, cache.make_entry(profile.name, "partner", fetch_partner, policy)]
+
+
+def add_profile(cache: TokenCache, profile: ProfileSettings, upstream: Upstream, log: Any) -> None:
+    cache.install(profile_entries(cache, profile, upstream, log))

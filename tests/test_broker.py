@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import jwt
+import pytest
 
 from .conftest import HEADERS, FakeClock, make_settings
 
@@ -193,3 +195,59 @@ async def test_metrics_count_requests_and_hits(sandbox, secret, start_broker):
     assert 'broker_upstream_requests_total{endpoint="aad",outcome="ok"} 1.0' in text
     assert 'broker_token_expires_in_seconds{kind="partner",profile="default"}' in text
     assert token not in text and secret not in text
+
+
+async def test_reload_adds_removes_and_refreshes_changed_profiles(sandbox, secret, start_broker):
+    """apply(): a new profile is served, a removed one is 404, a changed one fetches anew."""
+    b = await start_broker(make_settings(sandbox, secret, profiles="[profiles.a]\n[profiles.b]\n"))
+    first_a = (await (await b.get("/v1/token/a")).json())["access_token"]
+    assert (await b.get("/v1/token/b")).status == 200
+    new = make_settings(
+        sandbox, secret, profiles="[profiles.a]\nmin_remaining = 45\n[profiles.c]\n"
+    )
+    changes = b.broker.apply(new)
+    assert changes["added"] == ["c"] and changes["removed"] == ["b"]
+    assert changes["changed"] == ["a"] and changes["needs_restart"] == []
+    assert (await b.get("/v1/token/b")).status == 404
+    assert (await b.get("/v1/token/c")).status == 200
+    second_a = (await (await b.get("/v1/token/a")).json())["access_token"]
+    assert second_a != first_a  # the changed profile started over
+
+
+async def test_a_reload_that_fails_changes_nothing(sandbox, secret, start_broker, monkeypatch):
+    """If building the new profiles fails, settings and entries stay exactly as they were."""
+    from broker import service
+
+    b = await start_broker(make_settings(sandbox, secret, profiles="[profiles.a]\n"))
+    assert (await b.get("/v1/token/a")).status == 200
+    before = (b.broker.settings, dict(b.broker.cache.entries))
+
+    def broken(*args, **kwargs):
+        raise ValueError("credential cannot be built")
+
+    monkeypatch.setattr(service, "profile_entries", broken)
+    with pytest.raises(ValueError):
+        b.broker.apply(make_settings(sandbox, secret, profiles="[profiles.z]\n"))
+    assert (b.broker.settings, dict(b.broker.cache.entries)) == before
+    assert (await b.get("/v1/token/a")).status == 200
+
+
+async def test_every_operator_metric_is_exposed(sandbox, secret, start_broker):
+    """The families operators chart and alert on are all on /metrics, labelled without tokens."""
+    b = await start_broker(make_settings(sandbox, secret))
+    await b.get("/v1/token")
+    text = await (await b.client.get("/metrics")).text()
+    for family in (
+        "broker_http_requests_total",
+        "broker_cache_requests_total",
+        "broker_upstream_requests_total",
+        "broker_upstream_latency_seconds_bucket",
+        "broker_token_expires_in_seconds",
+        "broker_refresh_failures_in_row",
+        "broker_singleflight_waiters",
+        "broker_entry_state",
+        "broker_refreshes_total",
+    ):
+        assert f"\n{family}{{" in text, family
+    labels = re.findall(r'="([^"]*)"', text)
+    assert all(len(value) < 64 and not value.startswith("ey") for value in labels)

@@ -75,6 +75,7 @@ async def test_status_shows_a_table_without_tokens(running: Path, capsys) -> Non
 async def test_healthcheck_exit_codes(running: Path, tmp_path: Path) -> None:
     """healthcheck: 0 when ready, 3 when nothing answers."""
     assert await cli("healthcheck", "--socket", str(running)) == 0
+    assert await cli("healthcheck", "--live", "--socket", str(running)) == 0
     assert await cli("healthcheck", "--socket", str(tmp_path / "none.sock")) == 3
 
 

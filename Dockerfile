@@ -1,0 +1,32 @@
+# pc-token-broker as a container sidecar. Two stages: the build stage installs the package into
+# a virtual environment; the final image gets only that environment, runs as a non-root uid,
+# writes nothing outside its volumes (works with a read-only root filesystem), and checks its
+# own health with the broker's CLI (no curl in the image).
+ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY broker ./broker
+# Every dependency ships a manylinux wheel: no compiler is needed, even here.
+RUN python -m venv /opt/pc-token-broker \
+    && /opt/pc-token-broker/bin/pip install --no-compile . \
+    && /opt/pc-token-broker/bin/python -m compileall -q /opt/pc-token-broker
+
+FROM ${PYTHON_IMAGE}
+# pip is not needed at run time: one tool less in the image.
+RUN python -m pip uninstall --yes pip
+COPY --from=build /opt/pc-token-broker /opt/pc-token-broker
+ENV PATH=/opt/pc-token-broker/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PC_TOKEN_BROKER_CONFIG=/etc/pc-token-broker/config.toml
+# Config at /etc/pc-token-broker/config.toml, secrets as files (e.g. /run/secrets/...), the unix
+# socket in a shared volume, a rotated refresh token in a writable state volume.
+VOLUME ["/run/pc-token-broker", "/var/lib/pc-token-broker"]
+USER 10001:10001
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["pc-token-broker", "healthcheck"]
+ENTRYPOINT ["pc-token-broker"]
+CMD ["serve"]

@@ -1,0 +1,106 @@
+"""The container image and the sidecar examples keep their promises. There is no Docker engine
+or Kubernetes here, so they are parsed and checked, not run (the README says so)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+
+from broker.config import parse_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile as stages of (INSTRUCTION, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    stages: list[list[tuple[str, str]]] = [[]]
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, args = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM" and stages[-1] and any(i == "FROM" for i, _ in stages[-1]):
+            stages.append([])
+        stages[-1].append((instruction, args.strip()))
+    return stages
+
+
+def test_dockerfile_is_multi_stage_pinned_non_root_with_healthcheck() -> None:
+    """Two stages on a version-pinned slim Python; the final one copies the venv, runs as a
+    numeric non-root uid, checks health with the broker's CLI and has no curl or compiler."""
+    stages = dockerfile_stages()
+    assert len(stages) == 2
+    args = dict(a.split("=", 1) for i, a in stages[0] if i == "ARG")
+    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", args["PYTHON_IMAGE"])
+    final = stages[-1]
+    assert final[0] == ("FROM", "${PYTHON_IMAGE}")
+    assert ("COPY", "--from=build /opt/pc-token-broker /opt/pc-token-broker") in final
+    user = next(a for i, a in final if i == "USER")
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) >= 1000 and gid.isdigit() and int(gid) != 0
+    healthcheck = next(a for i, a in final if i == "HEALTHCHECK")
+    assert '["pc-token-broker", "healthcheck"]' in healthcheck
+    assert next(a for i, a in final if i == "ENTRYPOINT") == '["pc-token-broker"]'
+    env = " ".join(a for i, a in final if i == "ENV")
+    assert "PC_TOKEN_BROKER_CONFIG=/etc/pc-token-broker/config.toml" in env
+    assert "PYTHONDONTWRITEBYTECODE=1" in env  # nothing written under a read-only root
+    final_runs = " ".join(a for i, a in final if i == "RUN")
+    for tool in ("curl", "wget", "gcc", "build-essential", "apt-get install"):
+        assert tool not in final_runs, tool
+    # the last USER comes after every RUN: nothing runs as root at the end
+    order = [i for i, _ in final]
+    assert max(n for n, i in enumerate(order) if i == "RUN") < order.index("USER")
+
+
+def test_dockerignore_keeps_the_context_to_the_package() -> None:
+    """Only pyproject.toml, README.md and broker/ reach the build: no .venv, .git or secrets."""
+    rules = [
+        r for r in (ROOT / ".dockerignore").read_text().splitlines() if r and not r.startswith("#")
+    ]
+    assert rules[0] == "*"
+    assert {"!pyproject.toml", "!README.md", "!broker/"} <= set(rules)
+
+
+def test_kubernetes_pod_runs_the_broker_as_a_native_sidecar(tmp_path) -> None:
+    """An init container with restartPolicy Always, probes on /readyz and /healthz (through the
+    CLI), the secret as a mounted file, the socket shared through an emptyDir."""
+    docs = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/pod.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    pod = kinds["Pod"]["spec"]
+    (broker,) = pod["initContainers"]
+    assert broker["restartPolicy"] == "Always"
+    assert broker["readinessProbe"]["exec"]["command"] == ["pc-token-broker", "healthcheck"]
+    assert broker["livenessProbe"]["exec"]["command"][-1] == "--live"
+    assert broker["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes["socket"] and "secret" in volumes["secret"]
+    mounts = {m["name"]: m["mountPath"] for m in broker["volumeMounts"]}
+    tool_mounts = {m["name"]: m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]}
+    assert tool_mounts["socket"] == mounts["socket"] and "secret" not in tool_mounts
+    config = kinds["ConfigMap"]["data"]["config.toml"]
+    (tmp_path / "client-secret").write_text("k8s-secret-value")
+    settings = parse_settings(config.replace(mounts["secret"], str(tmp_path)), env={})
+    assert [str(x) for x in settings.server.listen] == [f"unix:{mounts['socket']}/broker.sock"]
+    assert settings.profiles["default"].secret_source == f"file {tmp_path}/client-secret"
+
+
+def test_compose_tool_shares_the_broker_network_namespace(tmp_path) -> None:
+    """The tool joins the broker's network namespace and waits for it to be healthy; the
+    broker's config is valid and listens on loopback only."""
+    compose = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())
+    services = compose["services"]
+    assert services["tool"]["network_mode"] == "service:broker"
+    assert services["tool"]["depends_on"]["broker"]["condition"] == "service_healthy"
+    assert services["broker"]["read_only"] is True
+    assert "ports" not in services["broker"]
+    text = (ROOT / "deploy/compose.config.toml").read_text()
+    (tmp_path / "client-secret").write_text("compose-secret-value")
+    settings = parse_settings(text.replace("/run/secrets", str(tmp_path)), env={})
+    assert all(listen.is_loopback for listen in settings.server.listen)
+    command = shlex.join(services["tool"]["command"])
+    assert "127.0.0.1:8721/v1/token" in command and "Metadata" in command
