@@ -13,13 +13,14 @@ from aiohttp import web
 
 from .audit import Audit
 from .clock import Clock, SystemClock
-from .config import Settings
 from .http_common import Handler, counted
 from .logs import make_logger
 from .metrics import Metrics
 from .mirror_http import MirrorHandler
+from .msi_http import MsiHandler
 from .redact import Redactor
 from .service import Broker
+from .settings import Settings
 from .v1 import V1Handlers
 
 BROKER = web.AppKey("broker", Broker)
@@ -42,6 +43,7 @@ def add_routes(app: web.Application, broker: Broker) -> None:
     route("/readyz", "readyz", "GET", handlers.readyz)
     route("/metrics", "metrics", "GET", handlers.metrics)
     mirror = MirrorHandler(broker)
+    route("/msi/token", "msi", "GET", MsiHandler(broker).token)
     # The mirror answers an oversized body itself, in Partner Center's error shape.
     route("/generatetoken", "mirror", "POST", mirror.handle, limit_body=False)
     route("/v3/generatetoken", "mirror", "POST", mirror.handle, limit_body=False)

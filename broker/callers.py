@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import ProfileSettings
+from .settings import ProfileSettings
 
 ACCESS_KEY_HEADER = "X-Broker-Key"
 _PEERCRED = struct.Struct("3i")

@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         help="only check that it is alive (/healthz), for liveness probes",
     )
     _target_args(p)
+    p = sub.add_parser("msi-env", help="print the export lines that point Azure SDKs here")
+    p.add_argument("profile", nargs="?", help="another profile than [msi] profile")
+    p.add_argument("--config")
     sub.add_parser("demo", help="sandbox + broker + many clients; prints what happened")
     p = sub.add_parser("sandbox", help="run only the fake Azure AD and Partner Center")
     p.add_argument("--port", type=int, default=8780)
@@ -145,6 +148,20 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
         print(f"pc-token-broker: {e}", file=sys.stderr)
         return 3
     return 0 if status == 200 else 1
+
+
+def cmd_msi_env(args: argparse.Namespace) -> int:
+    settings, _ = _load(args.config)
+    if settings is None:
+        return 2
+    from .msi_env import export_lines
+
+    try:
+        print(export_lines(settings, args.profile))
+    except ValueError as e:
+        print(f"pc-token-broker msi-env: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_demo(_args: argparse.Namespace) -> int:

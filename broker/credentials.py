@@ -15,10 +15,10 @@ from typing import Any, ClassVar, Protocol
 
 import jwt
 
-from .config import ProfileSettings
 from .errors import LocalCredentialFailed
 from .files import read_text, write_atomically
 from .pem import load_certificate_key
+from .settings import ProfileSettings
 from .tokens import Token, TokenRejected, token_from_response
 from .upstream import RefreshIds, Upstream
 

@@ -22,6 +22,22 @@ def read_text(path: str) -> str:
     return text
 
 
+def write_private(path: str, text: str) -> None:
+    """Create or replace `path` with `text`, mode 0600 from the first instant, atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".pc-token-broker-", dir=directory)  # mkstemp: 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_atomically(path: str, text: str) -> None:
     """Replace `path` with `text` so a reader sees the old or the new content, never half.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .config import ServerSettings
+from .settings import ServerSettings
 
 PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "Via")
 _MEMO_MAX = 256  # Host values remembered; attacker-chosen, so bounded

@@ -19,8 +19,8 @@ from cachetools import TLRUCache
 
 from . import pcformat, schedule
 from .clock import Clock
-from .config import MirrorSettings
 from .errors import TokenFormatError, UpstreamTimeout
+from .settings import MirrorSettings
 from .tokens import Token, TokenRejected, jwt_seconds_left, token_from_response
 from .upstream import Answer, Upstream
 

@@ -20,12 +20,13 @@ from typing import Any, TextIO
 from aiohttp import web
 
 from .app import BROKER, create_app
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, load_settings
 from .listeners import ListenError, bind, bound_address
 from .logs import bridge_stdlib, make_logger
 from .protocol import GuardedAppRunner, Limits
 from .redact import Redactor
 from .service import Broker
+from .settings import Settings
 from .systemd import Notifier, listen_fds
 
 KEEPALIVE = 15.0  # s an idle keep-alive connection stays open

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -16,10 +17,12 @@ from . import __version__
 from .audit import Audit
 from .cache import EntryStatus, TokenCache
 from .clock import Clock
-from .config import Settings
+from .files import write_private
 from .guards import OriginGuard
 from .mirror import MirrorCache
 from .redact import Redactor
+from .secret import Secret
+from .settings import Settings
 from .sources import add_profile, profile_entries
 from .upstream import Upstream
 
@@ -50,6 +53,7 @@ class Broker:
         self._session: aiohttp.ClientSession | None = None
         self._owns_session = False
         self._background: set[asyncio.Task] = set()
+        self.msi_header: Secret | None = None  # what /msi callers must send as X-IDENTITY-HEADER
         metrics.watch_entries(self.cache.snapshot)
         self._remember_secrets(settings)
 
@@ -58,6 +62,8 @@ class Broker:
             for secret in (profile.client_secret, profile.access_key, profile.certificate_password):
                 if secret is not None:
                     self.redactor.add(secret.reveal())
+        if settings.msi is not None and settings.msi.identity_header is not None:
+            self.redactor.add(settings.msi.identity_header.reveal())
 
     def _mirror_for(self, settings: Settings) -> MirrorCache | None:
         if not settings.mirror.enabled or self.upstream is None:
@@ -70,6 +76,37 @@ class Broker:
             metrics=self.metrics,
             rand=self._rand,
         )
+
+    def _identity_header(self, settings: Settings) -> Secret | None:
+        """The /msi identity secret: configured, or generated once and written (0600) where the
+        operator asked, for tools to read (`pc-token-broker msi-env`)."""
+        msi = settings.msi
+        if msi is None:
+            return None
+        if msi.identity_header is not None:
+            return msi.identity_header
+        old = self.settings.msi
+        if (
+            self.msi_header is not None
+            and old
+            and old.generated_header_file == msi.generated_header_file
+        ):
+            return self.msi_header  # a reload keeps the header tools already hold
+        value = secrets.token_urlsafe(32)
+        assert msi.generated_header_file is not None
+        try:
+            write_private(msi.generated_header_file, value + "\n")
+        except OSError as e:
+            self.log.error(
+                "identity_header_not_written",
+                file=msi.generated_header_file,
+                error=e.strerror,
+                note="/msi/token answers 404 until this is fixed",
+            )
+            return None
+        self.redactor.add(value)
+        self.log.info("identity_header_written", file=msi.generated_header_file)
+        return Secret(value)
 
     async def start(self, session: aiohttp.ClientSession | None = None) -> None:
         """Open the upstream session (unless given), build the entries, fetch warm profiles."""
@@ -85,6 +122,7 @@ class Broker:
         for profile in self.settings.profiles.values():
             add_profile(self.cache, profile, self.upstream, self.log)
         self.mirror = self._mirror_for(self.settings)
+        self.msi_header = self._identity_header(self.settings)
         self.cache.start()
         self.log.info(
             "broker_started",
@@ -111,11 +149,13 @@ class Broker:
             for e in profile_entries(self.cache, new.profiles[name], self.upstream, self.log)
         ]
         mirror = self._mirror_for(new) if new.mirror != old.mirror else self.mirror
+        msi_header = self._identity_header(new)
         # -- the switch: no await from here on.
         self._remember_secrets(new)
         self.settings = new
         self.guard = OriginGuard(new.server)
         self.audit.enabled = new.server.audit
+        self.msi_header = msi_header
         for name in removed + changed:
             self.cache.retire(name)
         self.cache.install(entries)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from .cache import Entry, Policy, TokenCache
-from .config import ProfileSettings
 from .credentials import Credential, make_credential
 from .errors import UpstreamRefused
+from .settings import ProfileSettings
 from .tokens import Token
 from .upstream import RefreshIds, Upstream
 

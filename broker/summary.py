@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Settings
+from .settings import Settings
 
 
 def describe(settings: Settings, path: str) -> str:

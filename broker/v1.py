@@ -12,13 +12,13 @@ from typing import Any
 from aiohttp import web
 
 from .callers import ACCESS_KEY_HEADER, Caller, identify, may_use, restricted
-from .config import ProfileSettings, Settings
 from .errors import UpstreamError
 from .guards import OriginGuard
 from .http_common import HEADERS, NO_STORE, error_response, upstream_error_response
 from .metrics import CONTENT_TYPE
 from .render import JSON, Negotiator, Rendered, json_body, render
 from .service import Broker
+from .settings import ProfileSettings, Settings
 from .sources import KINDS
 
 _NOT_ALLOWED = "this caller may not use this profile"

@@ -16,10 +16,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from broker.app import BROKER, create_app
-from broker.config import Settings, parse_settings
+from broker.config import parse_settings
 from broker.logs import make_logger
 from broker.redact import Redactor
 from broker.sandbox import Sandbox, SandboxState
+from broker.settings import Settings
 
 TENANT = "contoso.onmicrosoft.com"
 CLIENT_ID = "11111111-2222-4333-8444-555555555555"

@@ -190,7 +190,8 @@ def test_relative_secret_file_is_relative_to_the_config(tmp_path: Path) -> None:
 
 def test_example_config_documents_every_key_and_parses(tmp_path: Path) -> None:
     """config.example.toml is valid (given its secrets) and mentions every accepted key."""
-    from broker.config import MIRROR_KEYS, PROFILE_KEYS, SERVER_KEYS
+    from broker.config import PROFILE_KEYS
+    from broker.config_sections import MIRROR_KEYS, MSI_KEYS, SERVER_KEYS
 
     text = (ROOT / "config.example.toml").read_text()
     (tmp_path / "client-secret").write_text("example-secret-value")
@@ -209,7 +210,7 @@ def test_example_config_documents_every_key_and_parses(tmp_path: Path) -> None:
         },
     )
     assert set(s.profiles) == {"default", "billing", "cert-app", "delegated", "workload", "placed"}
-    for key in PROFILE_KEYS | SERVER_KEYS | MIRROR_KEYS:
+    for key in PROFILE_KEYS | SERVER_KEYS | MIRROR_KEYS | MSI_KEYS:
         assert key in text, key
 
 
