@@ -85,13 +85,13 @@ upstream_base = "{sandbox_url}"
 async def start_process(
     args: list[str], *, env: dict[str, str] | None = None, cpu: int | None = None
 ) -> asyncio.subprocess.Process:
+    """A child process. Its stderr (logs, audit lines) goes to a file, as to a journal: an
+    unread pipe would fill up and stall it."""
     if cpu is not None and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         args = ["taskset", "-c", str(cpu), *args]
+    log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)  # noqa: SIM115
     return await asyncio.create_subprocess_exec(
-        *args,
-        env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        *args, env={**os.environ, **(env or {})}, stdout=asyncio.subprocess.DEVNULL, stderr=log
     )
 
 

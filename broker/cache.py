@@ -95,6 +95,17 @@ class Entry:
 
     # -- callers --------------------------------------------------------------------------
 
+    def peek(self) -> Token | None:
+        """The cached token if it is servable under the entry's own policy, else None: the
+        cache-hit path without a coroutine. Callers fall back to `get()`."""
+        token = self.token
+        if token is not None:
+            now = self._clock.monotonic()
+            if token.expires_mono - now >= self.policy.min_remaining:
+                self.last_used = now
+                return token
+        return None
+
     async def get(self, min_remaining: float | None = None) -> tuple[Token, bool]:
         """A token with at least `min_remaining` seconds left, and whether it was a cache hit."""
         need = self.policy.min_remaining if min_remaining is None else min_remaining

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ ACCESS_KEY_HEADER = "X-Broker-Key"
 _PEERCRED = struct.Struct("3i")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Caller:
     pid: int | None = None
     uid: int | None = None
@@ -33,7 +34,9 @@ class Caller:
     def is_local_user(self) -> bool:
         return self.uid is not None
 
-    def describe(self) -> str:
+    @cached_property
+    def description(self) -> str:
+        """For the audit line, written per token served: built once per connection."""
         if self.uid is not None:
             return f"uid={self.uid} gid={self.gid} pid={self.pid}"
         return self.address or "unknown"
@@ -62,13 +65,21 @@ def read_peer_credentials(transport: Any) -> tuple[int, int, int] | None:
     return _PEERCRED.unpack(raw)
 
 
-def identify(request: web.BaseRequest) -> Caller:
-    creds = getattr(request.protocol, "peer_credentials", None)  # cached per connection
-    peer = creds() if creds is not None else read_peer_credentials(request.transport)
+def caller_of(transport: Any) -> Caller:
+    peer = read_peer_credentials(transport)
     if peer is not None:
         pid, uid, gid = peer
         return Caller(pid=pid, uid=uid, gid=gid)
-    return Caller(address=request.remote or "")
+    address = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return Caller(address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return Caller()
+
+
+def identify(request: web.BaseRequest) -> Caller:
+    cached = getattr(request.protocol, "caller", None)  # the broker's handler: per connection
+    return cached() if cached is not None else caller_of(request.transport)
 
 
 def restricted(profile: ProfileSettings) -> bool:

@@ -86,7 +86,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from .server import serve
 
-    return asyncio.run(serve(settings, config_path=path))
+    with asyncio.Runner(loop_factory=_loop_factory(settings.server.event_loop)) as runner:
+        return runner.run(serve(settings, config_path=path))
+
+
+def _loop_factory(choice: str):
+    """uvloop when asked for, or when "auto" and installed (the `speed` extra); else asyncio's."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

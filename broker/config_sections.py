@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Any
 
@@ -52,6 +53,7 @@ def read_server(r: Reader, data: dict[str, Any]) -> ServerSettings:
     choices = {
         "log_format": ("json", "console"),
         "log_level": ("debug", "info", "warning", "error"),
+        "event_loop": ("auto", "asyncio", "uvloop"),
     }
     for key, allowed in choices.items():
         if key in t:
@@ -77,6 +79,8 @@ def read_server(r: Reader, data: dict[str, Any]) -> ServerSettings:
     server = ServerSettings(
         **{k: getattr(d, k) if out.get(k) is None else out[k] for k in SERVER_KEYS}
     )
+    if server.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        r.problem(at("event_loop"), "uvloop is not installed: pip install 'pc-token-broker[speed]'")
     for listen in server.listen:
         if not listen.is_loopback and not server.allow_remote:
             r.problem(

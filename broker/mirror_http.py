@@ -16,7 +16,6 @@ from aiohttp import web
 
 from . import pcformat
 from .errors import UpstreamError, UpstreamTimeout
-from .guards import OriginGuard
 from .mirror import Relay
 from .streams import read_limited
 
@@ -24,7 +23,6 @@ from .streams import read_limited
 class MirrorHandler:
     def __init__(self, broker: Any) -> None:
         self.broker = broker
-        self._guard = OriginGuard(broker.settings.server)
 
     async def handle(self, request: web.Request) -> web.Response:
         headers = request.headers
@@ -44,7 +42,7 @@ class MirrorHandler:
                 headers={"Content-Type": pcformat.content_type(out), **ids},
             )
 
-        rejection = self._guard.origin(headers)
+        rejection = self.broker.guard.origin(headers)
         if rejection is not None:
             metrics.rejected.labels(rejection.reason).inc()
             return refuse(rejection.status, rejection.message)

@@ -102,12 +102,12 @@ class MsiHandler:
             token, hit = await entry.get(min_remaining=msi.min_remaining)
         except UpstreamError as e:
             return _fail(e.status, e.message, retry_after(e))
-        broker.metrics.cache.labels(profile.name, "aad", "hit" if hit else "miss").inc()
+        broker.metrics.count_cache(profile.name, "aad", hit)
         broker.audit.served(
             "msi",
             profile.name,
             "aad",
-            identify(request).describe(),
+            identify(request).description,
             hit,
             entry.token_correlation_id,
         )

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from .callers import read_peer_credentials
+from .callers import Caller, caller_of
 
 LINGER = 1.0  # s a refused connection stays half-open so its answer is read, not reset
 
@@ -76,7 +76,7 @@ class GuardedRequestHandler(RequestHandler):
         self._head_line_done = False
         self._line_bytes = 0  # bytes of the request line seen so far
         self._head_timer: asyncio.TimerHandle | None = None
-        self._peer: tuple[int, int, int] | None = None
+        self._peer: Caller | None = None
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -96,10 +96,10 @@ class GuardedRequestHandler(RequestHandler):
         self._disarm()
         super().connection_lost(exc)
 
-    def peer_credentials(self) -> tuple[int, int, int] | None:
-        """(pid, uid, gid) of a unix-socket peer (SO_PEERCRED), read once per connection."""
+    def caller(self) -> Caller:
+        """Who is on the other end, worked out once per connection (not once per request)."""
         if self._peer is None:
-            self._peer = read_peer_credentials(self.transport)
+            self._peer = caller_of(self.transport)
         return self._peer
 
     # -- reading a request's head -----------------------------------------------------------
@@ -122,14 +122,17 @@ class GuardedRequestHandler(RequestHandler):
                         f"request headers over {self._limits.max_head_bytes} bytes",
                     )
                 return
-            if self._head_timer is None:
-                self._arm()
         queued = len(self._messages)
         super().data_received(data)
         if len(self._messages) > queued:  # a whole head arrived: the deadline is met
-            self._disarm()
+            if self._head_timer is not None:
+                self._disarm()
             self._head_bytes = self._line_bytes = 0
             self._head_line_done = False
+        elif in_head and self._head_timer is None and not (self._force_close or self._close):
+            # A head split over packets must be complete within read_timeout. (Arming only
+            # here keeps a timer off the path of the usual one-packet request.)
+            self._arm()
 
     def _arm(self) -> None:
         self._disarm()

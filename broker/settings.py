@@ -25,6 +25,7 @@ class ServerSettings:
     audit: bool = True  # one line per token handed out
     refresh_min_interval: float = 10.0  # s between forced refreshes of one profile
     shutdown_timeout: float = 10.0  # s in-flight requests get to finish after SIGTERM
+    event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
 
 
 @dataclass(frozen=True, slots=True)

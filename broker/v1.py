@@ -13,7 +13,6 @@ from aiohttp import web
 
 from .callers import ACCESS_KEY_HEADER, Caller, identify, may_use, restricted
 from .errors import UpstreamError
-from .guards import OriginGuard
 from .http_common import HEADERS, NO_STORE, error_response, upstream_error_response
 from .metrics import CONTENT_TYPE
 from .render import JSON, Negotiator, Rendered, json_body, render
@@ -30,7 +29,8 @@ class V1Handlers:
         self._negotiate = Negotiator()
         self._rendered: dict[tuple[str, str], Rendered] = {}
         self._last_forced: dict[str, float] = {}
-        self._guard = OriginGuard(broker.settings.server)
+        self._restricted_for: Settings | None = None
+        self._restricted_names: frozenset[str] = frozenset()
 
     @property
     def settings(self) -> Settings:
@@ -42,8 +42,7 @@ class V1Handlers:
 
     def guard(self, request: web.Request) -> web.Response | None:
         """Origin checks and the required header; None when the request may pass."""
-        headers = request.headers
-        rejection = self._guard.origin(headers) or self._guard.required_header(headers)
+        rejection = self.broker.guard.v1(request.headers)
         if rejection is None:
             return None
         return self._refuse(rejection.reason, rejection.status, rejection.code, rejection.message)
@@ -55,39 +54,57 @@ class V1Handlers:
 
     # -- tokens ------------------------------------------------------------------------------
 
+    def _restricted(self) -> frozenset[str]:
+        """Names of the profiles that check their callers, recomputed when settings change."""
+        settings = self.broker.settings
+        if self._restricted_for is not settings:
+            self._restricted_names = frozenset(
+                name for name, p in settings.profiles.items() if restricted(p)
+            )
+            self._restricted_for = settings
+        return self._restricted_names
+
     async def token(self, request: web.Request) -> web.Response:
-        denied = self.guard(request)
-        if denied is not None:
-            return denied
+        """The hot path: a cache hit does dictionary lookups and no coroutine of its own."""
+        broker = self.broker
+        headers = request.headers
+        rejection = broker.guard.v1(headers)
+        if rejection is not None:
+            return self._refuse(
+                rejection.reason, rejection.status, rejection.code, rejection.message
+            )
         name = request.match_info.get("profile", "default")
-        kind = request.query.get("kind", "partner")
+        kind = request.query.get("kind", "partner") if request.query_string else "partner"
         if kind not in KINDS:
             return error_response(400, "bad_kind", "kind must be 'partner' or 'aad'")
-        media = self._negotiate(request.headers.get("Accept"))
+        media = self._negotiate(headers.get("Accept"))
         if media is None:
             return error_response(
                 406,
                 "not_acceptable",
                 "offered: application/json, application/xml, text/xml, text/plain",
             )
-        entry = self.broker.cache.entry(name, kind)
+        entry = broker.cache.entries.get((name, kind))
         if entry is None:
             return error_response(404, "unknown_profile", f"no profile named {name!r}")
         caller = identify(request)
-        if not self.allowed(self.settings.profiles[name], caller, request):
+        if name in self._restricted() and not self.allowed(
+            broker.settings.profiles[name], caller, request
+        ):
             return self._refuse("not_allowed", 403, "forbidden", _NOT_ALLOWED)
-        try:
-            token, hit = await entry.get()
-        except UpstreamError as e:
-            return upstream_error_response(e)
-        self.broker.metrics.cache.labels(name, kind, "hit" if hit else "miss").inc()
-        self.broker.audit.served(
-            "v1", name, kind, caller.describe(), hit, entry.token_correlation_id
-        )
+        token = entry.peek()
+        hit = token is not None
+        if token is None:
+            try:
+                token, hit = await entry.get()
+            except UpstreamError as e:
+                return upstream_error_response(e)
+        broker.metrics.count_cache(name, kind, hit)
+        broker.audit.served("v1", name, kind, caller.description, hit, entry.token_correlation_id)
         rendered = self._rendered.get((name, kind))
         if rendered is None or rendered.token is not token:
             rendered = self._rendered[(name, kind)] = render(token, name, kind)
-        expires_in = int(token.expires_mono - self.broker.clock.monotonic())
+        expires_in = int(token.expires_mono - broker.clock.monotonic())
         return web.Response(body=rendered.body(media, expires_in), headers=HEADERS[media])
 
     async def refresh(self, request: web.Request) -> web.Response:

@@ -251,3 +251,30 @@ async def test_every_operator_metric_is_exposed(sandbox, secret, start_broker):
         assert f"\n{family}{{" in text, family
     labels = re.findall(r'="([^"]*)"', text)
     assert all(len(value) < 64 and not value.startswith("ey") for value in labels)
+
+
+async def test_reloaded_guards_apply_to_every_endpoint(sandbox, secret, start_broker):
+    """After a reload that changes the required header and the allowed hosts, every endpoint
+    family enforces the new ones (none keeps a stale copy)."""
+    b = await start_broker(make_settings(sandbox, secret))
+    new = make_settings(
+        sandbox,
+        secret,
+        server='required_header = "X-Broker-Ask: yes"\nallowed_hosts = ["localhost"]',
+    )
+    b.broker.apply(new)
+    old_header = {"Metadata": "true"}
+    new_header = {"X-Broker-Ask": "yes", "Host": "localhost"}
+    for method, path in (
+        ("GET", "/v1/token"),
+        ("GET", "/v1/profiles"),
+        ("POST", "/v1/token/default/refresh"),
+    ):
+        r = await b.client.request(method, path, headers=old_header)
+        assert r.status in (400, 403), path
+        r = await b.client.request(method, path, headers={**new_header, "Host": "127.0.0.1"})
+        assert r.status == 403, path
+        r = await b.client.request(method, path, headers=new_header)
+        assert r.status == 200, path
+    mirror = await b.client.post("/v3/generatetoken", headers={"Authorization": "Bearer x"})
+    assert mirror.status == 403  # the Host 127.0.0.1 is no longer allowed there either
