@@ -17,8 +17,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CLIENT_ID, SECRET, TENANT, config, free_port, report, start_broker, stop
-from broker.sandbox import Sandbox
+from bench.common import config, free_port, report, start_broker, start_sandbox, stop
 
 UPSTREAM_LATENCY = 0.2  # s per upstream call, so the crowd arrives while the flight is open
 
@@ -26,10 +25,7 @@ UPSTREAM_LATENCY = 0.2  # s per upstream call, so the crowd arrives while the fl
 async def main(callers: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * callers)), hard))
-    sandbox = Sandbox()
-    sandbox.state.register(TENANT, CLIENT_ID, client_secret=SECRET)
-    sandbox.state.latency.update({"aad": UPSTREAM_LATENCY, "partner": UPSTREAM_LATENCY})
-    await sandbox.start()
+    sandbox = await start_sandbox(latency={"aad": UPSTREAM_LATENCY, "partner": UPSTREAM_LATENCY})
     port = free_port()
     broker = await start_broker(
         config(

@@ -32,6 +32,19 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 """
 
 
+async def start_sandbox(
+    *, lifetimes: dict[str, float] | None = None, latency: dict[str, float] | None = None
+):
+    """The sandbox upstream in this process, with the bench's app registered."""
+    from broker.sandbox import Sandbox
+
+    sandbox = Sandbox()
+    sandbox.state.register(TENANT, CLIENT_ID, client_secret=SECRET)
+    sandbox.state.lifetimes.update(lifetimes or {})
+    sandbox.state.latency.update(latency or {})
+    return await sandbox.start()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

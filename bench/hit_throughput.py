@@ -28,18 +28,15 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    CLIENT_ID,
-    SECRET,
-    TENANT,
     config,
     free_port,
     report,
     start_broker,
     start_process,
+    start_sandbox,
     stop,
     wait_healthy,
 )
-from broker.sandbox import Sandbox
 
 SERVER_CPU, LOAD_CPU = 1, 0
 BASELINE = """
@@ -142,9 +139,7 @@ async def measure(
 async def main(seconds: float, rounds: int, conn_counts: list[int], bodies: list[str]) -> None:
     wrk = ensure_wrk()
     load = (lambda *a: wrk_run(wrk, *a)) if wrk else python_run
-    sandbox = Sandbox()
-    sandbox.state.register(TENANT, CLIENT_ID, client_secret=SECRET)
-    await sandbox.start()
+    sandbox = await start_sandbox()
     loops = {"asyncio": 'event_loop = "asyncio"', "uvloop": 'event_loop = "uvloop"'}
     brokers = {}
     for name, extra in loops.items():

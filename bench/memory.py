@@ -14,27 +14,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    CLIENT_ID,
-    SECRET,
-    TENANT,
     config,
     free_port,
     report,
     rss_mb,
     start_baseline,
     start_broker,
+    start_sandbox,
     stop,
 )
 from bench.hit_throughput import ensure_wrk, wrk_run
-from broker.sandbox import Sandbox
 
 
 async def main(hits: int) -> None:
     wrk = ensure_wrk()
     assert wrk, "this bench needs wrk (apt-get install wrk)"
-    sandbox = Sandbox()
-    sandbox.state.register(TENANT, CLIENT_ID, client_secret=SECRET)
-    await sandbox.start()
+    sandbox = await start_sandbox()
     port = free_port()
     broker = await start_broker(config(sandbox.url, port), port, cpu=1)
     await sandbox.state.wait_calls("partner", 1)

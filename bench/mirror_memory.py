@@ -22,15 +22,13 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    CLIENT_ID,
-    SECRET,
-    TENANT,
     config,
     free_port,
     report,
     rss_mb,
     start_baseline,
     start_broker,
+    start_sandbox,
     stop,
 )
 from broker.sandbox import Sandbox
@@ -74,10 +72,8 @@ async def cache_entries(session: aiohttp.ClientSession, base: str) -> int:
 
 
 async def main(bearers: int) -> None:
-    sandbox = Sandbox()
-    sandbox.state.register(TENANT, CLIENT_ID, client_secret=SECRET)
+    sandbox = await start_sandbox()
     sandbox.state.calls = sandbox.state.calls.__class__(maxlen=10)  # keep the bench lean
-    await sandbox.start()
     port = free_port()
     broker = await start_broker(config(sandbox.url, port, profiles="", extra=""), port, cpu=1)
     base = f"http://127.0.0.1:{port}"

@@ -16,19 +16,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CLIENT_ID, SECRET, TENANT, config, free_port, report, start_broker, stop
+from bench.common import config, free_port, report, start_broker, start_sandbox, stop
 from bench.hit_throughput import ensure_wrk, python_run, wrk_run
-from broker.sandbox import Sandbox
 
 PROFILE = "[profiles.default]\nrefresh_ahead = 0.25\nmin_refresh_margin = 0\nmin_remaining = 1\n"
 
 
 async def run(lifetime: float, seconds: float, load) -> dict:
-    sandbox = Sandbox()
-    sandbox.state.register(TENANT, CLIENT_ID, client_secret=SECRET)
-    sandbox.state.lifetimes.update({"aad": lifetime + 2, "partner": lifetime})
-    sandbox.state.latency.update({"aad": 0.5, "partner": 0.5})
-    await sandbox.start()
+    sandbox = await start_sandbox(
+        lifetimes={"aad": lifetime + 2, "partner": lifetime}, latency={"aad": 0.5, "partner": 0.5}
+    )
     port = free_port()
     broker = await start_broker(
         config(sandbox.url, port, profiles=PROFILE, extra='event_loop = "asyncio"'), port, cpu=1

@@ -16,17 +16,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    CLIENT_ID,
-    SECRET,
-    TENANT,
     config,
     free_port,
     report,
     start_baseline,
     start_broker,
+    start_sandbox,
     stop,
 )
-from broker.sandbox import Sandbox
 
 
 async def timed(start) -> float:
@@ -38,9 +35,7 @@ async def timed(start) -> float:
 
 
 async def main(runs: int) -> None:
-    sandbox = Sandbox()
-    sandbox.state.register(TENANT, CLIENT_ID, client_secret=SECRET)
-    await sandbox.start()
+    sandbox = await start_sandbox()
     rows = []
     for name, start in (
         ("broker", lambda port: start_broker(config(sandbox.url, port), port)),
