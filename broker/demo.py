@@ -33,6 +33,7 @@ CONFIG = """
 [server]
 listen = ["127.0.0.1:0"]
 log_level = "info"
+max_connections = {max_connections}    # the demo's own crowd must fit under the cap
 
 [defaults]
 authority = "{url}"
@@ -107,7 +108,11 @@ async def run_demo() -> int:
     await sandbox.start()
     settings = parse_settings(
         CONFIG.format(
-            url=sandbox.url, tenant=TENANT, client_id=CLIENT_ID, min_remaining=MIN_REMAINING
+            url=sandbox.url,
+            tenant=TENANT,
+            client_id=CLIENT_ID,
+            min_remaining=MIN_REMAINING,
+            max_connections=4 * CLIENTS,
         ),
         env={"DEMO_CLIENT_SECRET": secret},
     )
@@ -120,6 +125,7 @@ async def run_demo() -> int:
             redactor=redactor,
             stop=stop,
             on_ready=ready.set_result,
+            audit_stream=logs,
         )
     )
     base = f"http://{(await ready)[0]}"
@@ -167,6 +173,10 @@ def _report(
     for p in phases:
         errors = sum(p.errors.values())
         print(f"  {p.name:<58} {p.requests:>8} {errors:>7} {p.worst_ms:>9.1f}")
+        if errors:
+            by_status = ", ".join(f"{n} x HTTP {s}" for s, n in sorted(p.errors.items()))
+            print(f"    errors: {by_status}")
+    served_lines = logs.count('"token_served"')
     refreshes = logs.count('"token_refreshed"')
     failures = logs.count('"refresh_failed"')
     below = sum(p.below_min for p in phases)
@@ -189,6 +199,7 @@ Partner Center {cold_calls["partner"]} (must be 1 and 1)
         "at least two refresh-ahead cycles": refreshes >= 2 * 2 * 2,
         "the outage was noticed and retried": failures >= 1,
         "no secret in the logs": secret not in logs and "eyJ" not in logs,
+        "an audit line per token handed out": served_lines == served - errors,
     }
     print()
     for name, ok in checks.items():
