@@ -38,10 +38,6 @@ class ConfigError(BrokerError):
         super().__init__("; ".join(str(p) for p in self.problems))
 
 
-class CredentialError(BrokerError):
-    """A local credential could not be read or used (missing file, bad PEM, ...)."""
-
-
 class UpstreamError(BrokerError):
     """A refresh failed. `status` is what the broker answers its own callers with.
 

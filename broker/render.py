@@ -13,7 +13,6 @@ from xml.sax.saxutils import escape
 from .tokens import Token
 
 JSON = "application/json"
-XML_TYPES = ("application/xml", "text/xml")
 TEXT = "text/plain"
 _OFFERED = (JSON, "application/xml", "text/xml", TEXT)
 _ACCEPT_CACHE_MAX = 256  # distinct Accept headers remembered; callers send a handful

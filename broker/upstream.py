@@ -29,7 +29,6 @@ from .streams import read_limited
 from .tokens import Token, TokenRejected, token_from_response
 
 MAX_BODY = 1 << 20  # bytes read from any upstream answer; a token answer is ~3 KiB
-REFUSALS = frozenset({400, 401, 403, 404})
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 
 

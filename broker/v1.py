@@ -68,11 +68,9 @@ class V1Handlers:
         """The hot path: a cache hit does dictionary lookups and no coroutine of its own."""
         broker = self.broker
         headers = request.headers
-        rejection = broker.guard.v1(headers)
-        if rejection is not None:
-            return self._refuse(
-                rejection.reason, rejection.status, rejection.code, rejection.message
-            )
+        denied = self.guard(request)
+        if denied is not None:
+            return denied
         name = request.match_info.get("profile", "default")
         kind = request.query.get("kind", "partner") if request.query_string else "partner"
         if kind not in KINDS:
