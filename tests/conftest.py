@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from broker.app import BROKER, create_app
-from broker.config import parse_settings
-from broker.logs import make_logger
-from broker.redact import Redactor
+from broker.config.load import parse_settings
+from broker.config.settings import Settings
+from broker.http.app import BROKER, create_app
+from broker.observe.logs import make_logger
+from broker.observe.redact import Redactor
 from broker.sandbox import Sandbox, SandboxState
-from broker.settings import Settings
 
 TENANT = "contoso.onmicrosoft.com"
 CLIENT_ID = "11111111-2222-4333-8444-555555555555"
@@ -229,7 +229,7 @@ async def start_broker(witness: Witness):
 async def run_server(witness: Witness):
     """Factory: the real daemon (server.serve, in this loop) with settings from TOML text.
     Returns its listening addresses and the captured log text."""
-    from broker.server import serve
+    from broker.daemon.server import serve
 
     stops: list[tuple[asyncio.Event, asyncio.Task]] = []
 

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import jwt
 import pytest
 
-from .conftest import HEADERS, FakeClock, make_settings
+from tests.conftest import HEADERS, FakeClock, make_settings
 
 
 async def test_concurrent_cold_callers_cause_one_call_per_endpoint(sandbox, secret, start_broker):
@@ -216,7 +216,7 @@ async def test_reload_adds_removes_and_refreshes_changed_profiles(sandbox, secre
 
 async def test_a_reload_that_fails_changes_nothing(sandbox, secret, start_broker, monkeypatch):
     """If building the new profiles fails, settings and entries stay exactly as they were."""
-    from broker import service
+    from broker.core import service
 
     b = await start_broker(make_settings(sandbox, secret, profiles="[profiles.a]\n"))
     assert (await b.get("/v1/token/a")).status == 200

@@ -11,13 +11,12 @@ import io
 
 import pytest
 
-from broker.cache import IDLE_AFTER, Policy, TokenCache
-from broker.errors import UpstreamFailing, UpstreamRefused
-from broker.logs import make_logger
-from broker.metrics import Metrics
-from broker.tokens import Token
-
-from .conftest import FakeClock
+from broker.config.errors import UpstreamFailing, UpstreamRefused
+from broker.core.cache import IDLE_AFTER, Policy, TokenCache
+from broker.core.tokens import Token
+from broker.observe.logs import make_logger
+from broker.observe.metrics import Metrics
+from tests.conftest import FakeClock
 
 POLICY = Policy(
     refresh_ahead=0.25, min_refresh_margin=60, min_remaining=30, wait_timeout=5, warm=False

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.cli import main
-from broker.config import parse_settings
-from broker.server import serve
-
-from .conftest import config_text
+from broker.cli.main import main
+from broker.config.load import parse_settings
+from broker.daemon.server import serve
+from tests.conftest import config_text
 
 
 @pytest.fixture
@@ -30,7 +29,7 @@ async def running(sandbox, secret, tmp_path: Path):
     ready: asyncio.Future = asyncio.get_running_loop().create_future()
     import io
 
-    from broker.logs import make_logger
+    from broker.observe.logs import make_logger
 
     task = asyncio.create_task(
         serve(settings, stop=stop, on_ready=ready.set_result, log=make_logger(stream=io.StringIO()))
@@ -138,7 +137,7 @@ async def test_serve_with_a_broken_config_exits_2(tmp_path: Path) -> None:
 
 async def test_demo_holds_its_guarantees(capsys) -> None:
     """`pc-token-broker demo` (what `make demo` runs) exits 0 and reports every check as ok."""
-    from broker.demo import run_demo
+    from broker.cli.demo import run_demo
 
     assert await run_demo() == 0
     out = capsys.readouterr().out

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.cli import main
-from broker.config import ConfigError, load_settings, parse_settings
-from broker.listen import Listen
+from broker.cli.main import main
+from broker.config.listen import Listen
+from broker.config.load import ConfigError, load_settings, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 VALID = """
@@ -190,12 +190,12 @@ def test_relative_secret_file_is_relative_to_the_config(tmp_path: Path) -> None:
 
 def test_example_config_documents_every_key_and_parses(tmp_path: Path) -> None:
     """config.example.toml is valid (given its secrets) and mentions every accepted key."""
-    from broker.config import PROFILE_KEYS
-    from broker.config_sections import MIRROR_KEYS, MSI_KEYS, SERVER_KEYS
+    from broker.config.load import PROFILE_KEYS
+    from broker.config.sections import MIRROR_KEYS, MSI_KEYS, SERVER_KEYS
 
     text = (ROOT / "config.example.toml").read_text()
     (tmp_path / "client-secret").write_text("example-secret-value")
-    from .test_credentials import make_certificate
+    from tests.test_credentials import make_certificate
 
     (tmp_path / "app.pem").write_bytes(make_certificate(password=b"example-pw")[0])
     text = text.replace("/var/lib/pc-token-broker", str(tmp_path))

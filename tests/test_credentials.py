@@ -14,10 +14,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from broker.config import parse_settings
-from broker.errors import ConfigError
-
-from .conftest import CLIENT_ID, TENANT, FakeClock, config_text
+from broker.config.errors import ConfigError
+from broker.config.load import parse_settings
+from tests.conftest import CLIENT_ID, TENANT, FakeClock, config_text
 
 HEADERS = {"Metadata": "true"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from broker.config import parse_settings
+from broker.config.load import parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from broker import schedule
-
-from .conftest import make_settings
+from broker.core import schedule
+from tests.conftest import make_settings
 
 COLD = "[profiles.default]\nwarm = false\n"
 

@@ -11,11 +11,10 @@ import aiohttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.config import parse_settings
+from broker.config.load import parse_settings
+from broker.daemon.server import serve
 from broker.sandbox import Sandbox
-from broker.server import serve
-
-from .conftest import CLIENT_ID, TENANT, config_text
+from tests.conftest import CLIENT_ID, TENANT, config_text
 
 METHODS = st.sampled_from(
     ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "PROPFIND", "BREW"]
@@ -90,7 +89,7 @@ async def _start(tmp: str):
     ready: asyncio.Future = asyncio.get_running_loop().create_future()
     import io
 
-    from broker.logs import make_logger
+    from broker.observe.logs import make_logger
 
     logs = io.StringIO()
     task = asyncio.create_task(

@@ -8,8 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from broker.sandbox.state import PARTNER_AUDIENCE
-
-from .conftest import FakeClock, make_settings
+from tests.conftest import FakeClock, make_settings
 
 JSON_BODY = ("application/json", b'{"grant_type": "jwt_token"}')
 BODIES = [
@@ -180,9 +179,8 @@ async def test_unreachable_upstream_is_502_in_callers_media(sandbox, secret, sta
 
 async def test_mirror_timeout_is_504(sandbox, secret, start_broker):
     """A hanging upstream: 504 after [mirror] upstream_timeout, in JSON for a JSON caller."""
-    from broker.config import parse_settings
-
-    from .conftest import config_text
+    from broker.config.load import parse_settings
+    from tests.conftest import config_text
 
     text = config_text(sandbox, profiles="") + "upstream_timeout = 0.3\n"
     b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
@@ -215,9 +213,8 @@ async def test_refresh_ahead_only_while_the_bearer_is_valid(
 
 async def test_distinct_bearers_are_bounded_by_max_entries(sandbox, secret, start_broker):
     """500 distinct bearers with max_entries = 50: the cache holds 50, newest kept."""
-    from broker.config import parse_settings
-
-    from .conftest import config_text
+    from broker.config.load import parse_settings
+    from tests.conftest import config_text
 
     text = config_text(sandbox, profiles="") + "max_entries = 50\n"
     b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))

@@ -15,10 +15,9 @@ from azure.identity import (
 )
 from azure.identity.aio import ManagedIdentityCredential as AsyncManagedIdentityCredential
 
-from broker.cli import main
-from broker.config import parse_settings
-
-from .conftest import CLIENT_ID, config_text
+from broker.cli.main import main
+from broker.config.load import parse_settings
+from tests.conftest import CLIENT_ID, config_text
 
 SCOPE = "https://api.partnercenter.microsoft.com/.default"
 RESOURCE = "https://api.partnercenter.microsoft.com"

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .conftest import HEADERS, config_text
+from tests.conftest import HEADERS, config_text
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "pc-token-broker.service"

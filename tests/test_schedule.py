@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker import schedule
-from broker.tokens import Token
+from broker.core import schedule
+from broker.core.tokens import Token
 
 
 def token(lifetime: float, received: float = 100.0) -> Token:

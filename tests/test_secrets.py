@@ -6,11 +6,10 @@ from __future__ import annotations
 import io
 import json
 
-from broker.config import parse_settings
-from broker.logs import make_logger
-from broker.redact import REDACTED, Redactor
-
-from .conftest import config_text
+from broker.config.load import parse_settings
+from broker.observe.logs import make_logger
+from broker.observe.redact import REDACTED, Redactor
+from tests.conftest import config_text
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
 

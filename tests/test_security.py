@@ -13,10 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from broker.config import parse_settings
-from broker.errors import ConfigError
-
-from .conftest import HEADERS, config_text
+from broker.config.errors import ConfigError
+from broker.config.load import parse_settings
+from tests.conftest import HEADERS, config_text
 
 
 def settings(

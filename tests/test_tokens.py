@@ -5,7 +5,7 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from broker.tokens import MAX_LIFETIME, TokenRejected, token_from_response
+from broker.core.tokens import MAX_LIFETIME, TokenRejected, token_from_response
 
 NOW = 1_800_000_000.0
 MONO = 500.0

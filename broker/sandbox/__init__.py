@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from . import aad, partner
-from .state import AppRegistration, SandboxState
+from broker.sandbox import aad, partner
+from broker.sandbox.state import AppRegistration, SandboxState
 
 __all__ = ["AppRegistration", "Sandbox", "SandboxState", "create_sandbox_app"]
 

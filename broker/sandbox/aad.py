@@ -15,9 +15,9 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from . import faults
-from .grants import GrantRefused, authenticate
-from .state import Call, SandboxState
+from broker.sandbox import faults
+from broker.sandbox.grants import GrantRefused, authenticate
+from broker.sandbox.state import Call, SandboxState
 
 SAFE_FIELDS = ("grant_type", "client_id", "scope", "client_assertion_type")
 

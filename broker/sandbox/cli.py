@@ -6,7 +6,7 @@ import asyncio
 import secrets
 import signal
 
-from . import Sandbox
+from broker.sandbox import Sandbox
 
 TENANT = "sandbox.onmicrosoft.com"
 CLIENT_ID = "00000000-0000-4000-8000-00000000c0de"

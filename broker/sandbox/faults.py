@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from .state import Fault, SandboxState
+from broker.sandbox.state import Fault, SandboxState
 
 HANG_DEFAULT = 3600.0  # s: "hang" means hang, until the client gives up
 

@@ -17,7 +17,7 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .state import FEDERATED_AUDIENCE, FEDERATED_ISSUER, AppRegistration, SandboxState
+from broker.sandbox.state import FEDERATED_AUDIENCE, FEDERATED_ISSUER, AppRegistration, SandboxState
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 

@@ -15,10 +15,10 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from .. import pcformat
-from ..streams import read_limited
-from . import faults
-from .state import PARTNER_AUDIENCE, Call, SandboxState
+from broker.core import pcformat
+from broker.core.streams import read_limited
+from broker.sandbox import faults
+from broker.sandbox.state import PARTNER_AUDIENCE, Call, SandboxState
 
 _GRAPH = "https://graph.windows.net"
 

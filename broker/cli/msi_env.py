@@ -1,0 +1,46 @@
+"""`pc-token-broker msi-env`: the environment that points Azure SDKs at the broker's
+managed-identity endpoint, as shell export lines for `eval "$(pc-token-broker msi-env)"`."""
+
+from __future__ import annotations
+
+import shlex
+
+from broker.config.files import read_text
+from broker.config.settings import Settings
+
+
+def endpoint(settings: Settings) -> str:
+    """IDENTITY_ENDPOINT: the SDKs speak HTTP over TCP, so the first TCP listener."""
+    for listen in settings.server.listen:
+        if listen.kind == "tcp":
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen.host, listen.host)
+            host = f"[{host}]" if ":" in host else host
+            return f"http://{host}:{listen.port}/msi/token"
+    raise ValueError("the Azure SDKs need a TCP listener: add one to server.listen")
+
+
+def export_lines(settings: Settings, profile: str | None = None) -> str:
+    msi = settings.msi
+    if msi is None:
+        raise ValueError("the managed-identity endpoint is not configured: add an [msi] table")
+    if msi.identity_header is not None:
+        header = msi.identity_header.reveal()
+    else:
+        assert msi.generated_header_file is not None
+        try:
+            header = read_text(msi.generated_header_file)
+        except (OSError, ValueError):
+            raise ValueError(
+                f"cannot read {msi.generated_header_file}: the broker writes it at "
+                "start-up (is it running, and may this user read the file?)"
+            ) from None
+    lines = [
+        f"export IDENTITY_ENDPOINT={shlex.quote(endpoint(settings))}",
+        f"export IDENTITY_HEADER={shlex.quote(header)}",
+    ]
+    if profile is not None and profile != msi.profile:
+        if profile not in settings.profiles:
+            raise ValueError(f"no profile named {profile!r}")
+        # DefaultAzureCredential passes AZURE_CLIENT_ID as the managed identity's client_id.
+        lines.append(f"export AZURE_CLIENT_ID={shlex.quote(settings.profiles[profile].client_id)}")
+    return "\n".join(lines)

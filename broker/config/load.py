@@ -1,0 +1,156 @@
+"""TOML configuration → frozen, typed settings. All validation lives here.
+
+Every problem is collected (not just the first) with its key path and, where the line scan finds
+it, file and line. Unknown keys are errors. Secrets are read from `*_file` (with `${VAR}`
+expansion, e.g. systemd's `$CREDENTIALS_DIRECTORY`) or `*_env`, held as `Secret`, never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from broker.config.credentials import CREDENTIAL_KEYS, CREDENTIALS, credential_fields
+from broker.config.errors import ConfigError, Problem
+from broker.config.read import Reader
+from broker.config.sections import read_mirror, read_msi, read_server
+from broker.config.settings import (
+    ProfileSettings,
+    Settings,
+)
+from broker.config.tomlpos import key_lines
+
+DEFAULT_PATH = "/etc/pc-token-broker/config.toml"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+# Profile keys with their defaults ([defaults] and every profile may set any of them).
+PROFILE_DEFAULTS: dict[str, Any] = {
+    "generatetoken_url": "https://api.partnercenter.microsoft.com/v3/generatetoken",
+    "authority": "https://login.microsoftonline.com",
+    "scope": "https://api.partnercenter.microsoft.com/.default",
+    "refresh_ahead": 0.25,
+    "min_refresh_margin": 60,
+    "min_remaining": 30,
+    "upstream_timeout": 10,
+    "warm": True,
+    "credential": "client_secret",
+}
+ACCESS_KEYS = frozenset(
+    {"allowed_uids", "allowed_gids", "access_key", "access_key_file", "access_key_env"}
+)
+MSI_SELECTORS = frozenset({"object_id", "resource_id"})
+PROFILE_KEYS = frozenset(
+    {"tenant_id", "client_id", *PROFILE_DEFAULTS, *ACCESS_KEYS, *MSI_SELECTORS}
+).union(*CREDENTIAL_KEYS.values())
+TOP_KEYS = frozenset({"server", "defaults", "profiles", "mirror", "msi"})
+
+
+def _profile(
+    r: Reader, name: str, merged: dict[str, Any], own: dict[str, Any], path: tuple[str, ...]
+) -> ProfileSettings | None:
+    before = len(r.problems)
+    if not _NAME.fullmatch(name):
+        r.problem(path, "profile names are letters, digits, '_', '.', '-' (at most 64)")
+
+    def at(key: str) -> tuple[str, ...]:
+        # Report a key where it was written: in the profile, else in [defaults].
+        return (*path, key) if key in own else ("defaults", key)
+
+    v: dict[str, Any] = {}
+    credential = r.string(merged.get("credential"), at("credential"), choices=CREDENTIALS)
+    # A static token needs no app registration of ours: tenant and client are informational.
+    for key in ("tenant_id", "client_id"):
+        if key in merged:
+            v[key] = r.string(merged[key], at(key))
+        elif credential == "static_token_file":
+            v[key] = ""
+        else:
+            r.problem((*path, key), "required")
+    for key in ("generatetoken_url", "authority"):
+        v[key] = r.url(merged[key], at(key))
+    v["scope"] = r.string(merged["scope"], at("scope"))
+    v["refresh_ahead"] = r.number(merged["refresh_ahead"], at("refresh_ahead"), 0, 0.5)
+    v["min_refresh_margin"] = r.number(
+        merged["min_refresh_margin"], at("min_refresh_margin"), 0, 86400
+    )
+    v["min_remaining"] = r.number(merged["min_remaining"], at("min_remaining"), 0, 3600)
+    v["upstream_timeout"] = r.number(merged["upstream_timeout"], at("upstream_timeout"), 0.1, 300)
+    v["warm"] = r.boolean(merged["warm"], at("warm"))
+    if credential is not None:
+        v.update(credential_fields(r, credential, merged, own, path, at))
+    for key, lookup in (("allowed_uids", "user"), ("allowed_gids", "group")):
+        if key in merged:
+            v[key] = tuple(r.ids(merged[key], at(key), lookup))
+    v["access_key"], _ = r.secret(merged, path, "access_key", required=False)
+    for key in MSI_SELECTORS:
+        if key in merged:
+            v[key] = r.string(merged[key], at(key))
+    if len(r.problems) > before:
+        return None
+    return ProfileSettings(name=name, credential=credential or "", **v)
+
+
+def parse_settings(
+    text: str,
+    *,
+    file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Settings:
+    """Validate a TOML document. Raises ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    base = base_dir or (Path(file).resolve().parent if file else Path.cwd())
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        at = re.search(r"\(at line (\d+)", str(e))  # 3.11 has no e.lineno
+        line = int(at.group(1)) if at else None
+        raise ConfigError([Problem("(syntax)", str(e).split(" (at")[0], file, line)]) from None
+    r = Reader(file, key_lines(text), env, base)
+    r.table(data, (), TOP_KEYS)
+    server = read_server(r, data)
+    defaults = r.table(data.get("defaults"), ("defaults",), PROFILE_KEYS)
+    profiles_table = r.table(
+        data.get("profiles"), ("profiles",), frozenset(data.get("profiles") or ())
+    )
+    profiles: dict[str, ProfileSettings] = {}
+    for name, raw in profiles_table.items():
+        own = r.table(raw, ("profiles", name), PROFILE_KEYS)
+        merged = {**PROFILE_DEFAULTS, **defaults, **own}
+        profile = _profile(r, name, merged, own, ("profiles", name))
+        if profile is not None:
+            profiles[name] = profile
+    mirror = read_mirror(r, data)
+    msi = read_msi(r, data, profiles)
+    if r.problems:
+        raise ConfigError(r.problems)
+    return Settings(
+        server=server,
+        profiles=MappingProxyType(profiles),
+        mirror=mirror,
+        msi=msi,
+        source=file,
+        warnings=tuple(r.warnings),
+    )
+
+
+def resolve_path(cli_value: str | None, env: Mapping[str, str] | None = None) -> str:
+    """The config path: --config, else $PC_TOKEN_BROKER_CONFIG, else the system default."""
+    env = os.environ if env is None else env
+    return cli_value or env.get("PC_TOKEN_BROKER_CONFIG") or DEFAULT_PATH
+
+
+def load_settings(path: str, env: Mapping[str, str] | None = None) -> Settings:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([Problem("(file)", f"cannot read: {e.strerror or e}", path)]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem("(file)", "not UTF-8 text", path)]) from None
+    return parse_settings(text, file=path, env=env)

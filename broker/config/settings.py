@@ -1,0 +1,92 @@
+"""The settings the broker runs on: frozen, typed, validated by `config.py`. Data only."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from broker.config.listen import Listen
+from broker.config.secret import Secret
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    listen: tuple[Listen, ...] = (Listen.tcp("127.0.0.1", 8721),)
+    required_header: tuple[str, str] = ("Metadata", "true")
+    allowed_hosts: frozenset[str] = frozenset({"localhost", "127.0.0.1", "[::1]"})
+    log_format: str = "json"
+    log_level: str = "info"
+    allow_remote: bool = False  # binding a non-loopback address must be asked for
+    socket_mode: int = 0o660  # unix sockets: never world-accessible whatever is asked
+    socket_group: int | None = None  # unix sockets: group (gid, from a name or number)
+    max_connections: int = 256
+    read_timeout: float = 10.0  # s to receive a request's head (and a mirror body)
+    max_header_bytes: int = 8192  # request line and headers together
+    audit: bool = True  # one line per token handed out
+    refresh_min_interval: float = 10.0  # s between forced refreshes of one profile
+    shutdown_timeout: float = 10.0  # s in-flight requests get to finish after SIGTERM
+    event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileSettings:
+    name: str
+    tenant_id: str
+    client_id: str
+    credential: str
+    generatetoken_url: str
+    authority: str
+    scope: str
+    refresh_ahead: float
+    min_refresh_margin: float
+    min_remaining: float
+    upstream_timeout: float
+    warm: bool
+    client_secret: Secret | None = None
+    secret_source: str = ""  # where the credential comes from, for summaries: "file /x", "env X"
+    certificate_pem: Secret | None = None  # key + certificate, validated at load
+    certificate_password: Secret | None = None
+    signing_algorithm: str = "RS256"
+    refresh_token_file: str | None = None  # read at each refresh, rotated token written back
+    federated_token_file: str | None = None  # re-read at each refresh (it rotates)
+    static_token_file: str | None = None  # an AAD token placed by another system
+    object_id: str = ""  # the app's service principal object id, for /msi selection
+    resource_id: str = ""  # an Azure resource id naming this identity, for /msi selection
+    allowed_uids: tuple[int, ...] = ()  # unix-socket callers allowed (empty: any)
+    allowed_gids: tuple[int, ...] = ()
+    access_key: Secret | None = None  # callers must send it as X-Broker-Key
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.authority.rstrip('/')}/{self.tenant_id}/oauth2/v2.0/token"
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorSettings:
+    enabled: bool = True
+    upstream_base: str = "https://api.partnercenter.microsoft.com"
+    max_entries: int = 10000
+    min_remaining: float = 30.0
+    upstream_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class MsiSettings:
+    """The App Service managed-identity endpoint (/msi/token), on when [msi] is present."""
+
+    profile: str = "default"
+    identity_header: Secret | None = None  # from identity_header_file / _env
+    generated_header_file: str | None = None  # else: generate one at start-up, write it here
+    # 420 s: the Azure SDKs treat a token with under 300 s left (minus up to 60 s of jitter)
+    # as due for refresh and would come back on every call.
+    min_remaining: float = 420.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings
+    profiles: Mapping[str, ProfileSettings]
+    mirror: MirrorSettings
+    msi: MsiSettings | None = None
+    source: str | None = None
+    warnings: tuple[str, ...] = field(default=())

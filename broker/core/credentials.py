@@ -1,0 +1,247 @@
+"""Azure AD credentials: one small class per kind, one interface.
+
+`acquire(upstream, ids)` returns an Azure AD token for the profile's scope. A credential never
+owns an HTTP client; the upstream client is passed in. Files are read when needed (they rotate)
+and their contents held only as long as a request needs them, except a rotated refresh token
+that could not be written back (kept in memory so it is not lost).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any, ClassVar, Protocol
+
+import jwt
+
+from broker.config.errors import LocalCredentialFailed
+from broker.config.files import read_text, write_atomically
+from broker.config.pem import load_certificate_key
+from broker.config.settings import ProfileSettings
+from broker.core.tokens import Token, TokenRejected, token_from_response
+from broker.core.upstream import RefreshIds, Upstream
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LIFETIME = 600  # s: Azure AD accepts client assertions valid for up to an hour
+
+
+class Credential(Protocol):
+    kind: ClassVar[str]
+
+    async def acquire(self, upstream: Upstream, ids: RefreshIds) -> Token: ...
+
+
+def _read(path: str, what: str) -> str:
+    """A credential file's content, or a LocalCredentialFailed naming the file (not content)."""
+    try:
+        return read_text(path)
+    except (OSError, ValueError) as e:
+        raise LocalCredentialFailed(f"cannot read the {what} {path}: {e}", endpoint="aad") from None
+
+
+class _AzureADCredential:
+    """Shared by the credentials that post a grant to the Azure AD token endpoint."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, profile: ProfileSettings, log: Any) -> None:
+        self.profile = profile
+        self.log = log
+
+    def grant(self, upstream: Upstream) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def post(self, upstream: Upstream, ids: RefreshIds) -> tuple[Token, dict]:
+        p = self.profile
+        form = {"client_id": p.client_id, "scope": p.scope, **self.grant(upstream)}
+        return await upstream.azure_ad_token(p.token_url, form, timeout=p.upstream_timeout, ids=ids)
+
+    async def acquire(self, upstream: Upstream, ids: RefreshIds) -> Token:
+        return (await self.post(upstream, ids))[0]
+
+
+class ClientSecretCredential(_AzureADCredential):
+    """client_credentials with a client secret."""
+
+    kind = "client_secret"
+
+    def grant(self, upstream: Upstream) -> dict[str, str]:
+        assert self.profile.client_secret is not None  # config guarantees it
+        return {
+            "grant_type": "client_credentials",
+            "client_secret": self.profile.client_secret.reveal(),
+        }
+
+
+class CertificateCredential(_AzureADCredential):
+    """client_credentials with a client assertion JWT signed by the app's certificate key."""
+
+    kind = "certificate"
+
+    def __init__(self, profile: ProfileSettings, log: Any) -> None:
+        super().__init__(profile, log)
+        assert profile.certificate_pem is not None  # config validated the file
+        password = profile.certificate_password
+        self._key = load_certificate_key(
+            profile.certificate_pem.reveal().encode("ascii"),
+            password.reveal().encode() if password else None,
+        )
+
+    def assertion(self, now: float) -> str:
+        p = self.profile
+        claims = {
+            "aud": p.token_url,
+            "iss": p.client_id,
+            "sub": p.client_id,
+            "jti": str(uuid.uuid4()),
+            "nbf": int(now),
+            "iat": int(now),
+            "exp": int(now) + ASSERTION_LIFETIME,
+        }
+        return jwt.encode(
+            claims,
+            self._key.key,
+            algorithm=p.signing_algorithm,
+            headers={"x5t#S256": self._key.thumbprint_s256},
+        )
+
+    def grant(self, upstream: Upstream) -> dict[str, str]:
+        return {
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": self.assertion(upstream.clock.time()),
+        }
+
+
+class FederatedTokenCredential(_AzureADCredential):
+    """client_credentials with a federated token (Kubernetes workload identity) as the client
+    assertion. The file is re-read on every request: the kubelet rotates it."""
+
+    kind = "federated_token_file"
+
+    def grant(self, upstream: Upstream) -> dict[str, str]:
+        assert self.profile.federated_token_file is not None
+        assertion = _read(self.profile.federated_token_file, "federated token file")
+        upstream.redactor.add(assertion)
+        return {
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion,
+        }
+
+
+class RefreshTokenCredential(_AzureADCredential):
+    """The refresh_token grant (app + user). Azure AD may rotate the refresh token; the new one
+    is written back to the file atomically, keeping its mode. If that write fails, the new token
+    is kept in memory (and used) until the file changes, so it is never lost."""
+
+    kind = "refresh_token"
+
+    def __init__(self, profile: ProfileSettings, log: Any) -> None:
+        super().__init__(profile, log)
+        self._seen_in_file: str | None = None  # the file content we last read
+        self._unsaved: str | None = None  # a rotated token we could not write back
+
+    def _current(self, upstream: Upstream) -> str:
+        assert self.profile.refresh_token_file is not None
+        in_file = _read(self.profile.refresh_token_file, "refresh token file")
+        upstream.redactor.add(in_file)
+        if self._unsaved is not None and in_file == self._seen_in_file:
+            return self._unsaved
+        self._seen_in_file, self._unsaved = in_file, None
+        return in_file
+
+    def grant(self, upstream: Upstream) -> dict[str, str]:
+        scope = self.profile.scope
+        if "offline_access" not in scope.split():
+            scope += " offline_access"  # ask for a rotated refresh token
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": self._current(upstream),
+            "scope": scope,
+        }
+        if self.profile.client_secret is not None:  # a confidential client authenticates too
+            form["client_secret"] = self.profile.client_secret.reveal()
+        return form
+
+    async def acquire(self, upstream: Upstream, ids: RefreshIds) -> Token:
+        token, body = await self.post(upstream, ids)
+        rotated = body.get("refresh_token")
+        if isinstance(rotated, str) and rotated and rotated != self._seen_in_file:
+            upstream.redactor.add(rotated)
+            self._save(rotated, ids)
+        return token
+
+    def _save(self, rotated: str, ids: RefreshIds) -> None:
+        path = self.profile.refresh_token_file
+        assert path is not None
+        try:
+            write_atomically(path, rotated + "\n")
+        except OSError as e:
+            self._unsaved = rotated
+            self.log.error(
+                "refresh_token_not_saved",
+                file=path,
+                error=e.strerror,
+                correlation_id=ids.correlation_id,
+                note="kept in memory; fix the file's permissions before the broker restarts",
+            )
+            return
+        self._seen_in_file, self._unsaved = rotated, None
+
+
+class StaticTokenCredential:
+    """An Azure AD token another system places in a file: no Azure AD call at all. The file
+    holds the bare token (a JWT with `exp`) or a JSON token answer; it is parsed again only
+    when it changes (inode, size or mtime)."""
+
+    kind: ClassVar[str] = "static_token_file"
+
+    def __init__(self, profile: ProfileSettings, log: Any) -> None:
+        self.profile = profile
+        self.log = log
+        self._stamp: tuple[int, int, int] | None = None
+        self._token: Token | None = None
+
+    async def acquire(self, upstream: Upstream, ids: RefreshIds) -> Token:
+        path = self.profile.static_token_file
+        assert path is not None
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise LocalCredentialFailed(
+                f"cannot read the static token file {path}: {e.strerror}", endpoint="aad"
+            ) from None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp and self._token is not None:
+            return self._token
+        text = _read(path, "static token file")
+        try:
+            body = json.loads(text) if text.startswith("{") else {"access_token": text}
+            token = token_from_response(
+                body, now_mono=upstream.clock.monotonic(), now_wall=upstream.clock.time()
+            )
+        except (ValueError, TokenRejected) as e:
+            raise LocalCredentialFailed(
+                f"the static token file {path} holds no usable token: {e}", endpoint="aad"
+            ) from None
+        upstream.redactor.add(token.value)
+        self._stamp, self._token = stamp, token
+        return token
+
+
+KINDS: dict[str, type] = {
+    c.kind: c
+    for c in (
+        ClientSecretCredential,
+        CertificateCredential,
+        FederatedTokenCredential,
+        RefreshTokenCredential,
+        StaticTokenCredential,
+    )
+}
+
+
+def make_credential(profile: ProfileSettings, log: Any) -> Credential:
+    return KINDS[profile.credential](profile, log.bind(profile=profile.name))

@@ -1,0 +1,165 @@
+"""The drop-in mirror's cache: Partner Center tokens exchanged for callers' own bearers.
+
+Keyed by SHA-256(bearer, path): never the bearer itself. Bounded by `max_entries` in an
+expiry-aware cachetools TLRUCache (an entry leaves when it stops being servable, or when the
+least recently used one must make room), so a flood of distinct bearers cannot grow memory.
+Concurrent identical requests share one upstream call. No HTTP request handling here: see
+`mirror_http.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import TLRUCache
+
+from broker.config.errors import TokenFormatError, UpstreamTimeout
+from broker.config.settings import MirrorSettings
+from broker.core import pcformat, schedule
+from broker.core.clock import Clock
+from broker.core.tokens import Token, TokenRejected, jwt_seconds_left, token_from_response
+from broker.core.upstream import Answer, Upstream
+
+# Refresh ahead as for profiles: 25 % of the lifetime, at least 60 s, before expiry.
+REFRESH_AHEAD, MIN_REFRESH_MARGIN = 0.25, 60.0
+# A refresh ahead is only made with a bearer that still has this long to live: upstream would
+# refuse an expiring one, and the caller will come back with a new bearer anyway.
+BEARER_MIN_LEFT = 60.0
+
+
+class Relay(Exception):
+    """Upstream answered something other than a token: relay it to the caller as it came."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(f"upstream answered {answer.status}")
+        self.answer = answer
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    token: Token
+    token_type: str
+    refresh_at: float  # monotonic
+
+
+def cache_key(bearer: str, path: str) -> bytes:
+    return hashlib.sha256(f"{path}\0{bearer}".encode()).digest()
+
+
+class MirrorCache:
+    def __init__(
+        self,
+        settings: MirrorSettings,
+        upstream: Upstream,
+        *,
+        clock: Clock,
+        log: Any,
+        metrics: Any,
+        rand: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self._upstream = upstream
+        self._clock = clock
+        self._log = log
+        self._metrics = metrics
+        self._rand = rand
+        min_remaining = settings.min_remaining
+        self._cache: TLRUCache[bytes, Cached] = TLRUCache(
+            maxsize=settings.max_entries,
+            ttu=lambda _key, value, _now: value.token.expires_mono - min_remaining,
+            timer=clock.monotonic,
+        )
+        self._flights: dict[bytes, asyncio.Task[Cached]] = {}  # one upstream call per key
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    async def get(self, bearer: str, path: str, forward: dict[str, Any]) -> tuple[Cached, bool]:
+        """The token for this bearer and path, and whether it came from the cache.
+        `forward` is the request to send upstream on a miss: headers and body."""
+        key = cache_key(bearer, path)
+        now = self._clock.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached.token.servable(now, self.settings.min_remaining):
+            if (
+                now >= cached.refresh_at
+                and key not in self._flights
+                and (jwt_seconds_left(bearer, self._clock.time()) or 0) > BEARER_MIN_LEFT
+            ):
+                self._launch(key, path, forward)  # refresh ahead with this caller's bearer
+            return cached, True
+        flight = self._flights.get(key) or self._launch(key, path, forward)
+        try:
+            cached = await asyncio.wait_for(asyncio.shield(flight), self.settings.upstream_timeout)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"no answer within {self.settings.upstream_timeout:g} s", endpoint="mirror"
+            ) from None
+        return cached, False
+
+    def _launch(self, key: bytes, path: str, forward: dict[str, Any]) -> asyncio.Task[Cached]:
+        task = asyncio.get_running_loop().create_task(self._fetch(key, path, forward))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._flights[key] = task
+        return task
+
+    async def _fetch(self, key: bytes, path: str, forward: dict[str, Any]) -> Cached:
+        started = self._clock.monotonic()
+        correlation_id = forward["headers"].get("ms-correlationid")
+        try:
+            answer = await self._upstream.post(
+                "mirror",
+                self.settings.upstream_base.rstrip("/") + path,
+                data=forward["body"],
+                headers=forward["headers"],
+                timeout=self.settings.upstream_timeout,
+                correlation_id=correlation_id,
+            )
+            if answer.status != 200:
+                self._upstream.count("mirror", "refused" if answer.status < 500 else "failing")
+                raise Relay(answer)
+            cached = self._parse(answer, correlation_id)
+            self._upstream.count("mirror", "ok")
+            self._cache[key] = cached
+            self._metrics.mirror_entries.set(len(self._cache))
+            return cached
+        finally:
+            del self._flights[key]
+            self._log.info(
+                "mirror_exchange",
+                path=path,
+                correlation_id=correlation_id,
+                duration_ms=round((self._clock.monotonic() - started) * 1000, 1),
+            )
+
+    def _parse(self, answer: Answer, correlation_id: str | None) -> Cached:
+        try:
+            body = pcformat.parse_token_answer(answer.content_type, answer.body)
+            token = token_from_response(
+                body, now_mono=self._clock.monotonic(), now_wall=self._clock.time()
+            )
+        except (ValueError, TokenRejected) as e:
+            self._upstream.count("mirror", "bad_token")
+            raise TokenFormatError(
+                str(e), endpoint="mirror", upstream_status=200, correlation_id=correlation_id
+            ) from None
+        self._upstream.redactor.add(token.value)
+        at = schedule.refresh_at(
+            token,
+            refresh_ahead=REFRESH_AHEAD,
+            min_refresh_margin=MIN_REFRESH_MARGIN,
+            min_remaining=self.settings.min_remaining,
+            rand=self._rand,
+        )
+        return Cached(token, str(body.get("token_type") or "bearer"), at)
+
+    async def close(self) -> None:
+        tasks = list(self._flights.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._cache.clear()

@@ -1,0 +1,67 @@
+"""Where new tokens come from: wires each profile's credential and Partner Center exchange into
+the cache as two entries, `aad` and `partner`. The partner entry gets its Azure AD token through
+the aad entry, so both share its cache and its single flight.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.config.errors import UpstreamRefused
+from broker.config.settings import ProfileSettings
+from broker.core.cache import Entry, Policy, TokenCache
+from broker.core.credentials import Credential, make_credential
+from broker.core.tokens import Token
+from broker.core.upstream import RefreshIds, Upstream
+
+KINDS = ("partner", "aad")
+# How often a static token file is checked for a new token placed by another system.
+STATIC_POLL = 10.0
+
+
+def policy_for(profile: ProfileSettings) -> Policy:
+    return Policy(
+        refresh_ahead=profile.refresh_ahead,
+        min_refresh_margin=profile.min_refresh_margin,
+        min_remaining=profile.min_remaining,
+        wait_timeout=profile.upstream_timeout,
+        warm=profile.warm,
+        poll_interval=STATIC_POLL if profile.credential == "static_token_file" else None,
+    )
+
+
+def profile_entries(
+    cache: TokenCache,
+    profile: ProfileSettings,
+    upstream: Upstream,
+    log: Any,
+    credential: Credential | None = None,
+) -> list[Entry]:
+    """The profile's two entries, built but not yet in the cache (see `TokenCache.install`)."""
+    credential = credential or make_credential(profile, log)
+    policy = policy_for(profile)
+
+    async def fetch_aad(ids: RefreshIds) -> Token:
+        return await credential.acquire(upstream, ids)
+
+    aad = cache.make_entry(profile.name, "aad", fetch_aad, policy)
+
+    async def fetch_partner(ids: RefreshIds) -> Token:
+        aad_token, _ = await aad.get()
+        try:
+            return await upstream.generate_token(
+                profile.generatetoken_url,
+                aad_token.value,
+                timeout=profile.upstream_timeout,
+                ids=ids,
+            )
+        except UpstreamRefused as e:
+            if e.upstream_status == 401:  # Partner Center no longer takes this AAD token
+                aad.invalidate(aad_token)
+            raise
+
+    return [aad, cache.make_entry(profile.name, "partner", fetch_partner, policy)]
+
+
+def add_profile(cache: TokenCache, profile: ProfileSettings, upstream: Upstream, log: Any) -> None:
+    cache.install(profile_entries(cache, profile, upstream, log))

@@ -1,0 +1,232 @@
+"""The Azure AD and Partner Center clients: requests, bounded reads, error mapping. No caching.
+
+Both ride on one shared aiohttp ClientSession (passed in). Redirects are never followed: a
+bearer or a client secret must not travel to wherever a 302 points.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from broker.config.errors import (
+    TokenFormatError,
+    UpstreamError,
+    UpstreamFailing,
+    UpstreamRefused,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from broker.core.clock import Clock
+from broker.core.streams import read_limited
+from broker.core.tokens import Token, TokenRejected, token_from_response
+from broker.observe.redact import Redactor
+
+MAX_BODY = 1 << 20  # bytes read from any upstream answer; a token answer is ~3 KiB
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshIds:
+    """Made once per refresh, kept across its retries: `ms-correlationid` and `ms-requestid`."""
+
+    correlation_id: str
+    request_id: str
+
+    @classmethod
+    def new(cls) -> RefreshIds:
+        return cls(str(uuid.uuid4()), str(uuid.uuid4()))
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    content_type: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def retry_after_seconds(value: str | None, now_wall: float) -> float | None:
+    """Retry-After as delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now_wall)
+
+
+class Upstream:
+    def __init__(
+        self, session: aiohttp.ClientSession, clock: Clock, *, metrics: Any, redactor: Redactor
+    ) -> None:
+        self._session = session
+        self._clock = clock
+        self._metrics = metrics
+        self._redactor = redactor
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def redactor(self) -> Redactor:
+        return self._redactor
+
+    async def post(
+        self,
+        endpoint: str,
+        url: str,
+        *,
+        data: Any,
+        headers: dict[str, str],
+        timeout: float,
+        correlation_id: str | None = None,
+    ) -> Answer:
+        """One POST with a total timeout and a bounded body; transport failures mapped."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            async with self._session.post(
+                url,
+                data=data,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                body = await read_limited(resp.content, MAX_BODY)
+                if len(body) > MAX_BODY:
+                    outcome = "bad_token"
+                    raise TokenFormatError(
+                        f"answer larger than {MAX_BODY} bytes",
+                        endpoint=endpoint,
+                        upstream_status=resp.status,
+                        correlation_id=correlation_id,
+                    )
+                return Answer(resp.status, resp.content_type, dict(resp.headers), body)
+        except TimeoutError:
+            outcome = "timeout"
+            raise UpstreamTimeout(
+                f"no answer within {timeout:g} s", endpoint=endpoint, correlation_id=correlation_id
+            ) from None
+        except (aiohttp.ClientError, OSError) as e:
+            outcome = "unreachable"
+            raise UpstreamUnreachable(
+                f"connection failed ({type(e).__name__})",
+                endpoint=endpoint,
+                correlation_id=correlation_id,
+            ) from None
+        finally:
+            self._metrics.upstream_latency.labels(endpoint).observe(time.perf_counter() - started)
+            if outcome != "ok":
+                self._metrics.upstream.labels(endpoint, outcome).inc()
+
+    def count(self, endpoint: str, outcome: str) -> None:
+        self._metrics.upstream.labels(endpoint, outcome).inc()
+
+    def _token(
+        self, endpoint: str, answer: Answer, correlation_id: str | None
+    ) -> tuple[Token, dict]:
+        """A 200 answer → a Token, or a TokenFormatError (not JSON, no token, bad expiry)."""
+        try:
+            body = json.loads(answer.body)
+            token = token_from_response(
+                body, now_mono=self._clock.monotonic(), now_wall=self._clock.time()
+            )
+        except (ValueError, UnicodeDecodeError) as e:
+            self.count(endpoint, "bad_token")
+            reason = (
+                str(e)
+                if isinstance(e, TokenRejected)
+                else (f"200 but not a JSON token ({answer.content_type or 'no content type'})")
+            )
+            raise TokenFormatError(
+                reason, endpoint=endpoint, upstream_status=200, correlation_id=correlation_id
+            ) from None
+        self._redactor.add(token.value)  # opaque tokens too, not only JWT-shaped ones
+        self.count(endpoint, "ok")
+        return token, body
+
+    def error(self, endpoint: str, answer: Answer, correlation_id: str | None) -> UpstreamError:
+        """A non-200 answer → the error the cache and the callers see."""
+        status = answer.status
+        detail = self._describe(answer)
+        message = f"{_NAMES[endpoint]} answered {status}" + (f": {detail}" if detail else "")
+        retry_after = retry_after_seconds(answer.headers.get("Retry-After"), self._clock.time())
+        kwargs = dict(endpoint=endpoint, upstream_status=status, correlation_id=correlation_id)
+        if status >= 500 or status in _RETRYABLE_4XX:
+            self.count(endpoint, "failing")
+            return UpstreamFailing(message, retry_after=retry_after, **kwargs)
+        self.count(endpoint, "refused")
+        return UpstreamRefused(message, retry_after=retry_after, **kwargs)
+
+    def _describe(self, answer: Answer) -> str:
+        """A short, redacted description from an error body (AAD or Partner Center shape)."""
+        try:
+            body = json.loads(answer.body)
+        except (ValueError, UnicodeDecodeError):
+            return ""
+        if not isinstance(body, dict):
+            return ""
+        parts = [str(body[k]) for k in ("error", "code") if body.get(k) not in (None, "")]
+        text = body.get("error_description") or body.get("description") or body.get("message")
+        if isinstance(text, str) and text:
+            parts.append(text.splitlines()[0][:200])
+        return self._redactor.text(" ".join(parts))[:300]
+
+    async def azure_ad_token(
+        self, url: str, form: dict[str, str], *, timeout: float, ids: RefreshIds
+    ) -> tuple[Token, dict]:
+        """POST {authority}/{tenant}/oauth2/v2.0/token. Returns the token and the whole answer
+        (a refresh-token credential needs the rotated refresh token from it)."""
+        headers = {
+            "Accept": "application/json",
+            "client-request-id": ids.correlation_id,
+            "return-client-request-id": "true",
+        }
+        answer = await self.post(
+            "aad",
+            url,
+            data=form,
+            headers=headers,
+            timeout=timeout,
+            correlation_id=ids.correlation_id,
+        )
+        if answer.status != 200:
+            raise self.error("aad", answer, ids.correlation_id)
+        return self._token("aad", answer, ids.correlation_id)
+
+    async def generate_token(
+        self, url: str, aad_token: str, *, timeout: float, ids: RefreshIds
+    ) -> Token:
+        """POST generatetoken_url with the AAD token as bearer, grant_type=jwt_token."""
+        headers = {
+            "Authorization": f"Bearer {aad_token}",
+            "Accept": "application/json",
+            "ms-correlationid": ids.correlation_id,
+            "ms-requestid": ids.request_id,
+        }
+        answer = await self.post(
+            "partner",
+            url,
+            data={"grant_type": "jwt_token"},
+            headers=headers,
+            timeout=timeout,
+            correlation_id=ids.correlation_id,
+        )
+        if answer.status != 200:
+            raise self.error("partner", answer, ids.correlation_id)
+        return self._token("partner", answer, ids.correlation_id)[0]
+
+
+_NAMES = {"aad": "Azure AD", "partner": "Partner Center", "mirror": "Partner Center"}

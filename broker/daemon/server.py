@@ -1,0 +1,190 @@
+"""The daemon: start-up → serve until a signal → shutdown. Read top to bottom.
+
+Signals:
+  SIGTERM, SIGINT  stop accepting, let in-flight requests finish (at most shutdown_timeout),
+                   close the cache, exit 0.
+  SIGHUP           reload the config file: a valid one is applied atomically (new profiles
+                   appear, removed ones go, changed ones refresh); a broken one is refused with
+                   one log line and the running config is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from aiohttp import web
+
+from broker.config.load import ConfigError, load_settings
+from broker.config.settings import Settings
+from broker.core.service import Broker
+from broker.daemon.listeners import ListenError, bind, bound_address
+from broker.daemon.systemd import Notifier, listen_fds
+from broker.http.app import BROKER, create_app
+from broker.http.protocol import GuardedAppRunner, Limits
+from broker.observe.logs import bridge_stdlib, make_logger
+from broker.observe.redact import Redactor
+
+KEEPALIVE = 15.0  # s an idle keep-alive connection stays open
+
+
+def make_runner(app: web.Application, settings: Settings) -> GuardedAppRunner:
+    """aiohttp's runner with the broker's connection limits and no access log (the audit line
+    replaces it; aiohttp's costs half the throughput)."""
+    server = settings.server
+    metrics = app[BROKER].metrics
+    limits = Limits(
+        read_timeout=server.read_timeout,
+        max_connections=server.max_connections,
+        max_head_bytes=server.max_header_bytes,
+        on_reject=lambda reason: metrics.rejected.labels(reason).inc(),
+    )
+    line = max(8190, server.max_header_bytes)
+    return GuardedAppRunner(
+        app,
+        limits=limits,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=server.shutdown_timeout,
+        keepalive_timeout=KEEPALIVE,
+        max_line_size=line,
+        max_field_size=line,
+        max_headers=100,
+        lingering_time=server.read_timeout,  # an unread body is drained no longer than a head
+    )
+
+
+def _bind_all(settings: Settings, log: Any) -> list[socket.socket]:
+    """Sockets from systemd (socket activation) if it passed any, else the configured ones."""
+    passed = listen_fds()
+    if passed:
+        log.info(
+            "socket_activation",
+            sockets=len(passed),
+            note="server.listen is not used while systemd passes the sockets",
+        )
+        return passed
+    sockets: list[socket.socket] = []
+    try:
+        for listen in settings.server.listen:
+            sockets.append(
+                bind(
+                    listen,
+                    socket_mode=settings.server.socket_mode,
+                    socket_group=settings.server.socket_group,
+                )
+            )
+            if not listen.is_loopback:
+                log.warning(
+                    "listening_remote",
+                    address=str(listen),
+                    note="server.allow_remote is on: other hosts can ask for tokens",
+                )
+    except ListenError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def _reload(
+    path: str | None, broker: Broker, runner: GuardedAppRunner, log: Any, notifier: Notifier
+) -> None:
+    notifier.send(RELOADING=1, MONOTONIC_USEC=int(time.monotonic() * 1_000_000))
+    try:
+        if path is None:
+            raise ConfigError([])
+        new = load_settings(path)
+        changes = broker.apply(new)
+    except ConfigError as e:
+        problems = "; ".join(str(p) for p in e.problems) or "no config file to reload"
+        log.error(
+            "reload_refused",
+            config=path,
+            problems=problems,
+            note="the running configuration is kept",
+        )
+    except Exception as e:  # a credential that cannot be built: keep the old config too
+        log.error(
+            "reload_refused",
+            config=path,
+            problems=f"{type(e).__name__}: {e}",
+            note="the running configuration is kept",
+        )
+    else:
+        limits = runner.limits
+        limits.read_timeout = new.server.read_timeout
+        limits.max_connections = new.server.max_connections
+        limits.max_head_bytes = new.server.max_header_bytes
+        log.info("reloaded", config=path, **changes)
+    notifier.send(READY=1, STATUS=broker.summary())
+
+
+async def serve(
+    settings: Settings,
+    *,
+    config_path: str | None = None,
+    log: Any = None,
+    redactor: Redactor | None = None,
+    on_ready: Callable[[list[str]], None] | None = None,
+    stop: asyncio.Event | None = None,
+    audit_stream: TextIO | None = None,
+) -> int:
+    """Run until `stop` is set (by SIGTERM/SIGINT when not given). Returns the exit code."""
+    redactor = redactor or Redactor()
+    log = log or make_logger(
+        fmt=settings.server.log_format, level=settings.server.log_level, redactor=redactor
+    )
+    bridge_stdlib(log)
+    loop = asyncio.get_running_loop()
+    notifier = Notifier()
+
+    # Signals first: a SIGTERM that arrives the instant we are ready must stop us cleanly.
+    own_signals = stop is None
+    stop = stop or asyncio.Event()
+    if own_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+    # -- start-up: bind every listener first, so a bad one fails before anything else runs.
+    try:
+        sockets = _bind_all(settings, log)
+    except ListenError as e:
+        log.error("listen_failed", error=str(e))
+        return 1
+    app = create_app(settings, log=log, redactor=redactor, audit_stream=audit_stream)
+    broker = app[BROKER]
+    runner = make_runner(app, settings)
+    await runner.setup()
+    for sock in sockets:
+        await web.SockSite(runner, sock).start()
+    addresses = [bound_address(s) for s in sockets]
+    log.info("listening", addresses=addresses)
+    if own_signals:
+        loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda: loop.create_task(_reload(config_path, broker, runner, log, notifier)),
+        )
+    notifier.send(READY=1, STATUS=f"listening on {', '.join(addresses)}; {broker.summary()}")
+    notifier.start_watchdog(broker.summary)
+    if on_ready is not None:
+        on_ready(addresses)
+
+    # -- main loop: wait for a signal.
+    await stop.wait()
+
+    # -- shutdown: sites stop accepting, in-flight requests finish (bounded), cache closes.
+    log.info("stopping", grace_s=settings.server.shutdown_timeout)
+    notifier.send(STOPPING=1, STATUS="stopping")
+    started = time.monotonic()
+    await runner.cleanup()
+    notifier.close()
+    if own_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    log.info("stopped", duration_s=round(time.monotonic() - started, 2))
+    return 0

@@ -1,0 +1,87 @@
+"""What every endpoint family shares: the broker's JSON error shape, standard headers, and the
+wrapper that counts requests and turns any crash into a JSON 500 without a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from broker.config.errors import UpstreamError
+from broker.core.render import JSON, TEXT, json_body
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 64 * 1024  # bytes: no broker endpoint needs more
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+CONTENT_TYPES = {
+    JSON: "application/json",
+    "application/xml": "application/xml; charset=utf-8",
+    "text/xml": "text/xml; charset=utf-8",
+    TEXT: "text/plain; charset=utf-8",
+}
+HEADERS = {media: {"Content-Type": ct, **NO_STORE} for media, ct in CONTENT_TYPES.items()}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    upstream_status: int | None = None,
+    correlation_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """The one error shape: {"error": {code, message, upstream_status?, correlation_id?}}."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if upstream_status is not None:
+        error["upstream_status"] = upstream_status
+    if correlation_id is not None:
+        error["correlation_id"] = correlation_id
+    return web.Response(
+        status=status,
+        body=json_body({"error": error}),
+        headers={**HEADERS[JSON], **(headers or {})},
+    )
+
+
+def retry_after(e: UpstreamError) -> dict[str, str] | None:
+    return {"Retry-After": str(int(e.retry_after + 0.999))} if e.retry_after else None
+
+
+def upstream_error_response(e: UpstreamError) -> web.Response:
+    return error_response(
+        e.status,
+        e.code,
+        e.message,
+        upstream_status=e.upstream_status,
+        correlation_id=e.correlation_id,
+        headers=retry_after(e),
+    )
+
+
+def counted(
+    route: str, handler: Handler, *, metrics: Any, log: Any, limit_body: bool = True
+) -> Handler:
+    """Count by route and status; refuse bodies over MAX_BODY; a crash becomes a JSON 500."""
+    count = metrics.count_request
+
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        try:
+            if limit_body and (request.content_length or 0) > MAX_BODY:
+                metrics.rejected.labels("body_too_large").inc()
+                response: web.StreamResponse = error_response(
+                    413, "body_too_large", f"request bodies are limited to {MAX_BODY} bytes"
+                )
+                response.force_close()  # no keep-alive after a body we refused to read
+            else:
+                response = await handler(request)
+        except web.HTTPException as e:
+            response = error_response(e.status, "http_error", e.reason)
+        except Exception:
+            log.exception("handler_crashed", route=route)
+            response = error_response(500, "internal_error", "internal error (logged)")
+        count(route, response.status)
+        return response
+
+    return wrapper

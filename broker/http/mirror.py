@@ -1,0 +1,101 @@
+"""`POST /generatetoken` and `POST /v3/generatetoken`: the upstream contract, cached.
+
+Everything the broker can judge itself (no bearer, a body too large, the wrong media type, a
+malformed body, a grant_type other than jwt_token, no acceptable answer type) is answered the
+way Partner Center would, in its error shape, without an upstream call. Upstream errors are
+relayed as they came (status, body, media type); only a failure to reach upstream at all is
+the broker's own 502/504, in the caller's media type.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from broker.config.errors import UpstreamError, UpstreamTimeout
+from broker.core import pcformat
+from broker.core.mirror import Relay
+from broker.core.streams import read_limited
+
+
+class MirrorHandler:
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+
+    async def handle(self, request: web.Request) -> web.Response:
+        headers = request.headers
+        media = pcformat.response_type(headers.get("Accept"))
+        ids = {
+            "ms-correlationid": headers.get("ms-correlationid") or str(uuid.uuid4()),
+            "ms-requestid": headers.get("ms-requestid") or str(uuid.uuid4()),
+        }
+        metrics = self.broker.metrics
+
+        def refuse(status: int, description: str, *, result: str = "rejected") -> web.Response:
+            metrics.mirror.labels(result).inc()
+            out = media or "application/json"
+            return web.Response(
+                status=status,
+                body=pcformat.render_error(out, status, description),
+                headers={"Content-Type": pcformat.content_type(out), **ids},
+            )
+
+        rejection = self.broker.guard.origin(headers)
+        if rejection is not None:
+            metrics.rejected.labels(rejection.reason).inc()
+            return refuse(rejection.status, rejection.message)
+        mirror = self.broker.mirror
+        if mirror is None:
+            return refuse(404, "the /generatetoken mirror is switched off ([mirror] enabled)")
+        scheme, _, bearer = headers.get("Authorization", "").partition(" ")
+        bearer = bearer.strip()
+        if scheme.lower() != "bearer" or not bearer:
+            return refuse(401, "Authorization: Bearer <Azure AD token> is required.")
+        if media is None:
+            return refuse(
+                406, "Accept must allow application/json, text/json, application/xml or text/xml."
+            )
+        if (request.content_length or 0) > pcformat.MAX_BODY:
+            return refuse(413, f"request body larger than {pcformat.MAX_BODY} bytes")
+        body = await read_limited(request.content, pcformat.MAX_BODY)
+        try:
+            pcformat.grant_type(headers.get("Content-Type"), body)
+        except pcformat.BadRequest as e:
+            return refuse(e.status, e.description)
+        forward = {
+            "headers": {
+                "Authorization": f"Bearer {bearer}",
+                "Accept": headers.get("Accept", "application/json"),
+                "Content-Type": headers["Content-Type"],
+                **ids,
+            },
+            "body": body,
+        }
+        try:
+            cached, hit = await mirror.get(bearer, request.path, forward)
+        except Relay as relay:
+            metrics.mirror.labels("relayed").inc()
+            answer = relay.answer
+            relayed = {
+                "Content-Type": answer.headers.get("Content-Type", "application/json"),
+                **ids,
+            }
+            if "Retry-After" in answer.headers:
+                relayed["Retry-After"] = answer.headers["Retry-After"]
+            return web.Response(status=answer.status, body=answer.body, headers=relayed)
+        except UpstreamTimeout as e:
+            return refuse(504, f"Partner Center did not answer: {e.message}", result="error")
+        except UpstreamError as e:
+            return refuse(502, f"Partner Center could not be used: {e.message}", result="error")
+        metrics.mirror.labels("hit" if hit else "miss").inc()
+        left = int(cached.token.remaining(self.broker.clock.monotonic()))
+        return web.Response(
+            body=pcformat.render_token(media, cached.token.value, str(left), cached.token_type),
+            headers={
+                "Content-Type": pcformat.content_type(media),
+                "Cache-Control": "no-store",
+                **ids,
+            },
+        )

@@ -1,0 +1,223 @@
+"""Connection-level limits aiohttp does not have: a deadline for reading a request's head (a
+slowloris defence: aiohttp waits for headers forever), a budget for its size, a cap on open
+connections, and JSON error answers that never echo the request back.
+
+`GuardedAppRunner` is aiohttp's AppRunner with its protocol factory wrapped so that every
+connection gets a `GuardedRequestHandler`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from broker.http.callers import Caller, caller_of
+
+LINGER = 1.0  # s a refused connection stays half-open so its answer is read, not reset
+
+
+@dataclass
+class Limits:
+    read_timeout: float  # s to receive a request's whole head
+    max_connections: int
+    max_head_bytes: int  # request line and headers together
+    on_reject: Callable[[str], None]  # counts a refusal in metrics, by reason
+    open: int = 0
+
+
+def raw_error(status: int, code: str, message: str) -> bytes:
+    """A complete HTTP/1.1 answer for when no request object exists (yet)."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    phrase = HTTPStatus(status).phrase
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def _classify(status: int, exc: BaseException | None) -> tuple[int, str, str]:
+    """(status, code, message) for an error aiohttp hit before or around a handler. The
+    message never quotes the request: aiohttp's own would echo it, bearer tokens included."""
+    if isinstance(exc, LineTooLong):
+        return 431, "headers_too_large", "a request header line is too long"
+    if isinstance(exc, BadHttpMessage) and "many headers" in str(exc):
+        return 431, "headers_too_large", "too many request headers"
+    if isinstance(exc, BadHttpMessage) or 400 <= status < 500:
+        return 400 if status >= 500 else status, "bad_request", "malformed HTTP request"
+    if status == 504:
+        return 504, "timeout", "the request took too long"
+    return 500, "internal_error", "internal error (logged)"
+
+
+class GuardedRequestHandler(RequestHandler):
+    __slots__ = (
+        "_counted",
+        "_head_bytes",
+        "_head_line_done",
+        "_head_timer",
+        "_limits",
+        "_line_bytes",
+        "_peer",
+    )
+
+    def __init__(self, manager: Any, *, limits: Limits, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = limits
+        self._counted = False
+        self._head_bytes = 0
+        self._head_line_done = False
+        self._line_bytes = 0  # bytes of the request line seen so far
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._peer: Caller | None = None
+
+    # -- the connection ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._limits.open += 1
+        self._counted = True
+        if self._limits.open > self._limits.max_connections:
+            self._reject(429, "too_many_connections", "the broker is at its connection limit")
+            return
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._counted:
+            self._limits.open -= 1
+            self._counted = False
+        self._disarm()
+        super().connection_lost(exc)
+
+    def caller(self) -> Caller:
+        """Who is on the other end, worked out once per connection (not once per request)."""
+        if self._peer is None:
+            self._peer = caller_of(self.transport)
+        return self._peer
+
+    # -- reading a request's head -----------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        in_head = self._current_request is None and not self._messages
+        if in_head and not (self._force_close or self._close):
+            self._head_bytes += len(data)
+            if not self._head_line_done:
+                end = data.find(b"\n")
+                self._line_bytes += len(data) if end < 0 else end
+                self._head_line_done = end >= 0
+            if self._head_bytes > self._limits.max_head_bytes:
+                if self._line_bytes > self._limits.max_head_bytes or not self._head_line_done:
+                    self._reject(414, "uri_too_long", "the request line is too long")
+                else:
+                    self._reject(
+                        431,
+                        "headers_too_large",
+                        f"request headers over {self._limits.max_head_bytes} bytes",
+                    )
+                return
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) > queued:  # a whole head arrived: the deadline is met
+            if self._head_timer is not None:
+                self._disarm()
+            self._head_bytes = self._line_bytes = 0
+            self._head_line_done = False
+        elif in_head and self._head_timer is None and not (self._force_close or self._close):
+            # A head split over packets must be complete within read_timeout. (Arming only
+            # here keeps a timer off the path of the usual one-packet request.)
+            self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self._loop.call_later(self._limits.read_timeout, self._head_too_slow)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._current_request is None and not self._messages and self._head_bytes:
+            self._reject(
+                408,
+                "request_timeout",
+                f"the request head did not arrive within {self._limits.read_timeout:g} s",
+            )
+        elif self._current_request is None and not self._messages:
+            self.force_close()  # connected and said nothing: just close
+
+    def _reject(self, status: int, code: str, message: str) -> None:
+        self._limits.on_reject(code)
+        self._disarm()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        # A lingering close: send the answer, stop reading, and close a moment later. Closing
+        # at once while the client still sends makes the kernel reset the connection, and the
+        # client may never read the answer.
+        self._force_close = True
+        if self._waiter is not None:
+            self._waiter.cancel()
+        transport.write(raw_error(status, code, message))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(LINGER, transport.close)
+
+    # -- errors aiohttp meets itself --------------------------------------------------------
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer was already being sent")
+        status, code, text = _classify(status, exc)
+        self._limits.on_reject(code)
+        if status >= 500:
+            self.logger.warning("request failed before a handler: %s", type(exc).__name__)
+        body = json.dumps({"error": {"code": code, "message": text}}).encode()
+        response = web.Response(
+            status=status,
+            body=body,
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+        response.force_close()
+        return response
+
+
+class _GuardedFactory:
+    """Stands in for aiohttp's Server as the protocol factory; everything else is delegated."""
+
+    def __init__(self, server: Any, limits: Limits) -> None:
+        self._server = server
+        self._limits = limits
+
+    def __call__(self) -> GuardedRequestHandler:
+        server = self._server
+        return GuardedRequestHandler(
+            server, loop=server._loop, limits=self._limits, **server._kwargs
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+class GuardedAppRunner(web.AppRunner):
+    def __init__(self, app: web.Application, *, limits: Limits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.limits = limits
+
+    async def _make_server(self) -> Any:
+        return _GuardedFactory(await super()._make_server(), self.limits)

@@ -1,0 +1,209 @@
+"""The /v1 endpoints for local tools, and the operators' /healthz, /readyz and /metrics.
+
+Every /v1 request passes the origin guard (no proxy headers, an allowed Host) and must carry
+the required header; a restricted profile also checks the caller (uid/group on the unix socket,
+access key). A caller that may not use a profile learns nothing about it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from broker.config.errors import UpstreamError
+from broker.config.settings import ProfileSettings, Settings
+from broker.core.render import JSON, Negotiator, Rendered, json_body, render
+from broker.core.service import Broker
+from broker.core.sources import KINDS
+from broker.http.callers import ACCESS_KEY_HEADER, Caller, identify, may_use, restricted
+from broker.http.common import HEADERS, NO_STORE, error_response, upstream_error_response
+from broker.observe.metrics import CONTENT_TYPE
+
+_NOT_ALLOWED = "this caller may not use this profile"
+
+
+class V1Handlers:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._negotiate = Negotiator()
+        self._rendered: dict[tuple[str, str], Rendered] = {}
+        self._last_forced: dict[str, float] = {}
+        self._restricted_for: Settings | None = None
+        self._restricted_names: frozenset[str] = frozenset()
+
+    @property
+    def settings(self) -> Settings:
+        return self.broker.settings
+
+    def _refuse(self, reason: str, status: int, code: str, message: str) -> web.Response:
+        self.broker.metrics.rejected.labels(reason).inc()
+        return error_response(status, code, message)
+
+    def guard(self, request: web.Request) -> web.Response | None:
+        """Origin checks and the required header; None when the request may pass."""
+        rejection = self.broker.guard.v1(request.headers)
+        if rejection is None:
+            return None
+        return self._refuse(rejection.reason, rejection.status, rejection.code, rejection.message)
+
+    def allowed(self, profile: ProfileSettings, caller: Caller, request: web.Request) -> bool:
+        return not restricted(profile) or may_use(
+            profile, caller, request.headers.get(ACCESS_KEY_HEADER)
+        )
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def _restricted(self) -> frozenset[str]:
+        """Names of the profiles that check their callers, recomputed when settings change."""
+        settings = self.broker.settings
+        if self._restricted_for is not settings:
+            self._restricted_names = frozenset(
+                name for name, p in settings.profiles.items() if restricted(p)
+            )
+            self._restricted_for = settings
+        return self._restricted_names
+
+    async def token(self, request: web.Request) -> web.Response:
+        """The hot path: a cache hit does dictionary lookups and no coroutine of its own."""
+        broker = self.broker
+        headers = request.headers
+        denied = self.guard(request)
+        if denied is not None:
+            return denied
+        name = request.match_info.get("profile", "default")
+        kind = request.query.get("kind", "partner") if request.query_string else "partner"
+        if kind not in KINDS:
+            return error_response(400, "bad_kind", "kind must be 'partner' or 'aad'")
+        media = self._negotiate(headers.get("Accept"))
+        if media is None:
+            return error_response(
+                406,
+                "not_acceptable",
+                "offered: application/json, application/xml, text/xml, text/plain",
+            )
+        entry = broker.cache.entries.get((name, kind))
+        if entry is None:
+            return error_response(404, "unknown_profile", f"no profile named {name!r}")
+        caller = identify(request)
+        if name in self._restricted() and not self.allowed(
+            broker.settings.profiles[name], caller, request
+        ):
+            return self._refuse("not_allowed", 403, "forbidden", _NOT_ALLOWED)
+        token = entry.peek()
+        hit = token is not None
+        if token is None:
+            try:
+                token, hit = await entry.get()
+            except UpstreamError as e:
+                return upstream_error_response(e)
+        broker.metrics.count_cache(name, kind, hit)
+        broker.audit.served("v1", name, kind, caller.description, hit, entry.token_correlation_id)
+        rendered = self._rendered.get((name, kind))
+        if rendered is None or rendered.token is not token:
+            rendered = self._rendered[(name, kind)] = render(token, name, kind)
+        expires_in = int(token.expires_mono - broker.clock.monotonic())
+        return web.Response(body=rendered.body(media, expires_in), headers=HEADERS[media])
+
+    async def refresh(self, request: web.Request) -> web.Response:
+        denied = self.guard(request)
+        if denied is not None:
+            return denied
+        name = request.match_info["profile"]
+        kind = request.query.get("kind", "partner")
+        if kind not in KINDS:
+            return error_response(400, "bad_kind", "kind must be 'partner' or 'aad'")
+        aad = self.broker.cache.entry(name, "aad")
+        target = self.broker.cache.entry(name, kind)
+        if aad is None or target is None:
+            return error_response(404, "unknown_profile", f"no profile named {name!r}")
+        if not self.allowed(self.settings.profiles[name], identify(request), request):
+            return self._refuse("not_allowed", 403, "forbidden", _NOT_ALLOWED)
+        now = self.broker.clock.monotonic()
+        wait = self._last_forced.get(name, -1e9) + self.settings.server.refresh_min_interval - now
+        if wait > 0:
+            self.broker.metrics.rejected.labels("refresh_rate").inc()
+            return error_response(
+                429,
+                "too_many_refreshes",
+                f"profile {name!r} was refreshed moments ago",
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
+        self._last_forced[name] = now
+        try:
+            await aad.refresh()  # a forced partner refresh starts from a fresh AAD token too
+            if target is not aad:
+                await target.refresh()
+        except UpstreamError as e:
+            return upstream_error_response(e)
+        status = target.status()
+        return web.json_response(
+            {
+                "profile": name,
+                "kind": kind,
+                "refreshed": True,
+                "expires_on": status.expires_on,
+                "expires_in": status.expires_in,
+            },
+            headers=NO_STORE,
+        )
+
+    async def profiles(self, request: web.Request) -> web.Response:
+        denied = self.guard(request)
+        if denied is not None:
+            return denied
+        caller = identify(request)
+        visible = {
+            name for name, p in self.settings.profiles.items() if self.allowed(p, caller, request)
+        }
+        return web.Response(
+            body=json_body({"profiles": self.profile_table(visible)}), headers=HEADERS[JSON]
+        )
+
+    def profile_table(self, visible: set[str]) -> dict[str, Any]:
+        table: dict[str, Any] = {}
+        for s in self.broker.statuses():
+            p = self.settings.profiles.get(s.profile)
+            if p is None or s.profile not in visible:
+                continue
+            row = table.setdefault(s.profile, {"credential": p.credential, "warm": p.warm})
+            row[s.kind] = {
+                "state": s.state,
+                "expires_on": s.expires_on,
+                "expires_in": s.expires_in,
+                "next_attempt_in": s.next_attempt_in,
+                "failures_in_row": s.failures,
+                "waiters": s.waiters,
+                "last_error": s.last_error,
+                "upstream_calls": s.calls,
+            }
+        return table
+
+    # -- operators ---------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(body=b'{"status": "ok"}', headers=HEADERS[JSON])
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ok, detail = self.broker.ready()
+        body = json_body({"ready": ok, "profiles": detail})
+        return web.Response(status=200 if ok else 503, body=body, headers=HEADERS[JSON])
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.broker.metrics.render(), headers={"Content-Type": CONTENT_TYPE}
+        )
+
+    # -- everything else ---------------------------------------------------------------------
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        if request.method == "OPTIONS":
+            return await self.method_not_allowed(request)
+        return error_response(404, "not_found", "no such endpoint")
+
+    async def method_not_allowed(self, request: web.Request) -> web.Response:
+        if request.method == "OPTIONS":  # a CORS preflight: browsers get nothing here
+            return self._refuse(
+                "preflight", 403, "preflight_refused", "cross-origin requests are not served"
+            )
+        return error_response(405, "method_not_allowed", f"{request.method} is not allowed here")

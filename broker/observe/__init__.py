@@ -1,0 +1,4 @@
+"""Logs, secret redaction, the audit trail and Prometheus metrics.
+
+May import config only.
+"""
