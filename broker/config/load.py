@@ -11,10 +11,12 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from broker.config.clouds import CLOUDS, cloud_keys
 from broker.config.credentials import CREDENTIAL_KEYS, CREDENTIALS, credential_fields
 from broker.config.errors import ConfigError, Problem
 from broker.config.read import Reader
@@ -40,6 +42,7 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "upstream_timeout": 10,
     "warm": True,
     "credential": "client_secret",
+    "cloud": "public",  # sets authority, generatetoken_url and scope together (clouds.py)
 }
 ACCESS_KEYS = frozenset(
     {"allowed_uids", "allowed_gids", "access_key", "access_key_file", "access_key_env"}
@@ -75,6 +78,7 @@ def _profile(
     for key in ("generatetoken_url", "authority"):
         v[key] = r.url(merged[key], at(key))
     v["scope"] = r.string(merged["scope"], at("scope"))
+    v["cloud"] = r.string(merged["cloud"], at("cloud"), choices=tuple(CLOUDS))
     v["refresh_ahead"] = r.number(merged["refresh_ahead"], at("refresh_ahead"), 0, 0.5)
     v["min_refresh_margin"] = r.number(
         merged["min_refresh_margin"], at("min_refresh_margin"), 0, 86400
@@ -122,11 +126,22 @@ def parse_settings(
     profiles: dict[str, ProfileSettings] = {}
     for name, raw in profiles_table.items():
         own = r.table(raw, ("profiles", name), PROFILE_KEYS)
-        merged = {**PROFILE_DEFAULTS, **defaults, **own}
+        # Explicit keys win over a cloud's; a profile's cloud over what [defaults] set.
+        merged = {
+            **PROFILE_DEFAULTS,
+            **cloud_keys(defaults.get("cloud")),
+            **defaults,
+            **cloud_keys(own.get("cloud")),
+            **own,
+        }
         profile = _profile(r, name, merged, own, ("profiles", name))
         if profile is not None:
             profiles[name] = profile
     mirror = read_mirror(r, data)
+    name, own_mirror = defaults.get("cloud"), data.get("mirror")
+    cloud = CLOUDS.get(name) if isinstance(name, str) else None
+    if cloud and not (isinstance(own_mirror, dict) and "upstream_base" in own_mirror):
+        mirror = replace(mirror, upstream_base=cloud["mirror_upstream_base"])  # follows [defaults]
     msi = read_msi(r, data, profiles)
     if r.problems:
         raise ConfigError(r.problems)

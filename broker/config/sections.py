@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import urllib.parse
 from typing import Any
 
 from broker.config.listen import parse_listen
 from broker.config.read import Reader
 from broker.config.settings import MirrorSettings, MsiSettings, ProfileSettings, ServerSettings
 
-SERVER_KEYS = frozenset(ServerSettings.__dataclass_fields__)
+SERVER_FIELDS = frozenset(ServerSettings.__dataclass_fields__)
+# The proxy's credentials come from a file only: never inline in the config, never in the URL.
+SERVER_KEYS = (SERVER_FIELDS - {"upstream_proxy_credentials"}) | {"upstream_proxy_credentials_file"}
 MIRROR_KEYS = frozenset(MirrorSettings.__dataclass_fields__)
 MSI_KEYS = frozenset(
     {
@@ -76,8 +79,9 @@ def read_server(r: Reader, data: dict[str, Any]) -> ServerSettings:
     if "socket_group" in t:
         ids = r.ids([t["socket_group"]], at("socket_group"), "group")
         out["socket_group"] = ids[0] if ids else None
+    _read_proxy(r, t, out)
     server = ServerSettings(
-        **{k: getattr(d, k) if out.get(k) is None else out[k] for k in SERVER_KEYS}
+        **{k: getattr(d, k) if out.get(k) is None else out[k] for k in SERVER_FIELDS}
     )
     if server.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         r.problem(at("event_loop"), "uvloop is not installed: pip install 'pc-token-broker[speed]'")
@@ -92,6 +96,41 @@ def read_server(r: Reader, data: dict[str, Any]) -> ServerSettings:
         elif not listen.is_loopback:
             r.warnings.append(f"server.listen: {listen} is reachable from other hosts")
     return server
+
+
+def _read_proxy(r: Reader, t: dict[str, Any], out: dict[str, Any]) -> None:
+    """[server] upstream_proxy (an http:// URL without credentials) and the file holding its
+    "user:password"."""
+    at = ("server", "upstream_proxy")
+    if "upstream_proxy" in t:
+        text = r.string(t["upstream_proxy"], at)
+        parts = urllib.parse.urlsplit(text) if text else None
+        if parts is None:
+            pass
+        elif parts.username is not None or parts.password is not None:
+            r.problem(
+                at,
+                "no credentials in the URL: put user:password in a file named by "
+                "server.upstream_proxy_credentials_file",
+            )
+        elif parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+            r.problem(at, "must look like http://HOST:PORT (a forward proxy)")
+        else:
+            try:
+                parts.port  # noqa: B018 - raises on a bad port
+            except ValueError:
+                r.problem(at, "must look like http://HOST:PORT (a forward proxy)")
+            else:
+                out["upstream_proxy"] = text
+    if "upstream_proxy_credentials_file" in t:
+        where = ("server", "upstream_proxy_credentials_file")
+        secret, _ = r.secret(t, ("server",), "upstream_proxy_credentials", required=False)
+        if secret is not None and ":" not in secret.reveal():
+            r.problem(where, "the file must hold user:password")
+        elif secret is not None:
+            out["upstream_proxy_credentials"] = secret
+        if "upstream_proxy" not in t:
+            r.problem(where, "set server.upstream_proxy too (credentials for which proxy?)")
 
 
 def read_mirror(r: Reader, data: dict[str, Any]) -> MirrorSettings:

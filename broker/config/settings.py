@@ -26,6 +26,10 @@ class ServerSettings:
     refresh_min_interval: float = 10.0  # s between forced refreshes of one profile
     shutdown_timeout: float = 10.0  # s in-flight requests get to finish after SIGTERM
     event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
+    # A forward proxy for every upstream call (HTTPS_PROXY / NO_PROXY are honoured without it);
+    # its "user:password" comes from upstream_proxy_credentials_file, never from the URL.
+    upstream_proxy: str | None = None
+    upstream_proxy_credentials: Secret | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,7 @@ class ProfileSettings:
     min_remaining: float
     upstream_timeout: float
     warm: bool
+    cloud: str = "public"  # public | usgov | china: where authority, URL and scope came from
     client_secret: Secret | None = None
     secret_source: str = ""  # where the credential comes from, for summaries: "file /x", "env X"
     certificate_pem: Secret | None = None  # key + certificate, validated at load

@@ -22,7 +22,7 @@ from broker.core.clock import Clock
 from broker.core.guards import OriginGuard
 from broker.core.mirror import MirrorCache
 from broker.core.sources import add_profile, profile_entries
-from broker.core.upstream import Upstream
+from broker.core.upstream import Proxies, Upstream
 from broker.observe.audit import Audit
 from broker.observe.redact import Redactor
 
@@ -118,7 +118,14 @@ class Broker:
             )
             self._owns_session = True
         self._session = session
-        self.upstream = Upstream(session, self.clock, metrics=self.metrics, redactor=self.redactor)
+        server = self.settings.server
+        self.upstream = Upstream(
+            session,
+            self.clock,
+            metrics=self.metrics,
+            redactor=self.redactor,
+            proxies=Proxies(server.upstream_proxy, server.upstream_proxy_credentials),
+        )
         for profile in self.settings.profiles.values():
             add_profile(self.cache, profile, self.upstream, self.log)
         self.mirror = self._mirror_for(self.settings)
@@ -176,6 +183,9 @@ class Broker:
                 "socket_mode",
                 "socket_group",
                 "allow_remote",
+                "event_loop",
+                "upstream_proxy",
+                "upstream_proxy_credentials",
             )
             if getattr(new.server, k) != getattr(old.server, k)
         ]

@@ -6,10 +6,14 @@ bearer or a client secret must not travel to wherever a 302 points.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import time
+import urllib.parse
+import urllib.request
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +27,7 @@ from broker.config.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from broker.config.secret import Secret
 from broker.core.clock import Clock
 from broker.core.streams import read_limited
 from broker.core.tokens import Token, TokenRejected, token_from_response
@@ -66,14 +71,88 @@ def retry_after_seconds(value: str | None, now_wall: float) -> float | None:
     return max(0.0, when.timestamp() - now_wall)
 
 
+def _proxy_authorization(userinfo: str) -> dict[str, str]:
+    """Basic credentials for the proxy, from "user:password"."""
+    encoded = base64.b64encode(userinfo.encode("utf-8")).decode("ascii")
+    return {"Proxy-Authorization": f"Basic {encoded}"}
+
+
+class Proxies:
+    """Which forward proxy an upstream URL goes through: none for a NO_PROXY host, else
+    `[server] upstream_proxy` when set, else HTTPS_PROXY / HTTP_PROXY (by the URL's scheme).
+
+    The environment is read once, at start-up, as curl and requests read it (lower case first).
+    Unlike aiohttp's trust_env, ~/.netrc is never read: no credential reaches upstream by
+    accident.
+    """
+
+    def __init__(
+        self,
+        configured: str | None = None,
+        credentials: Secret | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.configured = configured
+        self._auth: dict[str, str] | None = None
+        if credentials is not None:
+            self._auth = _proxy_authorization(credentials.reveal())
+        if env is None:
+            self._env = urllib.request.getproxies_environment()
+        else:  # the same rules, from a given mapping (tests)
+            self._env = {
+                k.lower()[: -len("_proxy")]: v
+                for k, v in sorted(env.items(), key=lambda kv: kv[0].islower())
+                if k.lower().endswith("_proxy") and v
+            }
+
+    def for_url(self, url: str) -> tuple[str | None, dict[str, str] | None]:
+        """The proxy URL for `url` and the headers for it (Proxy-Authorization), or Nones."""
+        parts = urllib.parse.urlsplit(url)
+        if self._env.get("no") and urllib.request.proxy_bypass_environment(parts.netloc, self._env):
+            return None, None
+        if self.configured:
+            return self.configured, self._auth
+        proxy = self._env.get(parts.scheme)
+        if not proxy:
+            return None, None
+        bare = urllib.parse.urlsplit(proxy)  # HTTPS_PROXY=http://user:password@host:port
+        if bare.username is None:
+            return proxy, None
+        userinfo = (
+            f"{urllib.parse.unquote(bare.username)}:{urllib.parse.unquote(bare.password or '')}"
+        )
+        plain = bare._replace(netloc=bare.netloc.rpartition("@")[2]).geturl()
+        return plain, _proxy_authorization(userinfo)
+
+    def describe(self) -> str:
+        """For the start-up banner: where proxies come from, without any credentials."""
+        parts = []
+        if self.configured:
+            parts.append(f"upstream_proxy {self.configured}")
+        for scheme in ("https", "http"):
+            if self._env.get(scheme):
+                bare = urllib.parse.urlsplit(self._env[scheme])
+                parts.append(f"{scheme.upper()}_PROXY {bare.hostname}:{bare.port or ''}")
+        if self._env.get("no"):
+            parts.append(f"NO_PROXY {self._env['no']}")
+        return "; ".join(parts) or "none"
+
+
 class Upstream:
     def __init__(
-        self, session: aiohttp.ClientSession, clock: Clock, *, metrics: Any, redactor: Redactor
+        self,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+        *,
+        metrics: Any,
+        redactor: Redactor,
+        proxies: Proxies | None = None,
     ) -> None:
         self._session = session
         self._clock = clock
         self._metrics = metrics
         self._redactor = redactor
+        self.proxies = proxies or Proxies(env={})
 
     @property
     def clock(self) -> Clock:
@@ -96,12 +175,19 @@ class Upstream:
         """One POST with a total timeout and a bounded body; transport failures mapped."""
         started = time.perf_counter()
         outcome = "ok"
+        proxy, proxy_headers = self.proxies.for_url(url)
+        if proxy_headers and url.startswith("http:"):
+            # aiohttp sends proxy_headers on a CONNECT (https) only; a plain-http request goes
+            # to the proxy itself and carries them.
+            headers = {**headers, **proxy_headers}
         try:
             async with self._session.post(
                 url,
                 data=data,
                 headers=headers,
                 allow_redirects=False,
+                proxy=proxy,
+                proxy_headers=proxy_headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 body = await read_limited(resp.content, MAX_BODY)

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
+from broker import __version__
 from broker.config.load import ConfigError, load_settings
 from broker.config.settings import Settings
 from broker.core.service import Broker
@@ -89,6 +90,32 @@ def _bind_all(settings: Settings, log: Any) -> list[socket.socket]:
             sock.close()
         raise
     return sockets
+
+
+def _banner(
+    log: Any,
+    settings: Settings,
+    broker: Broker,
+    config_path: str | None,
+    addresses: list[str],
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """The start-up line an operator reads first (as Vault Agent prints one): what runs, from
+    which file, where it listens and which endpoint families are on."""
+    server = settings.server
+    log.info(
+        "listening",
+        version=__version__,
+        config=config_path,
+        addresses=addresses,
+        profiles=sorted(settings.profiles),
+        mirror="on" if settings.mirror.enabled else "off",
+        msi=f"on (profile {settings.msi.profile})" if settings.msi else "off",
+        audit="on" if server.audit else "off",
+        event_loop=type(loop).__module__.split(".")[0],
+        upstream_proxy=broker.upstream.proxies.describe() if broker.upstream else "none",
+        log_level=server.log_level,
+    )
 
 
 async def _reload(
@@ -163,7 +190,7 @@ async def serve(
     for sock in sockets:
         await web.SockSite(runner, sock).start()
     addresses = [bound_address(s) for s in sockets]
-    log.info("listening", addresses=addresses)
+    _banner(log, settings, broker, config_path, addresses, loop)
     if own_signals:
         loop.add_signal_handler(
             signal.SIGHUP,

@@ -166,7 +166,9 @@ class V1Handlers:
             p = self.settings.profiles.get(s.profile)
             if p is None or s.profile not in visible:
                 continue
-            row = table.setdefault(s.profile, {"credential": p.credential, "warm": p.warm})
+            row = table.setdefault(
+                s.profile, {"credential": p.credential, "warm": p.warm, "cloud": p.cloud}
+            )
             row[s.kind] = {
                 "state": s.state,
                 "expires_on": s.expires_on,
