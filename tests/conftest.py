@@ -264,3 +264,39 @@ async def run_server(witness: Witness):
     run.stop_all = stop_all  # type: ignore[attr-defined]
     yield run
     await stop_all()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real Redis for the session (unix socket in a temporary directory)."""
+    from tests.redisd import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_db(redis_server):
+    """The session's Redis, emptied for this test."""
+    redis_server.flush()
+    return redis_server
+
+
+@pytest.fixture
+def own_redis(tmp_path_factory):
+    """A Redis of this test's own, for tests that kill it."""
+    from tests.redisd import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis-own")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def shared_key(tmp_path) -> str:
+    """A fresh 32-byte key file, mode 0600."""
+    path = tmp_path / "shared.key"
+    path.write_bytes(secrets.token_bytes(32))
+    path.chmod(0o600)
+    return str(path)

@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("check-config", help="validate the config; exit 2 on problems")
     p.add_argument("--config")
+    p.add_argument(
+        "--online", action="store_true", help="also reach what the config names (Redis: PING)"
+    )
     p = sub.add_parser("token", help="print a token from the running daemon")
     p.add_argument("profile", nargs="?", default="default")
     p.add_argument("--kind", choices=("partner", "aad"), default="partner")
@@ -108,6 +111,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from broker.cli.summary import describe
 
     print(describe(settings, path))
+    if getattr(args, "online", False) and settings.shared is not None:
+        from broker.core.shared import ping
+
+        problem = asyncio.run(ping(settings.shared))
+        if problem is not None:
+            print(f"{path}: shared.redis_url: {problem}", file=sys.stderr)
+            return 1
+        print("  shared cache:    Redis answered PING")
     return 0
 
 
@@ -136,7 +147,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from broker.cli.client import DaemonUnreachable, error_message, request
-    from broker.cli.summary import status_table
+    from broker.cli.summary import shared_line, status_table
 
     try:
         status, body = request(_target(args), "GET", "/v1/profiles")
@@ -146,7 +157,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status != 200:
         print(f"pc-token-broker: {error_message(status, body)}", file=sys.stderr)
         return 1
-    print(status_table(json.loads(body)["profiles"]))
+    data = json.loads(body)
+    print(status_table(data["profiles"]))
+    if isinstance(data.get("shared"), dict):
+        print(shared_line(data["shared"]))
     return 0
 
 

@@ -32,6 +32,13 @@ def describe(settings: Settings, path: str) -> str:
         f"  mirror:          {'on' if m.enabled else 'off'}, upstream {m.upstream_base}, "
         f"at most {m.max_entries} tokens"
     )
+    if settings.shared is not None:
+        sh = settings.shared
+        lines.append(
+            f"  shared cache:    {sh.redis_url}, prefix {sh.prefix}, key file {sh.key_file}"
+            f"{', password file ' + str(sh.password_file) if sh.password_file else ''}, "
+            f"lease {sh.lock_timeout:g} s"
+        )
     for warning in settings.warnings:
         lines.append(f"  warning: {warning}")
     return "\n".join(lines)
@@ -77,3 +84,15 @@ def status_table(profiles: dict[str, Any]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
+
+
+def shared_line(shared: dict[str, Any]) -> str:
+    """The `status` line for the fleet's shared cache (from /v1/profiles)."""
+    line = (
+        f"shared cache: {shared.get('state')} ({shared.get('redis')}); "
+        f"hits {shared.get('hits', 0)}, misses {shared.get('misses', 0)}, "
+        f"lease waits {shared.get('lease_waits', 0)}, Redis errors {shared.get('errors', 0)}"
+    )
+    if shared.get("last_error"):
+        line += f"; last error: {shared['last_error']}"
+    return line

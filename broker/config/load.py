@@ -20,7 +20,7 @@ from broker.config.clouds import CLOUDS, cloud_keys
 from broker.config.credentials import CREDENTIAL_KEYS, CREDENTIALS, credential_fields
 from broker.config.errors import ConfigError, Problem
 from broker.config.read import Reader
-from broker.config.sections import read_mirror, read_msi, read_server
+from broker.config.sections import read_mirror, read_msi, read_server, read_shared
 from broker.config.settings import (
     ProfileSettings,
     Settings,
@@ -51,7 +51,7 @@ MSI_SELECTORS = frozenset({"object_id", "resource_id"})
 PROFILE_KEYS = frozenset(
     {"tenant_id", "client_id", *PROFILE_DEFAULTS, *ACCESS_KEYS, *MSI_SELECTORS}
 ).union(*CREDENTIAL_KEYS.values())
-TOP_KEYS = frozenset({"server", "defaults", "profiles", "mirror", "msi"})
+TOP_KEYS = frozenset({"server", "defaults", "profiles", "mirror", "msi", "shared"})
 
 
 def _profile(
@@ -143,6 +143,7 @@ def parse_settings(
     if cloud and not (isinstance(own_mirror, dict) and "upstream_base" in own_mirror):
         mirror = replace(mirror, upstream_base=cloud["mirror_upstream_base"])  # follows [defaults]
     msi = read_msi(r, data, profiles)
+    shared = read_shared(r, data)
     if r.problems:
         raise ConfigError(r.problems)
     return Settings(
@@ -150,6 +151,7 @@ def parse_settings(
         profiles=MappingProxyType(profiles),
         mirror=mirror,
         msi=msi,
+        shared=shared,
         source=file,
         warnings=tuple(r.warnings),
     )

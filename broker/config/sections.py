@@ -1,15 +1,26 @@
-"""Readers for the [server], [mirror] and [msi] tables (profiles are read in `config.py`)."""
+"""Readers for the [server], [mirror], [msi] and [shared] tables (profiles: `load.py`)."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import stat
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
+from broker.config.errors import Problem
 from broker.config.listen import parse_listen
-from broker.config.read import Reader
-from broker.config.settings import MirrorSettings, MsiSettings, ProfileSettings, ServerSettings
+from broker.config.read import Reader, read_secret_file
+from broker.config.secret import Secret
+from broker.config.settings import (
+    MirrorSettings,
+    MsiSettings,
+    ProfileSettings,
+    ServerSettings,
+    SharedSettings,
+)
 
 SERVER_FIELDS = frozenset(ServerSettings.__dataclass_fields__)
 # The proxy's credentials come from a file only: never inline in the config, never in the URL.
@@ -185,3 +196,108 @@ def read_msi(
         generated_header_file=generated,
         min_remaining=minimum,
     )
+
+
+SHARED_KEYS = frozenset(
+    {"redis_url", "password_file", "key_file", "prefix", "lock_timeout", "timeout"}
+)
+SHARED_KEY_BYTES = 32  # AES-256
+_REDIS_URL = re.compile(r"(rediss?://[^\s/?#]+(/\d{1,2})?|unix:///[^\s?#]+)(\?[^\s#]*)?")
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+def read_shared(r: Reader, data: dict[str, Any]) -> SharedSettings | None:
+    """[shared]: the Redis every broker of a fleet names. The key comes from a file only (32
+    raw bytes, not readable by others); a password from a file only, never inline."""
+    if "shared" not in data:
+        return None
+    t = r.table(data["shared"], ("shared",), SHARED_KEYS)
+
+    def at(key: str) -> tuple[str, ...]:
+        return ("shared", key)
+
+    before = len(r.problems)
+    url = None
+    if "redis_url" not in t:
+        r.problem(at("redis_url"), "required, e.g. redis://127.0.0.1:6379/0")
+    else:
+        url = r.string(t["redis_url"], at("redis_url"))
+        if url is not None and not _REDIS_URL.fullmatch(url):
+            r.problem(
+                at("redis_url"),
+                "must be redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or "
+                "unix:///PATH (credentials go in password_file, not in the URL)",
+            )
+        elif url is not None and "@" in url.split("?")[0]:
+            r.problem(at("redis_url"), "put the password in password_file, not in the URL")
+    key, key_file = None, ""
+    if "key_file" not in t:
+        r.problem(at("key_file"), "required: a file of 32 random bytes, the same on every broker")
+    else:
+        text = r.string(t["key_file"], at("key_file"))
+        path = r.expand(text, at("key_file")) if text else None
+        if path is not None:
+            key_file = str(path)
+            raw = _read_key(r, path, at("key_file"))
+            key = Secret(raw.hex()) if raw is not None else None
+    password = username = password_file = None
+    if "password_file" in t:
+        text = r.string(t["password_file"], at("password_file"))
+        path = r.expand(text, at("password_file")) if text else None
+        if path is not None:
+            value = read_secret_file(path)
+            if isinstance(value, Problem):
+                r.problem(at("password_file"), value.message)
+            else:
+                password_file = str(path)
+                user, sep, rest = value.reveal().partition(":")
+                if sep and user and rest and " " not in user:
+                    username, password = user, Secret(rest)
+                else:
+                    password = value
+    out: dict[str, Any] = {}
+    if "prefix" in t:
+        prefix = r.string(t["prefix"], at("prefix"))
+        if prefix is not None and not _PREFIX.fullmatch(prefix):
+            r.problem(at("prefix"), "letters, digits, '_', '.', ':', '-' (at most 64)")
+        elif prefix is not None:
+            out["prefix"] = prefix
+    if "lock_timeout" in t:
+        out["lock_timeout"] = r.number(t["lock_timeout"], at("lock_timeout"), 1, 600)
+    if "timeout" in t:
+        out["timeout"] = r.number(t["timeout"], at("timeout"), 0.01, 30)
+    if len(r.problems) > before or url is None or key is None:
+        return None
+    return SharedSettings(
+        redis_url=url,
+        key=key,
+        key_file=key_file,
+        password=password,
+        username=username,
+        password_file=password_file,
+        **{k: v for k, v in out.items() if v is not None},
+    )
+
+
+def _read_key(r: Reader, path: Path, where: tuple[str, ...]) -> bytes | None:
+    """Exactly 32 bytes, from a file others cannot read (the key decrypts every token)."""
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            raw = f.read(SHARED_KEY_BYTES + 1)
+    except OSError as e:
+        r.problem(where, f"cannot read {path}: {e.strerror or e.__class__.__name__}")
+        return None
+    if mode & stat.S_IROTH:
+        mode_text = f"{stat.S_IMODE(mode):04o}"
+        r.problem(where, f"{path} is readable by every user (mode {mode_text}): chmod 600")
+        return None
+    if len(raw) != SHARED_KEY_BYTES:
+        got = "more" if len(raw) > SHARED_KEY_BYTES else str(len(raw))
+        r.problem(
+            where,
+            f"must hold exactly {SHARED_KEY_BYTES} bytes, not {got} "
+            f"(make one: head -c 32 /dev/urandom > {path})",
+        )
+        return None
+    return raw

@@ -88,10 +88,26 @@ class MsiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedSettings:
+    """A fleet's shared cache in Redis ([shared]); absent: every broker caches on its own."""
+
+    redis_url: str  # redis://, rediss:// (TLS) or unix://
+    key: Secret  # the 32-byte AES-256-GCM key, hex-encoded, the same on every broker
+    key_file: str = ""
+    password: Secret | None = None
+    username: str | None = None  # from a "user:password" password_file (Redis ACL users)
+    password_file: str | None = None
+    prefix: str = "pc-token-broker"
+    lock_timeout: float = 15.0  # s a fetch lease lives unless renewed (renewed every third)
+    timeout: float = 1.0  # s per Redis call: a slow Redis means fetching alone, not waiting
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings
     profiles: Mapping[str, ProfileSettings]
     mirror: MirrorSettings
     msi: MsiSettings | None = None
+    shared: SharedSettings | None = None
     source: str | None = None
     warnings: tuple[str, ...] = field(default=())

@@ -138,10 +138,21 @@ class RefreshTokenCredential(_AzureADCredential):
 
     kind = "refresh_token"
 
-    def __init__(self, profile: ProfileSettings, log: Any) -> None:
+    # How long a rotated refresh token lives in the shared cache: Azure AD's inactivity limit.
+    SHARED_TTL = 90 * 86400.0
+
+    def __init__(self, profile: ProfileSettings, log: Any, shared: Any = None) -> None:
         super().__init__(profile, log)
         self._seen_in_file: str | None = None  # the file content we last read
         self._unsaved: str | None = None  # a rotated token we could not write back
+        # With [shared]: the fleet's newest rotated token, by version (newest wins).
+        self._shared = shared if shared is not None and shared.enabled else None
+        self._shared_name = (
+            shared.name(profile.client_id, profile.tenant_id, "refresh_token " + profile.scope)
+            if self._shared is not None
+            else ""
+        )
+        self._version = 0  # of the refresh token we hold; 0: the file's own
 
     def _current(self, upstream: Upstream) -> str:
         assert self.profile.refresh_token_file is not None
@@ -166,12 +177,30 @@ class RefreshTokenCredential(_AzureADCredential):
         return form
 
     async def acquire(self, upstream: Upstream, ids: RefreshIds) -> Token:
+        if self._shared is not None:
+            await self._adopt_shared(upstream)
         token, body = await self.post(upstream, ids)
         rotated = body.get("refresh_token")
         if isinstance(rotated, str) and rotated and rotated != self._seen_in_file:
             upstream.redactor.add(rotated)
             self._save(rotated, ids)
+            if self._shared is not None:  # newest wins: an older version never overwrites
+                self._version += 1
+                await self._shared.put_versioned(
+                    self._shared_name, self._version, rotated, self.SHARED_TTL
+                )
         return token
+
+    async def _adopt_shared(self, upstream: Upstream) -> None:
+        """Use the fleet's newest refresh token when it is newer than ours: another broker
+        rotated it, and the one in our file may already be spent."""
+        assert self._shared is not None
+        found = await self._shared.get_versioned(self._shared_name)
+        if found is None or found[0] <= self._version:
+            return
+        self._current(upstream)  # note the file's content: a new file still wins over Redis
+        self._version, self._unsaved = found
+        upstream.redactor.add(found[1])
 
     def _save(self, rotated: str, ids: RefreshIds) -> None:
         path = self.profile.refresh_token_file
@@ -243,5 +272,9 @@ KINDS: dict[str, type] = {
 }
 
 
-def make_credential(profile: ProfileSettings, log: Any) -> Credential:
-    return KINDS[profile.credential](profile, log.bind(profile=profile.name))
+def make_credential(profile: ProfileSettings, log: Any, shared: Any = None) -> Credential:
+    """The profile's credential; `shared` (a SharedCache) lets a refresh token rotate fleet-wide."""
+    log = log.bind(profile=profile.name)
+    if profile.credential == "refresh_token":
+        return RefreshTokenCredential(profile, log, shared)
+    return KINDS[profile.credential](profile, log)

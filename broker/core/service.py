@@ -21,6 +21,7 @@ from broker.core.cache import EntryStatus, TokenCache
 from broker.core.clock import Clock
 from broker.core.guards import OriginGuard
 from broker.core.mirror import MirrorCache
+from broker.core.shared import SharedCache
 from broker.core.sources import add_profile, profile_entries
 from broker.core.upstream import Proxies, Upstream
 from broker.observe.audit import Audit
@@ -47,6 +48,7 @@ class Broker:
         self.redactor = redactor
         self.audit = audit or Audit(enabled=False)
         self.cache = TokenCache(clock=clock, log=log, metrics=metrics, rand=rand)
+        self.shared = SharedCache(settings.shared, clock=clock, log=log, metrics=metrics)
         self.upstream: Upstream | None = None
         self.mirror: MirrorCache | None = None
         self._rand = rand
@@ -126,8 +128,9 @@ class Broker:
             redactor=self.redactor,
             proxies=Proxies(server.upstream_proxy, server.upstream_proxy_credentials),
         )
+        await self.shared.start()
         for profile in self.settings.profiles.values():
-            add_profile(self.cache, profile, self.upstream, self.log)
+            add_profile(self.cache, profile, self.upstream, self.log, self.shared)
         self.mirror = self._mirror_for(self.settings)
         self.msi_header = self._identity_header(self.settings)
         self.cache.start()
@@ -153,7 +156,9 @@ class Broker:
         entries = [
             e
             for name in added + changed
-            for e in profile_entries(self.cache, new.profiles[name], self.upstream, self.log)
+            for e in profile_entries(
+                self.cache, new.profiles[name], self.upstream, self.log, shared=self.shared
+            )
         ]
         mirror = self._mirror_for(new) if new.mirror != old.mirror else self.mirror
         msi_header = self._identity_header(new)
@@ -189,6 +194,8 @@ class Broker:
             )
             if getattr(new.server, k) != getattr(old.server, k)
         ]
+        if new.shared != old.shared:
+            needs_restart.append("shared")
         return {
             "added": added,
             "removed": removed,
@@ -199,6 +206,7 @@ class Broker:
     async def close(self) -> None:
         self.audit.flush()
         await self.cache.close()
+        await self.shared.close()
         if self.mirror is not None:
             await self.mirror.close()
         if self._owns_session and self._session is not None:

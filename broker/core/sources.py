@@ -9,8 +9,9 @@ from typing import Any
 
 from broker.config.errors import UpstreamRefused
 from broker.config.settings import ProfileSettings
-from broker.core.cache import Entry, Policy, TokenCache
+from broker.core.cache import Entry, Fetch, Policy, TokenCache
 from broker.core.credentials import Credential, make_credential
+from broker.core.shared import SharedCache
 from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds, Upstream
 
@@ -36,15 +37,23 @@ def profile_entries(
     upstream: Upstream,
     log: Any,
     credential: Credential | None = None,
+    shared: SharedCache | None = None,
 ) -> list[Entry]:
-    """The profile's two entries, built but not yet in the cache (see `TokenCache.install`)."""
-    credential = credential or make_credential(profile, log)
+    """The profile's two entries, built but not yet in the cache (see `TokenCache.install`).
+    With a shared cache both fetches go through it (see `shared_keys`)."""
+    credential = credential or make_credential(profile, log, shared)
     policy = policy_for(profile)
+    keys = shared_keys(profile) if shared is not None else None
+
+    def share(fetch: Fetch, kind: str) -> Fetch:
+        if shared is None or keys is None:
+            return fetch
+        return shared.wrap(fetch, keys[kind], policy)
 
     async def fetch_aad(ids: RefreshIds) -> Token:
         return await credential.acquire(upstream, ids)
 
-    aad = cache.make_entry(profile.name, "aad", fetch_aad, policy)
+    aad = cache.make_entry(profile.name, "aad", share(fetch_aad, "aad"), policy)
 
     async def fetch_partner(ids: RefreshIds) -> Token:
         aad_token, _ = await aad.get()
@@ -60,8 +69,28 @@ def profile_entries(
                 aad.invalidate(aad_token)
             raise
 
-    return [aad, cache.make_entry(profile.name, "partner", fetch_partner, policy)]
+    partner = cache.make_entry(profile.name, "partner", share(fetch_partner, "partner"), policy)
+    return [aad, partner]
 
 
-def add_profile(cache: TokenCache, profile: ProfileSettings, upstream: Upstream, log: Any) -> None:
-    cache.install(profile_entries(cache, profile, upstream, log))
+def shared_keys(profile: ProfileSettings) -> dict[str, tuple[str, str, str]] | None:
+    """What a profile's tokens are shared under: (client id, tenant, scope) for the Azure AD
+    token, the same with the Partner Center URL for its exchange. A user's token (refresh_token
+    grant) is keyed apart from the app's; a static token file is local and never shared."""
+    if profile.credential == "static_token_file":
+        return None
+    scope = profile.scope if profile.credential != "refresh_token" else f"user {profile.scope}"
+    return {
+        "aad": (profile.client_id, profile.tenant_id, scope),
+        "partner": (profile.client_id, profile.tenant_id, f"{scope} > {profile.generatetoken_url}"),
+    }
+
+
+def add_profile(
+    cache: TokenCache,
+    profile: ProfileSettings,
+    upstream: Upstream,
+    log: Any,
+    shared: SharedCache | None = None,
+) -> None:
+    cache.install(profile_entries(cache, profile, upstream, log, shared=shared))

@@ -156,9 +156,20 @@ class V1Handlers:
         visible = {
             name for name, p in self.settings.profiles.items() if self.allowed(p, caller, request)
         }
-        return web.Response(
-            body=json_body({"profiles": self.profile_table(visible)}), headers=HEADERS[JSON]
-        )
+        body: dict[str, Any] = {"profiles": self.profile_table(visible)}
+        shared = self.broker.shared
+        if shared.enabled:
+            st = shared.status()
+            body["shared"] = {
+                "state": st.state,
+                "redis": st.redis_url,
+                "last_error": st.last_error,
+                "hits": st.hits,
+                "misses": st.misses,
+                "lease_waits": st.lease_waits,
+                "errors": st.errors,
+            }
+        return web.Response(body=json_body(body), headers=HEADERS[JSON])
 
     def profile_table(self, visible: set[str]) -> dict[str, Any]:
         table: dict[str, Any] = {}

@@ -119,6 +119,19 @@ class Metrics:
             "broker_mirror_cache_entries", "Tokens held by the mirror cache", registry=r
         )
 
+        self.shared = Counter(
+            "broker_shared_cache",
+            "Shared (Redis) cache events: hit, miss, lease_wait, error, undecryptable",
+            ["result"],
+            registry=r,
+        )
+        self.shared_state = Gauge(
+            "broker_shared_cache_connected",
+            "1 while the shared cache's Redis answers, 0 while degraded (fetching alone)",
+            registry=r,
+        )
+        self.shared_state.set(1)
+
     def count_request(self, route: str, status: int) -> None:
         self._requests[(route, status)] += 1
 
