@@ -43,6 +43,7 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "warm": True,
     "credential": "client_secret",
     "cloud": "public",  # sets authority, generatetoken_url and scope together (clouds.py)
+    "allow_insecure_upstream": False,
 }
 ACCESS_KEYS = frozenset(
     {"allowed_uids", "allowed_gids", "access_key", "access_key_file", "access_key_env"}
@@ -75,8 +76,10 @@ def _profile(
             v[key] = ""
         else:
             r.problem((*path, key), "required")
+    insecure = r.boolean(merged["allow_insecure_upstream"], at("allow_insecure_upstream"))
+    v["allow_insecure_upstream"] = bool(insecure)
     for key in ("generatetoken_url", "authority"):
-        v[key] = r.url(merged[key], at(key))
+        v[key] = r.url(merged[key], at(key), allow_insecure=bool(insecure))
     v["scope"] = r.string(merged["scope"], at("scope"))
     v["cloud"] = r.string(merged["cloud"], at("cloud"), choices=tuple(CLOUDS))
     v["refresh_ahead"] = r.number(merged["refresh_ahead"], at("refresh_ahead"), 0, 0.5)

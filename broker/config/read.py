@@ -3,8 +3,10 @@ exit, so `check-config` reports every problem at once with its key path and line
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import urllib.parse
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -122,14 +124,25 @@ class Reader:
             return None
         return value
 
-    def url(self, value: Any, path: tuple[str, ...]) -> str | None:
+    def url(
+        self, value: Any, path: tuple[str, ...], *, allow_insecure: bool = False
+    ) -> str | None:
+        """An upstream URL. Plain http only to a loopback host, unless `allow_insecure`
+        (`allow_insecure_upstream = true`): it would carry secrets and bearers in clear."""
         text = self.string(value, path)
         if text is None:
             return None
         if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", text):
             self.problem(path, f"must be an http(s) URL, not {text!r}")
             return None
-        if text.startswith("http://") and not re.match(r"http://(127\.|localhost|\[::1\])", text):
+        if text.startswith("http://") and not is_loopback_url(text):
+            if not allow_insecure:
+                self.problem(
+                    path,
+                    f"plain http to a non-loopback host ({text!r}) would carry secrets and "
+                    "tokens in clear; use https, or set allow_insecure_upstream = true",
+                )
+                return None
             self.warnings.append(f"{'.'.join(path)}: plain http to a non-loopback host")
         return text
 
@@ -187,6 +200,21 @@ class Reader:
                 f"{'.'.join(path)}: inline secret in {self.file}, which others can read "
                 f"(mode {stat.S_IMODE(mode):04o}); use a *_file with mode 0600, or chmod 600"
             )
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether the URL's host is this machine: localhost, 127.0.0.0/8 or ::1 (its whole host,
+    not a prefix: `http://127.0.0.1.evil.example` is not loopback)."""
+    try:
+        host = urllib.parse.urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def read_secret_file(path: Path) -> Secret | Problem:

@@ -150,8 +150,16 @@ def read_mirror(r: Reader, data: dict[str, Any]) -> MirrorSettings:
     out: dict[str, Any] = {}
     if "enabled" in t:
         out["enabled"] = r.boolean(t["enabled"], ("mirror", "enabled"))
+    if "allow_insecure_upstream" in t:
+        out["allow_insecure_upstream"] = r.boolean(
+            t["allow_insecure_upstream"], ("mirror", "allow_insecure_upstream")
+        )
     if "upstream_base" in t:
-        out["upstream_base"] = r.url(t["upstream_base"], ("mirror", "upstream_base"))
+        out["upstream_base"] = r.url(
+            t["upstream_base"],
+            ("mirror", "upstream_base"),
+            allow_insecure=bool(out.get("allow_insecure_upstream")),
+        )
     if "max_entries" in t:
         out["max_entries"] = r.whole(t["max_entries"], ("mirror", "max_entries"), 1, 10_000_000)
     if "min_remaining" in t:

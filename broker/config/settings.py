@@ -60,6 +60,7 @@ class ProfileSettings:
     allowed_uids: tuple[int, ...] = ()  # unix-socket callers allowed (empty: any)
     allowed_gids: tuple[int, ...] = ()
     access_key: Secret | None = None  # callers must send it as X-Broker-Key
+    allow_insecure_upstream: bool = False  # plain http off loopback (secrets in clear)
 
     @property
     def token_url(self) -> str:
@@ -73,6 +74,7 @@ class MirrorSettings:
     max_entries: int = 10000
     min_remaining: float = 30.0
     upstream_timeout: float = 10.0
+    allow_insecure_upstream: bool = False  # plain http off loopback (bearers in clear)
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,7 +157,9 @@ class RefreshTokenCredential(_AzureADCredential):
     def _current(self, upstream: Upstream) -> str:
         assert self.profile.refresh_token_file is not None
         in_file = _read(self.profile.refresh_token_file, "refresh token file")
-        upstream.redactor.add(in_file)
+        upstream.redactor.pin(
+            f"refresh_token_file:{self.profile.name}", [in_file, self._unsaved]
+        )
         if self._unsaved is not None and in_file == self._seen_in_file:
             return self._unsaved
         self._seen_in_file, self._unsaved = in_file, None
@@ -182,7 +184,7 @@ class RefreshTokenCredential(_AzureADCredential):
         token, body = await self.post(upstream, ids)
         rotated = body.get("refresh_token")
         if isinstance(rotated, str) and rotated and rotated != self._seen_in_file:
-            upstream.redactor.add(rotated)
+            upstream.redactor.pin(f"refresh_token_file:{self.profile.name}", [rotated])
             self._save(rotated, ids)
             if self._shared is not None:  # newest wins: an older version never overwrites
                 self._version += 1

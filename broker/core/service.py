@@ -60,12 +60,16 @@ class Broker:
         self._remember_secrets(settings)
 
     def _remember_secrets(self, settings: Settings) -> None:
-        for profile in settings.profiles.values():
-            for secret in (profile.client_secret, profile.access_key, profile.certificate_password):
-                if secret is not None:
-                    self.redactor.add(secret.reveal())
+        """Pin the config's secrets in the redactor for as long as this config is current."""
+        values = [
+            secret.reveal()
+            for profile in settings.profiles.values()
+            for secret in (profile.client_secret, profile.access_key, profile.certificate_password)
+            if secret is not None
+        ]
         if settings.msi is not None and settings.msi.identity_header is not None:
-            self.redactor.add(settings.msi.identity_header.reveal())
+            values.append(settings.msi.identity_header.reveal())
+        self.redactor.pin("config", values)
 
     def _mirror_for(self, settings: Settings) -> MirrorCache | None:
         if not settings.mirror.enabled or self.upstream is None:
@@ -106,7 +110,7 @@ class Broker:
                 note="/msi/token answers 404 until this is fixed",
             )
             return None
-        self.redactor.add(value)
+        self.redactor.pin("generated_identity_header", [value])
         self.log.info("identity_header_written", file=msi.generated_header_file)
         return Secret(value)
 

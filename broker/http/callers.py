@@ -1,18 +1,21 @@
 """Who is asking, and may they have this profile's tokens.
 
-Unix-socket callers are known by their peer credentials (SO_PEERCRED: pid, uid, gid, plus the
-supplementary groups read from /proc when visible); TCP callers only by their address. A profile
-may require a uid or group (unix socket only) and/or an access key sent as `X-Broker-Key`
-(compared in constant time). Both, when set, must hold.
+Unix-socket callers are known by what the kernel recorded when they called `connect()`:
+SO_PEERCRED (pid, uid, gid) and SO_PEERGROUPS (the supplementary groups; Linux >= 4.13). Both
+are read once, when the connection is made, and never again: nothing a process does later (and
+no process that later gets the same pid) changes who the connection belongs to. `/proc` is
+never consulted. TCP callers are known only by their address. A profile may require a uid or
+group (unix socket only) and/or an access key sent as `X-Broker-Key` (compared in constant
+time). Both, when set, must hold.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +24,10 @@ from broker.config.settings import ProfileSettings
 
 ACCESS_KEY_HEADER = "X-Broker-Key"
 _PEERCRED = struct.Struct("3i")
+# Not in every Python's socket module; 59 on Linux (asm-generic/socket.h).
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_GID_SIZE = 4  # gid_t
+_GROUPS_FIRST, _GROUPS_MAX = 64, 65536  # NGROUPS_MAX is 65536
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,8 @@ class Caller:
     uid: int | None = None
     gid: int | None = None
     address: str = ""
+    # The primary and supplementary groups at connect(); empty for TCP callers.
+    groups: frozenset[int] = field(default=frozenset())
 
     @property
     def is_local_user(self) -> bool:
@@ -41,20 +50,6 @@ class Caller:
             return f"uid={self.uid} gid={self.gid} pid={self.pid}"
         return self.address or "unknown"
 
-    def groups(self) -> set[int]:
-        """The primary and supplementary groups. The supplementary ones come from /proc and
-        may be invisible (hidepid, systemd's ProtectProc): then only the primary counts."""
-        groups = {self.gid} if self.gid is not None else set()
-        if self.pid:
-            try:
-                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                    if line.startswith("Groups:"):
-                        groups.update(int(g) for g in line.split()[1:])
-                        break
-            except (OSError, ValueError):
-                pass
-        return groups
-
 
 def read_peer_credentials(transport: Any) -> tuple[int, int, int] | None:
     """(pid, uid, gid) of a unix-socket peer, from SO_PEERCRED; None for TCP."""
@@ -65,11 +60,29 @@ def read_peer_credentials(transport: Any) -> tuple[int, int, int] | None:
     return _PEERCRED.unpack(raw)
 
 
+def read_peer_groups(sock: socket.socket) -> frozenset[int]:
+    """The supplementary groups the peer had at connect(), from SO_PEERGROUPS. Empty on a
+    kernel without it (then only the primary group counts: a restriction fails closed)."""
+    size = _GROUPS_FIRST
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size * _GID_SIZE)
+        except OSError as e:
+            if e.errno == errno.ERANGE and size < _GROUPS_MAX:
+                size = _GROUPS_MAX  # the kernel says the buffer is too small
+                continue
+            return frozenset()
+        count = len(raw) // _GID_SIZE
+        return frozenset(struct.unpack(f"{count}I", raw[: count * _GID_SIZE]))
+
+
 def caller_of(transport: Any) -> Caller:
+    """Who is on the other end of `transport`. Call it when the connection is made."""
     peer = read_peer_credentials(transport)
     if peer is not None:
         pid, uid, gid = peer
-        return Caller(pid=pid, uid=uid, gid=gid)
+        groups = read_peer_groups(transport.get_extra_info("socket")) | {gid}
+        return Caller(pid=pid, uid=uid, gid=gid, groups=groups)
     address = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
@@ -95,5 +108,5 @@ def may_use(profile: ProfileSettings, caller: Caller, key: str | None) -> bool:
             return False  # uid and group rules need a unix-socket caller
         if caller.uid in profile.allowed_uids:
             return True
-        return bool(profile.allowed_gids and caller.groups() & set(profile.allowed_gids))
+        return bool(profile.allowed_gids and caller.groups & set(profile.allowed_gids))
     return True

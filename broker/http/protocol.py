@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -87,6 +88,10 @@ class GuardedRequestHandler(RequestHandler):
         if self._limits.open > self._limits.max_connections:
             self._reject(429, "too_many_connections", "the broker is at its connection limit")
             return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family == socket.AF_UNIX:
+            # Who connected, as the kernel recorded it at connect(): decided now, once.
+            self._peer = caller_of(transport)
         self._arm()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -97,7 +102,8 @@ class GuardedRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def caller(self) -> Caller:
-        """Who is on the other end, worked out once per connection (not once per request)."""
+        """Who is on the other end, worked out once per connection (not once per request):
+        a unix-socket peer when it connected, a TCP peer (an address) at its first request."""
         if self._peer is None:
             self._peer = caller_of(self.transport)
         return self._peer

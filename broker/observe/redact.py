@@ -5,7 +5,9 @@ Three nets, each catching what the others may miss:
    replaced whatever it is;
 2. shapes: JWTs (`eyJ...` three dot-separated parts), `Bearer <x>`, `secret=<x>` in form text;
 3. known values: every secret the config loaded and the recent opaque tokens upstream issued,
-   replaced wherever they appear, even inside longer text.
+   replaced wherever they appear, even inside longer text. Secrets are *pinned*: they stay
+   known for as long as their config (or their credential file) is current, whatever number of
+   tokens passes through. Only tokens are evictable (the most recent `_MAX_KNOWN` are kept).
 """
 
 from __future__ import annotations
@@ -50,19 +52,42 @@ class Redactor:
     """Scrubs secrets from text and structures. One per process, fed by config and the cache."""
 
     def __init__(self, known: Iterable[str] = ()) -> None:
-        self._known: OrderedDict[str, None] = OrderedDict()
-        for value in known:
-            self.add(value)
+        self._known: OrderedDict[str, None] = OrderedDict()  # tokens: evictable, oldest first
+        self._pinned: dict[str, dict[str, None]] = {}  # secrets by owner: never evicted
+        self._all_pinned: frozenset[str] = frozenset()
+        self.pin("initial", known)
+
+    def pin(self, owner: str, values: Iterable[str | None]) -> None:
+        """Make `values` the secrets `owner` holds ("config", a credential file ...): redacted
+        for as long as `owner` holds them, whatever number of tokens passes meanwhile. Values
+        `owner` held before and holds no longer are still redacted, as evictable ones."""
+        kept = {v: None for v in values if v and len(v) >= _MIN_KNOWN}
+        for old in self._pinned.get(owner, {}):
+            if old not in kept:
+                self._remember(old)
+        if kept:
+            self._pinned[owner] = kept
+        else:
+            self._pinned.pop(owner, None)
+        self._all_pinned = frozenset().union(*self._pinned.values())
+        for value in kept:
+            self._known.pop(value, None)
 
     def add(self, value: str | None) -> None:
-        """Remember a secret value so it is redacted wherever it turns up.
+        """Remember a token so it is redacted wherever it turns up (evictable: the most recent
+        `_MAX_KNOWN` are kept).
 
         JWT-shaped values are not kept: the shape pattern already catches every one of them,
         and the mirror alone may see thousands.
         """
-        if not value or len(value) < _MIN_KNOWN or value in self._known:
+        if not value or len(value) < _MIN_KNOWN or value in self._all_pinned:
             return
         if _SHAPES.fullmatch(value):
+            return
+        self._remember(value)
+
+    def _remember(self, value: str) -> None:
+        if value in self._known:
             return
         self._known[value] = None
         while len(self._known) > _MAX_KNOWN:
@@ -72,6 +97,9 @@ class Redactor:
         if not value:
             return value
         value = _SHAPES.sub(_keep_prefix, value)
+        for pinned in self._all_pinned:
+            if pinned in value:
+                value = value.replace(pinned, REDACTED)
         for known in self._known:  # substring search in C: cheap for the few hundred kept
             if known in value:
                 value = value.replace(known, REDACTED)

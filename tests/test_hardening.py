@@ -1,0 +1,192 @@
+"""Issue 12: each hole found by attacking the broker, closed, and pinned here by the attack itself,
+made against the real server runner (or the real upstream path against a misbehaving fake)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from broker.config.load import parse_settings
+from tests.conftest import HEADERS, config_text
+from tests.hostile import Hostile
+
+
+def settings_for(upstream, secret: str, **kwargs):
+    listen = kwargs.pop("listen", None)
+    text = config_text(upstream, **kwargs)
+    if listen is not None:
+        text = text.replace('listen = ["127.0.0.1:0"]', f"listen = [{listen}]")
+    return parse_settings(text, env={"TEST_CLIENT_SECRET": secret})
+
+
+@pytest.fixture
+async def hostile():
+    async with Hostile() as h:
+        yield h
+
+
+# -- 1. groups are decided from what the kernel recorded at connect() -----------------------
+
+GROUP = 4242  # a group the test process is not in
+
+# A caller in a child process: it sets its supplementary groups, connects, then (per mode)
+# changes them and asks twice more on the same connection. Prints the three statuses.
+CALLER = r"""
+import os, socket, sys
+path, group, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+os.setgroups([group] if mode == "leaves" else [])
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+f = s.makefile("rb")
+def ask():
+    s.sendall(b"GET /v1/token/grp HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\n\r\n")
+    status = int(f.readline().split()[1])
+    length = 0
+    while (line := f.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    f.read(length)
+    return status
+first = ask()
+# After connect(): the process with this pid now is (or no longer is) in the group, as a
+# process that took over the pid of an exited one would be.
+os.setgroups([group] if mode == "joins" else [])
+print(first, ask(), ask())
+"""
+
+
+async def ask_as_child(path, mode: str) -> list[int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CALLER, str(path), str(GROUP), mode, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    return [int(x) for x in out.split()]
+
+
+async def test_groups_come_from_connect_time_not_from_the_pid(
+    sandbox, secret, run_server, tmp_path
+):
+    """allowed_gids: a caller outside the group at connect() stays refused after the process
+    holding its pid joins the group (the PID-reuse bypass); a caller inside the group at
+    connect() (SO_PEERGROUPS) stays served after it leaves. Needs root for setgroups."""
+    assert os.geteuid() == 0, "this attack test changes a child's groups: run the suite as root"
+    assert GROUP not in os.getgroups() and os.getgid() != GROUP
+    path = tmp_path / "b.sock"
+    profiles = f"[profiles.grp]\nallowed_gids = [{GROUP}]\n"
+    await run_server(settings_for(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    assert await ask_as_child(path, "joins") == [403, 403, 403]
+    assert await ask_as_child(path, "leaves") == [200, 200, 200]
+
+
+# -- 2. config secrets stay redacted however many tokens pass ----------------------------------
+
+
+async def test_the_client_secret_stays_redacted_after_600_opaque_tokens(
+    hostile, secret, run_server
+):
+    """600 opaque mirror tokens go through the redactor; then Azure AD answers with an error
+    that echoes the client secret: the /v1 error body, /v1/profiles and the log redact it."""
+    issued = 0
+
+    async def partner(request: web.Request) -> web.Response:
+        nonlocal issued
+        issued += 1
+        return web.json_response({"access_token": f"opaque-{issued:05d}-tok", "expires_in": 3600})
+
+    async def aad(request: web.Request) -> web.Response:
+        description = f"AADSTS7000215: Invalid client secret provided: {secret} is not valid"
+        return web.json_response(
+            {"error": "invalid_client", "error_description": description}, status=401
+        )
+
+    hostile.partner, hostile.aad = partner, aad
+    settings = settings_for(hostile, secret, profiles="[profiles.default]\nwarm = false\n")
+    (address,), logs = await run_server(settings)
+    gate = asyncio.Semaphore(16)
+
+    async def mirror(s: aiohttp.ClientSession, i: int) -> None:
+        async with gate:
+            async with s.post(
+                f"http://{address}/generatetoken",
+                data="grant_type=jwt_token",
+                headers={
+                    "Authorization": f"Bearer caller-bearer-{i}",
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "Accept": "application/json",
+                },
+            ) as r:
+                assert r.status == 200
+
+    async with aiohttp.ClientSession() as s:
+        await asyncio.gather(*(mirror(s, i) for i in range(600)))
+        assert issued == 600
+        async with s.get(f"http://{address}/v1/token", headers=HEADERS) as r:
+            error = await r.text()
+            assert r.status == 502
+        async with s.get(f"http://{address}/v1/profiles", headers=HEADERS) as r:
+            profiles = await r.text()
+    assert "[redacted]" in error and "[redacted]" in profiles
+    for text in (error, profiles, logs.getvalue()):
+        assert secret not in text
+
+
+# -- 11. plain-http upstreams off loopback are a config error ---------------------------------
+
+
+async def test_serve_refuses_plain_http_upstreams(tmp_path, secret):
+    """`serve` with a non-loopback http:// upstream exits 2 naming the key; a lookalike of
+    loopback is not loopback; allow_insecure_upstream = true lets it through, with a warning."""
+    config = tmp_path / "broker.toml"
+    config.write_text(f"""[server]
+listen = ["127.0.0.1:0"]
+[defaults]
+generatetoken_url = "http://pc.example.com/v3/generatetoken"
+[profiles.default]
+tenant_id = "t"
+client_id = "c"
+client_secret_env = "S"
+authority = "http://127.0.0.1.evil.example"
+[mirror]
+upstream_base = "http://localhost.evil.example"
+""")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "broker",
+        "serve",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "S": secret},
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 2
+    for key in ("defaults.generatetoken_url", "profiles.default.authority", "mirror.upstream_base"):
+        assert f"{key}: plain http to a non-loopback host".encode() in err, key
+    assert b"Traceback" not in err
+
+    allowed = config.read_text().replace(
+        "[profiles.default]\n", "allow_insecure_upstream = true\n[profiles.default]\n", 1
+    ) + "allow_insecure_upstream = true\n"
+    settings = parse_settings(allowed, env={"S": secret})
+    assert settings.profiles["default"].allow_insecure_upstream
+    assert sum("plain http" in w for w in settings.warnings) == 3
+    loopback = allowed.replace("http://pc.example.com", "http://[::1]:9").replace(
+        "allow_insecure_upstream = true\n", ""
+    )
+    loopback = loopback.replace("127.0.0.1.evil.example", "127.0.0.2:8").replace(
+        "localhost.evil.example", "localhost:9"
+    )
+    assert parse_settings(loopback, env={"S": secret}).warnings == ()
