@@ -4,7 +4,6 @@ made against the real server runner (or the real upstream path against a misbeha
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 
@@ -144,7 +143,7 @@ async def test_serve_refuses_plain_http_upstreams(tmp_path, secret):
     """`serve` with a non-loopback http:// upstream exits 2 naming the key; a lookalike of
     loopback is not loopback; allow_insecure_upstream = true lets it through, with a warning."""
     config = tmp_path / "broker.toml"
-    config.write_text(f"""[server]
+    config.write_text("""[server]
 listen = ["127.0.0.1:0"]
 [defaults]
 generatetoken_url = "http://pc.example.com/v3/generatetoken"
@@ -177,9 +176,12 @@ upstream_base = "http://localhost.evil.example"
         assert f"{key}: plain http to a non-loopback host".encode() in err, key
     assert b"Traceback" not in err
 
-    allowed = config.read_text().replace(
-        "[profiles.default]\n", "allow_insecure_upstream = true\n[profiles.default]\n", 1
-    ) + "allow_insecure_upstream = true\n"
+    allowed = (
+        config.read_text().replace(
+            "[profiles.default]\n", "allow_insecure_upstream = true\n[profiles.default]\n", 1
+        )
+        + "allow_insecure_upstream = true\n"
+    )
     settings = parse_settings(allowed, env={"S": secret})
     assert settings.profiles["default"].allow_insecure_upstream
     assert sum("plain http" in w for w in settings.warnings) == 3

@@ -6,8 +6,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import urllib.parse
 import stat
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -124,9 +124,7 @@ class Reader:
             return None
         return value
 
-    def url(
-        self, value: Any, path: tuple[str, ...], *, allow_insecure: bool = False
-    ) -> str | None:
+    def url(self, value: Any, path: tuple[str, ...], *, allow_insecure: bool = False) -> str | None:
         """An upstream URL. Plain http only to a loopback host, unless `allow_insecure`
         (`allow_insecure_upstream = true`): it would carry secrets and bearers in clear."""
         text = self.string(value, path)

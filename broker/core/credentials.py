@@ -157,9 +157,7 @@ class RefreshTokenCredential(_AzureADCredential):
     def _current(self, upstream: Upstream) -> str:
         assert self.profile.refresh_token_file is not None
         in_file = _read(self.profile.refresh_token_file, "refresh token file")
-        upstream.redactor.pin(
-            f"refresh_token_file:{self.profile.name}", [in_file, self._unsaved]
-        )
+        upstream.redactor.pin(f"refresh_token_file:{self.profile.name}", [in_file, self._unsaved])
         if self._unsaved is not None and in_file == self._seen_in_file:
             return self._unsaved
         self._seen_in_file, self._unsaved = in_file, None
