@@ -1,8 +1,11 @@
 # The README's two commands: `make demo` and `make test`. Both create .venv themselves.
-# PYTHON: the newest python3.x (>= 3.11) on PATH, unless given.
-PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+# PYTHON: the newest python3.x (>= 3.11) on PATH, unless given. Worked out once (`:=`), and
+# quietly: pyenv's shims answer `command -v` for versions they cannot run, then complain.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-	&& echo $$p && break; done)
+	>/dev/null 2>&1 && echo $$p && break; done)
+endif
 VENV := .venv
 SOURCES := $(wildcard broker tests bench)
 BIN := $(VENV)/bin

@@ -229,7 +229,7 @@ def test_check_config_summary_never_prints_the_secret(tmp_path: Path, capsys, mo
     """A valid config gives a summary (exit 0) naming where the secret is, never its value."""
     monkeypatch.setenv("SECRET", "summary-secret-value-123")
     config = tmp_path / "broker.toml"
-    config.write_text(VALID)
+    config.write_text(VALID.replace("/run/pcb", str(tmp_path)))  # the socket's folder exists
     assert main(["check-config", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "OK" in out and "env SECRET" in out and "default" in out and "other" in out
@@ -240,7 +240,9 @@ def test_inline_secret_in_a_readable_file_is_warned_about(tmp_path: Path, capsys
     """An inline client_secret in a file others can read gets a check-config warning."""
     config = tmp_path / "broker.toml"
     config.write_text(
-        VALID.replace('client_secret_env = "SECRET"', 'client_secret = "inline-secret-value"')
+        VALID.replace(
+            'client_secret_env = "SECRET"', 'client_secret = "inline-secret-value"'
+        ).replace("/run/pcb", str(tmp_path))  # the socket's folder exists
     )
     os.chmod(config, 0o644)
     assert main(["check-config", "--config", str(config)]) == 0
@@ -261,7 +263,7 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path, capsys) -> None:
 def test_config_path_comes_from_the_environment(tmp_path: Path, capsys, monkeypatch) -> None:
     """Without --config, $PC_TOKEN_BROKER_CONFIG is used."""
     config = tmp_path / "env.toml"
-    config.write_text(VALID)
+    config.write_text(VALID.replace("/run/pcb", str(tmp_path)))  # the socket's folder exists
     monkeypatch.setenv("PC_TOKEN_BROKER_CONFIG", str(config))
     monkeypatch.setenv("SECRET", "x" * 20)
     assert main(["check-config"]) == 0

@@ -121,7 +121,7 @@ certificate_password_file = "{tmp_path}/pw"
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        (b"not a pem", "no readable private key"),
+        (b"not a pem", "not a PEM file (no -----BEGIN line)"),
         ("encrypted", "the private key is encrypted: set certificate_password_file"),
         ("key only", "no certificate in the PEM file"),
     ],

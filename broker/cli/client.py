@@ -1,5 +1,18 @@
-"""A small stdlib HTTP client for the CLI's `token`, `status` and `healthcheck`: no aiohttp
-import on that path, so `$(pc-token-broker token)` starts fast. TCP URL or unix socket."""
+"""A small stdlib HTTP client for the CLI's `token`, `refresh`, `exec`, `status` and
+`healthcheck`: no aiohttp import on that path, so `$(pc-token-broker token)` starts fast.
+TCP URL or unix socket.
+
+Where the daemon is, first match wins:
+  1. --url URL / --socket PATH
+  2. $PC_TOKEN_BROKER_URL / $PC_TOKEN_BROKER_SOCKET (for tools that cannot read the daemon's
+     0600 config)
+  3. the first `listen` entry of the config's [server] table
+  4. http://127.0.0.1:8721
+The required header comes from $PC_TOKEN_BROKER_HEADER, else the config, else `Metadata: true`.
+A config named explicitly (--config or $PC_TOKEN_BROKER_CONFIG) must be readable TOML, else
+`TargetError` (exit 2): never a silent fall-back to defaults that may point elsewhere. The
+default path may be missing or unreadable (most tools cannot read it): then the defaults apply.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +22,24 @@ import os
 import socket
 import tomllib
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8721"
+DEFAULT_HEADER = ("Metadata", "true")
+ENV_URL = "PC_TOKEN_BROKER_URL"
+ENV_SOCKET = "PC_TOKEN_BROKER_SOCKET"
+ENV_HEADER = "PC_TOKEN_BROKER_HEADER"
+RESPONSE_LIMIT = 1 << 20  # bytes: a token answer is a few KiB; more is not our broker
 
 
 class DaemonUnreachable(Exception):
     pass
+
+
+class TargetError(Exception):
+    """The daemon's address cannot be worked out: a bad --url, or a named config unreadable."""
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -27,7 +50,11 @@ class _UnixConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
-        sock.connect(self._path)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
         self.sock = sock
 
 
@@ -35,35 +62,100 @@ class _UnixConnection(http.client.HTTPConnection):
 class Target:
     url: str | None = None
     socket_path: str | None = None
-    header: tuple[str, str] = ("Metadata", "true")
+    header: tuple[str, str] = DEFAULT_HEADER
+
+    def __str__(self) -> str:
+        return f"unix:{self.socket_path}" if self.socket_path else str(self.url)
 
 
-def target_from(url: str | None, socket_path: str | None, config_path: str) -> Target:
-    """Where the daemon is: --url / --socket, else $PC_TOKEN_BROKER_URL, else the config's
-    first listener. The required header comes from the config's [server] when readable."""
-    header = ("Metadata", "true")
-    listen: list[str] = []
+def normalise_url(text: str, origin: str = "--url") -> Target:
+    """`http://h:p`, `https://h:p`, `h:p` (http assumed) or `unix:/path`."""
+    text = text.strip()
+    if text.startswith("unix:"):
+        if not text[5:].startswith("/"):
+            raise TargetError(f"{origin}: a unix socket path must be absolute: {text!r}")
+        return Target(None, text[5:])
+    if "://" not in text:
+        text = f"http://{text}"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        ok = ok and (parts.port is None or parts.port > 0)  # .port raises on a bad one
+    except ValueError as e:
+        raise TargetError(f"{origin}: not a URL ({e}): {text!r}") from None
+    if not ok:
+        raise TargetError(
+            f"{origin}: expected http://HOST:PORT, HOST:PORT or unix:/PATH, not {text!r}"
+        )
+    if parts.query or parts.fragment:
+        raise TargetError(f"{origin}: a base URL has no query or fragment: {text!r}")
+    return Target(text.rstrip("/"))
+
+
+def _header(text: Any, origin: str) -> tuple[str, str]:
+    name, sep, value = str(text).partition(":")
+    if not sep or not name.strip() or not value.strip():
+        raise TargetError(f"{origin}: must look like 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def _read_server_table(config_path: str, explicit: bool) -> dict[str, Any]:
+    """The config's [server] table; {} when the default path cannot be read."""
     try:
         with open(config_path, "rb") as f:
-            server = tomllib.load(f).get("server", {})
-        name, sep, value = str(server.get("required_header", "")).partition(":")
-        if sep:
-            header = (name.strip(), value.strip())
-        listen = [x for x in server.get("listen", []) if isinstance(x, str)]
-    except (OSError, tomllib.TOMLDecodeError, AttributeError):
-        pass
-    if url or socket_path:
-        return Target(url, socket_path, header)
-    if os.environ.get("PC_TOKEN_BROKER_URL"):
-        return Target(os.environ["PC_TOKEN_BROKER_URL"], None, header)
+            data = tomllib.load(f)
+    except OSError as e:
+        if not explicit:
+            return {}
+        raise TargetError(f"{config_path}: cannot read: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        # A syntax error in the default file is the operator's, and it matters: say so too.
+        raise TargetError(f"{config_path}: not valid TOML: {e}") from None
+    server = data.get("server", {})
+    if not isinstance(server, dict):
+        raise TargetError(f"{config_path}: server: must be a table")
+    return server
+
+
+def target_from(
+    url: str | None,
+    socket_path: str | None,
+    config_path: str,
+    *,
+    explicit: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> Target:
+    """Where the daemon is and which header it wants (see the module docstring)."""
+    env = os.environ if env is None else env
+    server = _read_server_table(config_path, explicit)
+    header = DEFAULT_HEADER
+    if env.get(ENV_HEADER):
+        header = _header(env[ENV_HEADER], f"${ENV_HEADER}")
+    elif "required_header" in server:
+        header = _header(server["required_header"], f"{config_path}: server.required_header")
+    if socket_path:
+        return Target(None, socket_path, header)
+    if url:
+        return _with_header(normalise_url(url), header)
+    if env.get(ENV_SOCKET):
+        return Target(None, env[ENV_SOCKET], header)
+    if env.get(ENV_URL):
+        return _with_header(normalise_url(env[ENV_URL], f"${ENV_URL}"), header)
+    listen = server.get("listen", [])
+    if not isinstance(listen, list) or not all(isinstance(x, str) for x in listen):
+        raise TargetError(f"{config_path}: server.listen: must be a list of strings")
     if listen:
         first = listen[0]
         if first.startswith("unix:"):
             return Target(None, first[5:], header)
-        host = first.rpartition(":")[0]
+        host, _, port = first.rpartition(":")
         host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
-        return Target(f"http://{host}:{first.rpartition(':')[2]}", None, header)
+        return _with_header(normalise_url(f"{host}:{port}", "server.listen"), header)
     return Target(DEFAULT_URL, None, header)
+
+
+def _with_header(target: Target, header: tuple[str, str]) -> Target:
+    return Target(target.url, target.socket_path, header)
 
 
 def request(
@@ -89,21 +181,31 @@ def request(
             )
             conn = cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
             path = parts.path.rstrip("/") + path
-        conn.request(method, path, headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read()
+        try:
+            conn.request(method, path, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read(RESPONSE_LIMIT)
+        finally:
+            conn.close()
     except (OSError, http.client.HTTPException) as e:
-        where = target.socket_path or target.url
-        raise DaemonUnreachable(f"cannot reach the broker at {where}: {e}") from None
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise DaemonUnreachable(f"cannot reach the broker at {target}: {reason}") from None
 
 
 def error_message(status: int, body: bytes) -> str:
-    """The broker's JSON error as one line."""
+    """The broker's JSON error as one line, with what Microsoft support asks for when present."""
     try:
         error: Any = json.loads(body)["error"]
         text = f"{error['code']}: {error['message']}"
+        extras = []
         if error.get("upstream_status"):
-            text += f" (upstream status {error['upstream_status']})"
-        return f"HTTP {status}: {text}"
+            extras.append(f"upstream status {error['upstream_status']}")
+        if error.get("aadsts"):
+            extras.append(str(error["aadsts"]))
+        if error.get("correlation_id"):
+            extras.append(f"correlation id {error['correlation_id']}")
+        if extras:
+            text += f" ({', '.join(extras)})"
+        return " ".join(f"HTTP {status}: {text}".split())  # one line, whatever came in
     except (ValueError, KeyError, TypeError):
         return f"HTTP {status}"

@@ -1,202 +1,314 @@
 """The command line. Thin: parse arguments, call the module that does the work, set the exit code.
 
-Exit codes: 0 ok; 1 the daemon or upstream answered with an error; 2 bad configuration or
-usage; 3 the daemon could not be reached.
+`pc-token-broker --help` and `pc-token-broker COMMAND --help` are the manual: every option with
+its default, an example per command, the environment, the files and the exit codes.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
 from collections.abc import Sequence
 
 from broker import __version__
 
+EXIT_CODES = """\
+exit codes:
+  0    done; for status: every profile is fresh, refreshing or not yet asked for
+  1    the broker answered with an error (one line on stderr); for status: a profile is
+       failing or stale (its last refresh failed); for healthcheck: not ready
+  2    bad usage, or a configuration that cannot be read or is invalid (every problem listed)
+  3    the broker could not be reached
+  126, 127  exec: the command could not be run / was not found
+  130  interrupted (Ctrl-C)"""
+
+WHERE = """\
+finding the daemon (token, refresh, exec, status, healthcheck), first match wins:
+  --url URL or --socket PATH; else $PC_TOKEN_BROKER_URL or $PC_TOKEN_BROKER_SOCKET; else the
+  first `listen` entry of the config's [server] table; else http://127.0.0.1:8721. The
+  required header comes from $PC_TOKEN_BROKER_HEADER, else the config, else "Metadata: true".
+  Only [server] is read from the config. A config named with --config or
+  $PC_TOKEN_BROKER_CONFIG must be readable TOML (else exit 2); the default path may be missing
+  or unreadable (tools usually cannot read the daemon's 0600 config: set the variables)."""
+
+MANUAL = f"""\
+Every command has --help with its options, their defaults and an example.
+
+{WHERE}
+
+environment:
+  PC_TOKEN_BROKER_CONFIG  the config path when --config is not given
+                          (default: /etc/pc-token-broker/config.toml)
+  PC_TOKEN_BROKER_URL     the daemon's base URL for the client commands
+  PC_TOKEN_BROKER_SOCKET  the daemon's unix socket for the client commands
+  PC_TOKEN_BROKER_HEADER  the required header ("Name: value") for the client commands
+  PC_ACCESS_TOKEN         set by `exec` for the command it runs (rename with --var)
+
+files:
+  /etc/pc-token-broker/config.toml   the configuration (see config.example.toml)
+
+{EXIT_CODES}
+
+examples:
+  pc-token-broker check-config --config /etc/pc-token-broker/config.toml
+  TOKEN=$(pc-token-broker token)
+  pc-token-broker exec billing -- ./partner-report.sh
+  pc-token-broker status --socket /run/pc-token-broker/broker.sock"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the hand-written layout of descriptions and examples."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=100)
+
+
+def _sub(
+    sub, name: str, summary: str, example: str, description: str = ""
+) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary}.\n\n{description}".rstrip(),
+        epilog=f"example:\n  {example}",
+        formatter_class=_Formatter,
+    )
+
 
 def _target_args(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--url", help="the broker's base URL (default: from the config)")
-    where.add_argument("--socket", help="the broker's unix socket path")
-    p.add_argument("--config", help="config file to learn the address and header from")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pc-token-broker", description="Partner Center token broker"
+    where.add_argument(
+        "--url",
+        metavar="URL",
+        help="the broker's base URL: http://HOST:PORT, HOST:PORT or unix:/PATH "
+        "(default: $PC_TOKEN_BROKER_URL, else the config's first listener)",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("serve", help="run the daemon")
+    where.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="the broker's unix socket (default: $PC_TOKEN_BROKER_SOCKET)",
+    )
     p.add_argument(
         "--config",
-        help="config file (default: $PC_TOKEN_BROKER_CONFIG, "
+        metavar="PATH",
+        help="config to read the address and required header from, [server] only "
+        "(default: $PC_TOKEN_BROKER_CONFIG, else /etc/pc-token-broker/config.toml if readable)",
+    )
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="the config file (default: $PC_TOKEN_BROKER_CONFIG, "
         "else /etc/pc-token-broker/config.toml)",
     )
-    p = sub.add_parser("check-config", help="validate the config; exit 2 on problems")
-    p.add_argument("--config")
+
+
+def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--online", action="store_true", help="also reach what the config names (Redis: PING)"
+        "profile", nargs="?", default="default", metavar="PROFILE", help="(default: default)"
     )
-    p = sub.add_parser("token", help="print a token from the running daemon")
-    p.add_argument("profile", nargs="?", default="default")
-    p.add_argument("--kind", choices=("partner", "aad"), default="partner")
+    p.add_argument(
+        "--kind",
+        choices=("partner", "aad"),
+        default="partner",
+        help="the Partner Center token, or the Azure AD token behind it (default: partner)",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="pc-token-broker",
+        description="pc-token-broker: hands Microsoft Partner Center access tokens to local "
+        "tools,\ncached, refreshed ahead of expiry, and fetched once however many ask.",
+        epilog=MANUAL,
+        formatter_class=_Formatter,
+    )
+    top.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _sub(
+        sub,
+        "serve",
+        "run the daemon",
+        "pc-token-broker serve --config /etc/pc-token-broker/config.toml --log-level debug",
+        "Runs until SIGTERM or SIGINT (in-flight requests finish; exit 0). SIGHUP re-reads the\n"
+        "config; a broken one is refused and the running one kept. Logs go to stderr.",
+    )
+    _config_arg(p)
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="overrides [server] log_level for this run (default: the config's, else info)",
+    )
+
+    p = _sub(
+        sub,
+        "check-config",
+        "validate a config: a summary and exit 0, or every problem and exit 2",
+        "pc-token-broker check-config --offline --config ./config.toml",
+        "Problems are listed in file order with FILE:LINE and the key path. Secrets are read\n"
+        "(to check them) but never printed. --offline checks syntax, types and keys only,\n"
+        "without reading secret files, the environment or the host's users: for the CI of a\n"
+        "config repository.",
+    )
+    _config_arg(p)
+    checks = p.add_mutually_exclusive_group()
+    checks.add_argument(
+        "--offline",
+        action="store_true",
+        help="no secret files, environment variables or host lookups (default: off)",
+    )
+    checks.add_argument(
+        "--online",
+        action="store_true",
+        help="also reach what the config names (Redis: PING) (default: off)",
+    )
+
+    p = _sub(
+        sub,
+        "token",
+        "print a token from the running daemon",
+        'curl -H "Authorization: Bearer $(pc-token-broker token)" https://api.partnercenter...',
+        "Prints the bare token and a newline, for $(...). On failure: nothing on stdout, one\n"
+        "line on stderr, a non-zero exit.\n\n" + WHERE,
+    )
+    _profile_args(p)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"access_token", "token_type", "expires_on", "expires_in", "profile", '
+        '"kind"} instead of the bare token (default: off)',
+    )
     _target_args(p)
-    _target_args(sub.add_parser("status", help="a table of every profile's state"))
-    p = sub.add_parser("healthcheck", help="exit 0 when the daemon is ready (/readyz)")
+
+    p = _sub(
+        sub,
+        "refresh",
+        "force a refresh of a profile's tokens",
+        "pc-token-broker refresh billing --json",
+        "Fetches a new Azure AD token and, for --kind partner, a new Partner Center token,\n"
+        "joining a refresh already in flight. The broker allows one forced refresh per profile\n"
+        "every refresh_min_interval seconds (else exit 1, HTTP 429). Prints the new expiry,\n"
+        "never the token.",
+    )
+    _profile_args(p)
+    p.add_argument("--json", action="store_true", help="print the answer as JSON (default: off)")
+    _target_args(p)
+
+    p = _sub(
+        sub,
+        "exec",
+        "run a command with the token in its environment",
+        "pc-token-broker exec billing -- sh -c 'curl -H \"Authorization: Bearer "
+        "$PC_ACCESS_TOKEN\" ...'",
+        "Like aws-vault exec: asks the daemon for a token, then replaces itself with COMMAND,\n"
+        "whose environment has the token in $PC_ACCESS_TOKEN (or --var NAME) and its expiry\n"
+        "as Unix seconds in $PC_ACCESS_TOKEN_EXPIRES_ON. The exit code is COMMAND's. The token\n"
+        "never appears on a command line. Everything after -- is the command.",
+    )
+    _profile_args(p)
+    p.add_argument(
+        "--var",
+        default="PC_ACCESS_TOKEN",
+        metavar="NAME",
+        help="the variable to put the token in (default: PC_ACCESS_TOKEN)",
+    )
+    _target_args(p)
+
+    p = _sub(
+        sub,
+        "status",
+        "every profile's state",
+        "pc-token-broker status --json | jq '.profiles.default.partner.expires_in'",
+        "A table per profile and kind: state (fresh, refreshing, stale, failing, empty), expires\n"
+        "in, next refresh attempt, failures in a row, last error, upstream calls. Exit 1 (and\n"
+        "one line on stderr) while any profile is failing or stale, so it can be a check.",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the broker's /v1/profiles JSON (default: off)"
+    )
+    _target_args(p)
+
+    p = _sub(
+        sub,
+        "healthcheck",
+        "exit 0 when the daemon is ready",
+        "HEALTHCHECK CMD pc-token-broker healthcheck --socket /run/pc-token-broker/broker.sock",
+        "Asks /readyz: ready when every warm profile holds a servable token. Not ready: exit 1\n"
+        "and one line on stderr naming the profiles that are not. For container HEALTHCHECKs\n"
+        "and Kubernetes exec probes (images need no curl).",
+    )
     p.add_argument(
         "--live",
         action="store_true",
-        help="only check that it is alive (/healthz), for liveness probes",
+        help="only check that it is alive (/healthz), for liveness probes (default: off)",
     )
     _target_args(p)
-    p = sub.add_parser("msi-env", help="print the export lines that point Azure SDKs here")
-    p.add_argument("profile", nargs="?", help="another profile than [msi] profile")
-    p.add_argument("--config")
-    sub.add_parser("demo", help="sandbox + broker + many clients; prints what happened")
-    p = sub.add_parser("sandbox", help="run only the fake Azure AD and Partner Center")
-    p.add_argument("--port", type=int, default=8780)
-    p.add_argument("--host", default="127.0.0.1")
-    return parser
+
+    p = _sub(
+        sub,
+        "msi-env",
+        "print the export lines that point Azure SDKs here",
+        'eval "$(pc-token-broker msi-env)"',
+        "Prints IDENTITY_ENDPOINT and IDENTITY_HEADER (and AZURE_CLIENT_ID for another profile)\n"
+        "for the managed-identity endpoint. Reads [server], [msi] and the identity header file\n"
+        "only: no profile's secret, so it works as any user who may read the header file.",
+    )
+    p.add_argument(
+        "profile", nargs="?", metavar="PROFILE", help="another profile than [msi] profile"
+    )
+    _config_arg(p)
+
+    p = _sub(
+        sub,
+        "completion",
+        "print the shell completion script",
+        "pc-token-broker completion bash > /etc/bash_completion.d/pc-token-broker",
+        "bash: source the output (or install it in /etc/bash_completion.d/). zsh: source the\n"
+        "output from ~/.zshrc (it uses zsh's bashcompinit).",
+    )
+    p.add_argument("shell", choices=("bash", "zsh"))
+
+    p = _sub(
+        sub,
+        "demo",
+        "sandbox + broker + 300 clients; prints what happened",
+        "pc-token-broker demo",
+        "Runs for about 25 s and exits 0 only if the guarantees held.",
+    )
+
+    p = _sub(
+        sub,
+        "sandbox",
+        "run only the fake Azure AD and Partner Center",
+        "pc-token-broker sandbox --port 8780",
+        "For your own integration tests; prints a throwaway app registration and a matching\n"
+        "broker profile. Stop it with Ctrl-C.",
+    )
+    p.add_argument("--port", type=int, default=8780, help="(default: 8780; 0 for any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="(default: 127.0.0.1)")
+    return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    command = args.command.replace("-", "_")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command_line: list[str] = []
+    if "--" in argv:  # everything after the first -- is exec's command, never parsed
+        cut = argv.index("--")
+        argv, command_line = argv[:cut], argv[cut + 1 :]
+    top = parser()
+    args = top.parse_args(argv)
+    if args.command == "exec":
+        if not command_line:
+            top.error("exec needs a command after --: pc-token-broker exec -- COMMAND [ARGS]")
+        args.argv = command_line
+    elif command_line:
+        top.error("'--' is only for exec")
+    from broker.cli import commands
+
     try:
-        return globals()[f"cmd_{command}"](args)
+        return getattr(commands, f"cmd_{args.command.replace('-', '_')}")(args)
     except KeyboardInterrupt:
         return 130
-
-
-def _load(path_arg: str | None):
-    from broker.config.load import ConfigError, load_settings, resolve_path
-
-    path = resolve_path(path_arg)
-    try:
-        return load_settings(path), path
-    except ConfigError as e:
-        print(f"{path}: {len(e.problems)} problem(s):", file=sys.stderr)
-        for problem in e.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return None, path
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    settings, path = _load(args.config)
-    if settings is None:
-        return 2
-    from broker.daemon.server import serve
-
-    with asyncio.Runner(loop_factory=_loop_factory(settings.server.event_loop)) as runner:
-        return runner.run(serve(settings, config_path=path))
-
-
-def _loop_factory(choice: str):
-    """uvloop when asked for, or when "auto" and installed (the `speed` extra); else asyncio's."""
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    settings, path = _load(args.config)
-    if settings is None:
-        return 2
-    from broker.cli.summary import describe
-
-    print(describe(settings, path))
-    if getattr(args, "online", False) and settings.shared is not None:
-        from broker.core.shared import ping
-
-        problem = asyncio.run(ping(settings.shared))
-        if problem is not None:
-            print(f"{path}: shared.redis_url: {problem}", file=sys.stderr)
-            return 1
-        print("  shared cache:    Redis answered PING")
-    return 0
-
-
-def _target(args: argparse.Namespace):
-    from broker.cli.client import target_from
-    from broker.config.load import resolve_path
-
-    return target_from(args.url, args.socket, resolve_path(args.config))
-
-
-def cmd_token(args: argparse.Namespace) -> int:
-    from broker.cli.client import DaemonUnreachable, error_message, request
-
-    path = f"/v1/token/{args.profile}?kind={args.kind}"
-    try:
-        status, body = request(_target(args), "GET", path, accept="text/plain")
-    except DaemonUnreachable as e:
-        print(f"pc-token-broker: {e}", file=sys.stderr)
-        return 3
-    if status != 200:
-        print(f"pc-token-broker: {error_message(status, body)}", file=sys.stderr)
-        return 1
-    sys.stdout.write(body.decode("ascii") + "\n")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from broker.cli.client import DaemonUnreachable, error_message, request
-    from broker.cli.summary import shared_line, status_table
-
-    try:
-        status, body = request(_target(args), "GET", "/v1/profiles")
-    except DaemonUnreachable as e:
-        print(f"pc-token-broker: {e}", file=sys.stderr)
-        return 3
-    if status != 200:
-        print(f"pc-token-broker: {error_message(status, body)}", file=sys.stderr)
-        return 1
-    data = json.loads(body)
-    print(status_table(data["profiles"]))
-    if isinstance(data.get("shared"), dict):
-        print(shared_line(data["shared"]))
-    return 0
-
-
-def cmd_healthcheck(args: argparse.Namespace) -> int:
-    from broker.cli.client import DaemonUnreachable, request
-
-    try:
-        path = "/healthz" if args.live else "/readyz"
-        status, _ = request(_target(args), "GET", path, timeout=5)
-    except DaemonUnreachable as e:
-        print(f"pc-token-broker: {e}", file=sys.stderr)
-        return 3
-    return 0 if status == 200 else 1
-
-
-def cmd_msi_env(args: argparse.Namespace) -> int:
-    settings, _ = _load(args.config)
-    if settings is None:
-        return 2
-    from broker.cli.msi_env import export_lines
-
-    try:
-        print(export_lines(settings, args.profile))
-    except ValueError as e:
-        print(f"pc-token-broker msi-env: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def cmd_demo(_args: argparse.Namespace) -> int:
-    from broker.cli.demo import run_demo
-
-    return asyncio.run(run_demo())
-
-
-def cmd_sandbox(args: argparse.Namespace) -> int:
-    from broker.sandbox.cli import run_sandbox
-
-    return asyncio.run(run_sandbox(args.host, args.port))

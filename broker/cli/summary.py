@@ -3,6 +3,7 @@ only where a secret comes from ("file /x", "env NAME"), never its value."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from broker.config.settings import Settings
@@ -10,8 +11,9 @@ from broker.config.settings import Settings
 
 def describe(settings: Settings, path: str) -> str:
     s = settings.server
+    offline = " (offline: no secret files, environment or host lookups)"
     lines = [
-        f"{path}: OK",
+        f"{path}: OK{offline if settings.offline else ''}",
         f"  listen:          {', '.join(str(x) for x in s.listen)}",
         f"  required header: {s.required_header[0]}: {s.required_header[1]}",
         f"  allowed hosts:   {', '.join(sorted(s.allowed_hosts))}",
@@ -39,9 +41,48 @@ def describe(settings: Settings, path: str) -> str:
             f"{', password file ' + str(sh.password_file) if sh.password_file else ''}, "
             f"lease {sh.lock_timeout:g} s"
         )
+    msi = settings.msi
+    if msi is None:
+        lines.append("  msi:             off (no [msi] table)")
+    else:
+        header = (
+            f"header written to {msi.generated_header_file}"
+            if msi.generated_header_file
+            else f"header from {msi.header_source or 'the config'}"
+        )
+        lines.append(
+            f"  msi:             on, profile {msi.profile}, {header}, "
+            f"serve while >= {msi.min_remaining:g} s left"
+        )
     for warning in settings.warnings:
         lines.append(f"  warning: {warning}")
     return "\n".join(lines)
+
+
+def when(expires_on: Any, expires_in: Any) -> str:
+    """ "in 59m (2026-11-24T18:03:12Z)": seconds left and the UTC instant."""
+    if not isinstance(expires_on, int | float) or isinstance(expires_on, bool):
+        return "at an unknown time"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_on))
+    return f"in {_seconds(expires_in)} ({stamp})"
+
+
+def troubles(profiles: dict[str, Any]) -> list[str]:
+    """One phrase per profile and kind whose last refresh failed: `status` exits 1 on any."""
+    found = []
+    for name, info in sorted(profiles.items()):
+        for kind in ("partner", "aad"):
+            e = info.get(kind) if isinstance(info, dict) else None
+            if not isinstance(e, dict) or e.get("state") not in ("failing", "stale"):
+                continue
+            error = e.get("last_error") or {}
+            detail = [str(error.get("code", "error"))]
+            if error.get("upstream_status"):
+                detail.append(f"upstream status {error['upstream_status']}")
+            if error.get("correlation_id"):
+                detail.append(f"correlation id {error['correlation_id']}")
+            found.append(f"{name} {kind} {e['state']} ({', '.join(detail)})")
+    return found
 
 
 def _seconds(value: Any) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 from broker.config.pem import load_certificate_key
 from broker.config.read import Reader
-from broker.config.secret import Secret
+from broker.config.secret import Secret, UnreadSecret
 
 CREDENTIALS = (
     "client_secret",
@@ -69,6 +69,8 @@ def credential_fields(
             continue
         v[key] = str(file)
         v["secret_source"] = f"file {file}"
+        if r.offline:
+            continue
         if key == "refresh_token_file" and not (
             file.is_file() and os.access(file, os.R_OK | os.W_OK)
         ):
@@ -100,6 +102,9 @@ def _certificate(r: Reader, mine: dict[str, Any], path: tuple[str, ...], at: Any
     file = r.expand(text, at("certificate_file")) if text else None
     if file is None:
         return v
+    if r.offline:
+        v.update(certificate_pem=UnreadSecret(), secret_source=f"file {file}")
+        return v
     try:
         pem = file.read_bytes()
         load_certificate_key(pem, password.reveal().encode() if password else None)
@@ -109,6 +114,7 @@ def _certificate(r: Reader, mine: dict[str, Any], path: tuple[str, ...], at: Any
     except ValueError as e:
         r.problem(at("certificate_file"), f"{file}: {e}")
         return v
+    r.private_file(file, at("certificate_file"))
     v.update(
         certificate_pem=Secret(pem.decode("ascii", "replace")),
         certificate_password=password,

@@ -7,6 +7,7 @@ expansion, e.g. systemd's `$CREDENTIALS_DIRECTORY`) or `*_env`, held as `Secret`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -103,14 +104,25 @@ def _profile(
     return ProfileSettings(name=name, credential=credential or "", **v)
 
 
+MODES = ("full", "offline", "msi")
+
+
 def parse_settings(
     text: str,
     *,
     file: str | None = None,
     env: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
+    mode: str = "full",
 ) -> Settings:
-    """Validate a TOML document. Raises ConfigError listing every problem."""
+    """Validate a TOML document. Raises ConfigError listing every problem, in line order.
+
+    mode "full" reads every secret and checks every file, as `serve` needs; "offline" reads
+    no secret file, environment variable or host database (`check-config --offline`, for the
+    CI of config repositories); "msi" is offline for the profiles only, so `msi-env` needs
+    [server], [msi] and the identity header file, not the profiles' secrets.
+    """
+    assert mode in MODES, mode
     env = os.environ if env is None else env
     base = base_dir or (Path(file).resolve().parent if file else Path.cwd())
     try:
@@ -119,9 +131,15 @@ def parse_settings(
         at = re.search(r"\(at line (\d+)", str(e))  # 3.11 has no e.lineno
         line = int(at.group(1)) if at else None
         raise ConfigError([Problem("(syntax)", str(e).split(" (at")[0], file, line)]) from None
+    if not data:
+        raise ConfigError(
+            [Problem("(file)", "no settings: the file is empty or only comments", file)]
+        )
     r = Reader(file, key_lines(text), env, base)
     r.table(data, (), TOP_KEYS)
+    r.offline = mode == "offline"  # "msi": [server] and [msi] are read in full, profiles not
     server = read_server(r, data)
+    r.offline = mode != "full"
     defaults = r.table(data.get("defaults"), ("defaults",), PROFILE_KEYS)
     profiles_table = r.table(
         data.get("profiles"), ("profiles",), frozenset(data.get("profiles") or ())
@@ -140,6 +158,7 @@ def parse_settings(
         profile = _profile(r, name, merged, own, ("profiles", name))
         if profile is not None:
             profiles[name] = profile
+    r.offline = mode == "offline"
     mirror = read_mirror(r, data)
     name, own_mirror = defaults.get("cloud"), data.get("mirror")
     cloud = CLOUDS.get(name) if isinstance(name, str) else None
@@ -148,7 +167,8 @@ def parse_settings(
     msi = read_msi(r, data, profiles)
     shared = read_shared(r, data)
     if r.problems:
-        raise ConfigError(r.problems)
+        # In the order of the file, as an editor shows it; problems with no line go last.
+        raise ConfigError(sorted(r.problems, key=lambda p: (p.line is None, p.line or 0)))
     return Settings(
         server=server,
         profiles=MappingProxyType(profiles),
@@ -157,7 +177,33 @@ def parse_settings(
         shared=shared,
         source=file,
         warnings=tuple(r.warnings),
+        offline=mode != "full",
     )
+
+
+def host_problems(settings: Settings) -> list[Problem]:
+    """What this host lacks for `serve` to start, beyond the config itself (check-config runs
+    it; parsing does not, so a config can be validated for another host): a unix socket
+    whose directory does not exist."""
+    lines: dict[tuple[str, ...], int] = {}
+    if settings.source:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            lines = key_lines(Path(settings.source).read_text(encoding="utf-8"))
+    problems = []
+    for listen in settings.server.listen:
+        folder = os.path.dirname(listen.path)
+        if listen.kind == "unix" and not os.path.isdir(folder):
+            problems.append(
+                Problem(
+                    "server.listen",
+                    f"{listen}: the directory {folder} does not exist, so the socket cannot be "
+                    "created: create it first (under systemd, the unit's RuntimeDirectory= "
+                    "creates /run/pc-token-broker at each start)",
+                    settings.source,
+                    lines.get(("server", "listen")),
+                )
+            )
+    return problems
 
 
 def resolve_path(cli_value: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -166,11 +212,13 @@ def resolve_path(cli_value: str | None, env: Mapping[str, str] | None = None) ->
     return cli_value or env.get("PC_TOKEN_BROKER_CONFIG") or DEFAULT_PATH
 
 
-def load_settings(path: str, env: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str, env: Mapping[str, str] | None = None, *, mode: str = "full"
+) -> Settings:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError([Problem("(file)", f"cannot read: {e.strerror or e}", path)]) from None
     except UnicodeDecodeError:
         raise ConfigError([Problem("(file)", "not UTF-8 text", path)]) from None
-    return parse_settings(text, file=path, env=env)
+    return parse_settings(text, file=path, env=env, mode=mode)

@@ -3,6 +3,7 @@ exit, so `check-config` reports every problem at once with its key path and line
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.config.errors import Problem
-from broker.config.secret import Secret
+from broker.config.secret import Secret, UnreadSecret
 
 SECRET_FILE_LIMIT = 64 * 1024  # bytes; a secret file larger than this is a mistake
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -32,6 +33,9 @@ class Reader:
         self.file, self.lines, self.env, self.base_dir = file, lines, env, base_dir
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
+        # Offline: no secret file, environment variable or host database is consulted; the
+        # config's own syntax, types and keys are still checked in full.
+        self.offline = False
 
     def problem(self, path: tuple[str, ...], message: str) -> None:
         line = None
@@ -48,7 +52,11 @@ class Reader:
             self.problem(path, "must be a table")
             return {}
         for key in sorted(set(value) - allowed):
-            self.problem((*path, key), f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.75)
+            if close:
+                self.problem((*path, key), f"unknown key; did you mean {close[0]!r}?")
+            else:
+                self.problem((*path, key), f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return value
 
     def number(self, value: Any, path: tuple[str, ...], low: float, high: float) -> float | None:
@@ -104,6 +112,8 @@ class Reader:
             if isinstance(item, int):
                 ids.append(item)
                 continue
+            if self.offline:  # names belong to the host the broker will run on
+                continue
             try:
                 ids.append(
                     pwd.getpwnam(item).pw_uid if kind == "user" else grp.getgrnam(item).gr_gid
@@ -146,6 +156,8 @@ class Reader:
 
     def expand(self, value: str, path: tuple[str, ...]) -> Path | None:
         missing = [m for m in _VAR.findall(value) if m not in self.env]
+        if missing and self.offline:  # described as written: the variable is the host's
+            return Path(_VAR.sub(lambda m: self.env.get(m.group(1), m.group(0)), value))
         if missing:
             self.problem(path, f"environment variable {missing[0]} is not set")
             return None
@@ -172,6 +184,11 @@ class Reader:
         if key == name:
             self._inline_secret_readable(where)
             return Secret(raw), "inline"
+        if self.offline:
+            if key.endswith("_env"):
+                return UnreadSecret(), f"env {raw}"
+            file = self.expand(raw, where)
+            return UnreadSecret(), f"file {file}"
         if key.endswith("_env"):
             if raw not in self.env or not self.env[raw].strip():
                 self.problem(where, f"environment variable {raw} is not set or empty")
@@ -184,7 +201,21 @@ class Reader:
         if isinstance(value, Problem):
             self.problem(where, value.message)
             return None, ""
+        self.private_file(file, where)
         return value, f"file {file}"
+
+    def private_file(self, file: Path, path: tuple[str, ...]) -> None:
+        """Warn when a file holding a secret may be read by its group or by others."""
+        try:
+            mode = stat.S_IMODE(os.stat(file).st_mode)
+        except OSError:
+            return
+        if mode & 0o044:
+            who = "others" if mode & 0o004 else "its group"
+            self.warnings.append(
+                f"{'.'.join(path)}: {file} holds a secret and {who} can read it "
+                f"(mode {mode:04o}); chmod 600 {file}"
+            )
 
     def _inline_secret_readable(self, path: tuple[str, ...]) -> None:
         if self.file is None:

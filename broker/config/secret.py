@@ -33,3 +33,15 @@ class Secret:
 
     def __reduce__(self):  # never pickled into a file or a subprocess by accident
         raise TypeError("a Secret cannot be pickled")
+
+
+class UnreadSecret(Secret):
+    """Stands for a secret an offline read did not look at; using it is a bug, loudly."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def reveal(self) -> str:
+        raise RuntimeError("this secret was not read (the config was loaded offline)")

@@ -94,7 +94,9 @@ def read_server(r: Reader, data: dict[str, Any]) -> ServerSettings:
     server = ServerSettings(
         **{k: getattr(d, k) if out.get(k) is None else out[k] for k in SERVER_FIELDS}
     )
-    if server.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+    if r.offline:
+        pass
+    elif server.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         r.problem(at("event_loop"), "uvloop is not installed: pip install 'pc-token-broker[speed]'")
     for listen in server.listen:
         if not listen.is_loopback and not server.allow_remote:
@@ -183,7 +185,7 @@ def read_msi(
     profile = r.string(t.get("profile", d.profile), ("msi", "profile")) or d.profile
     if profile not in profiles and not r.problems:
         r.problem(("msi", "profile"), f"no profile named {profile!r}")
-    header, _ = r.secret(t, ("msi",), "identity_header", required=False)
+    header, header_source = r.secret(t, ("msi",), "identity_header", required=False)
     generated = None
     if "generated_header_file" in t:
         text = r.string(t["generated_header_file"], ("msi", "generated_header_file"))
@@ -203,6 +205,7 @@ def read_msi(
         identity_header=header,
         generated_header_file=generated,
         min_remaining=minimum,
+        header_source=header_source,
     )
 
 

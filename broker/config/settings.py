@@ -87,6 +87,7 @@ class MsiSettings:
     # 420 s: the Azure SDKs treat a token with under 300 s left (minus up to 60 s of jitter)
     # as due for refresh and would come back on every call.
     min_remaining: float = 420.0
+    header_source: str = ""  # where identity_header comes from, for summaries: "file /x"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +114,6 @@ class Settings:
     shared: SharedSettings | None = None
     source: str | None = None
     warnings: tuple[str, ...] = field(default=())
+    # Read without secrets, environment or host lookups (check-config --offline, msi-env):
+    # good for describing a config, never for serving it.
+    offline: bool = False

@@ -81,6 +81,28 @@ def bind(
     return sock
 
 
+def socket_file(sock: socket.socket) -> tuple[str, int, int, int] | None:
+    """A unix socket's file as (path, device, inode, ctime), to remove at shutdown only if it
+    is still the one this process bound (not one a successor has bound since: an inode
+    number is soon reused, so the change time is compared too)."""
+    if sock.family != socket.AF_UNIX:
+        return None
+    path = sock.getsockname()
+    if not isinstance(path, str) or not path.startswith("/"):
+        return None
+    st = os.lstat(path)
+    return path, st.st_dev, st.st_ino, st.st_ctime_ns
+
+
+def remove_socket_file(identity: tuple[str, int, int, int]) -> None:
+    """Unlink a socket file this process created, at clean shutdown. Never anything else."""
+    path, *mark = identity
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if stat.S_ISSOCK(st.st_mode) and [st.st_dev, st.st_ino, st.st_ctime_ns] == mark:
+            os.unlink(path)
+
+
 def bound_address(sock: socket.socket) -> str:
     """Where a bound socket listens, as a listen string (the real port when 0 was asked)."""
     if sock.family == socket.AF_UNIX:

@@ -23,7 +23,13 @@ from broker import __version__
 from broker.config.load import ConfigError, load_settings
 from broker.config.settings import Settings
 from broker.core.service import Broker
-from broker.daemon.listeners import ListenError, bind, bound_address
+from broker.daemon.listeners import (
+    ListenError,
+    bind,
+    bound_address,
+    remove_socket_file,
+    socket_file,
+)
 from broker.daemon.systemd import Notifier, listen_fds
 from broker.http.app import BROKER, create_app
 from broker.http.protocol import GuardedAppRunner, Limits
@@ -59,8 +65,9 @@ def make_runner(app: web.Application, settings: Settings) -> GuardedAppRunner:
     )
 
 
-def _bind_all(settings: Settings, log: Any) -> list[socket.socket]:
-    """Sockets from systemd (socket activation) if it passed any, else the configured ones."""
+def _bind_all(settings: Settings, log: Any) -> tuple[list[socket.socket], bool]:
+    """Sockets from systemd (socket activation) if it passed any, else the configured ones;
+    and whether they are systemd's."""
     passed = listen_fds()
     if passed:
         log.info(
@@ -68,7 +75,7 @@ def _bind_all(settings: Settings, log: Any) -> list[socket.socket]:
             sockets=len(passed),
             note="server.listen is not used while systemd passes the sockets",
         )
-        return passed
+        return passed, True
     sockets: list[socket.socket] = []
     try:
         for listen in settings.server.listen:
@@ -89,7 +96,7 @@ def _bind_all(settings: Settings, log: Any) -> list[socket.socket]:
         for sock in sockets:
             sock.close()
         raise
-    return sockets
+    return sockets, False
 
 
 def _banner(
@@ -179,10 +186,12 @@ async def serve(
 
     # -- start-up: bind every listener first, so a bad one fails before anything else runs.
     try:
-        sockets = _bind_all(settings, log)
+        sockets, activated = _bind_all(settings, log)
     except ListenError as e:
         log.error("listen_failed", error=str(e))
         return 1
+    # Socket files this process created, removed at clean shutdown (systemd's are its own).
+    created = [] if activated else [f for f in map(socket_file, sockets) if f]
     app = create_app(settings, log=log, redactor=redactor, audit_stream=audit_stream)
     broker = app[BROKER]
     runner = make_runner(app, settings)
@@ -209,6 +218,8 @@ async def serve(
     notifier.send(STOPPING=1, STATUS="stopping")
     started = time.monotonic()
     await runner.cleanup()
+    for identity in created:
+        remove_socket_file(identity)
     notifier.close()
     if own_signals:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

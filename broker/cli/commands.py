@@ -1,0 +1,274 @@
+"""What each command does, once `main.py` has parsed its arguments. Returns the exit code.
+
+Exit codes: 0 ok; 1 the daemon answered with an error (or, for `status`, a profile is failing;
+for `healthcheck`, not ready); 2 bad configuration or usage; 3 the daemon could not be reached.
+Every failure is one line on stderr; stdout carries only what was asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import urllib.parse
+from typing import Any
+
+PROG = "pc-token-broker"
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+# -- commands that read the whole config ---------------------------------------------------
+
+
+def _load(path_arg: str | None, *, mode: str = "full"):
+    from broker.config.load import ConfigError, load_settings, resolve_path
+
+    path = resolve_path(path_arg)
+    try:
+        return load_settings(path, mode=mode), path
+    except ConfigError as e:
+        print(f"{path}: {len(e.problems)} problem(s):", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None, path
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings, path = _load(args.config)
+    if settings is None:
+        return 2
+    from broker.daemon.server import serve
+    from broker.observe.logs import make_logger
+    from broker.observe.redact import Redactor
+
+    redactor = Redactor()
+    log = make_logger(
+        fmt=settings.server.log_format,
+        level=args.log_level or settings.server.log_level,
+        redactor=redactor,
+    )
+    with asyncio.Runner(loop_factory=_loop_factory(settings.server.event_loop)) as runner:
+        return runner.run(serve(settings, config_path=path, log=log, redactor=redactor))
+
+
+def _loop_factory(choice: str):
+    """uvloop when asked for, or when "auto" and installed (the `speed` extra); else asyncio's."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings, path = _load(args.config, mode="offline" if args.offline else "full")
+    if settings is None:
+        return 2
+    from broker.cli.summary import describe
+    from broker.config.load import host_problems
+
+    problems = [] if args.offline else host_problems(settings)
+    if problems:
+        print(f"{path}: {len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+
+    print(describe(settings, path))
+    if args.online and settings.shared is not None:
+        from broker.core.shared import ping
+
+        problem = asyncio.run(ping(settings.shared))
+        if problem is not None:
+            return _fail(f"{path}: shared.redis_url: {problem}", 1)
+        print("  shared cache:    Redis answered PING")
+    return 0
+
+
+def cmd_msi_env(args: argparse.Namespace) -> int:
+    # Profiles' secrets are not read: a tool's user needs only [server], [msi] and the header.
+    settings, _ = _load(args.config, mode="msi")
+    if settings is None:
+        return 2
+    from broker.cli.msi_env import export_lines
+
+    try:
+        print(export_lines(settings, args.profile))
+    except ValueError as e:
+        return _fail(f"msi-env: {e}", 2)
+    return 0
+
+
+# -- commands that ask the running daemon --------------------------------------------------
+
+
+class _Failed(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _ask(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+    from broker.cli.client import DaemonUnreachable, TargetError, request, target_from
+    from broker.config.load import resolve_path
+
+    explicit = bool(args.config or os.environ.get("PC_TOKEN_BROKER_CONFIG"))
+    try:
+        target = target_from(args.url, args.socket, resolve_path(args.config), explicit=explicit)
+        return request(target, method, path, **kwargs)
+    except TargetError as e:
+        raise _Failed(2, str(e)) from None
+    except DaemonUnreachable as e:
+        raise _Failed(3, str(e)) from None
+
+
+def _answer(status: int, body: bytes) -> Any:
+    """The JSON of a 200, else _Failed with the broker's error as one line."""
+    from broker.cli.client import error_message
+
+    if status != 200:
+        raise _Failed(1, error_message(status, body))
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise _Failed(1, f"HTTP {status}: the answer is not JSON (is this the broker?)") from None
+
+
+def _token_path(args: argparse.Namespace, suffix: str = "") -> str:
+    profile = urllib.parse.quote(args.profile, safe="")
+    return f"/v1/token/{profile}{suffix}?kind={args.kind}"
+
+
+def _client(run):
+    """Turns _Failed into its exit code and one line on stderr."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except _Failed as e:
+            return _fail(str(e), e.code)
+
+    wrapper.__name__ = run.__name__
+    return wrapper
+
+
+def _token(args: argparse.Namespace) -> dict[str, Any]:
+    token = _answer(*_ask(args, "GET", _token_path(args)))
+    if not isinstance(token, dict) or not isinstance(token.get("access_token"), str):
+        raise _Failed(1, "the answer carries no access_token (is this the broker?)")
+    return token
+
+
+@_client
+def cmd_token(args: argparse.Namespace) -> int:
+    token = _token(args)
+    if args.json:
+        sys.stdout.write(json.dumps(token) + "\n")
+    else:
+        sys.stdout.write(token["access_token"] + "\n")
+    return 0
+
+
+@_client
+def cmd_refresh(args: argparse.Namespace) -> int:
+    answer = _answer(*_ask(args, "POST", _token_path(args, "/refresh")))
+    if args.json:
+        print(json.dumps(answer))
+        return 0
+    from broker.cli.summary import when
+
+    print(
+        f"{answer.get('profile')} {answer.get('kind')}: refreshed, "
+        f"expires {when(answer.get('expires_on'), answer.get('expires_in'))}"
+    )
+    return 0
+
+
+@_client
+def cmd_exec(args: argparse.Namespace) -> int:
+    token = _token(args)
+    env = dict(os.environ)
+    env[args.var] = token["access_token"]
+    env[f"{args.var}_EXPIRES_ON"] = str(token.get("expires_on", ""))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(args.argv[0], args.argv, env)  # noqa: S606 - running it is the point
+    except FileNotFoundError:
+        return _fail(f"exec: {args.argv[0]}: command not found", 127)
+    except OSError as e:
+        return _fail(f"exec: {args.argv[0]}: {e.strerror or e}", 126)
+    raise AssertionError("unreachable: execvpe returned")
+
+
+@_client
+def cmd_status(args: argparse.Namespace) -> int:
+    from broker.cli.summary import shared_line, status_table, troubles
+
+    answer = _answer(*_ask(args, "GET", "/v1/profiles"))
+    profiles = answer.get("profiles") if isinstance(answer, dict) else None
+    if not isinstance(profiles, dict):
+        raise _Failed(1, "the answer has no profiles table (is this the broker?)")
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(status_table(profiles))
+        if isinstance(answer.get("shared"), dict):
+            print(shared_line(answer["shared"]))
+    bad = troubles(profiles)
+    if bad:
+        return _fail(
+            f"status: {len(bad)} of {len(profiles)} profile(s) in trouble: " + "; ".join(bad), 1
+        )
+    return 0
+
+
+@_client
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    path = "/healthz" if args.live else "/readyz"
+    status, body = _ask(args, "GET", path, timeout=5)
+    if status == 200:
+        return 0
+    detail = ""
+    try:
+        profiles = json.loads(body)["profiles"]
+        detail = ": " + ", ".join(
+            f"{name} {kind} {state}"
+            for name, kinds in sorted(profiles.items())
+            for kind, state in sorted(kinds.items())
+            if state != "fresh"
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return _fail(f"not {'alive' if args.live else 'ready'} (HTTP {status} from {path}){detail}", 1)
+
+
+# -- the rest ------------------------------------------------------------------------------
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from broker.cli.completion import script
+    from broker.cli.main import parser
+
+    sys.stdout.write(script(parser(), args.shell))
+    return 0
+
+
+def cmd_demo(_args: argparse.Namespace) -> int:
+    from broker.cli.demo import run_demo
+
+    return asyncio.run(run_demo())
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from broker.sandbox.cli import run_sandbox
+
+    return asyncio.run(run_sandbox(args.host, args.port))
