@@ -473,7 +473,10 @@ def test_check_config_offline_reads_no_secret_file(tmp_path: Path, check) -> Non
     """--offline: syntax, types and keys only; missing files and variables are the host's."""
     config = tmp_path / "c.toml"
     config.write_text(
-        PROFILE
+        '[server]\nupstream_proxy = "http://127.0.0.1:3128"\n'
+        + f'upstream_proxy_credentials_file = "{tmp_path}/proxy-credentials"\n'
+        + f'[shared]\nredis_url = "redis://127.0.0.1:6379/0"\nkey_file = "{tmp_path}/key"\n'
+        + PROFILE
         + 'client_secret_file = "${CREDENTIALS_DIRECTORY}/client-secret"\n'
         + 'allowed_uids = ["no-such-user-here"]\n'
         + "[profiles.other]\n"
@@ -486,6 +489,7 @@ def test_check_config_offline_reads_no_secret_file(tmp_path: Path, check) -> Non
     assert code == 2
     assert "CREDENTIALS_DIRECTORY is not set" in err and "SURELY_UNSET_VARIABLE" in err
     assert "no user named 'no-such-user-here'" in err and "missing.pem" in err
+    assert "proxy-credentials" in err and f"{tmp_path}/key" in err
     code, out, err = check(config, "--offline")
     assert (code, err) == (0, "")
     assert "OK (offline: no secret files, environment or host lookups)" in out

@@ -119,8 +119,8 @@ def parse_settings(
 
     mode "full" reads every secret and checks every file, as `serve` needs; "offline" reads
     no secret file, environment variable or host database (`check-config --offline`, for the
-    CI of config repositories); "msi" is offline for the profiles only, so `msi-env` needs
-    [server], [msi] and the identity header file, not the profiles' secrets.
+    CI of config repositories); "msi" is offline except for [msi], so `msi-env` needs the
+    config and the identity header file, none of the other secrets.
     """
     assert mode in MODES, mode
     env = os.environ if env is None else env
@@ -137,9 +137,8 @@ def parse_settings(
         )
     r = Reader(file, key_lines(text), env, base)
     r.table(data, (), TOP_KEYS)
-    r.offline = mode == "offline"  # "msi": [server] and [msi] are read in full, profiles not
+    r.offline = mode != "full"  # "msi": only [msi] is read in full, below
     server = read_server(r, data)
-    r.offline = mode != "full"
     defaults = r.table(data.get("defaults"), ("defaults",), PROFILE_KEYS)
     profiles_table = r.table(
         data.get("profiles"), ("profiles",), frozenset(data.get("profiles") or ())
@@ -158,13 +157,14 @@ def parse_settings(
         profile = _profile(r, name, merged, own, ("profiles", name))
         if profile is not None:
             profiles[name] = profile
-    r.offline = mode == "offline"
     mirror = read_mirror(r, data)
     name, own_mirror = defaults.get("cloud"), data.get("mirror")
     cloud = CLOUDS.get(name) if isinstance(name, str) else None
     if cloud and not (isinstance(own_mirror, dict) and "upstream_base" in own_mirror):
         mirror = replace(mirror, upstream_base=cloud["mirror_upstream_base"])  # follows [defaults]
+    r.offline = mode == "offline"
     msi = read_msi(r, data, profiles)
+    r.offline = mode != "full"
     shared = read_shared(r, data)
     if r.problems:
         # In the order of the file, as an editor shows it; problems with no line go last.

@@ -13,7 +13,7 @@ from typing import Any
 from broker.config.errors import Problem
 from broker.config.listen import parse_listen
 from broker.config.read import Reader, read_secret_file
-from broker.config.secret import Secret
+from broker.config.secret import Secret, UnreadSecret
 from broker.config.settings import (
     MirrorSettings,
     MsiSettings,
@@ -138,7 +138,8 @@ def _read_proxy(r: Reader, t: dict[str, Any], out: dict[str, Any]) -> None:
     if "upstream_proxy_credentials_file" in t:
         where = ("server", "upstream_proxy_credentials_file")
         secret, _ = r.secret(t, ("server",), "upstream_proxy_credentials", required=False)
-        if secret is not None and ":" not in secret.reveal():
+        unread = isinstance(secret, UnreadSecret)  # offline: not looked at
+        if secret is not None and not unread and ":" not in secret.reveal():
             r.problem(where, "the file must hold user:password")
         elif secret is not None:
             out["upstream_proxy_credentials"] = secret
@@ -247,7 +248,9 @@ def read_shared(r: Reader, data: dict[str, Any]) -> SharedSettings | None:
     else:
         text = r.string(t["key_file"], at("key_file"))
         path = r.expand(text, at("key_file")) if text else None
-        if path is not None:
+        if path is not None and r.offline:
+            key_file, key = str(path), UnreadSecret()
+        elif path is not None:
             key_file = str(path)
             raw = _read_key(r, path, at("key_file"))
             key = Secret(raw.hex()) if raw is not None else None
@@ -255,7 +258,9 @@ def read_shared(r: Reader, data: dict[str, Any]) -> SharedSettings | None:
     if "password_file" in t:
         text = r.string(t["password_file"], at("password_file"))
         path = r.expand(text, at("password_file")) if text else None
-        if path is not None:
+        if path is not None and r.offline:
+            password_file, password = str(path), UnreadSecret()
+        elif path is not None:
             value = read_secret_file(path)
             if isinstance(value, Problem):
                 r.problem(at("password_file"), value.message)
