@@ -107,6 +107,22 @@ def _profile(
 MODES = ("full", "offline", "msi")
 
 
+def _shared_client_ids(r: Reader, profiles: dict[str, ProfileSettings]) -> None:
+    """Two profiles with one client_id are legal (one app, two tenants or scopes), but an Azure
+    SDK that names the identity by client_id cannot tell them apart: say so."""
+    by_id: dict[str, list[str]] = {}
+    for name, p in profiles.items():
+        if p.client_id:
+            by_id.setdefault(p.client_id.lower(), []).append(name)
+    for client_id, names in by_id.items():
+        if len(names) > 1:
+            r.warnings.append(
+                f"profiles {', '.join(names)} share client_id {client_id}: /msi callers that "
+                "select by client_id get a 400; give each an object_id or resource_id to "
+                "select by"
+            )
+
+
 def parse_settings(
     text: str,
     *,
@@ -157,6 +173,7 @@ def parse_settings(
         profile = _profile(r, name, merged, own, ("profiles", name))
         if profile is not None:
             profiles[name] = profile
+    _shared_client_ids(r, profiles)
     mirror = read_mirror(r, data)
     name, own_mirror = defaults.get("cloud"), data.get("mirror")
     cloud = CLOUDS.get(name) if isinstance(name, str) else None

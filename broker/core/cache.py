@@ -13,6 +13,7 @@ Timeline of an entry:
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -24,6 +25,7 @@ from broker.core import schedule
 from broker.core.clock import Clock, TimerHandle
 from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds
+from broker.observe.logs import iso_time
 
 Fetch = Callable[[RefreshIds], Awaitable[Token]]
 
@@ -50,8 +52,8 @@ class EntryStatus:
     kind: str
     state: str  # empty | fresh | refreshing | stale | failing
     expires_on: int | None
-    expires_in: float | None
-    next_attempt_in: float | None
+    expires_in: int | None
+    next_attempt_in: int | None
     failures: int
     waiters: int
     last_error: dict[str, Any] | None
@@ -215,6 +217,7 @@ class Entry:
             duration_ms=round((self._clock.monotonic() - started) * 1000, 1),
             lifetime_s=round(token.lifetime),
             expires_on=token.expires_on,
+            expires_at=iso_time(token.expires_on),
             next_refresh_in_s=round((self.next_at or now) - now, 1),
         )
 
@@ -301,8 +304,9 @@ class Entry:
             kind=self.kind,
             state=state,
             expires_on=token.expires_on if token else None,
-            expires_in=round(token.remaining(now), 1) if token else None,
-            next_attempt_in=round(max(0.0, self.next_at - now), 1) if self.next_at else None,
+            # Whole seconds everywhere (as /v1/token): left rounds down, a wait rounds up.
+            expires_in=int(token.remaining(now)) if token else None,
+            next_attempt_in=math.ceil(max(0.0, self.next_at - now)) if self.next_at else None,
             failures=self.failures,
             waiters=self.waiters,
             last_error=None

@@ -27,6 +27,20 @@ from broker.core.upstream import Proxies, Upstream
 from broker.observe.audit import Audit
 from broker.observe.redact import Redactor
 
+# [server] settings the running process cannot change: a reload that changes one reports it
+# (log, /v1/profiles, metric, systemd STATUS) until the process restarts.
+RESTART_KEYS = (
+    "listen",
+    "log_format",
+    "log_level",
+    "socket_mode",
+    "socket_group",
+    "allow_remote",
+    "event_loop",
+    "upstream_proxy",
+    "upstream_proxy_credentials",
+)
+
 
 class Broker:
     def __init__(
@@ -56,6 +70,11 @@ class Broker:
         self._owns_session = False
         self._background: set[asyncio.Task] = set()
         self.msi_header: Secret | None = None  # what /msi callers must send as X-IDENTITY-HEADER
+        # What the process runs: compared with each reloaded file, not with the previous one.
+        self.running, self.running_shared = settings.server, settings.shared
+        self.restart_pending: list[str] = []
+        for key in (*RESTART_KEYS, "shared"):
+            metrics.restart_pending.labels(key).set(0)
         metrics.watch_entries(self.cache.snapshot)
         self._remember_secrets(settings)
 
@@ -183,23 +202,13 @@ class Broker:
                 self._background.add(task)  # held until done: a bare task may be collected
                 task.add_done_callback(self._background.discard)
             self.mirror = mirror
-        needs_restart = [
-            k
-            for k in (
-                "listen",
-                "log_format",
-                "log_level",
-                "socket_mode",
-                "socket_group",
-                "allow_remote",
-                "event_loop",
-                "upstream_proxy",
-                "upstream_proxy_credentials",
-            )
-            if getattr(new.server, k) != getattr(old.server, k)
-        ]
-        if new.shared != old.shared:
+        running = self.running
+        needs_restart = [k for k in RESTART_KEYS if getattr(new.server, k) != getattr(running, k)]
+        if new.shared != self.running_shared:
             needs_restart.append("shared")
+        self.restart_pending = needs_restart
+        for key in (*RESTART_KEYS, "shared"):
+            self.metrics.restart_pending.labels(key).set(1 if key in needs_restart else 0)
         return {
             "added": added,
             "removed": removed,
@@ -244,4 +253,6 @@ class Broker:
         text = f"{len(self.settings.profiles)} profiles" + (f" ({parts})" if parts else "")
         if failing:
             text += f"; failing: {', '.join(sorted(failing))}"
+        if self.restart_pending:
+            text += f"; restart needed for {', '.join(self.restart_pending)}"
         return text

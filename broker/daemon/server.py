@@ -155,6 +155,13 @@ async def _reload(
         limits.max_connections = new.server.max_connections
         limits.max_head_bytes = new.server.max_header_bytes
         log.info("reloaded", config=path, **changes)
+        if changes["needs_restart"]:
+            log.warning(
+                "restart_needed",
+                config=path,
+                settings=changes["needs_restart"],
+                note="the process still runs the old values of these; restart to apply them",
+            )
     notifier.send(READY=1, STATUS=broker.summary())
 
 
@@ -199,12 +206,12 @@ async def serve(
     for sock in sockets:
         await web.SockSite(runner, sock).start()
     addresses = [bound_address(s) for s in sockets]
-    _banner(log, settings, broker, config_path, addresses, loop)
-    if own_signals:
+    if own_signals:  # before the banner: a SIGHUP sent on seeing it must reload, not kill
         loop.add_signal_handler(
             signal.SIGHUP,
             lambda: loop.create_task(_reload(config_path, broker, runner, log, notifier)),
         )
+    _banner(log, settings, broker, config_path, addresses, loop)
     notifier.send(READY=1, STATUS=f"listening on {', '.join(addresses)}; {broker.summary()}")
     notifier.start_watchdog(broker.summary)
     if on_ready is not None:

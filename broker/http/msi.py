@@ -61,10 +61,20 @@ class MsiHandler:
         if not given:
             return profiles[msi.profile]
         param, value = given[0]
-        for profile in profiles.values():
-            setting = getattr(profile, SELECTORS[param])
-            if setting and setting.lower() == value.lower():
-                return profile
+        matches = [
+            p
+            for p in profiles.values()
+            if getattr(p, SELECTORS[param])
+            and getattr(p, SELECTORS[param]).lower() == value.lower()
+        ]
+        if len(matches) > 1:  # never guess which identity a caller meant
+            names = ", ".join(sorted(p.name for p in matches))
+            return (
+                f"{param} {value[:64]!r} matches several identities (profiles {names}): "
+                "select one by object_id or mi_res_id instead"
+            )
+        if matches:
+            return matches[0]
         return f"no identity with {param} {value[:64]!r} is configured"
 
     async def token(self, request: web.Request) -> web.Response:

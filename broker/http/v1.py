@@ -18,6 +18,7 @@ from broker.core.service import Broker
 from broker.core.sources import KINDS
 from broker.http.callers import ACCESS_KEY_HEADER, Caller, identify, may_use, restricted
 from broker.http.common import HEADERS, NO_STORE, error_response, upstream_error_response
+from broker.observe.logs import iso_time
 from broker.observe.metrics import CONTENT_TYPE
 
 _NOT_ALLOWED = "this caller may not use this profile"
@@ -156,7 +157,11 @@ class V1Handlers:
         visible = {
             name for name, p in self.settings.profiles.items() if self.allowed(p, caller, request)
         }
-        body: dict[str, Any] = {"profiles": self.profile_table(visible)}
+        body: dict[str, Any] = {
+            "profiles": self.profile_table(visible),
+            # Settings a reload read but the process cannot apply until it restarts.
+            "restart_pending": self.broker.restart_pending,
+        }
         shared = self.broker.shared
         if shared.enabled:
             st = shared.status()
@@ -183,6 +188,7 @@ class V1Handlers:
             row[s.kind] = {
                 "state": s.state,
                 "expires_on": s.expires_on,
+                "expires_at": iso_time(s.expires_on),
                 "expires_in": s.expires_in,
                 "next_attempt_in": s.next_attempt_in,
                 "failures_in_row": s.failures,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any, TextIO
 
 import structlog
@@ -22,6 +23,13 @@ LEVELS = {
 }
 
 Logger = Any  # structlog's FilteringBoundLogger; typed loosely to keep imports light
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """Epoch seconds as UTC ISO 8601 (`2026-05-01T12:00:00Z`), next to every epoch we log."""
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def make_logger(

@@ -115,6 +115,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.restart_pending = Gauge(
+            "broker_restart_pending",
+            "1 for a setting a reload changed that takes effect only at the next restart",
+            ["setting"],
+            registry=r,
+        )
         self.mirror_entries = Gauge(
             "broker_mirror_cache_entries", "Tokens held by the mirror cache", registry=r
         )

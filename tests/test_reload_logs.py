@@ -1,0 +1,187 @@
+"""The daemon's own reporting, through its real runner: pending restarts after reloads, the
+start-up banner, and the log lines operators read (audit, mirror, refusals)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+
+from broker.cli.main import main
+from broker.config.load import parse_settings
+from tests.conftest import CLIENT_ID, HEADERS, config_text
+from tests.test_ops import Daemon, daemon, unix_config
+
+__all__ = ["daemon"]
+
+
+async def next_event(d: Daemon, event: str, timeout: float = 20) -> dict:
+    """The next `event` logged from now on (Daemon.wait_for returns the first ever)."""
+    assert d.proc.stderr is not None
+    while True:
+        line = await asyncio.wait_for(d.proc.stderr.readline(), timeout)
+        assert line, f"the daemon exited before logging {event!r}: {d.events[-3:]}"
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        d.events.append(record)
+        if record.get("event") == event:
+            return record
+
+
+async def fetch(sock: Path, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s:
+        async with s.get(f"http://localhost{path}", headers=HEADERS) as r:
+            return r.status, await r.text()
+
+
+async def reload(d: Daemon) -> dict:
+    d.proc.send_signal(signal.SIGHUP)
+    return await next_event(d, "reloaded")
+
+
+async def test_a_pending_restart_is_reported_until_the_process_restarts(sandbox, daemon, tmp_path):
+    """Compared with what the process runs, not with the last file read: a second SIGHUP still
+    reports `listen`, /v1/profiles and the metric keep saying so, the socket stays the old one,
+    and reverting the file clears it. Same for log_level."""
+    sock, other = tmp_path / "b.sock", tmp_path / "other.sock"
+    config_path = tmp_path / "broker.toml"
+    original = unix_config(sandbox, sock)
+    d = await daemon(original)
+    banner = await d.wait_for("listening")
+    assert banner["addresses"] == [f"unix:{sock}"]
+
+    config_path.write_text(unix_config(sandbox, other))
+    assert (await reload(d))["needs_restart"] == ["listen"]
+    warning = await d.wait_for("restart_needed")
+    assert warning["level"] == "warning" and warning["settings"] == ["listen"]
+    assert (await reload(d))["needs_restart"] == ["listen"]  # still: the process did not move
+    assert not other.exists()
+    status, body = await fetch(sock, "/v1/profiles")
+    assert status == 200 and json.loads(body)["restart_pending"] == ["listen"]
+    _, metrics = await fetch(sock, "/metrics")
+    assert 'broker_restart_pending{setting="listen"} 1.0' in metrics
+    assert 'broker_restart_pending{setting="log_level"} 0.0' in metrics
+
+    config_path.write_text(unix_config(sandbox, sock, server='log_level = "debug"'))
+    assert (await reload(d))["needs_restart"] == ["log_level"]
+    _, metrics = await fetch(sock, "/metrics")
+    assert 'broker_restart_pending{setting="listen"} 0.0' in metrics
+    assert 'broker_restart_pending{setting="log_level"} 1.0' in metrics
+
+    config_path.write_text(original)
+    assert (await reload(d))["needs_restart"] == []
+    status, body = await fetch(sock, "/v1/profiles")
+    assert json.loads(body)["restart_pending"] == []
+    _, metrics = await fetch(sock, "/metrics")
+    assert 'broker_restart_pending{setting="log_level"} 0.0' in metrics
+    assert await d.stop() == 0
+
+
+async def test_start_up_banner(sandbox, daemon, tmp_path):
+    """One line with version, config path, listeners, profiles, which of mirror, msi and audit
+    are on, the event loop and the proxy."""
+    from broker import __version__
+
+    sock = tmp_path / "b.sock"
+    header = tmp_path / "identity-header"
+    text = unix_config(sandbox, sock, server="audit = false") + (
+        f'\n[msi]\nprofile = "default"\ngenerated_header_file = "{header}"\n'
+    )
+    d = await daemon(text)
+    banner = await d.wait_for("listening")
+    assert banner["version"] == __version__
+    assert banner["config"] == str(tmp_path / "broker.toml")
+    assert banner["addresses"] == [f"unix:{sock}"]
+    assert banner["profiles"] == ["default"]
+    assert banner["mirror"] == "on" and banner["audit"] == "off"
+    assert banner["msi"] == "on (profile default)"
+    assert banner["event_loop"] in ("asyncio", "uvloop")
+    assert banner["upstream_proxy"] == "none" or "PROXY" in banner["upstream_proxy"]
+    assert await d.stop() == 0
+
+
+# -- numbers: whole seconds everywhere ---------------------------------------------------------
+
+
+async def _get(address: str, path: str, method: str = "GET", **kwargs) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s:
+        headers = {**HEADERS, **kwargs.pop("headers", {})}
+        async with s.request(method, f"http://{address}{path}", headers=headers, **kwargs) as r:
+            return r.status, await r.json(content_type=None)
+
+
+async def test_one_number_convention_whole_seconds_and_iso_expiry(sandbox, secret, run_server):
+    """refresh, /v1/profiles and /v1/token all answer whole seconds (JSON integers, never
+    3600.0); /v1/profiles and the refresh log line carry the expiry as ISO time too."""
+    (address,), logs = await run_server(
+        parse_settings(config_text(sandbox), env={"TEST_CLIENT_SECRET": secret})
+    )
+    status, token = await _get(address, "/v1/token")
+    assert status == 200 and type(token["expires_in"]) is int
+    status, refreshed = await _get(address, "/v1/token/default/refresh", "POST")
+    assert status == 200, refreshed
+    assert type(refreshed["expires_in"]) is int and type(refreshed["expires_on"]) is int
+    _, profiles = await _get(address, "/v1/profiles")
+    for kind in ("partner", "aad"):
+        row = profiles["profiles"]["default"][kind]
+        assert type(row["expires_in"]) is int and type(row["next_attempt_in"]) is int, row
+        assert row["expires_at"] == time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["expires_on"])
+        )
+    refreshed_line = next(
+        json.loads(line) for line in logs.getvalue().splitlines() if '"token_refreshed"' in line
+    )
+    assert refreshed_line["expires_at"].endswith("Z") and "T" in refreshed_line["expires_at"]
+
+
+# -- two profiles, one client_id ---------------------------------------------------------------
+
+
+async def test_a_client_id_naming_several_profiles_is_a_400_naming_the_choice(
+    sandbox, secret, run_server, tmp_path, witness
+):
+    second = 'object_id = "aaaaaaaa-0000-4000-8000-00000000000a"'
+    profiles = f"[profiles.default]\n[profiles.second]\n{second}\n"
+    text = config_text(sandbox, profiles=profiles) + (
+        f'\n[msi]\nprofile = "default"\ngenerated_header_file = "{tmp_path}/h"\n'
+    )
+    settings = parse_settings(text, env={"TEST_CLIENT_SECRET": secret})
+    assert any("share client_id" in w and "default, second" in w for w in settings.warnings)
+    (address,), _ = await run_server(settings)
+    header = (tmp_path / "h").read_text().strip()
+    witness.secrets.add(header)
+    query = {"api-version": "2019-08-01", "resource": "https://api.partnercenter.microsoft.com"}
+    msi = {"X-IDENTITY-HEADER": header}
+    status, body = await _get(
+        address, "/msi/token", headers=msi, params={**query, "client_id": CLIENT_ID}
+    )
+    assert status == 400 and body["statusCode"] == 400
+    assert "default, second" in body["message"] and "object_id or mi_res_id" in body["message"]
+    status, body = await _get(
+        address,
+        "/msi/token",
+        headers=msi,
+        params={**query, "object_id": "aaaaaaaa-0000-4000-8000-00000000000a"},
+    )
+    assert status == 200 and body["client_id"] == CLIENT_ID
+    status, _ = await _get(address, "/msi/token", headers=msi, params=query)
+    assert status == 200  # no selector: [msi] profile, as before
+
+
+def test_check_config_warns_about_a_shared_client_id(sandbox, secret, tmp_path, capsys):
+    path = tmp_path / "broker.toml"
+    path.write_text(config_text(sandbox, profiles="[profiles.default]\n[profiles.second]\n"))
+    os.environ["TEST_CLIENT_SECRET"] = secret
+    try:
+        assert main(["check-config", "--config", str(path)]) == 0
+    finally:
+        del os.environ["TEST_CLIENT_SECRET"]
+    out = capsys.readouterr()
+    assert "share client_id" in out.out + out.err
