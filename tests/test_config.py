@@ -251,7 +251,7 @@ def test_inline_secret_in_a_readable_file_is_warned_about(tmp_path: Path, capsys
     assert "inline-secret-value" not in out
     os.chmod(config, 0o600)
     assert main(["check-config", "--config", str(config)]) == 0
-    assert "warning" not in capsys.readouterr().out
+    assert "which others can read" not in capsys.readouterr().out
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path, capsys) -> None:
