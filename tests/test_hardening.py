@@ -4,7 +4,9 @@ made against the real server runner (or the real upstream path against a misbeha
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import sys
 
 import aiohttp
@@ -192,3 +194,115 @@ upstream_base = "http://localhost.evil.example"
         "localhost.evil.example", "localhost:9"
     )
     assert parse_settings(loopback, env={"S": secret}).warnings == ()
+
+
+# -- 3 and 4. the whole request is bounded in time; only the head counts as head --------------
+
+
+async def exchange(address: str, *chunks: bytes, pause: float = 0.0) -> bytes:
+    """Send `chunks` on one connection (with `pause` between them), then read until the
+    broker closes it (at most 10 s)."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    answer = asyncio.ensure_future(reader.read())
+    try:
+        for chunk in chunks:
+            if answer.done():
+                break
+            writer.write(chunk)
+            await writer.drain()
+            if pause:
+                await asyncio.wait([answer], timeout=pause)
+        return await asyncio.wait_for(answer, 10)
+    finally:
+        writer.close()
+
+
+def statuses(answer: bytes) -> list[int]:
+    """The status of every answer in `answer` (bodies are JSON: no status line inside)."""
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+
+
+def mirror_head(length: int, bearer: str = "x", extra: str = "") -> bytes:
+    return (
+        f"POST /generatetoken HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {bearer}\r\n"
+        f"Content-Type: application/json\r\nAccept: application/json\r\n{extra}"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+async def test_a_stalled_or_dripping_body_is_cut_off_with_408(sandbox, secret, run_server):
+    """A body that stalls, or drips a byte every 50 ms, is cut off read_timeout after its head
+    began: 408 in Partner Center's shape, connection closed. Two of them at the connection cap
+    do not lock other callers out for longer than that."""
+    settings = settings_for(sandbox, secret, server="read_timeout = 0.5\nmax_connections = 2")
+    (address,), _ = await run_server(settings)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stalled, dripping = await asyncio.gather(
+        exchange(address, mirror_head(100) + b'{"grant_type"'),
+        exchange(address, mirror_head(100), *[b" "] * 60, pause=0.05),
+    )
+    elapsed = loop.time() - started
+    for answer in (stalled, dripping):
+        assert statuses(answer) == [408], answer[:200]
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == 408
+    assert elapsed < 2.5
+    async with aiohttp.ClientSession() as s, s.get(f"http://{address}/healthz") as r:
+        assert r.status == 200
+
+
+async def test_body_bytes_are_not_head_bytes(sandbox, secret, run_server):
+    """A 20 KiB mirror body sent with its head is served (not 431); a 70 KiB one is 413 (not
+    431) and nothing follows it (no stray 414 for its unread body); 200 pipelined requests in
+    one packet are each answered."""
+    (address,), _ = await run_server(settings_for(sandbox, secret))
+    async with aiohttp.ClientSession() as s:
+        url = f"http://{address}/v1/token?kind=aad"
+        async with s.get(url, headers={**HEADERS, "Accept": "text/plain"}) as r:
+            bearer = await r.text()
+    body = json.dumps({"grant_type": "jwt_token"}).encode() + b" " * 20000
+    answer = await exchange(address, mirror_head(len(body), bearer, "Connection: close\r\n") + body)
+    assert statuses(answer) == [200]
+    big = b" " * 70000
+    answer = await exchange(
+        address, mirror_head(len(big), bearer) + big + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert statuses(answer) == [413]
+    pipelined = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n" * 199
+    answer = await exchange(
+        address, pipelined + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert statuses(answer) == [200] * 200
+
+
+# -- 5. redaction is linear and cut short before it runs --------------------------------------
+
+
+async def test_a_huge_adversarial_error_does_not_freeze_the_daemon(hostile, secret, run_server):
+    """Azure AD answers 400 with a 160 KB `error` of `eyJeyJeyJ...` (quadratic for the old JWT
+    pattern: seconds of event loop): /healthz keeps answering while the broker handles it,
+    and the caller gets a short 502."""
+
+    async def aad(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": "eyJ" * 54000, "error_description": "eyJ" * 54000}, status=400
+        )
+
+    hostile.aad = aad
+    settings = settings_for(hostile, secret, profiles="[profiles.default]\nwarm = false\n")
+    (address,), _ = await run_server(settings)
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as s:
+        token = asyncio.ensure_future(s.get(f"http://{address}/v1/token", headers=HEADERS))
+        slowest = 0.0
+        while not token.done():
+            started = loop.time()
+            async with s.get(f"http://{address}/healthz") as r:
+                assert r.status == 200
+            slowest = max(slowest, loop.time() - started)
+        response = await token
+        body = await response.json()
+    assert response.status == 502 and len(body["error"]["message"]) <= 400
+    assert hostile.calls["aad"] == 1
+    assert slowest < 1.0, f"/healthz waited {slowest:.2f} s"

@@ -264,11 +264,17 @@ class Upstream:
             return ""
         if not isinstance(body, dict):
             return ""
-        parts = [str(body[k]) for k in ("error", "code") if body.get(k) not in (None, "")]
+        # Cut before redacting (the redactor never cuts inside a word): an upstream may send
+        # megabytes here, and redaction costs time on the event loop.
+        parts = [
+            self._redactor.truncate(str(body[k]), 100)
+            for k in ("error", "code")
+            if body.get(k) not in (None, "")
+        ]
         text = body.get("error_description") or body.get("description") or body.get("message")
         if isinstance(text, str) and text:
-            parts.append(text.splitlines()[0][:200])
-        return self._redactor.text(" ".join(parts))[:300]
+            parts.append(self._redactor.truncate(text.split("\n", 1)[0], 200))
+        return self._redactor.text(" ".join(parts), 300)
 
     async def azure_ad_token(
         self, url: str, form: dict[str, str], *, timeout: float, ids: RefreshIds

@@ -23,6 +23,11 @@ CONTENT_TYPES = {
 HEADERS = {media: {"Content-Type": ct, **NO_STORE} for media, ct in CONTENT_TYPES.items()}
 
 
+class BodyTimeout(TimeoutError):
+    """A request body did not arrive within read_timeout of its head's first byte: raised
+    by reads of the body (the protocol sets it on the stream). The answer is 408."""
+
+
 def error_response(
     status: int,
     code: str,
@@ -78,9 +83,15 @@ def counted(
                 response = await handler(request)
         except web.HTTPException as e:
             response = error_response(e.status, "http_error", e.reason)
+        except BodyTimeout as e:
+            response = error_response(408, "request_timeout", str(e))
         except Exception:
             log.exception("handler_crashed", route=route)
             response = error_response(500, "internal_error", "internal error (logged)")
+        if request.can_read_body:
+            # A body was left unread (refused, or not needed): whatever follows on this
+            # connection cannot be told from it, so the connection ends with this answer.
+            response.force_close()
         count(route, response.status)
         return response
 

@@ -18,6 +18,7 @@ from broker.config.errors import UpstreamError, UpstreamTimeout
 from broker.core import pcformat
 from broker.core.mirror import Relay
 from broker.core.streams import read_limited
+from broker.http.common import BodyTimeout
 
 
 class MirrorHandler:
@@ -59,7 +60,10 @@ class MirrorHandler:
             )
         if (request.content_length or 0) > pcformat.MAX_BODY:
             return refuse(413, f"request body larger than {pcformat.MAX_BODY} bytes")
-        body = await read_limited(request.content, pcformat.MAX_BODY)
+        try:
+            body = await read_limited(request.content, pcformat.MAX_BODY)
+        except BodyTimeout as e:
+            return refuse(408, str(e))
         try:
             pcformat.grant_type(headers.get("Content-Type"), body)
         except pcformat.BadRequest as e:

@@ -21,6 +21,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from broker.http.callers import Caller, caller_of
+from broker.http.common import BodyTimeout
 
 LINGER = 1.0  # s a refused connection stays half-open so its answer is read, not reset
 
@@ -60,23 +61,33 @@ def _classify(status: int, exc: BaseException | None) -> tuple[int, str, str]:
 
 class GuardedRequestHandler(RequestHandler):
     __slots__ = (
+        "_body",
+        "_body_timer",
         "_counted",
         "_head_bytes",
         "_head_line_done",
+        "_head_started",
         "_head_timer",
+        "_in_head",
         "_limits",
         "_line_bytes",
         "_peer",
+        "_tail",
     )
 
     def __init__(self, manager: Any, *, limits: Limits, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._limits = limits
         self._counted = False
-        self._head_bytes = 0
+        self._in_head = True  # the bytes arriving now belong to a request's head
+        self._head_bytes = 0  # of the head being read: never body bytes
         self._head_line_done = False
         self._line_bytes = 0  # bytes of the request line seen so far
+        self._head_started = 0.0  # loop time the head's first byte arrived
+        self._tail = b""  # the head's last bytes, to find its end across packets
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body: Any = None  # the body being received (a StreamReader), if any
+        self._body_timer: asyncio.TimerHandle | None = None
         self._peer: Caller | None = None
 
     # -- the connection ---------------------------------------------------------------------
@@ -99,6 +110,7 @@ class GuardedRequestHandler(RequestHandler):
             self._limits.open -= 1
             self._counted = False
         self._disarm()
+        self._end_body()
         super().connection_lost(exc)
 
     def caller(self) -> Caller:
@@ -108,37 +120,71 @@ class GuardedRequestHandler(RequestHandler):
             self._peer = caller_of(self.transport)
         return self._peer
 
-    # -- reading a request's head -----------------------------------------------------------
+    # -- reading a request: its head, then its body -----------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        in_head = self._current_request is None and not self._messages
-        if in_head and not (self._force_close or self._close):
-            self._head_bytes += len(data)
-            if not self._head_line_done:
-                end = data.find(b"\n")
-                self._line_bytes += len(data) if end < 0 else end
-                self._head_line_done = end >= 0
-            if self._head_bytes > self._limits.max_head_bytes:
-                if self._line_bytes > self._limits.max_head_bytes or not self._head_line_done:
-                    self._reject(414, "uri_too_long", "the request line is too long")
-                else:
-                    self._reject(
-                        431,
-                        "headers_too_large",
-                        f"request headers over {self._limits.max_head_bytes} bytes",
-                    )
-                return
+        if self._force_close or self._close:
+            return
+        counting = self._in_head
+        if counting and data and self._count_head(data):
+            return  # refused: too large
         queued = len(self._messages)
         super().data_received(data)
-        if len(self._messages) > queued:  # a whole head arrived: the deadline is met
-            if self._head_timer is not None:
-                self._disarm()
+        if len(self._messages) > queued:  # a whole head arrived: its deadline is met
+            self._disarm()
             self._head_bytes = self._line_bytes = 0
             self._head_line_done = False
-        elif in_head and self._head_timer is None and not (self._force_close or self._close):
+            self._tail = b""
+            payload = self._messages[-1][1]
+            if payload.is_eof():
+                self._in_head = True
+            else:
+                # The body must be complete by the same deadline as the head: read_timeout
+                # from the head's first byte. (A timer only for requests with a body.)
+                self._end_body()
+                self._in_head = False
+                self._body = payload
+                started = self._head_started if counting else self._loop.time()
+                self._body_timer = self._loop.call_at(
+                    started + self._limits.read_timeout, self._body_too_slow
+                )
+        elif self._body is not None:
+            if self._body.is_eof():
+                self._end_body()
+                self._in_head = True
+        elif counting and self._head_timer is None and not (self._force_close or self._close):
             # A head split over packets must be complete within read_timeout. (Arming only
             # here keeps a timer off the path of the usual one-packet request.)
             self._arm()
+
+    def _count_head(self, data: bytes) -> bool:
+        """Count the bytes of `data` that belong to the head (up to its blank line, never the
+        body that follows it); refuse the request when over budget. True when refused."""
+        if not self._head_bytes:
+            self._head_started = self._loop.time()
+        seen = self._tail + data
+        ends = [i + len(m) for m in (b"\n\r\n", b"\n\n") if (i := seen.find(m)) >= 0]
+        head = min(ends) - len(self._tail) if ends else len(data)
+        self._head_bytes += head
+        if not self._head_line_done:
+            end = data.find(b"\n", 0, head)
+            self._line_bytes += head if end < 0 else end
+            self._head_line_done = end >= 0
+        if self._head_bytes > self._limits.max_head_bytes:
+            if self._line_bytes > self._limits.max_head_bytes or not self._head_line_done:
+                self._reject(414, "uri_too_long", "the request line is too long")
+            else:
+                self._reject(
+                    431,
+                    "headers_too_large",
+                    f"request headers over {self._limits.max_head_bytes} bytes",
+                )
+            return True
+        if ends:
+            self._in_head = False  # what follows is body (or the next, pipelined, request)
+        else:
+            self._tail = seen[-2:]
+        return False
 
     def _arm(self) -> None:
         self._disarm()
@@ -148,6 +194,12 @@ class GuardedRequestHandler(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _end_body(self) -> None:
+        self._body = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
@@ -159,6 +211,18 @@ class GuardedRequestHandler(RequestHandler):
             )
         elif self._current_request is None and not self._messages:
             self.force_close()  # connected and said nothing: just close
+
+    def _body_too_slow(self) -> None:
+        """The deadline passed with the body incomplete: whoever reads it (the handler, or
+        aiohttp draining it) gets BodyTimeout; the handler answers 408 and the connection
+        closes."""
+        self._body_timer = None
+        body, self._body = self._body, None
+        if body is not None and not body.is_eof():
+            self._limits.on_reject("request_timeout")
+            body.set_exception(
+                BodyTimeout(f"the request did not arrive within {self._limits.read_timeout:g} s")
+            )
 
     def _reject(self, status: int, code: str, message: str) -> None:
         self._limits.on_reject(code)

@@ -38,12 +38,21 @@ SENSITIVE_KEYS = frozenset(
         "cookie",
     }
 )
+# Every pattern here runs in linear time, whatever the input: possessive quantifiers never give
+# back, and JWTs are looked for in whole runs of token characters, each taken once (a pattern
+# that could start at any "eyJ" inside a run would rescan it from each: quadratic on
+# "eyJeyJeyJ...", which froze the daemon for seconds).
 _SHAPES = re.compile(
-    r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # a JWT (header always "{"...)
-    r"|(?i:bearer)\s+[^\s\"',;<>]+"  # Authorization: Bearer xyz
+    r"(?i:bearer)\s++[^\s\"',;<>]++"  # Authorization: Bearer xyz
     r"|(?i:(?:client_secret|client_assertion|refresh_token|access_token|password|assertion)"
-    r"[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;<>]+"  # form or JSON fragments
+    r"[\"']?+\s*+[=:]\s*+[\"']?+)[^\s\"'&,;<>]++"  # form or JSON fragments
 )
+_SHAPE_HINTS = ("bearer", "secret", "assertion", "token", "password")
+_B64 = "A-Za-z0-9_-"
+_JWT = re.compile(rf"eyJ[{_B64}]{{4,}}+\.[{_B64}]{{4,}}+\.[{_B64}]*+")  # header always "{"...
+_RUN = re.compile(rf"[.{_B64}]++")  # each run matched once, whole: no rescanning
+_WHITESPACE = re.compile(r"\s")
+LOG_LIMIT = 32 * 1024  # characters of one logged string; longer ones are cut before redaction
 _MIN_KNOWN = 8  # shorter "secrets" would redact ordinary words
 _MAX_KNOWN = 512  # recent opaque tokens remembered; JWTs are caught by shape anyway
 
@@ -82,7 +91,7 @@ class Redactor:
         """
         if not value or len(value) < _MIN_KNOWN or value in self._all_pinned:
             return
-        if _SHAPES.fullmatch(value):
+        if _JWT.fullmatch(value):
             return
         self._remember(value)
 
@@ -93,10 +102,18 @@ class Redactor:
         while len(self._known) > _MAX_KNOWN:
             self._known.popitem(last=False)
 
-    def text(self, value: str) -> str:
+    def text(self, value: str, limit: int | None = None) -> str:
+        """`value` with every secret replaced; cut to at most about `limit` characters first
+        (never inside a word, so no secret is cut in two), so a huge input costs little."""
         if not value:
             return value
-        value = _SHAPES.sub(_keep_prefix, value)
+        if limit is not None:
+            value = self.truncate(value, limit)
+        if "eyJ" in value:
+            value = _RUN.sub(_redact_jwts, value)
+        lowered = value.lower()
+        if any(hint in lowered for hint in _SHAPE_HINTS):  # C substring search first
+            value = _SHAPES.sub(_keep_prefix, value)
         for pinned in self._all_pinned:
             if pinned in value:
                 value = value.replace(pinned, REDACTED)
@@ -105,9 +122,26 @@ class Redactor:
                 value = value.replace(known, REDACTED)
         return value
 
+    def truncate(self, value: str, limit: int) -> str:
+        """At most `limit` characters (and a mark), cut at whitespace only: a token or secret
+        cut in two would escape every net. A secret with spaces in it that the cut would
+        split is dropped whole."""
+        if len(value) <= limit:
+            return value
+        cut = value[:limit]
+        end = max(cut.rfind(c) for c in " \t\r\n")
+        cut = cut[:end] if end > 0 else ""
+        for known in (*self._all_pinned, *self._known):
+            if _WHITESPACE.search(known):
+                for split in reversed([m.start() for m in _WHITESPACE.finditer(known)]):
+                    if cut.endswith(known[:split]):
+                        cut = cut[:-split]
+                        break
+        return cut.rstrip() + " [truncated]"
+
     def value(self, value: Any, depth: int = 0) -> Any:
         if isinstance(value, str):
-            return self.text(value)
+            return self.text(value, LOG_LIMIT)
         if depth > 6:
             return value
         if isinstance(value, dict):
@@ -128,10 +162,30 @@ class Redactor:
         return self.value(event_dict)
 
 
+def _redact_jwts(match: re.Match[str]) -> str:
+    """Within one run of dotted token characters, replace every JWT (`eyJ` + 4 or more
+    characters, a dot, 4 or more, a dot, the signature): linear in the run's length."""
+    run = match.group(0)
+    if run.count(".") < 2 or "eyJ" not in run:
+        return run
+    parts = run.split(".")
+    out = []
+    k = 0
+    while k < len(parts):
+        segment = parts[k]
+        start = segment.find("eyJ")  # the leftmost one leaves the most characters after it
+        if k + 2 < len(parts) and start >= 0 and len(segment) - start >= 7:
+            if len(parts[k + 1]) >= 4:
+                out.append(segment[:start] + REDACTED)
+                k += 3
+                continue
+        out.append(segment)
+        k += 1
+    return ".".join(out)
+
+
 def _keep_prefix(match: re.Match[str]) -> str:
     text = match.group(0)
-    if text.startswith("eyJ"):
-        return REDACTED
     # Keep "Bearer " or "client_secret=" so the reader still knows what was there.
     m = re.match(r"(?i)(bearer\s+|[a-z_]+[\"']?\s*[=:]\s*[\"']?)", text)
     return (m.group(1) if m else "") + REDACTED
