@@ -174,11 +174,11 @@ def _redact_jwts(match: re.Match[str]) -> str:
     while k < len(parts):
         segment = parts[k]
         start = segment.find("eyJ")  # the leftmost one leaves the most characters after it
-        if k + 2 < len(parts) and start >= 0 and len(segment) - start >= 7:
-            if len(parts[k + 1]) >= 4:
-                out.append(segment[:start] + REDACTED)
-                k += 3
-                continue
+        jwt = start >= 0 and len(segment) - start >= 7 and k + 2 < len(parts)
+        if jwt and len(parts[k + 1]) >= 4:
+            out.append(segment[:start] + REDACTED)
+            k += 3
+            continue
         out.append(segment)
         k += 1
     return ".".join(out)
