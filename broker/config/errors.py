@@ -57,6 +57,8 @@ class UpstreamError(BrokerError):
         upstream_status: int | None = None,
         retry_after: float | None = None,
         correlation_id: str | None = None,
+        aadsts: int | None = None,
+        trace_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -64,6 +66,8 @@ class UpstreamError(BrokerError):
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.correlation_id = correlation_id
+        self.aadsts = aadsts  # Azure AD's error code (7000215 for AADSTS7000215)
+        self.trace_id = trace_id  # Azure AD's trace id: with the correlation id, for support
 
 
 class UpstreamRefused(UpstreamError):

@@ -29,6 +29,7 @@ from broker.config.errors import (
 )
 from broker.config.secret import Secret
 from broker.core.clock import Clock
+from broker.core.details import parse_details
 from broker.core.streams import read_limited
 from broker.core.tokens import Token, TokenRejected, token_from_response
 from broker.observe.redact import Redactor
@@ -246,35 +247,23 @@ class Upstream:
     def error(self, endpoint: str, answer: Answer, correlation_id: str | None) -> UpstreamError:
         """A non-200 answer → the error the cache and the callers see."""
         status = answer.status
-        detail = self._describe(answer)
+        details = parse_details(answer.body, answer.headers, self._redactor.text)
+        detail = details.description
         message = f"{_NAMES[endpoint]} answered {status}" + (f": {detail}" if detail else "")
         retry_after = retry_after_seconds(answer.headers.get("Retry-After"), self._clock.time())
-        kwargs = dict(endpoint=endpoint, upstream_status=status, correlation_id=correlation_id)
+        kwargs = dict(
+            endpoint=endpoint,
+            upstream_status=status,
+            # Upstream's own id when it names one (what its support looks up), else ours.
+            correlation_id=details.correlation_id or correlation_id,
+            aadsts=details.aadsts,
+            trace_id=details.trace_id,
+        )
         if status >= 500 or status in _RETRYABLE_4XX:
             self.count(endpoint, "failing")
             return UpstreamFailing(message, retry_after=retry_after, **kwargs)
         self.count(endpoint, "refused")
         return UpstreamRefused(message, retry_after=retry_after, **kwargs)
-
-    def _describe(self, answer: Answer) -> str:
-        """A short, redacted description from an error body (AAD or Partner Center shape)."""
-        try:
-            body = json.loads(answer.body)
-        except (ValueError, UnicodeDecodeError):
-            return ""
-        if not isinstance(body, dict):
-            return ""
-        # Cut before redacting (the redactor never cuts inside a word): an upstream may send
-        # megabytes here, and redaction costs time on the event loop.
-        parts = [
-            self._redactor.truncate(str(body[k]), 100)
-            for k in ("error", "code")
-            if body.get(k) not in (None, "")
-        ]
-        text = body.get("error_description") or body.get("description") or body.get("message")
-        if isinstance(text, str) and text:
-            parts.append(self._redactor.truncate(text.split("\n", 1)[0], 200))
-        return self._redactor.text(" ".join(parts), 300)
 
     async def azure_ad_token(
         self, url: str, form: dict[str, str], *, timeout: float, ids: RefreshIds

@@ -36,13 +36,20 @@ def error_response(
     upstream_status: int | None = None,
     correlation_id: str | None = None,
     headers: dict[str, str] | None = None,
+    aadsts: int | None = None,
+    trace_id: str | None = None,
 ) -> web.Response:
-    """The one error shape: {"error": {code, message, upstream_status?, correlation_id?}}."""
+    """The one error shape: {"error": {code, message, upstream_status?, correlation_id?,
+    aadsts?, trace_id?}}."""
     error: dict[str, Any] = {"code": code, "message": message}
     if upstream_status is not None:
         error["upstream_status"] = upstream_status
     if correlation_id is not None:
         error["correlation_id"] = correlation_id
+    if aadsts is not None:
+        error["aadsts"] = aadsts
+    if trace_id is not None:
+        error["trace_id"] = trace_id
     return web.Response(
         status=status,
         body=json_body({"error": error}),
@@ -62,6 +69,8 @@ def upstream_error_response(e: UpstreamError) -> web.Response:
         upstream_status=e.upstream_status,
         correlation_id=e.correlation_id,
         headers=retry_after(e),
+        aadsts=e.aadsts,
+        trace_id=e.trace_id,
     )
 
 
