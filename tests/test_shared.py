@@ -5,15 +5,18 @@ session and Redis connection; tests/test_shared_fleet.py runs them as separate p
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
+import time
 from pathlib import Path
 
 import pytest
 
 from broker.config.errors import ConfigError
 from broker.config.load import parse_settings
-from tests.conftest import CLIENT_ID, TENANT, config_text
+from broker.core.shared import SharedCache
+from tests.conftest import CLIENT_ID, HEADERS, TENANT, FakeClock, config_text
 
 
 def shared_text(url: str, key_file: str, extra: str = "") -> str:
@@ -230,3 +233,297 @@ def _keys(settings):
     keys = shared_keys(settings.profiles["default"])
     assert keys is not None
     return keys
+
+
+# -- Redis trouble never becomes a caller's error ---------------------------------------------
+
+
+async def _shared_state(b) -> dict:
+    return (await (await b.get("/v1/profiles")).json())["shared"]
+
+
+async def _until(condition, timeout: float = 10.0, what: str = "") -> None:
+    """Poll a condition about another process (Redis coming back) with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_redis_killed_under_load_fails_no_caller_and_is_used_again(
+    sandbox, secret, start_broker, own_redis, shared_key
+) -> None:
+    """Two brokers under a steady crowd; Redis is killed, tokens are force-refreshed upstream
+    meanwhile (the brokers fetch alone), Redis comes back: 0 caller errors throughout, state
+    degraded then connected again within seconds, and Redis is written and read again."""
+    settings = parse_settings(
+        config_text(sandbox, server="refresh_min_interval = 0")
+        + shared_text(own_redis.url, shared_key, "timeout = 0.2"),
+        env={"TEST_CLIENT_SECRET": secret},
+    )
+    a, b = await fleet(start_broker, settings, 2)
+    assert (await a.get("/v1/token")).status == 200
+    assert (await b.get("/v1/token")).status == 200
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def caller(broker) -> None:
+        while not stop.is_set():
+            r = await broker.get("/v1/token")
+            await r.read()
+            statuses.append(r.status)
+
+    load = [asyncio.create_task(caller(x)) for x in (a, b) for _ in range(20)]
+    try:
+        own_redis.kill()
+        for broker in (a, b):  # fetches during the outage go upstream alone
+            forced = await broker.client.post("/v1/token/default/refresh", headers=HEADERS)
+            assert forced.status == 200
+        states = [await _shared_state(x) for x in (a, b)]
+        assert all(s["state"] == "degraded" and s["errors"] >= 1 for s in states), states
+        assert all(s["last_error"] for s in states)
+        assert "shared_cache_degraded" in a.logs.getvalue()
+        metrics = await (await a.client.get("/metrics")).text()
+        assert "broker_shared_cache_connected 0.0" in metrics
+        own_redis.start()
+
+        async def both_connected() -> bool:
+            states = [(await _shared_state(x))["state"] for x in (a, b)]
+            return states == ["connected", "connected"]
+
+        await _until(both_connected, 10, "brokers reconnect to Redis")
+        forced = await a.client.post("/v1/token/default/refresh", headers=HEADERS)
+        assert forced.status == 200
+        assert any(k.startswith(b"pc-token-broker:tok:") for k, _ in own_redis.dump())
+        before = dict(sandbox.state.counts)
+        hits = (await _shared_state(b))["hits"]
+        forced = await b.client.post("/v1/token/default/refresh", headers=HEADERS)
+        assert forced.status == 200
+        assert (await _shared_state(b))["hits"] > hits  # b took a's token from Redis
+        assert sandbox.state.counts == before
+    finally:
+        stop.set()
+        await asyncio.gather(*load)
+    assert len(statuses) > 40 and set(statuses) == {200}
+
+
+class _HostileRedis:
+    """A TCP server that speaks no proper Redis: silent, erroring, junk, or a huge promise."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        self.reply = reply
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> _HostileRedis:
+        async def handle(reader, writer) -> None:
+            try:
+                while await reader.read(65536):
+                    if self.reply is not None:
+                        writer.write(self.reply)
+                        await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "degraded"),
+    [
+        (None, True),
+        (b"-ERR no\r\n", True),
+        (b"\xff\xfe\x00junk\r\n", True),
+        (b"$999999999\r\n", True),
+        (b"*-5\r\n", False),  # nil to everything: reads as "a lease held elsewhere" forever
+    ],
+    ids=["silent", "error", "junk", "huge-promise", "nil"],
+)
+async def test_a_hostile_or_silent_redis_never_fails_a_caller(
+    sandbox, secret, start_broker, shared_key, reply, degraded
+) -> None:
+    """Whatever a broken Redis does, the caller gets its token within upstream_timeout."""
+    async with _HostileRedis(reply) as redis:
+        settings = settings_with(
+            sandbox,
+            secret,
+            f"redis://127.0.0.1:{redis.port}/0",
+            shared_key,
+            extra="timeout = 0.2",
+            defaults="warm = false\nupstream_timeout = 3",
+        )
+        (b,) = await fleet(start_broker, settings, 1)
+        started = time.monotonic()
+        r = await b.get("/v1/token")
+        assert r.status == 200
+        assert time.monotonic() - started < 3
+        state = await _shared_state(b)
+        assert (state["state"] == "degraded" and state["errors"] >= 1) is degraded
+        assert sandbox.state.counts == {"aad": 1, "partner": 1}
+
+
+async def test_redis_down_at_start_up_degrades_and_serves(
+    sandbox, secret, start_broker, shared_key, tmp_path
+) -> None:
+    settings = settings_with(sandbox, secret, f"unix://{tmp_path}/absent.sock", shared_key)
+    (b,) = await fleet(start_broker, settings, 1)
+    assert (await b.get("/v1/token")).status == 200
+    assert (await _shared_state(b))["state"] == "degraded"
+    status = await (await b.get("/readyz")).json()
+    assert status["ready"] is True
+
+
+# -- the lease ------------------------------------------------------------------------------
+
+
+async def test_the_lease_is_renewed_while_a_slow_fetch_runs(
+    sandbox, secret, start_broker, redis_db, shared_key
+) -> None:
+    """lock_timeout = 1 s, a Partner Center answering in 1.6 s: the holder renews its lease, so
+    the second broker keeps waiting instead of fetching too."""
+    settings = settings_with(
+        sandbox, secret, redis_db.url, shared_key, extra="lock_timeout = 1", defaults="warm = false"
+    )
+    a, b = await fleet(start_broker, settings, 2)
+    sandbox.state.latency = {"aad": 0.0, "partner": 1.6}
+    lease = a.broker.shared.name(*_keys(settings)["partner"]) + ":lease"
+    first = asyncio.create_task(a.get("/v1/token"))
+    client = redis_db.client()
+
+    async def leased() -> bool:
+        return bool(client.exists(lease))
+
+    await _until(leased, 5, "a takes the lease")
+    second = await b.get("/v1/token")
+    assert second.status == 200 and (await first).status == 200
+    assert sandbox.state.counts == {"aad": 1, "partner": 1}
+    assert not client.exists(lease)  # released by compare-and-delete
+
+
+async def test_a_waiter_fetches_alone_after_upstream_timeout_on_the_injected_clock(
+    fake_sandbox, secret, start_broker, redis_db, shared_key, clock: FakeClock
+) -> None:
+    """Another broker holds the lease and never writes: after a third of upstream_timeout (on
+    the fake clock) this broker fetches on its own, and leaves the other's lease alone."""
+    settings = settings_with(
+        fake_sandbox, secret, redis_db.url, shared_key, defaults="warm = false"
+    )
+    (b,) = await fleet(start_broker, settings, 1, clock=clock)
+    lease = b.broker.shared.name(*_keys(settings)["partner"]) + ":lease"
+    client = redis_db.client()
+    client.set(lease, "another-broker", px=60_000)
+    answer = asyncio.create_task(b.get("/v1/token"))
+
+    async def waiting() -> bool:
+        return b.broker.shared.status().lease_waits == 1
+
+    await _until(waiting, 5, "the broker waits on the lease")
+    assert not answer.done() and fake_sandbox.state.counts.get("partner", 0) == 0
+    clock.advance(3.3)
+    await asyncio.sleep(0.3)  # several polls: still waiting before a third of upstream_timeout
+    assert not answer.done()
+    clock.advance(0.1)  # a third of upstream_timeout: the caller still gets a token in time
+    r = await answer
+    assert r.status == 200
+    assert fake_sandbox.state.counts["partner"] == 1
+    assert client.get(lease) == b"another-broker"
+    assert "shared_lease_wait_timeout" in b.logs.getvalue()
+
+
+# -- rotated refresh tokens ------------------------------------------------------------------
+
+
+async def test_a_rotated_refresh_token_is_shared_and_newest_wins(
+    sandbox, secret, start_broker, redis_db, shared_key, tmp_path
+) -> None:
+    """Strict rotation: broker A redeems the refresh token both hosts were given; broker B, whose
+    file still holds the spent one, redeems the newest from Redis instead. An older version
+    never overwrites a newer one."""
+    sandbox.state.revoke_rotated = True
+    app = sandbox.state.register(
+        TENANT, "22222222-0000-4000-8000-000000000002", client_secret=secret
+    )
+    first = sandbox.state.issue_refresh_token(app)
+    files = [tmp_path / "a-rt", tmp_path / "b-rt"]
+    brokers = []
+    for path in files:
+        path.write_text(first + "\n")
+        profile = (
+            f'[profiles.default]\ncredential = "refresh_token"\nclient_id = "{app.client_id}"\n'
+            f'refresh_token_file = "{path}"\nwarm = false\n'
+        )
+        settings = settings_with(sandbox, secret, redis_db.url, shared_key, profiles=profile)
+        brokers.append(await start_broker(settings))
+    a, b = brokers
+    assert (await a.get("/v1/token?kind=aad")).status == 200
+    second = files[0].read_text().strip()
+    assert second != first and first not in app.refresh_tokens
+    shared = a.broker.shared
+    name = shared.name(app.client_id, TENANT, "refresh_token " + settings.profiles["default"].scope)
+    assert (await shared.get_versioned(name)) == (1, second)
+    client = redis_db.client()
+    for key in list(client.scan_iter()):  # drop the shared access tokens, keep the refresh token
+        if client.type(key) == b"string":
+            client.delete(key)
+    r = await b.get("/v1/token?kind=aad")
+    assert r.status == 200, await r.text()
+    third = files[1].read_text().strip()
+    assert third not in (first, second) and third in app.refresh_tokens
+    assert (await shared.get_versioned(name)) == (2, third)
+    assert await shared.put_versioned(name, 1, "an-older-refresh-token", 60) is False
+    assert await shared.put_versioned(name, 2, "the-same-version", 60) is False
+    assert (await shared.get_versioned(name)) == (2, third)
+    blob = b"".join(v for _, v in redis_db.dump())
+    assert third.encode() not in blob and second.encode() not in blob
+
+
+# -- units --------------------------------------------------------------------------------------
+
+
+def test_keys_and_values_depend_on_the_key_and_never_show_ids(shared_key, tmp_path) -> None:
+    from broker.config.secret import Secret
+    from broker.config.settings import SharedSettings
+    from broker.observe.logs import make_logger
+    from broker.observe.metrics import Metrics
+
+    def cache(key: bytes) -> SharedCache:
+        s = SharedSettings(redis_url="redis://x:1/0", key=Secret(key.hex()))
+        return SharedCache(s, clock=FakeClock(), log=make_logger(), metrics=Metrics())
+
+    one, two = cache(b"\x01" * 32), cache(b"\x02" * 32)
+    name = one.name(CLIENT_ID, TENANT, "scope")
+    assert name.startswith("pc-token-broker:tok:") and TENANT not in name and CLIENT_ID not in name
+    assert name == one.name(CLIENT_ID, TENANT.upper(), "scope")
+    assert name != two.name(CLIENT_ID, TENANT, "scope")
+    assert name != one.name(CLIENT_ID, TENANT, "scope2")
+    sealed = one.seal(name, b"plain")
+    assert b"plain" not in sealed and one.open(name, sealed) == b"plain"
+    assert one.seal(name, b"plain") != sealed  # a fresh nonce each time
+    assert one.open(name + "x", sealed) is None  # the key is the associated data
+    assert two.open(name, sealed) is None
+    for junk in (b"", b"\x01", b"\x02" + sealed[1:], sealed[:-1]):
+        assert one.open(name, junk) is None
+    assert one._token(json.dumps({"v": "t", "t": "Bearer", "e": "NaN", "l": 10}).encode()) is None
+    for bad in (b"[]", b"{", b'{"v": 1}', b'{"v": "t", "t": "B", "e": 1e300, "l": 1e300}'):
+        assert one._token(bad) is None
+
+
+def test_no_shared_section_means_the_identity_wrapper() -> None:
+    from broker.observe.logs import make_logger
+    from broker.observe.metrics import Metrics
+
+    cache = SharedCache(None, clock=FakeClock(), log=make_logger(), metrics=Metrics())
+
+    async def fetch(_ids):
+        raise AssertionError
+
+    assert cache.wrap(fetch, ("c", "t", "s"), None) is fetch  # type: ignore[arg-type]
+    assert not cache.enabled and cache.status().state == "off"

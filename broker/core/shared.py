@@ -8,8 +8,8 @@ One verb, `SharedCache.wrap(fetch, key, policy) -> fetch'`: the wrapped fetch
        and releases the lease with a compare-and-delete script (a holder whose lease already
        lapsed can never delete another's);
     3. or, when another broker holds the lease, polls Redis for its result until the lease is
-       free (then takes it) or `upstream_timeout` has passed on the injected clock (then fetches
-       on its own).
+       free (then takes it) or a third of `upstream_timeout` has passed on the injected clock
+       (then fetches on its own, so its caller, who waits `upstream_timeout`, still gets one).
 Redis down, slow or refusing at any step: the fetch goes upstream alone; the cache turns
 `degraded` (a warning, a metric, a state in `/v1/profiles`) and a background task pings Redis
 until it answers. A Redis problem never becomes a caller's error while upstream works.
@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 from collections.abc import Awaitable
@@ -51,6 +52,8 @@ FORMAT = b"\x01"  # value layout version: FORMAT + 12-byte nonce + ciphertext (w
 NONCE_BYTES = 12
 # Waiting on another broker's fetch: poll Redis from every 10 ms up to every 100 ms.
 POLL_FIRST, POLL_MAX = 0.01, 0.1
+# Waiting on another broker's lease: at most this share of upstream_timeout, then fetch alone.
+LEASE_WAIT_SHARE = 1 / 3
 # Degraded: ping Redis this often (seconds, real time) until it answers.
 RECONNECT_FIRST, RECONNECT_MAX = 0.5, 5.0
 # Undecryptable keys remembered (to log each once), at most this many.
@@ -229,10 +232,13 @@ class SharedCache:
 
     async def _wait_for_lease(self, name: str, policy: Policy) -> str | Token | None:
         """Our lease value once we hold it; a token if another broker's landed meanwhile; None
-        when `wait_timeout` passed (by the injected clock) with the lease still held elsewhere."""
+        when a third of `wait_timeout` passed (by the injected clock) with the lease held
+        elsewhere: the caller waits `wait_timeout` in all, and a partner fetch may wait twice
+        (its own lease, then the Azure AD token's) before fetching alone."""
         assert self.settings is not None and self._redis is not None
         lease_name = name + ":lease"
-        deadline = self._clock.monotonic() + policy.wait_timeout
+        budget = policy.wait_timeout * LEASE_WAIT_SHARE
+        deadline = self._clock.monotonic() + budget
         lease_ms = int(self.settings.lock_timeout * 1000)
         delay = POLL_FIRST
         waited = False
@@ -248,7 +254,7 @@ class SharedCache:
                 waited = True
                 self._count("lease_wait")
             if self._clock.monotonic() >= deadline:
-                self._log.warning("shared_lease_wait_timeout", waited_s=policy.wait_timeout)
+                self._log.warning("shared_lease_wait_timeout", waited_s=budget)
                 return None
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, POLL_MAX)
@@ -319,8 +325,10 @@ class SharedCache:
         if not isinstance(value, str) or not isinstance(token_type, str):
             return None
         now_mono, now_wall = self._clock.monotonic(), self._clock.time()
+        if not (math.isfinite(expires) and math.isfinite(lifetime) and 0 < lifetime <= 86400):
+            return None
         left = min(expires - now_wall, lifetime)  # a writer's clock a little behind ours
-        if left <= 0 or not 0 < lifetime <= 86400:
+        if left <= 0:
             return None
         age = lifetime - left
         return Token(
