@@ -639,3 +639,56 @@ def test_make_prints_no_noise_from_python_shims(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert "python3.11 -m venv" in done.stdout
+
+
+def test_status_names_settings_waiting_for_a_restart() -> None:
+    from broker.cli.summary import restart_line
+
+    assert restart_line([]) == "" and restart_line(None) == ""
+    assert restart_line(["listen", "log_level"]) == (
+        "warning: restart pending for listen, log_level: the process still runs the old values"
+    )
+
+
+async def test_status_shows_a_pending_restart_after_reload(sandbox, secret, tmp_path, capsys):
+    """Finding 1's CLI side: after a reload that changes `listen`, `status` says so."""
+    sock = tmp_path / "b.sock"
+    config = tmp_path / "broker.toml"
+    text = config_text(sandbox, server=f'listen = ["unix:{sock}"]').replace(
+        'listen = ["127.0.0.1:0"]\n', ""
+    )
+    config.write_text(text)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.setblocking(False)
+    env = {**os.environ, "TEST_CLIENT_SECRET": secret, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "broker",
+        "serve",
+        "--config",
+        str(config),
+        env=env,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    loop = asyncio.get_running_loop()
+
+    async def wait_for(word: bytes) -> None:
+        while word not in await asyncio.wait_for(loop.sock_recv(notify, 4096), 20):
+            pass
+
+    try:
+        await wait_for(b"READY=1")
+        assert await cli("status", "--socket", str(sock)) == 0
+        assert "restart pending" not in capsys.readouterr().out
+        config.write_text(text.replace(f'"unix:{sock}"', f'"unix:{sock}", "127.0.0.1:0"'))
+        proc.send_signal(signal.SIGHUP)
+        await wait_for(b"RELOADING=1")
+        await wait_for(b"READY=1")  # again, once the reload is done
+        assert await cli("status", "--socket", str(sock)) == 0
+        assert "warning: restart pending for listen" in capsys.readouterr().out
+    finally:
+        notify.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0

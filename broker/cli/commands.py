@@ -211,7 +211,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 @_client
 def cmd_status(args: argparse.Namespace) -> int:
-    from broker.cli.summary import shared_line, status_table, troubles
+    from broker.cli.summary import restart_line, shared_line, status_table, troubles
 
     answer = _answer(*_ask(args, "GET", "/v1/profiles"))
     profiles = answer.get("profiles") if isinstance(answer, dict) else None
@@ -223,6 +223,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(status_table(profiles))
         if isinstance(answer.get("shared"), dict):
             print(shared_line(answer["shared"]))
+        pending = restart_line(answer.get("restart_pending"))
+        if pending:
+            print(pending)
     bad = troubles(profiles)
     if bad:
         return _fail(

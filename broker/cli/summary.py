@@ -67,6 +67,14 @@ def when(expires_on: Any, expires_in: Any) -> str:
     return f"in {_seconds(expires_in)} ({stamp})"
 
 
+def restart_line(pending: Any) -> str:
+    """The settings a reload read but only a restart applies (empty when none)."""
+    if not isinstance(pending, list) or not pending:
+        return ""
+    names = ", ".join(str(x) for x in pending)
+    return f"warning: restart pending for {names}: the process still runs the old values"
+
+
 def troubles(profiles: dict[str, Any]) -> list[str]:
     """One phrase per profile and kind whose last refresh failed: `status` exits 1 on any."""
     found = []
