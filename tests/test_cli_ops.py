@@ -692,3 +692,23 @@ async def test_status_shows_a_pending_restart_after_reload(sandbox, secret, tmp_
         notify.close()
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+async def test_error_line_carries_what_microsoft_support_asks_for(
+    sandbox, tmp_path: Path, run_server, capsys
+) -> None:
+    """A refused secret: the CLI's one line names the AADSTS code and the ids (finding 7)."""
+    import re
+
+    sock = tmp_path / "b.sock"
+    wrong = parse_settings(daemon_config(sandbox, sock), env={"TEST_CLIENT_SECRET": "wrong-one"})
+    await run_server(wrong)
+    assert await cli("token", "--socket", str(sock)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "(upstream status 401, AADSTS" in err
+    assert re.search(r"AADSTS\d+, correlation id [0-9a-f-]{36}, trace id [0-9a-f-]{36}\)", err), err
+    assert await cli("status", "--socket", str(sock)) == 1
+    err = capsys.readouterr().err
+    assert re.search(
+        r"default partner failing \(upstream_refused, upstream status 401, AADSTS", err
+    )

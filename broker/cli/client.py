@@ -192,6 +192,19 @@ def request(
         raise DaemonUnreachable(f"cannot reach the broker at {target}: {reason}") from None
 
 
+def support_ids(error: dict[str, Any]) -> list[str]:
+    """What Microsoft support asks for: the AADSTS code, the correlation and trace ids."""
+    ids = []
+    if error.get("aadsts"):
+        code = str(error["aadsts"])
+        ids.append(code if code.upper().startswith("AADSTS") else f"AADSTS{code}")
+    if error.get("correlation_id"):
+        ids.append(f"correlation id {error['correlation_id']}")
+    if error.get("trace_id"):
+        ids.append(f"trace id {error['trace_id']}")
+    return ids
+
+
 def error_message(status: int, body: bytes) -> str:
     """The broker's JSON error as one line, with what Microsoft support asks for when present."""
     try:
@@ -200,10 +213,7 @@ def error_message(status: int, body: bytes) -> str:
         extras = []
         if error.get("upstream_status"):
             extras.append(f"upstream status {error['upstream_status']}")
-        if error.get("aadsts"):
-            extras.append(str(error["aadsts"]))
-        if error.get("correlation_id"):
-            extras.append(f"correlation id {error['correlation_id']}")
+        extras += support_ids(error)
         if extras:
             text += f" ({', '.join(extras)})"
         return " ".join(f"HTTP {status}: {text}".split())  # one line, whatever came in

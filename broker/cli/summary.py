@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from broker.cli.client import support_ids
 from broker.config.settings import Settings
 
 
@@ -87,8 +88,7 @@ def troubles(profiles: dict[str, Any]) -> list[str]:
             detail = [str(error.get("code", "error"))]
             if error.get("upstream_status"):
                 detail.append(f"upstream status {error['upstream_status']}")
-            if error.get("correlation_id"):
-                detail.append(f"correlation id {error['correlation_id']}")
+            detail += support_ids(error)
             found.append(f"{name} {kind} {e['state']} ({', '.join(detail)})")
     return found
 
