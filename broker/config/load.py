@@ -50,8 +50,11 @@ ACCESS_KEYS = frozenset(
     {"allowed_uids", "allowed_gids", "access_key", "access_key_file", "access_key_env"}
 )
 MSI_SELECTORS = frozenset({"object_id", "resource_id"})
+CUSTOMER_KEYS = frozenset(
+    {"customer_tenants", "customer_scopes", "max_customer_tokens", "upstream_concurrency"}
+)
 PROFILE_KEYS = frozenset(
-    {"tenant_id", "client_id", *PROFILE_DEFAULTS, *ACCESS_KEYS, *MSI_SELECTORS}
+    {"tenant_id", "client_id", *PROFILE_DEFAULTS, *ACCESS_KEYS, *MSI_SELECTORS, *CUSTOMER_KEYS}
 ).union(*CREDENTIAL_KEYS.values())
 TOP_KEYS = frozenset({"server", "defaults", "profiles", "mirror", "msi", "shared"})
 
@@ -99,6 +102,7 @@ def _profile(
     for key in MSI_SELECTORS:
         if key in merged:
             v[key] = r.string(merged[key], at(key))
+    v.update(_customers(r, credential, merged, path, at))
     if len(r.problems) > before:
         return None
     return ProfileSettings(name=name, credential=credential or "", **v)
@@ -121,6 +125,60 @@ def _shared_client_ids(r: Reader, profiles: dict[str, ProfileSettings]) -> None:
                 "select by client_id get a 400; give each an object_id or resource_id to "
                 "select by"
             )
+
+
+def _customers(
+    r: Reader, credential: str | None, merged: dict[str, Any], path: tuple[str, ...], at: Any
+) -> dict:
+    """customer_tenants, customer_scopes, max_customer_tokens, upstream_concurrency."""
+    v: dict[str, Any] = {}
+    if "max_customer_tokens" in merged:
+        v["max_customer_tokens"] = r.whole(
+            merged["max_customer_tokens"], at("max_customer_tokens"), 1, 10_000_000
+        )
+    if "upstream_concurrency" in merged:
+        v["upstream_concurrency"] = r.whole(
+            merged["upstream_concurrency"], at("upstream_concurrency"), 1, 1024
+        )
+    if "customer_tenants" not in merged:
+        if "customer_scopes" in merged:
+            r.problem(at("customer_scopes"), "needs customer_tenants (the feature is off)")
+        return {k: x for k, x in v.items() if x is not None}
+    tenants = r.strings(merged["customer_tenants"], at("customer_tenants")) or []
+    if "*" in tenants and len(tenants) > 1:
+        r.problem(at("customer_tenants"), '"*" (any tenant) stands alone')
+    for tenant in tenants:
+        if tenant != "*" and not is_tenant(tenant):
+            r.problem(at("customer_tenants"), f"{tenant[:80]!r} is not a tenant id or domain")
+    if "customer_scopes" not in merged:
+        r.problem((*path, "customer_scopes"), "required with customer_tenants")
+    scopes = r.strings(merged.get("customer_scopes", ["x"]), at("customer_scopes")) or []
+    for scope in scopes:
+        if not _SCOPE.fullmatch(scope):
+            r.problem(at("customer_scopes"), f"{scope[:80]!r} is not a scope (one, no spaces)")
+    if credential == "static_token_file":
+        r.problem(
+            at("customer_tenants"),
+            "a static token file cannot be used for customer tenants: "
+            "use refresh_token, client_secret, certificate or federated_token_file",
+        )
+    v["customer_tenants"] = tuple(t.lower() for t in tenants)
+    v["customer_scopes"] = tuple(scopes)
+    return {k: x for k, x in v.items() if x is not None}
+
+
+# A customer tenant: its GUID or one of its domains. Never "common", "organizations" or
+# "consumers" (they are not tenants: Azure AD would pick the user's home tenant).
+_TENANT = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"|(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]",
+)
+_SCOPE = re.compile(r"[\x21-\x7e]{1,512}")
+
+
+def is_tenant(text: str) -> bool:
+    """Whether `text` names a tenant (a GUID or a domain name, any case, at most 253 chars)."""
+    return len(text) <= 253 and _TENANT.fullmatch(text.lower()) is not None
 
 
 def parse_settings(

@@ -61,6 +61,18 @@ class ProfileSettings:
     allowed_gids: tuple[int, ...] = ()
     access_key: Secret | None = None  # callers must send it as X-Broker-Key
     allow_insecure_upstream: bool = False  # plain http off loopback (secrets in clear)
+    # Customer tenants (GDAP): on when customer_tenants is non-empty. ("*",) means any tenant.
+    customer_tenants: tuple[str, ...] = ()  # lower-case tenant ids / domains
+    customer_scopes: tuple[str, ...] = ()  # the first is the default
+    max_customer_tokens: int = 50000  # bound on cached (tenant, scope) tokens
+    upstream_concurrency: int = 16  # Azure AD calls in flight for customer tenants
+
+    @property
+    def serves_customers(self) -> bool:
+        return bool(self.customer_tenants)
+
+    def customer_token_url(self, tenant: str) -> str:
+        return f"{self.authority.rstrip('/')}/{tenant}/oauth2/v2.0/token"
 
     @property
     def token_url(self) -> str:

@@ -42,6 +42,7 @@ class Policy:
     wait_timeout: float  # how long a caller waits on a flight: the upstream timeout
     warm: bool
     poll_interval: float | None = None  # re-fetch at least this often (a file-based source)
+    idle_after: float = IDLE_AFTER  # not asked for in this long: no background refresh
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +262,7 @@ class Entry:
         self.next_at = None
         if self._closed or self.flight is not None:
             return
-        idle = self._clock.monotonic() - self.last_used > IDLE_AFTER
+        idle = self._clock.monotonic() - self.last_used > self.policy.idle_after
         if self.policy.warm or not idle:
             self._launch()
 

@@ -24,6 +24,9 @@ from broker.core.upstream import RefreshIds, Upstream
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = 600  # s: Azure AD accepts client assertions valid for up to an hour
+# A fan-out over customer tenants rotates the refresh token with every answer: write it back at
+# most this often (each write is an fsync on the event loop).
+WRITE_BACK_EVERY = 1.0
 
 
 class Credential(Protocol):
@@ -49,16 +52,33 @@ class _AzureADCredential:
         self.profile = profile
         self.log = log
 
-    def grant(self, upstream: Upstream) -> dict[str, str]:
+    def grant(self, upstream: Upstream, token_url: str, scope: str) -> dict[str, str]:
         raise NotImplementedError
+
+    def form(self, upstream: Upstream, token_url: str, scope: str) -> dict[str, str]:
+        """The whole token request for `scope` at `token_url` (the profile's own tenant, or a
+        customer's: one credential serves every tenant its consent covers)."""
+        grant = self.grant(upstream, token_url, scope)
+        return {"client_id": self.profile.client_id, "scope": scope, **grant}
+
+    async def before(self, upstream: Upstream) -> None:
+        """Called before every token request (a fleet may hold a newer refresh token)."""
+
+    async def answered(
+        self, upstream: Upstream, body: dict, ids: RefreshIds, *, coalesce: bool = False
+    ) -> None:
+        """Called with every successful answer (a refresh token may have been rotated)."""
 
     async def post(self, upstream: Upstream, ids: RefreshIds) -> tuple[Token, dict]:
         p = self.profile
-        form = {"client_id": p.client_id, "scope": p.scope, **self.grant(upstream)}
+        form = self.form(upstream, p.token_url, p.scope)
         return await upstream.azure_ad_token(p.token_url, form, timeout=p.upstream_timeout, ids=ids)
 
     async def acquire(self, upstream: Upstream, ids: RefreshIds) -> Token:
-        return (await self.post(upstream, ids))[0]
+        await self.before(upstream)
+        token, body = await self.post(upstream, ids)
+        await self.answered(upstream, body, ids)
+        return token
 
 
 class ClientSecretCredential(_AzureADCredential):
@@ -66,7 +86,7 @@ class ClientSecretCredential(_AzureADCredential):
 
     kind = "client_secret"
 
-    def grant(self, upstream: Upstream) -> dict[str, str]:
+    def grant(self, upstream: Upstream, token_url: str, scope: str) -> dict[str, str]:
         assert self.profile.client_secret is not None  # config guarantees it
         return {
             "grant_type": "client_credentials",
@@ -88,10 +108,10 @@ class CertificateCredential(_AzureADCredential):
             password.reveal().encode() if password else None,
         )
 
-    def assertion(self, now: float) -> str:
+    def assertion(self, now: float, token_url: str | None = None) -> str:
         p = self.profile
         claims = {
-            "aud": p.token_url,
+            "aud": token_url or p.token_url,
             "iss": p.client_id,
             "sub": p.client_id,
             "jti": str(uuid.uuid4()),
@@ -106,11 +126,11 @@ class CertificateCredential(_AzureADCredential):
             headers={"x5t#S256": self._key.thumbprint_s256},
         )
 
-    def grant(self, upstream: Upstream) -> dict[str, str]:
+    def grant(self, upstream: Upstream, token_url: str, scope: str) -> dict[str, str]:
         return {
             "grant_type": "client_credentials",
             "client_assertion_type": ASSERTION_TYPE,
-            "client_assertion": self.assertion(upstream.clock.time()),
+            "client_assertion": self.assertion(upstream.clock.time(), token_url),
         }
 
 
@@ -120,7 +140,7 @@ class FederatedTokenCredential(_AzureADCredential):
 
     kind = "federated_token_file"
 
-    def grant(self, upstream: Upstream) -> dict[str, str]:
+    def grant(self, upstream: Upstream, token_url: str, scope: str) -> dict[str, str]:
         assert self.profile.federated_token_file is not None
         assertion = _read(self.profile.federated_token_file, "federated token file")
         upstream.redactor.add(assertion)
@@ -129,6 +149,20 @@ class FederatedTokenCredential(_AzureADCredential):
             "client_assertion_type": ASSERTION_TYPE,
             "client_assertion": assertion,
         }
+
+
+def shows_mfa(token: Any) -> bool | None:
+    """Whether an Azure AD access token's `amr` claim includes "mfa"; None if it has no `amr`
+    (not a JWT, or an app-only token). Read, never verified: the broker is not the audience."""
+    if not isinstance(token, str) or token.count(".") != 2:
+        return None
+    try:
+        amr = jwt.decode(token, options={"verify_signature": False}).get("amr")
+    except jwt.PyJWTError:
+        return None
+    if not isinstance(amr, list):
+        return None
+    return "mfa" in amr
 
 
 class RefreshTokenCredential(_AzureADCredential):
@@ -144,7 +178,9 @@ class RefreshTokenCredential(_AzureADCredential):
     def __init__(self, profile: ProfileSettings, log: Any, shared: Any = None) -> None:
         super().__init__(profile, log)
         self._seen_in_file: str | None = None  # the file content we last read
-        self._unsaved: str | None = None  # a rotated token we could not write back
+        self._unsaved: str | None = None  # a rotated token not (yet) written back
+        self._written_at = -1e9  # monotonic: the last write-back
+        self.mfa: bool | None = None  # whether the profile's own token shows MFA in `amr`
         # With [shared]: the fleet's newest rotated token, by version (newest wins).
         self._shared = shared if shared is not None and shared.enabled else None
         self._shared_name = (
@@ -163,8 +199,7 @@ class RefreshTokenCredential(_AzureADCredential):
         self._seen_in_file, self._unsaved = in_file, None
         return in_file
 
-    def grant(self, upstream: Upstream) -> dict[str, str]:
-        scope = self.profile.scope
+    def grant(self, upstream: Upstream, token_url: str, scope: str) -> dict[str, str]:
         if "offline_access" not in scope.split():
             scope += " offline_access"  # ask for a rotated refresh token
         form = {
@@ -176,20 +211,35 @@ class RefreshTokenCredential(_AzureADCredential):
             form["client_secret"] = self.profile.client_secret.reveal()
         return form
 
-    async def acquire(self, upstream: Upstream, ids: RefreshIds) -> Token:
+    async def before(self, upstream: Upstream) -> None:
         if self._shared is not None:
             await self._adopt_shared(upstream)
-        token, body = await self.post(upstream, ids)
+
+    async def answered(
+        self, upstream: Upstream, body: dict, ids: RefreshIds, *, coalesce: bool = False
+    ) -> None:
+        """A rotated refresh token (from the profile's own tenant or any customer's) is used
+        from then on for every tenant, and written back. With `coalesce` (a fan-out over
+        customer tenants, where every answer rotates it) the file is written at most once per
+        WRITE_BACK_EVERY seconds; newer ones in between are used from memory (Azure AD keeps
+        the earlier ones valid, so the file always holds a working token)."""
+        if not coalesce:  # the profile's own token: Partner Center requires MFA in it
+            self.mfa = shows_mfa(body.get("access_token"))
         rotated = body.get("refresh_token")
-        if isinstance(rotated, str) and rotated and rotated != self._seen_in_file:
-            upstream.redactor.pin(f"refresh_token_file:{self.profile.name}", [rotated])
+        if not isinstance(rotated, str) or not rotated or rotated == self._seen_in_file:
+            return
+        upstream.redactor.pin(f"refresh_token_file:{self.profile.name}", [rotated])
+        now = upstream.clock.monotonic()
+        if coalesce and now - self._written_at < WRITE_BACK_EVERY:
+            self._unsaved = rotated
+        else:
+            self._written_at = now
             self._save(rotated, ids)
-            if self._shared is not None:  # newest wins: an older version never overwrites
-                self._version += 1
-                await self._shared.put_versioned(
-                    self._shared_name, self._version, rotated, self.SHARED_TTL
-                )
-        return token
+        if self._shared is not None:  # newest wins: an older version never overwrites
+            self._version += 1
+            await self._shared.put_versioned(
+                self._shared_name, self._version, rotated, self.SHARED_TTL
+            )
 
     async def _adopt_shared(self, upstream: Upstream) -> None:
         """Use the fleet's newest refresh token when it is newer than ours: another broker

@@ -115,5 +115,30 @@ def render(token: Token, profile: str, kind: str) -> Rendered:
     )
 
 
+def render_tenant(token: Token, profile: str, tenant: str, scope: str, expires_in: int) -> dict:
+    """The fields of a customer-tenant token answer (kind aad), for `tenant_body`."""
+    return {
+        "access_token": token.value,
+        "token_type": "Bearer",
+        "expires_on": token.expires_on,
+        "expires_in": expires_in,
+        "profile": profile,
+        "kind": "aad",
+        "tenant": tenant,
+        "scope": scope,
+    }
+
+
+def tenant_body(fields: dict, media: str) -> bytes:
+    """A customer-tenant token answer in `media` (built per request: these are not prebuilt,
+    so a hundred thousand cached tokens do not carry a second copy each)."""
+    if media == JSON:
+        return json_body(fields)
+    if media == TEXT:
+        return fields["access_token"].encode("ascii")
+    inner = "".join(f"<{k}>{escape(str(v))}</{k}>" for k, v in fields.items())
+    return f'<?xml version="1.0" encoding="utf-8"?><token>{inner}</token>'.encode()
+
+
 def json_body(data: object) -> bytes:
     return json.dumps(data, separators=(", ", ": ")).encode()

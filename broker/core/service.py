@@ -19,10 +19,12 @@ from broker.config.secret import Secret
 from broker.config.settings import Settings
 from broker.core.cache import EntryStatus, TokenCache
 from broker.core.clock import Clock
+from broker.core.credentials import Credential, make_credential
 from broker.core.guards import OriginGuard
 from broker.core.mirror import MirrorCache
 from broker.core.shared import SharedCache
-from broker.core.sources import add_profile, profile_entries
+from broker.core.sources import profile_entries
+from broker.core.tenants import TenantCache
 from broker.core.upstream import Proxies, Upstream
 from broker.observe.audit import Audit
 from broker.observe.redact import Redactor
@@ -75,7 +77,10 @@ class Broker:
         self.restart_pending: list[str] = []
         for key in (*RESTART_KEYS, "shared"):
             metrics.restart_pending.labels(key).set(0)
+        self.credentials: dict[str, Credential] = {}
+        self.tenants: dict[str, TenantCache] = {}  # profiles with customer_tenants
         metrics.watch_entries(self.cache.snapshot)
+        metrics.watch_profiles(self.profile_gauges)
         self._remember_secrets(settings)
 
     def _remember_secrets(self, settings: Settings) -> None:
@@ -152,8 +157,10 @@ class Broker:
             proxies=Proxies(server.upstream_proxy, server.upstream_proxy_credentials),
         )
         await self.shared.start()
-        for profile in self.settings.profiles.values():
-            add_profile(self.cache, profile, self.upstream, self.log, self.shared)
+        built = self._build(self.settings, list(self.settings.profiles))
+        self.cache.install(built[0])
+        self.credentials.update(built[1])
+        self.tenants.update(built[2])
         self.mirror = self._mirror_for(self.settings)
         self.msi_header = self._identity_header(self.settings)
         self.cache.start()
@@ -162,6 +169,33 @@ class Broker:
             profiles=sorted(self.settings.profiles),
             warm=sorted(p.name for p in self.settings.profiles.values() if p.warm),
         )
+
+    def _build(
+        self, settings: Settings, names: list[str]
+    ) -> tuple[list, dict[str, Credential], dict[str, TenantCache]]:
+        """The entries, credentials and tenant caches of the named profiles, not installed."""
+        assert self.upstream is not None
+        entries: list = []
+        credentials: dict[str, Credential] = {}
+        tenants: dict[str, TenantCache] = {}
+        for name in names:
+            profile = settings.profiles[name]
+            credential = credentials[name] = make_credential(profile, self.log, self.shared)
+            entries += profile_entries(
+                self.cache, profile, self.upstream, self.log, credential, shared=self.shared
+            )
+            if profile.serves_customers:
+                tenants[name] = TenantCache(
+                    profile,
+                    credential,
+                    self.upstream,
+                    clock=self.clock,
+                    log=self.log,
+                    metrics=self.metrics,
+                    rand=self._rand,
+                    shared=self.shared,
+                )
+        return entries, credentials, tenants
 
     def apply(self, new: Settings) -> dict[str, list[str]]:
         """Switch to `new` settings (a SIGHUP reload). Everything that can fail is built first;
@@ -176,13 +210,7 @@ class Broker:
         changed = sorted(
             n for n in set(new.profiles) & set(old.profiles) if new.profiles[n] != old.profiles[n]
         )
-        entries = [
-            e
-            for name in added + changed
-            for e in profile_entries(
-                self.cache, new.profiles[name], self.upstream, self.log, shared=self.shared
-            )
-        ]
+        entries, credentials, tenants = self._build(new, added + changed)
         mirror = self._mirror_for(new) if new.mirror != old.mirror else self.mirror
         msi_header = self._identity_header(new)
         # -- the switch: no await from here on.
@@ -193,7 +221,13 @@ class Broker:
         self.msi_header = msi_header
         for name in removed + changed:
             self.cache.retire(name)
+            self.credentials.pop(name, None)
+            old_tenants = self.tenants.pop(name, None)
+            if old_tenants is not None:
+                old_tenants.retire()
         self.cache.install(entries)
+        self.credentials.update(credentials)
+        self.tenants.update(tenants)
         for name in added + changed:
             self.cache.start(name)
         if mirror is not self.mirror:
@@ -219,11 +253,35 @@ class Broker:
     async def close(self) -> None:
         self.audit.flush()
         await self.cache.close()
+        await asyncio.gather(*(t.close() for t in self.tenants.values()))
         await self.shared.close()
         if self.mirror is not None:
             await self.mirror.close()
         if self._owns_session and self._session is not None:
             await self._session.close()
+
+    def mfa(self, name: str) -> bool | None:
+        """Whether the profile's own (Partner Center) Azure AD token shows MFA in `amr`; None
+        when unknown or not an app+user credential. Partner Center refuses app+user calls
+        without MFA (401, error 900421)."""
+        return getattr(self.credentials.get(name), "mfa", None)
+
+    def profile_gauges(self) -> list[dict[str, Any]]:
+        """Per-profile figures for /metrics: MFA, customer-tenant counts. No tenant ids."""
+        rows = []
+        for name in self.settings.profiles:
+            row: dict[str, Any] = {"profile": name, "mfa": self.mfa(name)}
+            cache = self.tenants.get(name)
+            if cache is not None:
+                row.update(
+                    tokens=len(cache),
+                    states=cache.states(),
+                    in_flight=cache.limiter.active,
+                    queued=cache.limiter.queued,
+                    evicted=cache.evicted,
+                )
+            rows.append(row)
+        return rows
 
     def statuses(self) -> list[EntryStatus]:
         return list(self.cache.snapshot())

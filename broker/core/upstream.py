@@ -265,17 +265,16 @@ class Upstream:
         self.count(endpoint, "refused")
         return UpstreamRefused(message, retry_after=retry_after, **kwargs)
 
-    async def azure_ad_token(
+    async def azure_ad_answer(
         self, url: str, form: dict[str, str], *, timeout: float, ids: RefreshIds
-    ) -> tuple[Token, dict]:
-        """POST {authority}/{tenant}/oauth2/v2.0/token. Returns the token and the whole answer
-        (a refresh-token credential needs the rotated refresh token from it)."""
+    ) -> Answer:
+        """POST {authority}/{tenant}/oauth2/v2.0/token; the answer as it came (any status)."""
         headers = {
             "Accept": "application/json",
             "client-request-id": ids.correlation_id,
             "return-client-request-id": "true",
         }
-        answer = await self.post(
+        return await self.post(
             "aad",
             url,
             data=form,
@@ -283,6 +282,17 @@ class Upstream:
             timeout=timeout,
             correlation_id=ids.correlation_id,
         )
+
+    def token_answer(self, endpoint: str, answer: Answer, correlation_id: str | None):
+        """A 200 answer → (Token, the whole answer), or a TokenFormatError."""
+        return self._token(endpoint, answer, correlation_id)
+
+    async def azure_ad_token(
+        self, url: str, form: dict[str, str], *, timeout: float, ids: RefreshIds
+    ) -> tuple[Token, dict]:
+        """POST {authority}/{tenant}/oauth2/v2.0/token. Returns the token and the whole answer
+        (a refresh-token credential needs the rotated refresh token from it)."""
+        answer = await self.azure_ad_answer(url, form, timeout=timeout, ids=ids)
         if answer.status != 200:
             raise self.error("aad", answer, ids.correlation_id)
         return self._token("aad", answer, ids.correlation_id)

@@ -39,11 +39,20 @@ def add_routes(app: web.Application, broker: Broker) -> None:
     route("/v1/token/{profile}", "token", "GET", handlers.token)
     route("/v1/token/{profile}/refresh", "refresh", "POST", handlers.refresh)
     route("/v1/profiles", "profiles", "GET", handlers.profiles)
+    route("/v1/tenants/{profile}", "tenants", "GET", handlers.tenants.listing)
+    route(
+        "/v1/tenants/{profile}/{tenant}/invalidate",
+        "invalidate",
+        "POST",
+        handlers.tenants.invalidate,
+    )
     route("/healthz", "healthz", "GET", handlers.healthz)
     route("/readyz", "readyz", "GET", handlers.readyz)
     route("/metrics", "metrics", "GET", handlers.metrics)
     mirror = MirrorHandler(broker)
-    route("/msi/token", "msi", "GET", MsiHandler(broker).token)
+    msi = MsiHandler(broker)
+    route("/msi/token", "msi", "GET", msi.token)
+    route("/msi/tenants/{tenant}/token", "msi", "GET", msi.tenant_token)
     # The mirror answers an oversized body itself, in Partner Center's error shape.
     route("/generatetoken", "mirror", "POST", mirror.handle, limit_body=False)
     route("/v3/generatetoken", "mirror", "POST", mirror.handle, limit_body=False)

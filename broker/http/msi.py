@@ -15,7 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from broker.config.errors import UpstreamError
+from broker.config.load import is_tenant
 from broker.config.settings import ProfileSettings
+from broker.core.tenants import KIND
 from broker.http.callers import identify, restricted
 from broker.http.common import NO_STORE, retry_after
 
@@ -77,10 +79,11 @@ class MsiHandler:
             return matches[0]
         return f"no identity with {param} {value[:64]!r} is configured"
 
-    async def token(self, request: web.Request) -> web.Response:
+    def _checked(self, request: web.Request) -> web.Response | None:
+        """The endpoint is on, the origin is local, the identity header is right, the query
+        names the api-version and a resource; else the refusal."""
         broker = self.broker
-        msi = broker.settings.msi
-        if msi is None or broker.msi_header is None:
+        if broker.settings.msi is None or broker.msi_header is None:
             return _fail(404, "the managed-identity endpoint is not configured ([msi])")
         rejection = broker.guard.origin(request.headers)
         if rejection is not None:
@@ -90,12 +93,20 @@ class MsiHandler:
             return self._refuse("identity_header", 401, "X-IDENTITY-HEADER is required")
         if not broker.msi_header.matches(presented):
             return self._refuse("identity_header", 403, "X-IDENTITY-HEADER is not valid")
-        query = request.query
-        if query.get("api-version") != API_VERSION:
+        if request.query.get("api-version") != API_VERSION:
             return _fail(400, f"api-version must be {API_VERSION}")
-        resource = query.get("resource", "")
-        if not resource:
+        if not request.query.get("resource", ""):
             return _fail(400, "resource is required")
+        return None
+
+    async def token(self, request: web.Request) -> web.Response:
+        broker = self.broker
+        msi = broker.settings.msi
+        refused = self._checked(request)
+        if refused is not None:
+            return refused
+        query = request.query
+        resource = query["resource"]
         profile = self._profile(query)
         if isinstance(profile, str):
             return _fail(400, profile)
@@ -117,6 +128,58 @@ class MsiHandler:
             "msi",
             profile.name,
             "aad",
+            identify(request).description,
+            hit,
+            entry.token_correlation_id,
+        )
+        body = {
+            "access_token": token.value,
+            "expires_on": str(token.expires_on),
+            "resource": resource,
+            "token_type": "Bearer",
+            "client_id": profile.client_id,
+        }
+        return web.Response(body=json.dumps(body).encode(), headers=_HEADERS)
+
+    async def tenant_token(self, request: web.Request) -> web.Response:
+        """`GET /msi/tenants/{tenant}/token`: a customer tenant's token for `resource` (any of
+        the profile's customer_scopes, without `/.default`), same protocol as /msi/token."""
+        broker = self.broker
+        refused = self._checked(request)
+        if refused is not None:
+            return refused
+        query = request.query
+        resource = query["resource"]
+        profile = self._profile(query)
+        if isinstance(profile, str):
+            return _fail(400, profile)
+        if restricted(profile):
+            return self._refuse("not_allowed", 403, "this identity is not served here")
+        cache = broker.tenants.get(profile.name)
+        if cache is None:
+            return _fail(400, "this identity serves no customer tenants (customer_tenants)")
+        raw = request.match_info["tenant"]
+        if not is_tenant(raw):
+            return _fail(400, "the tenant must be a tenant id or domain name")
+        tenant = raw.lower()
+        if not cache.allows_tenant(tenant):
+            return _fail(403, "this tenant is not in the identity's customer_tenants")
+        wanted = _resource_of(resource)
+        scope = next(
+            (s for s in profile.customer_scopes if _resource_of(s) == wanted and s.strip()), None
+        )
+        if scope is None:
+            return _fail(400, f"resource {resource[:100]!r} is not in the customer_scopes")
+        try:
+            token, hit, entry = await cache.get(tenant, scope, broker.settings.msi.min_remaining)
+        except UpstreamError as e:
+            return _fail(e.status, e.message, retry_after(e))
+        broker.metrics.count_cache(profile.name, KIND, hit)
+        broker.audit.served_tenant(
+            "msi",
+            profile.name,
+            tenant,
+            scope,
             identify(request).description,
             hit,
             entry.token_correlation_id,

@@ -18,6 +18,7 @@ from broker.core.service import Broker
 from broker.core.sources import KINDS
 from broker.http.callers import ACCESS_KEY_HEADER, Caller, identify, may_use, restricted
 from broker.http.common import HEADERS, NO_STORE, error_response, upstream_error_response
+from broker.http.tenants import TenantHandlers
 from broker.observe.logs import iso_time
 from broker.observe.metrics import CONTENT_TYPE
 
@@ -32,6 +33,7 @@ class V1Handlers:
         self._last_forced: dict[str, float] = {}
         self._restricted_for: Settings | None = None
         self._restricted_names: frozenset[str] = frozenset()
+        self.tenants = TenantHandlers(self)
 
     @property
     def settings(self) -> Settings:
@@ -73,7 +75,12 @@ class V1Handlers:
         if denied is not None:
             return denied
         name = request.match_info.get("profile", "default")
-        kind = request.query.get("kind", "partner") if request.query_string else "partner"
+        kind = "partner"
+        customer = False
+        if request.query_string:
+            query = request.query
+            customer = "tenant" in query or "scope" in query
+            kind = query.get("kind", "partner")
         if kind not in KINDS:
             return error_response(400, "bad_kind", "kind must be 'partner' or 'aad'")
         media = self._negotiate(headers.get("Accept"))
@@ -83,6 +90,8 @@ class V1Handlers:
                 "not_acceptable",
                 "offered: application/json, application/xml, text/xml, text/plain",
             )
+        if customer:
+            return await self.tenants.token(request, name, media)
         entry = broker.cache.entries.get((name, kind))
         if entry is None:
             return error_response(404, "unknown_profile", f"no profile named {name!r}")

@@ -9,6 +9,7 @@ writes batched and flushed every 200 ms instead of one system call per request.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from typing import TextIO
@@ -66,6 +67,45 @@ class Audit:
             try:
                 self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self.flush)
             except RuntimeError:  # no loop (a synchronous caller): write now
+                self.flush()
+
+    def served_tenant(
+        self,
+        route: str,
+        profile: str,
+        tenant: str,
+        scope: str,
+        caller: str,
+        hit: bool,
+        correlation_id: str | None,
+    ) -> None:
+        """A customer-tenant token handed out: the line also names the tenant and the scope."""
+        if not self.enabled:
+            return
+        now = time.time()
+        line = json.dumps(
+            {
+                "event": "token_served",
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+                + ".%03dZ" % (int(now * 1000) % 1000),  # noqa: UP031
+                "route": route,
+                "profile": profile,
+                "kind": "aad",
+                "tenant": tenant,
+                "scope": scope,
+                "caller": caller,
+                "cache": "hit" if hit else "miss",
+                "correlation_id": correlation_id or "",
+            }
+        )
+        self._pending.append(line + "\n")
+        self._size += len(line) + 1
+        if self._size >= FLUSH_SIZE:
+            self.flush()
+        elif self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self.flush)
+            except RuntimeError:
                 self.flush()
 
     def flush(self) -> None:

@@ -54,6 +54,57 @@ class _EntryCollector(Collector):
         yield from (expiry, failures, waiters, state)
 
 
+class _ProfileCollector(Collector):
+    """Per-profile gauges: MFA of the profile's own token, customer tenants by state. Labels
+    are profile names and fixed state names, never a tenant id (the count stays bounded)."""
+
+    def __init__(self, snapshot: Callable[[], Iterable[dict]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self):
+        mfa = GaugeMetricFamily(
+            "broker_aad_token_mfa",
+            "1 when the profile's app+user Azure AD token shows MFA (amr), 0 when it does not "
+            "(Partner Center will refuse it), absent when unknown",
+            labels=["profile"],
+        )
+        tokens = GaugeMetricFamily(
+            "broker_customer_tokens", "Cached (tenant, scope) tokens", labels=["profile"]
+        )
+        tenants = GaugeMetricFamily(
+            "broker_customer_tenants",
+            "Customer tenants seen, by state",
+            labels=["profile", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "broker_customer_upstream_in_flight",
+            "Azure AD calls in flight for customer tenants",
+            labels=["profile"],
+        )
+        queued = GaugeMetricFamily(
+            "broker_customer_upstream_queued",
+            "Customer-tenant fetches waiting for an upstream slot",
+            labels=["profile"],
+        )
+        evicted = CounterMetricFamily(
+            "broker_customer_tokens_evicted",
+            "Customer-tenant entries dropped to stay within max_customer_tokens",
+            labels=["profile"],
+        )
+        for row in self._snapshot():
+            name = row["profile"]
+            if row.get("mfa") is not None:
+                mfa.add_metric([name], 1 if row["mfa"] else 0)
+            if "tokens" in row:
+                tokens.add_metric([name], row["tokens"])
+                for state, n in sorted(row["states"].items()):
+                    tenants.add_metric([name, state], n)
+                in_flight.add_metric([name], row["in_flight"])
+                queued.add_metric([name], row["queued"])
+                evicted.add_metric([name], row["evicted"])
+        yield from (mfa, tokens, tenants, in_flight, queued, evicted)
+
+
 class _HotCounters(Collector):
     def __init__(self, requests: dict, cache: dict) -> None:
         self._requests, self._cache = requests, cache
@@ -146,6 +197,9 @@ class Metrics:
 
     def watch_entries(self, snapshot: Callable[[], Iterable[Any]]) -> None:
         self.registry.register(_EntryCollector(snapshot))
+
+    def watch_profiles(self, snapshot: Callable[[], Iterable[dict]]) -> None:
+        self.registry.register(_ProfileCollector(snapshot))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

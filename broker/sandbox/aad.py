@@ -16,6 +16,7 @@ import jwt
 from aiohttp import web
 
 from broker.sandbox import faults
+from broker.sandbox.customers import CATALOGUE, Refusal, check
 from broker.sandbox.grants import GrantRefused, authenticate
 from broker.sandbox.state import Call, SandboxState
 
@@ -23,19 +24,25 @@ SAFE_FIELDS = ("grant_type", "client_id", "scope", "client_assertion_type")
 
 
 def aad_error(
-    status: int, error: str, code: int, description: str, correlation_id: str
+    status: int,
+    error: str,
+    code: int,
+    description: str,
+    correlation_id: str,
+    extra: dict[str, Any] | None = None,
 ) -> web.Response:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     trace = str(uuid.uuid4())
     body = {
         "error": error,
-        "error_description": f"AADSTS{code}: {description} Trace ID: {trace} "
-        f"Correlation ID: {correlation_id} Timestamp: {now}",
+        "error_description": f"AADSTS{code}: {description}\r\nTrace ID: {trace}\r\n"
+        f"Correlation ID: {correlation_id}\r\nTimestamp: {now}",
         "error_codes": [code],
         "timestamp": now,
         "trace_id": trace,
         "correlation_id": correlation_id,
         "error_uri": f"https://login.microsoftonline.com/error?code={code}",
+        **(extra or {}),
     }
     return web.json_response(body, status=status)
 
@@ -46,6 +53,16 @@ def make_handler(state: SandboxState):
         form: dict[str, Any] = {}
         call = Call("aad", request.path, dict(request.headers), {})
         state.record(call)
+        state.aad_in_flight += 1
+        state.aad_max_in_flight = max(state.aad_max_in_flight, state.aad_in_flight)
+        try:
+            return await answer(request, call, correlation_id, form)
+        finally:
+            state.aad_in_flight -= 1
+
+    async def answer(
+        request: web.Request, call: Call, correlation_id: str, form: dict[str, Any]
+    ) -> web.StreamResponse:
 
         def fault_error(status: int, _fault: Any) -> web.Response:
             if status == 429:
@@ -76,7 +93,8 @@ def make_handler(state: SandboxState):
             if form.get("client_assertion"):  # which assertion was used, not the assertion
                 call.form["assertion_jti"] = _jti(str(form["client_assertion"]))
             token_url = f"{request.scheme}://{request.host}{request.path}"
-            response = _answer(state, request.match_info["tenant"], form, correlation_id, token_url)
+            tenant = request.match_info["tenant"]
+            response = _answer(state, tenant, form, correlation_id, token_url)
         call.status = response.status
         response.headers["client-request-id"] = correlation_id
         return response
@@ -105,10 +123,13 @@ def _answer(
                 900144,
                 f"The request body must contain the following parameter: '{required}'.",
             )
-    if not any(app.tenant_id == tenant for app in state.apps.values()):
-        return refuse(400, "invalid_request", 90002, f"Tenant '{tenant}' not found.")
+    customer = state.customers.get(tenant.lower())
+    if customer is None and not any(app.tenant_id == tenant for app in state.apps.values()):
+        return refuse(
+            400, "invalid_request", 90002, CATALOGUE[90002][2].format(tenant=tenant[:100])
+        )
     app = state.apps.get(form["client_id"])
-    if app is None or app.tenant_id != tenant:
+    if app is None or (customer is None and app.tenant_id != tenant):
         return refuse(
             400,
             "unauthorized_client",
@@ -129,10 +150,20 @@ def _answer(
         )
     try:
         extra = authenticate(state, app, form, token_url)
+        if form["grant_type"] == "refresh_token" and app.refresh_token_refusal is not None:
+            raise Refusal(
+                app.refresh_token_refusal, client=app.client_id, tenant=tenant, resource=resource
+            )
+        if customer is not None:
+            check(customer, app, form["grant_type"], resource, app.client_id)
+            tenant = customer.tenant_id
+            state.customer_calls[(tenant, resource)] += 1
     except GrantRefused as e:
         return refuse(e.status, e.error, e.code, e.description)
+    except Refusal as e:
+        return aad_error(e.status, e.error, e.code, e.description, correlation_id, e.extra)
     lifetime = state.lifetimes["aad"]
-    claims = {
+    claims: dict[str, Any] = {
         "aud": resource,
         "iss": f"https://sts.windows.net/{tenant}/",
         "tid": tenant,
@@ -140,6 +171,9 @@ def _answer(
         "oid": str(uuid.uuid5(uuid.NAMESPACE_OID, app.client_id)),
         "ver": "1.0",
     }
+    if form["grant_type"] == "refresh_token":  # app + user: how the user signed in
+        claims["amr"] = ["pwd", "mfa"] if app.mfa else ["pwd"]
+        claims["scp"] = "user_impersonation"
     body = {
         "token_type": "Bearer",
         "expires_in": int(lifetime),

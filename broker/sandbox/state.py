@@ -38,6 +38,26 @@ class AppRegistration:
     certificate_pem: bytes | None = None  # public certificate, for client assertions
     refresh_tokens: set[str] = field(default_factory=set)
     federated_subject: str | None = None  # accepted `sub` of a federated token
+    # The user behind the refresh tokens: signed in with MFA (their tokens' amr says so), and
+    # a refusal every refresh_token grant gets (700082, 50173, 70008, 700084: token dead).
+    mfa: bool = True
+    refresh_token_refusal: int | None = None
+
+
+@dataclass
+class CustomerTenant:
+    """A customer tenant the partner manages (GDAP): which resources its admin consented to
+    for the partner's app, and its policies."""
+
+    tenant_id: str  # a GUID
+    domains: tuple[str, ...] = ()
+    consents: set[str] = field(default_factory=lambda: {"*"})  # resources, or "*" for all
+    relationship: bool = True  # a GDAP relationship with the partner's users (else 90072)
+    require_mfa: bool = False  # conditional access: app+user tokens need MFA (else 50076)
+    refusal: int | None = None  # answer every request with this AADSTS code (50079, 70043...)
+
+    def consented(self, resource: str) -> bool:
+        return "*" in self.consents or resource in self.consents
 
 
 @dataclass
@@ -66,6 +86,10 @@ class SandboxState:
         self.federated_key = secrets.token_bytes(32)  # the "cluster's" service-account key
         self.revoke_rotated = False  # True: a used refresh token stops working (strict rotation)
         self.apps: dict[str, AppRegistration] = {}
+        self.customers: dict[str, CustomerTenant] = {}  # by id and by each domain, lower-case
+        self.aad_in_flight = 0  # Azure AD requests being answered right now
+        self.aad_max_in_flight = 0  # the most at once since the last reset
+        self.customer_calls: Counter[tuple[str, str]] = Counter()  # (tenant id, resource)
         self.lifetimes = {"aad": 3599.0, "partner": 3600.0}
         self.latency = {"aad": 0.0, "partner": 0.0}
         self.clock_skew = 0.0  # seconds the sandbox's own clock runs ahead of the host
@@ -82,6 +106,14 @@ class SandboxState:
         app = AppRegistration(tenant_id, client_id, **kwargs)
         self.apps[client_id] = app
         return app
+
+    def register_customer(
+        self, tenant_id: str, domains: tuple[str, ...] = (), **kwargs: Any
+    ) -> CustomerTenant:
+        customer = CustomerTenant(tenant_id, tuple(domains), **kwargs)
+        for name in (tenant_id, *domains):
+            self.customers[name.lower()] = customer
+        return customer
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -212,4 +244,6 @@ class SandboxState:
             "lifetimes": self.lifetimes,
             "latency": self.latency,
             "issued": self.issued,
+            "aad_max_in_flight": self.aad_max_in_flight,
+            "customer_tenants": len({c.tenant_id for c in self.customers.values()}),
         }
