@@ -11,8 +11,9 @@ import jwt
 import pytest
 
 from broker.config.errors import ConfigError
+from broker.config.load import parse_settings
 from broker.core.tenants import FifoLimiter, aadsts_codes
-from tests.conftest import CLIENT_ID, HEADERS, make_settings
+from tests.conftest import CLIENT_ID, HEADERS, config_text, make_settings
 
 GRAPH = "https://graph.microsoft.com/.default"
 EXCHANGE = "https://outlook.office365.com/.default"
@@ -238,3 +239,28 @@ def test_customer_config_defaults_and_case(sandbox, secret):
     assert p.customer_tenants == ("fabrikam.com",) and p.customer_scopes == ("s",)
     assert p.max_customer_tokens == 50000 and p.upstream_concurrency == 16
     assert not make_settings(sandbox, secret).profiles["default"].serves_customers
+
+
+async def test_a_tenant_token_is_shared_through_redis(
+    sandbox, secret, tmp_path, start_broker, redis_db, shared_key
+):
+    """[shared]: a tenant token fetched by one broker is served by another from Redis, with
+    no Azure AD call of its own."""
+    sandbox.state.register_customer(tenant_id(7))
+    app = sandbox.state.apps[CLIENT_ID]
+    rt_file = tmp_path / "refresh-token"
+    rt_file.write_text(sandbox.state.issue_refresh_token(app) + "\n")
+    text = config_text(
+        sandbox, profiles="[profiles.default]\nwarm = false\n" + gdap_profile(rt_file)
+    )
+    text += f'\n[shared]\nredis_url = "{redis_db.url}"\nkey_file = "{shared_key}"\n'
+    settings = parse_settings(text, env={"TEST_CLIENT_SECRET": secret})
+    first, second = [await start_broker(settings) for _ in range(2)]
+    a = await (await token(first, tenant_id(7), EXCHANGE)).json()
+    assert sandbox.state.counts["aad"] == 1
+    b = await (await token(second, tenant_id(7), EXCHANGE)).json()
+    assert b["access_token"] == a["access_token"] and b["tenant"] == tenant_id(7)
+    assert sandbox.state.counts["aad"] == 1
+    # Another scope of the same tenant is its own key.
+    assert (await token(second, tenant_id(7), GRAPH)).status == 200
+    assert sandbox.state.counts["aad"] == 2
