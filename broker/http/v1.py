@@ -205,6 +205,17 @@ class V1Handlers:
                 "last_error": s.last_error,
                 "upstream_calls": s.calls,
             }
+        for name, row in table.items():
+            mfa = self.broker.mfa(name)
+            if mfa is not None:  # Partner Center refuses app+user tokens without MFA (900421)
+                row["mfa"] = mfa
+            cache = self.broker.tenants.get(name)
+            if cache is not None:
+                row["customer_tenants"] = {
+                    "tokens": len(cache),
+                    "tenants": cache.states(),
+                    "profile_block": cache.profile_block(),
+                }
         return table
 
     # -- operators ---------------------------------------------------------------------------
