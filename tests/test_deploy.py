@@ -104,3 +104,77 @@ def test_compose_tool_shares_the_broker_network_namespace(tmp_path) -> None:
     assert all(listen.is_loopback for listen in settings.server.listen)
     command = shlex.join(services["tool"]["command"])
     assert "127.0.0.1:8721/v1/token" in command and "Metadata" in command
+
+
+def _shared_files(tmp_path, names) -> None:
+    for name, data in names.items():
+        (tmp_path / name).write_bytes(data)
+        (tmp_path / name).chmod(0o600)
+
+
+def test_compose_fleet_shares_one_redis(tmp_path) -> None:
+    """Redis and two brokers from one definition, each with the same config, key and Redis
+    password as secrets; each tool joins its own broker; the config is valid and names the
+    redis service."""
+    compose = yaml.safe_load((ROOT / "deploy/compose.fleet.yaml").read_text())
+    services = compose["services"]
+    brokers = [s for n, s in services.items() if n.startswith("broker-")]
+    assert len(brokers) >= 2 and all(b == brokers[0] for b in brokers)
+    broker = brokers[0]
+    assert broker["read_only"] is True and "ports" not in broker
+    assert {"client-secret", "shared.key", "redis-password"} <= set(broker["secrets"])
+    assert broker["depends_on"]["redis"]["condition"] == "service_healthy"
+    redis_command = " ".join(services["redis"]["command"])
+    assert "--requirepass" in redis_command and "/run/secrets/redis-password" in redis_command
+    assert "ports" not in services["redis"]  # reachable by the brokers only
+    for name in ("tool-a", "tool-b"):
+        joined = services[name]["network_mode"].removeprefix("service:")
+        assert joined in services and services[joined] is not None
+    assert {s.get("network_mode") for n, s in services.items() if n.startswith("tool")} == {
+        "service:broker-a",
+        "service:broker-b",
+    }
+    _shared_files(
+        tmp_path,
+        {"client-secret": b"x", "shared.key": bytes(range(32)), "redis-password": b"pw"},
+    )
+    text = (ROOT / "deploy/compose.fleet.config.toml").read_text()
+    settings = parse_settings(text.replace("/run/secrets", str(tmp_path)), env={})
+    assert settings.shared is not None and settings.shared.redis_url == "redis://redis:6379/0"
+    assert settings.shared.password is not None and settings.shared.password.reveal() == "pw"
+    mounted = {f"/run/secrets/{s}" for s in broker["secrets"]}
+    assert {"/run/secrets/shared.key", "/run/secrets/redis-password"} <= mounted
+
+
+def test_kubernetes_fleet_deployment_shares_one_redis(tmp_path) -> None:
+    """A Deployment of several pods, each with the broker as a native sidecar, all naming the
+    Redis Service; the shared key and Redis password come from one Secret, never world-
+    readable; the config is valid."""
+    docs = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/fleet.yaml").read_text()))
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    tools = by_name[("Deployment", "partner-tools")]["spec"]
+    assert tools["replicas"] >= 2
+    pod = tools["template"]["spec"]
+    (broker,) = pod["initContainers"]
+    assert broker["restartPolicy"] == "Always"
+    assert broker["readinessProbe"]["exec"]["command"] == ["pc-token-broker", "healthcheck"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    shared_secret = volumes["shared"]["secret"]
+    assert shared_secret["defaultMode"] & 0o007 == 0
+    mounts = {m["name"]: m["mountPath"] for m in broker["volumeMounts"]}
+    service = by_name[("Service", "pc-token-broker-redis")]
+    redis = by_name[("Deployment", "pc-token-broker-redis")]["spec"]
+    assert redis["replicas"] == 1
+    assert service["spec"]["selector"] == redis["template"]["metadata"]["labels"]
+    assert "--requirepass" in " ".join(redis["template"]["spec"]["containers"][0]["command"])
+    config = by_name[("ConfigMap", "pc-token-broker-fleet-config")]["data"]["config.toml"]
+    _shared_files(
+        tmp_path,
+        {"client-secret": b"x", "shared.key": bytes(range(32)), "redis-password": b"pw"},
+    )
+    text = config.replace(mounts["shared"], str(tmp_path)).replace(mounts["secret"], str(tmp_path))
+    settings = parse_settings(text, env={})
+    assert settings.shared is not None
+    host = settings.shared.redis_url.split("://")[1].split(":")[0]
+    assert host == service["metadata"]["name"]
+    assert settings.shared.key_file == f"{tmp_path}/shared.key"

@@ -115,6 +115,7 @@ class SharedCache:
         self._reconnect: asyncio.Task | None = None
         self._undecryptable: set[str] = set()
         self._counts = {"hit": 0, "miss": 0, "lease_wait": 0, "error": 0}
+        metrics.shared_state.set(0 if settings is None else 1)
         if settings is not None:
             key = bytes.fromhex(settings.key.reveal())
             self._aead = AESGCM(key)

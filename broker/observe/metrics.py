@@ -184,10 +184,9 @@ class Metrics:
         )
         self.shared_state = Gauge(
             "broker_shared_cache_connected",
-            "1 while the shared cache's Redis answers, 0 while degraded (fetching alone)",
+            "1 while the shared cache's Redis answers, 0 while degraded (fetching alone) or off",
             registry=r,
         )
-        self.shared_state.set(1)
 
     def count_request(self, route: str, status: int) -> None:
         self._requests[(route, status)] += 1
