@@ -31,19 +31,19 @@ from broker.daemon.listeners import (
     socket_file,
 )
 from broker.daemon.systemd import Notifier, listen_fds
-from broker.http.app import BROKER, create_app
-from broker.http.protocol import GuardedAppRunner, Limits
+from broker.http.app import create_broker, create_server
+from broker.http.protocol import GuardedServerRunner, Limits
 from broker.observe.logs import bridge_stdlib, make_logger
 from broker.observe.redact import Redactor
 
 KEEPALIVE = 15.0  # s an idle keep-alive connection stays open
 
 
-def make_runner(app: web.Application, settings: Settings) -> GuardedAppRunner:
-    """aiohttp's runner with the broker's connection limits and no access log (the audit line
-    replaces it; aiohttp's costs half the throughput)."""
+def make_runner(broker: Broker, settings: Settings) -> GuardedServerRunner:
+    """aiohttp's low-level runner with the broker's connection limits and no access log (the
+    audit line replaces it; aiohttp's costs half the throughput)."""
     server = settings.server
-    metrics = app[BROKER].metrics
+    metrics = broker.metrics
     limits = Limits(
         read_timeout=server.read_timeout,
         max_connections=server.max_connections,
@@ -51,17 +51,22 @@ def make_runner(app: web.Application, settings: Settings) -> GuardedAppRunner:
         on_reject=lambda reason: metrics.rejected.labels(reason).inc(),
     )
     line = max(8190, server.max_header_bytes)
-    return GuardedAppRunner(
-        app,
-        limits=limits,
+    web_server = create_server(
+        broker,
         access_log=None,
-        handle_signals=False,
-        shutdown_timeout=server.shutdown_timeout,
         keepalive_timeout=KEEPALIVE,
         max_line_size=line,
         max_field_size=line,
         max_headers=100,
         lingering_time=server.read_timeout,  # an unread body is drained no longer than a head
+    )
+    return GuardedServerRunner(
+        web_server,
+        limits=limits,
+        start=broker.start,
+        close=broker.close,
+        handle_signals=False,
+        shutdown_timeout=server.shutdown_timeout,
     )
 
 
@@ -126,7 +131,7 @@ def _banner(
 
 
 async def _reload(
-    path: str | None, broker: Broker, runner: GuardedAppRunner, log: Any, notifier: Notifier
+    path: str | None, broker: Broker, runner: GuardedServerRunner, log: Any, notifier: Notifier
 ) -> None:
     notifier.send(RELOADING=1, MONOTONIC_USEC=int(time.monotonic() * 1_000_000))
     try:
@@ -199,9 +204,8 @@ async def serve(
         return 1
     # Socket files this process created, removed at clean shutdown (systemd's are its own).
     created = [] if activated else [f for f in map(socket_file, sockets) if f]
-    app = create_app(settings, log=log, redactor=redactor, audit_stream=audit_stream)
-    broker = app[BROKER]
-    runner = make_runner(app, settings)
+    broker = create_broker(settings, log=log, redactor=redactor, audit_stream=audit_stream)
+    runner = make_runner(broker, settings)
     await runner.setup()
     for sock in sockets:
         await web.SockSite(runner, sock).start()

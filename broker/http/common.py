@@ -12,6 +12,15 @@ from broker.config.errors import UpstreamError
 from broker.core.render import JSON, TEXT, json_body
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A request's path parameters (`{profile}`, `{tenant}`), set by the routes' dispatch.
+PARAMS = web.RequestKey("params", dict[str, str])
+
+
+def path_param(request: web.BaseRequest, name: str, default: str = "") -> str:
+    params = request.get(PARAMS)
+    return default if params is None else params.get(name, default)
+
+
 MAX_BODY = 64 * 1024  # bytes: no broker endpoint needs more
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 CONTENT_TYPES = {

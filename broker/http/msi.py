@@ -19,7 +19,7 @@ from broker.config.load import is_tenant
 from broker.config.settings import ProfileSettings
 from broker.core.tenants import KIND
 from broker.http.callers import identify, restricted
-from broker.http.common import NO_STORE, retry_after
+from broker.http.common import NO_STORE, path_param, retry_after
 
 API_VERSION = "2019-08-01"
 # The identity parameters the SDKs send, and the profile setting each one is matched against.
@@ -158,7 +158,7 @@ class MsiHandler:
         cache = broker.tenants.get(profile.name)
         if cache is None:
             return _fail(400, "this identity serves no customer tenants (customer_tenants)")
-        raw = request.match_info["tenant"]
+        raw = path_param(request, "tenant")
         if not is_tenant(raw):
             return _fail(400, "the tenant must be a tenant id or domain name")
         tenant = raw.lower()

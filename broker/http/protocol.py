@@ -2,8 +2,8 @@
 slowloris defence: aiohttp waits for headers forever), a budget for its size, a cap on open
 connections, and JSON error answers that never echo the request back.
 
-`GuardedAppRunner` is aiohttp's AppRunner with its protocol factory wrapped so that every
-connection gets a `GuardedRequestHandler`.
+`GuardedServerRunner` is aiohttp's low-level ServerRunner with its protocol factory wrapped so
+that every connection gets a `GuardedRequestHandler`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -284,10 +284,26 @@ class _GuardedFactory:
         return getattr(self._server, name)
 
 
-class GuardedAppRunner(web.AppRunner):
-    def __init__(self, app: web.Application, *, limits: Limits, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
+class GuardedServerRunner(web.ServerRunner):
+    """aiohttp's low-level runner with the guarded protocol, and the broker's lifecycle: the
+    broker starts before the first connection is accepted and closes after the last request."""
+
+    def __init__(
+        self,
+        server: web.Server,
+        *,
+        limits: Limits,
+        start: Callable[[], Awaitable[None]],
+        close: Callable[[], Awaitable[None]],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(server, **kwargs)
         self.limits = limits
+        self._start, self._close = start, close
 
     async def _make_server(self) -> Any:
+        await self._start()
         return _GuardedFactory(await super()._make_server(), self.limits)
+
+    async def _cleanup_server(self) -> None:
+        await self._close()

@@ -15,7 +15,13 @@ from broker.config.load import is_tenant
 from broker.core.render import JSON, json_body, render_tenant, tenant_body
 from broker.core.tenants import KIND, TenantCache
 from broker.http.callers import identify
-from broker.http.common import HEADERS, NO_STORE, error_response, upstream_error_response
+from broker.http.common import (
+    HEADERS,
+    NO_STORE,
+    error_response,
+    path_param,
+    upstream_error_response,
+)
 
 if TYPE_CHECKING:
     from broker.http.v1 import V1Handlers
@@ -125,7 +131,7 @@ class TenantHandlers:
         denied = self.v1.guard(request)
         if denied is not None:
             return denied
-        name = request.match_info["profile"]
+        name = path_param(request, "profile")
         cache = self._cache(request, name)
         if isinstance(cache, web.Response):
             return cache
@@ -168,11 +174,11 @@ class TenantHandlers:
         denied = self.v1.guard(request)
         if denied is not None:
             return denied
-        name = request.match_info["profile"]
+        name = path_param(request, "profile")
         cache = self._cache(request, name)
         if isinstance(cache, web.Response):
             return cache
-        tenant = self._tenant(cache, request.match_info["tenant"])
+        tenant = self._tenant(cache, path_param(request, "tenant"))
         if isinstance(tenant, web.Response):
             return tenant
         if tenant not in cache.tenants:  # nothing to forget: no rate limit needed either

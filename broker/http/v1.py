@@ -17,7 +17,13 @@ from broker.core.render import JSON, Negotiator, Rendered, json_body, render
 from broker.core.service import Broker
 from broker.core.sources import KINDS
 from broker.http.callers import ACCESS_KEY_HEADER, Caller, identify, may_use, restricted
-from broker.http.common import HEADERS, NO_STORE, error_response, upstream_error_response
+from broker.http.common import (
+    HEADERS,
+    NO_STORE,
+    error_response,
+    path_param,
+    upstream_error_response,
+)
 from broker.http.tenants import TenantHandlers
 from broker.observe.logs import iso_time
 from broker.observe.metrics import CONTENT_TYPE
@@ -74,7 +80,7 @@ class V1Handlers:
         denied = self.guard(request)
         if denied is not None:
             return denied
-        name = request.match_info.get("profile", "default")
+        name = path_param(request, "profile", "default")
         kind = "partner"
         customer = False
         if request.query_string:
@@ -119,7 +125,7 @@ class V1Handlers:
         denied = self.guard(request)
         if denied is not None:
             return denied
-        name = request.match_info["profile"]
+        name = path_param(request, "profile")
         kind = request.query.get("kind", "partner")
         if kind not in KINDS:
             return error_response(400, "bad_kind", "kind must be 'partner' or 'aad'")
