@@ -22,6 +22,8 @@ TABLE = [
     ("GET", "/v1/token/", 404, "not_found"),
     ("GET", "/v1/token/default/", 404, "not_found"),
     ("GET", "/v1/token/a/b", 404, "not_found"),
+    ("GET", "/v1/token/..%2Fmetrics", 404, "unknown_profile"),  # one segment, as the router had it
+    ("GET", "/v1/token/%64efault", 200, None),  # percent-decoded: the profile "default"
     ("POST", "/v1/token//refresh", 404, "not_found"),
     ("POST", "/v1/token/nope/refresh", 404, "unknown_profile"),
     ("GET", "/v1/profiles", 200, None),
