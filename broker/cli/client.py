@@ -217,5 +217,5 @@ def error_message(status: int, body: bytes) -> str:
         if extras:
             text += f" ({', '.join(extras)})"
         return " ".join(f"HTTP {status}: {text}".split())  # one line, whatever came in
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return f"HTTP {status}"

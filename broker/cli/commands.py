@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import urllib.parse
 from typing import Any
@@ -19,7 +20,10 @@ PROG = "pc-token-broker"
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr)
+    """One line on stderr: whitespace collapsed, control characters (a hostile answer's
+    terminal escapes) shown as '?'."""
+    line = "".join(c if c.isprintable() else "?" for c in " ".join(message.split()))
+    print(f"{PROG}: {line}", file=sys.stderr)
     return code
 
 
@@ -138,7 +142,7 @@ def _answer(status: int, body: bytes) -> Any:
         raise _Failed(1, error_message(status, body))
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a hostile answer nested deep
         raise _Failed(1, f"HTTP {status}: the answer is not JSON (is this the broker?)") from None
 
 
@@ -160,10 +164,15 @@ def _client(run):
     return wrapper
 
 
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9._~+/=-]{16,65536}")  # JWT or opaque: no spaces, no controls
+
+
 def _token(args: argparse.Namespace) -> dict[str, Any]:
     token = _answer(*_ask(args, "GET", _token_path(args)))
-    if not isinstance(token, dict) or not isinstance(token.get("access_token"), str):
-        raise _Failed(1, "the answer carries no access_token (is this the broker?)")
+    value = token.get("access_token") if isinstance(token, dict) else None
+    if not isinstance(value, str) or not _TOKEN_TEXT.fullmatch(value):
+        # Printed for $(...) or put in an environment: nothing else may ride along.
+        raise _Failed(1, "the answer carries no well-formed access_token (is this the broker?)")
     return token
 
 
@@ -249,7 +258,7 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
             for kind, state in sorted(kinds.items())
             if state != "fresh"
         )
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         pass
     return _fail(f"not {'alive' if args.live else 'ready'} (HTTP {status} from {path}){detail}", 1)
 
