@@ -10,10 +10,12 @@ import re
 import sys
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp import web
 
 from broker.config.load import parse_settings
+from broker.sandbox.state import PARTNER_AUDIENCE
 from tests.conftest import HEADERS, config_text
 from tests.hostile import Hostile
 
@@ -306,3 +308,185 @@ async def test_a_huge_adversarial_error_does_not_freeze_the_daemon(hostile, secr
     assert response.status == 502 and len(body["error"]["message"]) <= 400
     assert hostile.calls["aad"] == 1
     assert slowest < 1.0, f"/healthz waited {slowest:.2f} s"
+
+
+# -- 6. non-finite expiries are bad tokens -----------------------------------------------------
+
+
+def raw_json(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, text=text, content_type="application/json", headers=headers or {}
+    )
+
+
+async def test_nan_expiries_are_bad_tokens(hostile, secret, run_server):
+    """Azure AD says `expires_in: "NaN"`; Partner Center (through the mirror) sends a JWT whose
+    `exp` is NaN, or `expires_in: Infinity`: each is a 502 upstream_bad_token, never cached,
+    and /v1/profiles, /readyz and /metrics keep answering."""
+    nan_jwt = jwt.encode({"exp": float("nan"), "aud": "x"}, "k" * 32, algorithm="HS256")
+    partner_answers = [
+        json.dumps({"access_token": nan_jwt, "expires_in": 3600}),
+        '{"access_token": "opaque-partner-0001", "expires_in": Infinity}',
+    ]
+
+    async def aad(request: web.Request) -> web.Response:
+        return raw_json('{"access_token": "opaque-aad-token-0001", "expires_in": "NaN"}')
+
+    async def partner(request: web.Request) -> web.Response:
+        return raw_json(partner_answers.pop(0))
+
+    hostile.aad, hostile.partner = aad, partner
+    (address,), logs = await run_server(settings_for(hostile, secret))
+    base = f"http://{address}"
+    async with aiohttp.ClientSession() as s:
+        for _ in range(2):
+            async with s.get(f"{base}/v1/token?kind=aad", headers=HEADERS) as r:
+                assert r.status == 502
+                assert (await r.json())["error"]["code"] == "upstream_bad_token"
+        for path, status in (("/v1/profiles", 200), ("/readyz", 503), ("/metrics", 200)):
+            async with s.get(base + path, headers=HEADERS) as r:
+                assert r.status == status, path
+        for i in range(2):
+            async with s.post(
+                f"{base}/generatetoken",
+                data="grant_type=jwt_token",
+                headers={
+                    "Authorization": f"Bearer caller-{i}",
+                    "Content-Type": "application/x-www-form-urlencoded",
+                },
+            ) as r:
+                assert r.status == 502
+    assert "Traceback" not in logs.getvalue()
+
+
+# -- 7. deeply nested JSON is malformed JSON ---------------------------------------------------
+
+
+async def test_deeply_nested_json_is_a_400_not_a_500(hostile, secret, run_server):
+    """1,100 `[` in a 2 KB mirror body: 400 in Partner Center's shape; the same nesting in an
+    upstream answer: 502 upstream_bad_token. No traceback in the log."""
+
+    async def partner(request: web.Request) -> web.Response:
+        return raw_json("[" * 1100 + "]" * 1100)
+
+    hostile.partner = partner
+    (address,), logs = await run_server(settings_for(hostile, secret))
+    async with aiohttp.ClientSession() as s:
+        for body, status in (("[" * 1100 + "]" * 1100, 400), ('{"grant_type": "jwt_token"}', 502)):
+            async with s.post(
+                f"http://{address}/generatetoken",
+                data=body,
+                headers={"Authorization": "Bearer caller", "Content-Type": "application/json"},
+            ) as r:
+                answer = await r.json()
+                assert r.status == status
+                assert answer["code"] == status and answer["source"] == "PartnerFD"
+    assert "Traceback" not in logs.getvalue()
+    assert "handler_crashed" not in logs.getvalue()
+
+
+# -- 8. the mirror honours the bearer's own expiry --------------------------------------------
+
+
+async def test_an_expired_bearer_is_not_served_from_the_mirror_cache(
+    fake_sandbox, secret, start_broker, clock
+):
+    """A bearer whose exp passed more than 5 minutes ago gets Partner Center's 401, not the
+    token cached for it while it was valid (which still has most of its life)."""
+    fake_sandbox.state.lifetimes["partner"] = 3600
+    bearer = fake_sandbox.state.mint({"aud": PARTNER_AUDIENCE, "tid": "t", "appid": "a"}, 600)
+    b = await start_broker(settings_for(fake_sandbox, secret, profiles=""), clock=clock)
+
+    async def mirror():
+        return await b.client.post(
+            "/v3/generatetoken",
+            data='{"grant_type": "jwt_token"}',
+            headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
+        )
+
+    assert (await mirror()).status == 200
+    clock.advance(600 + 290)  # expired, but within Azure AD's 5 minutes of skew
+    assert (await mirror()).status == 200
+    assert fake_sandbox.state.counts["partner"] == 1
+    clock.advance(20)
+    r = await mirror()
+    assert r.status == 401
+    assert fake_sandbox.state.counts["partner"] == 2
+
+
+# -- 9. Retry-After is clamped, and callers are told the delay used ---------------------------
+
+RETRY_AFTERS = {
+    "huge": "9" * 400,
+    "big": "999999999",
+    "date": "Fri, 31 Dec 9999 23:59:59 GMT",
+}
+
+
+async def test_absurd_retry_after_is_clamped(hostile, secret, run_server):
+    """Azure AD answers 503 with a 400-digit Retry-After, 999999999, or a date in 9999: /v1 and
+    /msi answer 503 (not 500) and tell the caller the delay the broker actually uses (at most
+    600 s), which is when its own next attempt is due."""
+
+    async def aad(request: web.Request) -> web.Response:
+        form = await request.post()
+        return raw_json(
+            '{"error": "temporarily_unavailable"}',
+            status=503,
+            headers={"Retry-After": RETRY_AFTERS[str(form["client_id"])]},
+        )
+
+    hostile.aad = aad
+    profiles = "".join(
+        f'[profiles.{name}]\nclient_id = "{name}"\nwarm = false\n' for name in RETRY_AFTERS
+    )
+    text = config_text(hostile, profiles=profiles) + (
+        '[msi]\nprofile = "huge"\nidentity_header_env = "MSI_HEADER"\n'
+    )
+    settings = parse_settings(text, env={"TEST_CLIENT_SECRET": secret, "MSI_HEADER": "h" * 32})
+    (address,), logs = await run_server(settings)
+    async with aiohttp.ClientSession() as s:
+        for name in RETRY_AFTERS:
+            told = []
+            for _ in range(2):  # the failure, then the remembered failure
+                url = f"http://{address}/v1/token/{name}?kind=aad"
+                async with s.get(url, headers=HEADERS) as r:
+                    assert r.status == 503, name
+                    told.append(int(r.headers["Retry-After"]))
+            assert 0 < told[1] <= told[0] <= 600, (name, told)
+        async with s.get(
+            f"http://{address}/msi/token",
+            params={
+                "api-version": "2019-08-01",
+                "resource": "https://api.partnercenter.microsoft.com",
+            },
+            headers={"X-IDENTITY-HEADER": "h" * 32},
+        ) as r:
+            assert r.status == 503
+            assert 0 < int(r.headers["Retry-After"]) <= 600
+    assert hostile.calls["aad"] == 3
+    assert "Traceback" not in logs.getvalue()
+
+
+# -- 10. no DTD in any encoding ----------------------------------------------------------------
+
+
+async def test_a_dtd_hidden_in_utf16_is_refused(sandbox, secret, run_server):
+    """A UTF-16LE XML body without BOM hides `<!DOCTYPE` from a byte search; its internal
+    entity would expand to the grant. The mirror refuses it with 400, without an upstream call."""
+    (address,), _ = await run_server(settings_for(sandbox, secret, profiles=""))
+    bearer = sandbox.state.mint({"aud": PARTNER_AUDIENCE, "tid": "t", "appid": "a"}, 3600)
+    document = (
+        '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE r [<!ENTITY g "jwt_token">]>'
+        "<r><grant_type>&g;</grant_type></r>"
+    )
+    for body in (document.encode("utf-16-le"), document.replace("UTF-16", "UTF-8").encode()):
+        async with aiohttp.ClientSession() as s:
+            async with s.post(
+                f"http://{address}/v3/generatetoken",
+                data=body,
+                headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/xml"},
+            ) as r:
+                assert r.status == 400
+                assert "DOCTYPE" in (await r.json())["description"]
+    assert sandbox.state.counts["partner"] == 0

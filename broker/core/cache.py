@@ -121,6 +121,8 @@ class Entry:
         if flight is None:
             error = self.last_error
             if error is not None and now < self.retry_at:
+                if error.retry_after is not None:  # what is left of the delay in use
+                    error.retry_after = self.retry_at - now
                 raise error.with_traceback(None)  # remembered: no upstream call
             flight = self._launch()
         token = await self._wait(flight)
@@ -232,6 +234,8 @@ class Entry:
         )
         now = self._clock.monotonic()
         self.retry_at = now + delay
+        if error.retry_after is not None:
+            error.retry_after = delay  # callers are told the delay used, not what was asked
         self._arm(self.retry_at)
         servable = self.token is not None and self.token.servable(now, self.policy.min_remaining)
         self._log.warning(

@@ -8,7 +8,6 @@ that could not be written back (kept in memory so it is not lost).
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from typing import Any, ClassVar, Protocol
@@ -19,6 +18,7 @@ from broker.config.errors import LocalCredentialFailed
 from broker.config.files import read_text, write_atomically
 from broker.config.pem import load_certificate_key
 from broker.config.settings import ProfileSettings
+from broker.core.streams import load_json
 from broker.core.tokens import Token, TokenRejected, token_from_response
 from broker.core.upstream import RefreshIds, Upstream
 
@@ -297,7 +297,7 @@ class StaticTokenCredential:
             return self._token
         text = _read(path, "static token file")
         try:
-            body = json.loads(text) if text.startswith("{") else {"access_token": text}
+            body = load_json(text) if text.startswith("{") else {"access_token": text}
             token = token_from_response(
                 body, now_mono=upstream.clock.monotonic(), now_wall=upstream.clock.time()
             )

@@ -29,6 +29,9 @@ REFRESH_AHEAD, MIN_REFRESH_MARGIN = 0.25, 60.0
 # A refresh ahead is only made with a bearer that still has this long to live: upstream would
 # refuse an expiring one, and the caller will come back with a new bearer anyway.
 BEARER_MIN_LEFT = 60.0
+# A bearer expired longer ago than Azure AD's allowed clock skew is one Partner Center refuses
+# (401): it is never answered from the cache, it goes upstream, which says so.
+BEARER_SKEW = 300.0
 
 
 class Relay(Exception):
@@ -85,13 +88,18 @@ class MirrorCache:
         now = self._clock.monotonic()
         cached = self._cache.get(key)
         if cached is not None and cached.token.servable(now, self.settings.min_remaining):
-            if (
-                now >= cached.refresh_at
-                and key not in self._flights
-                and (jwt_seconds_left(bearer, self._clock.time()) or 0) > BEARER_MIN_LEFT
-            ):
-                self._launch(key, path, forward)  # refresh ahead with this caller's bearer
-            return cached, True
+            try:
+                bearer_left = jwt_seconds_left(bearer, self._clock.time())
+            except TokenRejected:  # an exp of NaN: not a bearer to answer from the cache
+                bearer_left = -BEARER_SKEW
+            if bearer_left is None or bearer_left > -BEARER_SKEW:
+                if (
+                    now >= cached.refresh_at
+                    and key not in self._flights
+                    and (bearer_left or 0) > BEARER_MIN_LEFT
+                ):
+                    self._launch(key, path, forward)  # refresh ahead with this caller's bearer
+                return cached, True
         flight = self._flights.get(key) or self._launch(key, path, forward)
         try:
             cached = await asyncio.wait_for(asyncio.shield(flight), self.settings.upstream_timeout)

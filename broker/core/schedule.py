@@ -30,6 +30,10 @@ REFUSAL_COOLDOWN = 15.0
 # keeps handing back a nearly expired token (a static file nobody renews) must not spin.
 MIN_REFRESH_INTERVAL = 1.0
 
+# The longest an upstream's Retry-After can park an entry: a hostile or buggy one must not
+# park us for a day. Callers are told the delay actually used, never more than this.
+MAX_RETRY_AFTER = 600.0
+
 
 def refresh_margin(lifetime: float, refresh_ahead: float, min_refresh_margin: float) -> float:
     """Seconds before expiry to refresh: max(min margin, fraction of lifetime), at most half."""
@@ -69,5 +73,5 @@ def retry_delay(
         delay = min(BACKOFF_CAP, REFUSAL_COOLDOWN * 2**exponent)
     if retry_after is not None:
         # Honour the server, but a hostile or buggy Retry-After must not park us for a day.
-        delay = max(delay, min(retry_after, 10 * BACKOFF_CAP))
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
     return max(delay, FAILURE_MEMORY)

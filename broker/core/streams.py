@@ -1,8 +1,21 @@
-"""Bounded reads of HTTP bodies (aiohttp's `read(n)` may return less than n before the end)."""
+"""Bounded reads of HTTP bodies (aiohttp's `read(n)` may return less than n before the end),
+and JSON parsing of untrusted input."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from aiohttp import StreamReader
+
+
+def load_json(data: str | bytes) -> Any:
+    """json.loads for untrusted input: nesting too deep for the parser (a few KB of "[[[...")
+    is a ValueError like any other malformed JSON, not a RecursionError."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 async def read_limited(stream: StreamReader, limit: int) -> bytes:

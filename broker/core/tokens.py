@@ -8,6 +8,7 @@ on this host never stretches or shrinks a token.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,17 +59,25 @@ class Token:
 
 
 def _number(value: Any) -> float | None:
-    """A number sent as a number or as a string of digits (real services do both)."""
+    """A number sent as a number or as a string of digits (real services do both); None when
+    absent or not a number. NaN, infinities and numbers beyond a float are TokenRejected:
+    they pass every range check (NaN compares false) and break every use after."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
+    try:
+        if isinstance(value, int | float):
+            number = float(value)
+        elif isinstance(value, str):
+            number = float(value.strip())
+        else:
             return None
-    return None
+    except OverflowError:
+        raise TokenRejected("an expiry number is out of range") from None
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        raise TokenRejected("an expiry number is not finite")
+    return number
 
 
 def jwt_seconds_left(token: str, now_wall: float) -> float | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import json
 import time
 import urllib.parse
 import urllib.request
@@ -28,9 +27,10 @@ from broker.config.errors import (
     UpstreamUnreachable,
 )
 from broker.config.secret import Secret
+from broker.core import schedule
 from broker.core.clock import Clock
 from broker.core.details import parse_details
-from broker.core.streams import read_limited
+from broker.core.streams import load_json, read_limited
 from broker.core.tokens import Token, TokenRejected, token_from_response
 from broker.observe.redact import Redactor
 
@@ -59,17 +59,19 @@ class Answer:
 
 
 def retry_after_seconds(value: str | None, now_wall: float) -> float | None:
-    """Retry-After as delta-seconds or an HTTP date; None when absent or unreadable."""
+    """Retry-After as delta-seconds or an HTTP date, at most MAX_RETRY_AFTER (the broker
+    never waits longer, whatever upstream asks); None when absent or unreadable."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now_wall)
+    if value.isascii() and value.isdigit():
+        seconds = float(value) if len(value) <= 9 else schedule.MAX_RETRY_AFTER
+    else:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - now_wall
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    return min(max(0.0, seconds), schedule.MAX_RETRY_AFTER)
 
 
 def _proxy_authorization(userinfo: str) -> dict[str, str]:
@@ -226,7 +228,7 @@ class Upstream:
     ) -> tuple[Token, dict]:
         """A 200 answer → a Token, or a TokenFormatError (not JSON, no token, bad expiry)."""
         try:
-            body = json.loads(answer.body)
+            body = load_json(answer.body)
             token = token_from_response(
                 body, now_mono=self._clock.monotonic(), now_wall=self._clock.time()
             )

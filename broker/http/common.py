@@ -3,6 +3,7 @@ wrapper that counts requests and turns any crash into a JSON 500 without a trace
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from broker.config.errors import UpstreamError
 from broker.core.render import JSON, TEXT, json_body
+from broker.core.schedule import MAX_RETRY_AFTER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A request's path parameters (`{profile}`, `{tenant}`), set by the routes' dispatch.
@@ -67,7 +69,10 @@ def error_response(
 
 
 def retry_after(e: UpstreamError) -> dict[str, str] | None:
-    return {"Retry-After": str(int(e.retry_after + 0.999))} if e.retry_after else None
+    seconds = e.retry_after
+    if not seconds or not 0 < seconds <= MAX_RETRY_AFTER:  # also NaN: never a 500 from here
+        return None
+    return {"Retry-After": str(math.ceil(seconds))}
 
 
 def upstream_error_response(e: UpstreamError) -> web.Response:
