@@ -490,3 +490,33 @@ async def test_a_dtd_hidden_in_utf16_is_refused(sandbox, secret, run_server):
                 assert r.status == 400
                 assert "DOCTYPE" in (await r.json())["description"]
     assert sandbox.state.counts["partner"] == 0
+
+
+# -- the one generated SDK: partnercenterservices (AutoRest, msrest) -------------------------
+
+
+async def test_partnercenterservices_sdk_gets_a_token_from_the_mirror(sandbox, secret, run_server):
+    """Microsoft's generated Python SDK sends the grant as a bare JSON string, "jwt_token",
+    with Content-Type application/json. Pointed at the mirror (and at the sandbox itself) its
+    postgeneratetoken gets a token: the same one on the second call, from the cache."""
+    from microsoft.store.partnercenterservices import MicrosoftPartnerStoreApis
+    from msrest.authentication import BasicTokenAuthentication
+
+    (address,), _ = await run_server(settings_for(sandbox, secret, profiles=""))
+    bearer = sandbox.state.mint({"aud": PARTNER_AUDIENCE, "tid": "t", "appid": "a"}, 3600)
+
+    def generate(base_url: str) -> tuple[int, dict]:
+        client = MicrosoftPartnerStoreApis(
+            BasicTokenAuthentication({"access_token": bearer}), base_url=base_url
+        )
+        client.config.retry_policy.retries = 0
+        response = client.postgeneratetoken("jwt_token", raw=True).response
+        return response.status_code, response.json()
+
+    answers = [await asyncio.to_thread(generate, f"http://{address}") for _ in range(2)]
+    assert [status for status, _ in answers] == [200, 200]
+    assert answers[0][1]["access_token"] == answers[1][1]["access_token"]
+    assert int(answers[0][1]["expires_in"]) > 3000
+    status, direct = await asyncio.to_thread(generate, sandbox.url)
+    assert status == 200 and direct["access_token"]
+    assert sandbox.state.counts["partner"] == 2  # one through the mirror, one direct
