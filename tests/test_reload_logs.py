@@ -185,3 +185,103 @@ def test_check_config_warns_about_a_shared_client_id(sandbox, secret, tmp_path, 
         del os.environ["TEST_CLIENT_SECRET"]
     out = capsys.readouterr()
     assert "share client_id" in out.out + out.err
+
+
+# -- the mirror is visible; refusals at debug ---------------------------------------------------
+
+
+async def post_mirror(sock: Path, token: str, correlation_id: str) -> int:
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Accept": "application/json",
+        "ms-correlationid": correlation_id,
+    }
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s:
+        async with s.post(
+            "http://localhost/v3/generatetoken", data=b"grant_type=jwt_token", headers=headers
+        ) as r:
+            await r.read()
+            return r.status
+
+
+async def test_mirror_deliveries_refusals_and_audit_are_logged(sandbox, daemon, tmp_path, witness):
+    """A mirror token: `mirror_exchange` with status 200 and outcome ok, and an audit line.
+    A bearer upstream refuses: the 401 is relayed, its `mirror_exchange` is a warning with
+    status 401 and outcome refused, and no audit line. Refused requests (unknown profile,
+    missing header, the relayed 401) are logged at debug with route, status and reason."""
+    sock = tmp_path / "b.sock"
+    d = await daemon(unix_config(sandbox, sock, server='log_level = "debug"'))
+    await d.wait_for("listening")
+    good = sandbox.state.mint({"aud": "https://api.partnercenter.microsoft.com", "tid": "t"}, 3600)
+    witness.secrets.add(good)
+    ok_id, bad_id = "11111111-aaaa-4bbb-8ccc-000000000001", "11111111-aaaa-4bbb-8ccc-000000000002"
+    assert await post_mirror(sock, good, ok_id) == 200
+    exchange = await next_event(d, "mirror_exchange")
+    assert (exchange["status"], exchange["outcome"], exchange["level"]) == (200, "ok", "info")
+    assert exchange["correlation_id"] == ok_id
+    served = await next_event(d, "token_served")
+    assert served["route"] == "mirror" and served["cache"] == "miss"
+    assert served["correlation_id"] == ok_id and served["kind"] == "partner"
+
+    assert await post_mirror(sock, "not-a-token-" + "x" * 20, bad_id) == 401
+    exchange = await next_event(d, "mirror_exchange")
+    assert (exchange["status"], exchange["outcome"]) == (401, "refused")
+    assert exchange["level"] == "warning" and exchange["correlation_id"] == bad_id
+    refused = await next_event(d, "request_refused")
+    assert (refused["route"], refused["status"]) == ("mirror", 401)
+
+    assert (await fetch(sock, "/v1/token/nope"))[0] == 404
+    refused = await next_event(d, "request_refused")
+    assert (refused["route"], refused["status"], refused["reason"]) == (
+        "token",
+        404,
+        "unknown_profile",
+    )
+    assert refused["path"] == "/v1/token/nope"
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s:
+        async with s.get("http://localhost/v1/token") as r:  # no Metadata header
+            assert r.status == 400
+    refused = await next_event(d, "request_refused")
+    assert refused["status"] == 400 and refused["reason"]
+    assert await d.stop() == 0
+    assert sum(e.get("event") == "token_served" for e in d.events) == 1
+
+
+async def test_refusals_are_not_logged_at_info(sandbox, daemon, tmp_path):
+    sock = tmp_path / "b.sock"
+    d = await daemon(unix_config(sandbox, sock))
+    await d.wait_for("listening")
+    assert (await fetch(sock, "/v1/token/nope"))[0] == 404
+    assert await d.stop() == 0
+    rest = (await d.proc.stderr.read()).decode() if d.proc.stderr else ""
+    assert "request_refused" not in rest and not any(
+        e.get("event") == "request_refused" for e in d.events
+    )
+
+
+async def test_console_audit_lines_are_console_and_in_order(sandbox, daemon, tmp_path):
+    """log_format = "console": the audit line is a console line like the others (not JSON),
+    written before anything logged after it (a reload right after the token)."""
+    sock = tmp_path / "b.sock"
+    d = await daemon(unix_config(sandbox, sock, server='log_format = "console"'))
+    assert d.proc.stderr is not None
+    lines: list[str] = []
+
+    async def read_until(word: str) -> None:
+        while not any(word in line for line in lines):
+            line = await asyncio.wait_for(d.proc.stderr.readline(), 20)
+            assert line, lines
+            lines.append(line.decode())
+
+    await read_until("listening")
+    assert (await fetch(sock, "/v1/token"))[0] == 200
+    d.proc.send_signal(signal.SIGHUP)
+    await read_until("reloaded")
+    assert await d.stop() == 0
+    served = [i for i, line in enumerate(lines) if "token_served" in line]
+    reloaded = next(i for i, line in enumerate(lines) if "reloaded" in line)
+    assert served and served[0] < reloaded, lines
+    line = lines[served[0]]
+    assert not line.lstrip().startswith("{") and "route=v1" in line and "cache=" in line
+    assert "profile=default" in line and "[info" in line

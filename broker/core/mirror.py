@@ -17,7 +17,7 @@ from typing import Any
 
 from cachetools import TLRUCache
 
-from broker.config.errors import TokenFormatError, UpstreamTimeout
+from broker.config.errors import TokenFormatError, UpstreamError, UpstreamTimeout
 from broker.config.settings import MirrorSettings
 from broker.core import pcformat, schedule
 from broker.core.clock import Clock
@@ -47,6 +47,7 @@ class Cached:
     token: Token
     token_type: str
     refresh_at: float  # monotonic
+    correlation_id: str | None = None  # of the exchange that produced it (as the caller sent)
 
 
 def cache_key(bearer: str, path: str) -> bytes:
@@ -118,6 +119,8 @@ class MirrorCache:
     async def _fetch(self, key: bytes, path: str, forward: dict[str, Any]) -> Cached:
         started = self._clock.monotonic()
         correlation_id = forward["headers"].get("ms-correlationid")
+        status: int | None = None
+        outcome = "cancelled"
         try:
             answer = await self._upstream.post(
                 "mirror",
@@ -127,19 +130,29 @@ class MirrorCache:
                 timeout=self.settings.upstream_timeout,
                 correlation_id=correlation_id,
             )
+            status = answer.status
             if answer.status != 200:
-                self._upstream.count("mirror", "refused" if answer.status < 500 else "failing")
+                outcome = "refused" if answer.status < 500 else "failing"
+                self._upstream.count("mirror", outcome)
                 raise Relay(answer)
             cached = self._parse(answer, correlation_id)
             self._upstream.count("mirror", "ok")
             self._cache[key] = cached
             self._metrics.mirror_entries.set(len(self._cache))
+            outcome = "ok"
             return cached
+        except UpstreamError as e:
+            outcome = e.code.removeprefix("upstream_")  # timeout, unreachable, bad_token
+            raise
         finally:
             del self._flights[key]
-            self._log.info(
+            # A refusal must not look like a success: status and outcome on every line, and
+            # anything but a token at warning level.
+            (self._log.info if outcome == "ok" else self._log.warning)(
                 "mirror_exchange",
                 path=path,
+                status=status,
+                outcome=outcome,
                 correlation_id=correlation_id,
                 duration_ms=round((self._clock.monotonic() - started) * 1000, 1),
             )
@@ -163,7 +176,7 @@ class MirrorCache:
             min_remaining=self.settings.min_remaining,
             rand=self._rand,
         )
-        return Cached(token, str(body.get("token_type") or "bearer"), at)
+        return Cached(token, str(body.get("token_type") or "bearer"), at, correlation_id)
 
     async def close(self) -> None:
         tasks = list(self._flights.values())

@@ -45,7 +45,11 @@ def create_broker(
         fmt=settings.server.log_format, level=settings.server.log_level, redactor=redactor
     )
     kwargs: dict[str, Any] = {"rand": rand} if rand else {}
-    audit = Audit(audit_stream or sys.stderr, enabled=settings.server.audit)
+    stream = audit_stream or sys.stderr
+    console = None
+    if settings.server.log_format == "console":  # audit lines in the log's format, in order
+        console = make_logger(fmt="console", level="info", stream=stream, redactor=redactor)
+    audit = Audit(stream, enabled=settings.server.audit, console=console)
     return Broker(
         settings,
         clock=clock or SystemClock(),

@@ -32,6 +32,8 @@ CONTENT_TYPES = {
     TEXT: "text/plain; charset=utf-8",
 }
 HEADERS = {media: {"Content-Type": ct, **NO_STORE} for media, ct in CONTENT_TYPES.items()}
+# Key in a response's own mapping: why it was refused, for the debug log.
+REASON: Any = web.ResponseKey("reason", str) if hasattr(web, "ResponseKey") else "broker_reason"
 
 
 class BodyTimeout(TimeoutError):
@@ -61,11 +63,13 @@ def error_response(
         error["aadsts"] = aadsts
     if trace_id is not None:
         error["trace_id"] = trace_id
-    return web.Response(
+    response = web.Response(
         status=status,
         body=json_body({"error": error}),
         headers={**HEADERS[JSON], **(headers or {})},
     )
+    response[REASON] = code
+    return response
 
 
 def retry_after(e: UpstreamError) -> dict[str, str] | None:
@@ -116,6 +120,15 @@ def counted(
             # connection cannot be told from it, so the connection ends with this answer.
             response.force_close()
         count(route, response.status)
+        if 400 <= response.status < 500:  # refusals: visible when asked for, never by default
+            log.debug(
+                "request_refused",
+                route=route,
+                method=request.method,
+                path=request.path[:200],
+                status=response.status,
+                reason=response.get(REASON, ""),
+            )
         return response
 
     return wrapper

@@ -18,7 +18,9 @@ from broker.config.errors import UpstreamError, UpstreamTimeout
 from broker.core import pcformat
 from broker.core.mirror import Relay
 from broker.core.streams import read_limited
-from broker.http.common import BodyTimeout
+from broker.http.callers import identify
+from broker.http.common import REASON, BodyTimeout
+from broker.observe.audit import safe_id
 
 
 class MirrorHandler:
@@ -37,11 +39,13 @@ class MirrorHandler:
         def refuse(status: int, description: str, *, result: str = "rejected") -> web.Response:
             metrics.mirror.labels(result).inc()
             out = media or "application/json"
-            return web.Response(
+            response = web.Response(
                 status=status,
                 body=pcformat.render_error(out, status, description),
                 headers={"Content-Type": pcformat.content_type(out), **ids},
             )
+            response[REASON] = description  # the broker's own words, for the debug log
+            return response
 
         rejection = self.broker.guard.origin(headers)
         if rejection is not None:
@@ -88,12 +92,22 @@ class MirrorHandler:
             }
             if "Retry-After" in answer.headers:
                 relayed["Retry-After"] = answer.headers["Retry-After"]
-            return web.Response(status=answer.status, body=answer.body, headers=relayed)
+            response = web.Response(status=answer.status, body=answer.body, headers=relayed)
+            response[REASON] = "relayed from upstream"
+            return response
         except UpstreamTimeout as e:
             return refuse(504, f"Partner Center did not answer: {e.message}", result="error")
         except UpstreamError as e:
             return refuse(502, f"Partner Center could not be used: {e.message}", result="error")
         metrics.mirror.labels("hit" if hit else "miss").inc()
+        self.broker.audit.served(
+            "mirror",
+            "",  # no profile: the caller brought its own Azure AD token
+            "partner",
+            identify(request).description,
+            hit,
+            safe_id(cached.correlation_id),
+        )
         left = int(cached.token.remaining(self.broker.clock.monotonic()))
         return web.Response(
             body=pcformat.render_token(media, cached.token.value, str(left), cached.token_type),

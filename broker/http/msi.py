@@ -19,7 +19,7 @@ from broker.config.load import is_tenant
 from broker.config.settings import ProfileSettings
 from broker.core.tenants import KIND
 from broker.http.callers import identify, restricted
-from broker.http.common import NO_STORE, path_param, retry_after
+from broker.http.common import NO_STORE, REASON, path_param, retry_after
 
 API_VERSION = "2019-08-01"
 # The identity parameters the SDKs send, and the profile setting each one is matched against.
@@ -37,12 +37,16 @@ def _resource_of(scope: str) -> str:
     return scope.split()[0].removesuffix("/.default").rstrip("/").lower()
 
 
-def _fail(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
+def _fail(
+    status: int, message: str, headers: dict[str, str] | None = None, reason: str = "msi"
+) -> web.Response:
+    response = web.Response(
         status=status,
         body=json.dumps({"statusCode": status, "message": message}).encode(),
         headers={**_HEADERS, **(headers or {})},
     )
+    response[REASON] = reason
+    return response
 
 
 class MsiHandler:
@@ -51,7 +55,7 @@ class MsiHandler:
 
     def _refuse(self, reason: str, status: int, message: str) -> web.Response:
         self.broker.metrics.rejected.labels(reason).inc()
-        return _fail(status, message)
+        return _fail(status, message, reason=reason)
 
     def _profile(self, query: Any) -> ProfileSettings | str:
         """The profile the request names (or the default one), or why none fits."""

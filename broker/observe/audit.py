@@ -10,18 +10,34 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 FLUSH_AFTER = 0.2  # s: an audit line reaches the log within this long
 FLUSH_SIZE = 32 * 1024  # bytes: or as soon as this much is waiting
 _REST_MAX = 1024  # line tails remembered (profile x kind x caller x hit x refresh)
 
 
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def safe_id(value: str | None) -> str:
+    """A caller-chosen id (the mirror's ms-correlationid) fit for the prebuilt line, else ""."""
+    return value if value and _SAFE_ID.fullmatch(value) else ""
+
+
 class Audit:
-    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
+    """`console`: a console logger (log_format = "console"); each line is then written at once,
+    through it, in the log's format and in order with the other log lines. Otherwise the lines
+    are JSON, batched (at most FLUSH_AFTER late, each with its own timestamp)."""
+
+    def __init__(
+        self, stream: TextIO | None = None, *, enabled: bool = True, console: Any = None
+    ) -> None:
         self.enabled = enabled
+        self._console = console
         self._stream = stream or sys.stderr
         self._pending: list[str] = []
         self._size = 0
@@ -40,6 +56,17 @@ class Audit:
         correlation_id: str | None,
     ) -> None:
         if not self.enabled:
+            return
+        if self._console is not None:
+            self._console.info(
+                "token_served",
+                route=route,
+                profile=profile,
+                kind=kind,
+                caller=caller,
+                cache="hit" if hit else "miss",
+                correlation_id=correlation_id or "",
+            )
             return
         now = time.time()
         second = int(now)
@@ -81,6 +108,19 @@ class Audit:
     ) -> None:
         """A customer-tenant token handed out: the line also names the tenant and the scope."""
         if not self.enabled:
+            return
+        if self._console is not None:
+            self._console.info(
+                "token_served",
+                route=route,
+                profile=profile,
+                kind="aad",
+                tenant=tenant,
+                scope=scope,
+                caller=caller,
+                cache="hit" if hit else "miss",
+                correlation_id=correlation_id or "",
+            )
             return
         now = time.time()
         line = json.dumps(
