@@ -527,3 +527,42 @@ def test_no_shared_section_means_the_identity_wrapper() -> None:
 
     assert cache.wrap(fetch, ("c", "t", "s"), None) is fetch  # type: ignore[arg-type]
     assert not cache.enabled and cache.status().state == "off"
+
+
+async def test_only_the_leases_holder_can_extend_or_release_it(
+    sandbox, secret, start_broker, redis_db, shared_key
+) -> None:
+    """Compare-and-delete and compare-and-extend: a holder whose lease lapsed and was taken by
+    another broker can neither delete nor extend the other's."""
+    settings = settings_with(sandbox, secret, redis_db.url, shared_key, defaults="warm = false")
+    (b,) = await fleet(start_broker, settings, 1)
+    shared = b.broker.shared
+    lease = shared.name("c", "t", "s") + ":lease"
+    client = redis_db.client()
+    client.set(lease, "theirs", px=60_000)
+    assert await shared._call(shared._release(keys=[lease], args=["mine"])) == 0
+    assert await shared._call(shared._extend(keys=[lease], args=["mine", 120_000])) == 0
+    assert client.get(lease) == b"theirs" and client.pttl(lease) <= 60_000
+    assert await shared._call(shared._extend(keys=[lease], args=["theirs", 120_000])) == 1
+    assert client.pttl(lease) > 60_000
+    assert await shared._call(shared._release(keys=[lease], args=["theirs"])) == 1
+    assert not client.exists(lease)
+
+
+def test_status_line_shows_the_shared_cache_state() -> None:
+    from broker.cli.summary import shared_line
+
+    line = shared_line(
+        {
+            "state": "degraded",
+            "redis": "unix:///run/redis.sock",
+            "last_error": "ConnectionError: refused",
+            "hits": 3,
+            "misses": 1,
+            "lease_waits": 2,
+            "errors": 5,
+        }
+    )
+    assert line.startswith("shared cache: degraded (unix:///run/redis.sock)")
+    assert "hits 3" in line and "lease waits 2" in line and "Redis errors 5" in line
+    assert line.endswith("last error: ConnectionError: refused")

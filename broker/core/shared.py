@@ -192,7 +192,7 @@ class SharedCache:
     def name(self, client_id: str, tenant: str, what: str) -> str:
         """The Redis key of one token: the prefix and an HMAC, never the ids themselves."""
         assert self.settings is not None
-        material = json.dumps([client_id, tenant.lower(), what]).encode()
+        material = json.dumps([client_id.lower(), tenant.lower(), what]).encode()
         digest = hmac.new(self._name_key, material, hashlib.sha256).hexdigest()
         return f"{self.settings.prefix}:tok:{digest}"
 
