@@ -40,7 +40,7 @@ redis: $(VENV)/.installed-test
 	@test -x $(BIN)/redis-server || command -v redis-server >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
+	      apt-get install -y -qq -o DPkg::Lock::Timeout=120 --no-install-recommends redis-server >/dev/null; \
 	  else echo "make: the tests need redis-server: apt-get install redis-server" >&2; exit 1; fi; }
 
 test: lint redis
