@@ -74,16 +74,27 @@ class BrokerProcess:
             return self.process.wait()
 
 
+async def _until(condition, timeout: float, what: str) -> None:
+    """Poll a condition about other processes (Redis coming back) with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.05)
+
+
 async def test_four_broker_processes_share_one_redis(
-    sandbox, secret, redis_db, shared_key, tmp_path, witness
+    sandbox, secret, own_redis, shared_key, tmp_path, witness
 ) -> None:
     """4 processes x 200 concurrent cold callers: 1 Azure AD and 1 Partner Center call in total.
     A broker restarted while Redis holds the token serves its first caller with 0 upstream
-    calls. Nothing in Redis is a token or secret in plain text."""
+    calls. Redis killed under load: 0 caller errors, the brokers fetch alone; Redis back: used
+    again within seconds. Nothing in Redis is a token or secret in plain text."""
+    redis_db = own_redis
     config = tmp_path / "config.toml"
     config.write_text(
-        config_text(sandbox, defaults="warm = false", server='log_format = "json"')
+        config_text(sandbox, defaults="warm = false", server="refresh_min_interval = 0")
         + f'\n[shared]\nredis_url = "{redis_db.url}"\nkey_file = "{shared_key}"\n'
+        + "timeout = 0.2\n"
     )
     env = {**os.environ, "TEST_CLIENT_SECRET": secret, "PYTHONUNBUFFERED": "1"}
     sandbox.state.latency = {"aad": 0.05, "partner": 0.05}
@@ -111,9 +122,49 @@ async def test_four_broker_processes_share_one_redis(
             status, token = await one(restarted)
             assert status == 200 and token == answers[0][1]
             assert sandbox.state.counts == {"aad": 1, "partner": 1}  # 0 upstream calls
+            await _redis_killed_under_load(session, brokers[1:], redis_db, sandbox, one)
         finally:
             codes = [b.stop() for b in brokers if b.process is not None]
     assert all(code == 0 for code in codes), codes
     blob = b"\n".join(k + b"=" + v for k, v in redis_db.dump())
     for value in {*sandbox.state.issued_values, secret}:
         assert value.encode() not in blob
+
+
+async def _redis_killed_under_load(session, live, redis, sandbox, one) -> None:
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def caller(b: BrokerProcess) -> None:
+        while not stop.is_set():
+            statuses.append((await one(b))[0])
+
+    async def refresh(b: BrokerProcess) -> int:
+        async with session.post(b.url + "/v1/token/default/refresh", headers=HEADERS) as r:
+            await r.read()
+            return r.status
+
+    async def shared_state(b: BrokerProcess) -> str:
+        async with session.get(b.url + "/v1/profiles", headers=HEADERS) as r:
+            return (await r.json())["shared"]["state"]
+
+    load = [asyncio.create_task(caller(b)) for b in live for _ in range(10)]
+    try:
+        redis.kill()
+        for b in live[:2]:  # refreshes during the outage: each broker fetches alone
+            assert await refresh(b) == 200
+        assert [await shared_state(b) for b in live[:2]] == ["degraded", "degraded"]
+        redis.start()
+
+        async def connected() -> bool:
+            return [await shared_state(b) for b in live[:2]] == ["connected", "connected"]
+
+        await _until(connected, 10, "the brokers use Redis again")
+        assert await refresh(live[0]) == 200  # written to the new Redis
+        before = dict(sandbox.state.counts)
+        assert await refresh(live[1]) == 200  # and read from it by another broker
+        assert sandbox.state.counts == before
+    finally:
+        stop.set()
+        await asyncio.gather(*load)
+    assert len(statuses) > 30 and set(statuses) == {200}
