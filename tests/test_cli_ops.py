@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -261,17 +262,21 @@ async def test_exec_runs_the_command_with_the_token_in_its_environment(daemon) -
     assert (code, out) == (0, "True False\n")
 
 
-async def test_exec_failures(daemon) -> None:
+async def test_exec_failures(daemon, capsys) -> None:
+    """Failures before the exec happen in this process (nothing is replaced): main() is safe."""
     _, sock = daemon
-    code, out, err = await run("exec", "--socket", str(sock), "--", "no-such-command-here")
-    assert code == 127 and out == ""
-    assert err == "pc-token-broker: exec: no-such-command-here: command not found\n"
-    code, _, err = await run("exec", "nope", "--socket", str(sock), "--", "true")
-    assert code == 1 and "unknown_profile" in err  # no token: the command never runs
-    code, _, err = await run("exec", "--socket", str(sock))
-    assert code == 2 and "exec needs a command after --" in err
-    code, _, err = await run("token", "--socket", str(sock), "--", "x")
-    assert code == 2 and "'--' is only for exec" in err
+    assert await cli("exec", "--socket", str(sock), "--", "no-such-command-here") == 127
+    out, err = capsys.readouterr()
+    assert out == "" and err == "pc-token-broker: exec: no-such-command-here: command not found\n"
+    assert await cli("exec", "nope", "--socket", str(sock), "--", "true") == 1
+    assert "unknown_profile" in capsys.readouterr().err  # no token: the command never runs
+    for argv, message in (
+        (["exec", "--socket", str(sock)], "exec needs a command after --"),
+        (["token", "--socket", str(sock), "--", "x"], "'--' is only for exec"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 2 and message in capsys.readouterr().err
 
 
 # -- help, version, completion --------------------------------------------------------------
@@ -500,7 +505,7 @@ def test_check_config_offline_reads_no_secret_file(tmp_path: Path, check) -> Non
     assert code == 2 and "did you mean 'client_secret_file'?" in err and "warm" in err
 
 
-def test_check_config_unix_socket_in_a_missing_directory(tmp_path: Path, check) -> None:
+def test_check_config_unix_socket_in_a_missing_directory(tmp_path: Path, check, capsys) -> None:
     secret = tmp_path / "s"
     secret.write_text("x")
     secret.chmod(0o600)
@@ -512,6 +517,8 @@ def test_check_config_unix_socket_in_a_missing_directory(tmp_path: Path, check) 
     code, _, err = check(config)
     assert code == 2
     assert f"c.toml:2: server.listen: unix:{sock}: the directory {sock.parent} does not" in err
+    assert main(["serve", "--config", str(config)]) == 2  # serve says the same, and exits 2
+    assert f"the directory {sock.parent} does not exist" in capsys.readouterr().err
     (tmp_path / "no-such-dir").mkdir()
     assert check(config)[0] == 0
 
@@ -777,3 +784,12 @@ async def test_hostile_answers_never_reach_stdout_or_the_terminal(impostor, caps
     answer.update(status=200, body=json.dumps({"profiles": "nope"}).encode())
     assert await cli("status", "--url", url) == 1
     assert "no profiles table" in capsys.readouterr().err
+
+
+def test_readme_command_table_names_every_command() -> None:
+    """The README's Command line table and the parser cannot drift apart."""
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Command line")[1].split("**Finding the daemon**")[0]
+    commands = next(a for a in parser()._actions if a.dest == "command").choices
+    for name in commands:
+        assert re.search(rf"(\| |, )`{re.escape(name)}[ `]", table), name

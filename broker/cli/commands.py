@@ -43,9 +43,27 @@ def _load(path_arg: str | None, *, mode: str = "full"):
         return None, path
 
 
+def _host_problems(settings, path: str) -> bool:
+    """Print what this host lacks for the config (a socket's missing directory); True if any."""
+    from broker.config.load import host_problems
+
+    problems = host_problems(settings)
+    if problems:
+        print(f"{path}: {len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+    return bool(problems)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings, path = _load(args.config)
     if settings is None:
+        return 2
+    activated = os.environ.get("LISTEN_FDS") and os.environ.get("LISTEN_PID") in (
+        None,
+        str(os.getpid()),
+    )
+    if not activated and _host_problems(settings, path):  # systemd's sockets need no folder
         return 2
     from broker.daemon.server import serve
     from broker.observe.logs import make_logger
@@ -77,13 +95,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     from broker.cli.summary import describe
-    from broker.config.load import host_problems
 
-    problems = [] if args.offline else host_problems(settings)
-    if problems:
-        print(f"{path}: {len(problems)} problem(s):", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
+    if not args.offline and _host_problems(settings, path):
         return 2
 
     print(describe(settings, path))
