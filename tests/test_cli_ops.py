@@ -273,6 +273,8 @@ async def test_exec_failures(daemon, capsys) -> None:
     for argv, message in (
         (["exec", "--socket", str(sock)], "exec needs a command after --"),
         (["token", "--socket", str(sock), "--", "x"], "'--' is only for exec"),
+        (["exec", "--var", "A=B", "--", "true"], "--var: not an environment variable name"),
+        (["exec", "--var", "", "--", "true"], "--var: not an environment variable name"),
     ):
         with pytest.raises(SystemExit) as done:
             main(argv)

@@ -7,6 +7,7 @@ its default, an example per command, the environment, the files and the exit cod
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -303,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "exec":
         if not command_line:
             top.error("exec needs a command after --: pc-token-broker exec -- COMMAND [ARGS]")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", args.var):
+            top.error(f"--var: not an environment variable name: {args.var!r}")
         args.argv = command_line
     elif command_line:
         top.error("'--' is only for exec")
