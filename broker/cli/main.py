@@ -207,7 +207,13 @@ def parser() -> argparse.ArgumentParser:
         "Like aws-vault exec: asks the daemon for a token, then replaces itself with COMMAND,\n"
         "whose environment has the token in $PC_ACCESS_TOKEN (or --var NAME) and its expiry\n"
         "as Unix seconds in $PC_ACCESS_TOKEN_EXPIRES_ON. The exit code is COMMAND's. The token\n"
-        "never appears on a command line. Everything after -- is the command.",
+        "never appears on a command line. Everything after -- is the command. Exit 127 when\n"
+        "COMMAND is not found, 126 when it cannot be run, 1-3 as the other commands when no\n"
+        "token could be had (COMMAND is then not run).",
+    )
+    p.usage = (
+        "%(prog)s [-h] [--kind {partner,aad}] [--var NAME] [--url URL | --socket PATH]\n"
+        "       [--config PATH] [PROFILE] -- COMMAND [ARG ...]"
     )
     _profile_args(p)
     p.add_argument(
