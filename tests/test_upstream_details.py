@@ -50,6 +50,12 @@ async def test_an_azure_ad_refusal_keeps_what_support_asks_for(sandbox, run_serv
     last = profiles["profiles"]["default"]["aad"]["last_error"]
     assert (last["aadsts"], last["trace_id"]) == (7000215, error["trace_id"])
     assert last["correlation_id"] == error["correlation_id"]
+    async with aiohttp.ClientSession() as s:  # counted apart: waiting will not fix it
+        async with s.get(f"http://{address}/metrics") as r:
+            metrics = await r.text()
+    assert 'broker_credential_refused_total{credential="client_secret",profile="default"}' in (
+        metrics
+    )
 
     # The CLI's one error line, through its real entry point in a process of its own.
     proc = await asyncio.create_subprocess_exec(

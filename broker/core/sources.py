@@ -51,7 +51,12 @@ def profile_entries(
         return shared.wrap(fetch, keys[kind], policy)
 
     async def fetch_aad(ids: RefreshIds) -> Token:
-        return await credential.acquire(upstream, ids)
+        try:
+            return await credential.acquire(upstream, ids)
+        except UpstreamRefused as e:
+            if e.endpoint == "aad":  # the credential itself was refused: it will not heal
+                upstream.credential_refused(profile.name, profile.credential)
+            raise
 
     aad = cache.make_entry(profile.name, "aad", share(fetch_aad, "aad"), policy)
 

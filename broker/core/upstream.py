@@ -223,6 +223,11 @@ class Upstream:
     def count(self, endpoint: str, outcome: str) -> None:
         self._metrics.upstream.labels(endpoint, outcome).inc()
 
+    def credential_refused(self, profile: str, credential: str) -> None:
+        """Azure AD refused a profile's credential (an expired secret, a revoked refresh
+        token): counted apart, because waiting will not fix it (an alert rule watches it)."""
+        self._metrics.credential_refused.labels(profile, credential).inc()
+
     def _token(
         self, endpoint: str, answer: Answer, correlation_id: str | None
     ) -> tuple[Token, dict]:

@@ -166,6 +166,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.credential_refused = Counter(
+            "broker_credential_refused",
+            "Azure AD refusals (400/401/403/404) of a profile's own credential",
+            ["profile", "credential"],
+            registry=r,
+        )
         self.restart_pending = Gauge(
             "broker_restart_pending",
             "1 for a setting a reload changed that takes effect only at the next restart",
