@@ -35,11 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from redis import asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from broker.config.settings import SharedSettings
 from broker.core import schedule
@@ -78,6 +73,31 @@ return 1
 """
 
 
+def _client(settings: SharedSettings, timeout: float) -> Any:
+    """A redis-py asyncio client, one try per call (our fallback is upstream, not a retry loop).
+    redis-py is imported here, not at module level: a broker without [shared] never loads it
+    (it is a fifth of the start-up time)."""
+    from redis import asyncio as aioredis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        username=settings.username,
+        password=settings.password.reveal() if settings.password else None,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=False,
+    )
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError, TimeoutError)
+
+
 class Unavailable(Exception):
     """Redis did not answer in time or refused: the caller goes upstream alone."""
 
@@ -109,7 +129,8 @@ class SharedCache:
         self._clock = clock
         self._log = log.bind(component="shared")
         self._metrics = metrics
-        self._redis: aioredis.Redis | None = None
+        self._redis: Any = None
+        self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
         self._state = "off" if settings is None else "connected"
         self._last_error: str | None = None
         self._reconnect: asyncio.Task | None = None
@@ -117,6 +138,8 @@ class SharedCache:
         self._counts = {"hit": 0, "miss": 0, "lease_wait": 0, "error": 0}
         metrics.shared_state.set(0 if settings is None else 1)
         if settings is not None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
             key = bytes.fromhex(settings.key.reveal())
             self._aead = AESGCM(key)
             self._name_key = hmac.new(key, b"pc-token-broker redis key names", "sha256").digest()
@@ -137,15 +160,8 @@ class SharedCache:
         s = self.settings
         if s is None:
             return
-        self._redis = aioredis.Redis.from_url(
-            s.redis_url,
-            username=s.username,
-            password=s.password.reveal() if s.password else None,
-            socket_timeout=s.timeout,
-            socket_connect_timeout=s.timeout,
-            retry=Retry(NoBackoff(), 0),  # one try: our fallback is upstream, not a retry loop
-            decode_responses=False,
-        )
+        self._redis = _client(s, s.timeout)
+        self._errors = _redis_errors()
         self._release = self._redis.register_script(_RELEASE)
         self._extend = self._redis.register_script(_EXTEND)
         self._put_versioned = self._redis.register_script(_PUT_VERSIONED)
@@ -160,7 +176,7 @@ class SharedCache:
             self._reconnect.cancel()
             await asyncio.gather(self._reconnect, return_exceptions=True)
         if self._redis is not None:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*self._errors):
                 await self._redis.aclose()
 
     def status(self) -> SharedStatus:
@@ -415,7 +431,7 @@ class SharedCache:
             raise Unavailable
         try:
             return await asyncio.wait_for(op, self.settings.timeout)
-        except (RedisError, OSError, TimeoutError) as e:
+        except self._errors as e:
             self._degrade(e)
             raise Unavailable from None
 
@@ -446,7 +462,7 @@ class SharedCache:
             await asyncio.sleep(delay)
             try:
                 await asyncio.wait_for(self._redis.ping(), self.settings.timeout)
-            except (RedisError, OSError, TimeoutError) as e:
+            except self._errors as e:
                 self._last_error = _describe(e)
                 delay = min(delay * 2, RECONNECT_MAX)
                 continue
@@ -459,20 +475,15 @@ class SharedCache:
 
 async def ping(settings: SharedSettings) -> str | None:
     """`check-config --online`: None when Redis answers PING with these settings, else why not."""
-    client = aioredis.Redis.from_url(
-        settings.redis_url,
-        username=settings.username,
-        password=settings.password.reveal() if settings.password else None,
-        socket_timeout=max(settings.timeout, 2.0),
-        socket_connect_timeout=max(settings.timeout, 2.0),
-        retry=Retry(NoBackoff(), 0),
-    )
+    timeout = max(settings.timeout, 2.0)
+    client = _client(settings, timeout)
+    errors = _redis_errors()
     try:
-        await asyncio.wait_for(client.ping(), max(settings.timeout, 2.0) + 1)
-    except (RedisError, OSError, TimeoutError) as e:
+        await asyncio.wait_for(client.ping(), timeout + 1)
+    except errors as e:
         return f"Redis did not answer PING: {_describe(e)}"
     finally:
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*errors):
             await client.aclose()
     return None
 
