@@ -557,55 +557,6 @@ def test_msi_env_needs_only_server_msi_and_the_header_file(tmp_path: Path, check
 # -- serve: --log-level, and the socket file goes at clean shutdown (finding 9) ------------
 
 
-async def test_serve_log_level_and_socket_removed_on_shutdown(
-    sandbox, secret, tmp_path: Path
-) -> None:
-    """--log-level error hides the info lines the config's level would print (the README
-    test runs `serve --log-level info` and sees them)."""
-    level = "error"
-    sock = tmp_path / "b.sock"
-    config = tmp_path / "broker.toml"
-    config.write_text(
-        config_text(sandbox, server=f'listen = ["unix:{sock}"]').replace(
-            'listen = ["127.0.0.1:0"]\n', ""
-        )
-    )
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # systemd's READY=1, as a gate
-    notify.bind(str(tmp_path / "notify"))
-    notify.setblocking(False)
-    env = {**os.environ, "TEST_CLIENT_SECRET": secret, "NOTIFY_SOCKET": str(tmp_path / "notify")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker",
-        "serve",
-        "--config",
-        str(config),
-        "--log-level",
-        level,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    loop = asyncio.get_running_loop()
-    try:
-        while b"READY=1" not in await asyncio.wait_for(loop.sock_recv(notify, 4096), 20):
-            pass
-        assert sock.is_socket()
-        assert await cli("token", "--socket", str(sock)) == 0
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 15) == 0
-        assert proc.stderr is not None
-        logs = (await proc.stderr.read()).decode()
-    finally:
-        notify.close()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert not sock.exists()  # removed at clean shutdown
-    assert '"listening"' not in logs and '"stopped"' not in logs
-    assert secret not in logs
-
-
 def test_socket_file_of_a_successor_is_left_alone(tmp_path: Path) -> None:
     """Shutdown removes only the socket file this process bound, not one bound since."""
     from broker.config.listen import Listen
@@ -662,7 +613,10 @@ def test_status_names_settings_waiting_for_a_restart() -> None:
 
 
 async def test_status_shows_a_pending_restart_after_reload(sandbox, secret, tmp_path, capsys):
-    """Finding 1's CLI side: after a reload that changes `listen`, `status` says so."""
+    """`serve` as a real process: --log-level error hides the config's info lines (the README
+    test runs `serve --log-level info` and sees them); after a reload that changes `listen`,
+    `status` says a restart is pending (finding 1's CLI side); SIGTERM exits 0 and removes the
+    socket file (finding 9)."""
     sock = tmp_path / "b.sock"
     config = tmp_path / "broker.toml"
     text = config_text(sandbox, server=f'listen = ["unix:{sock}"]').replace(
@@ -680,8 +634,10 @@ async def test_status_shows_a_pending_restart_after_reload(sandbox, secret, tmp_
         "serve",
         "--config",
         str(config),
+        "--log-level",
+        "error",
         env=env,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     loop = asyncio.get_running_loop()
 
@@ -699,10 +655,18 @@ async def test_status_shows_a_pending_restart_after_reload(sandbox, secret, tmp_
         await wait_for(b"READY=1")  # again, once the reload is done
         assert await cli("status", "--socket", str(sock)) == 0
         assert "warning: restart pending for listen" in capsys.readouterr().out
-    finally:
-        notify.close()
+        assert sock.is_socket()
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
+        assert proc.stderr is not None
+        logs = (await proc.stderr.read()).decode()
+    finally:
+        notify.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert not sock.exists()  # removed at clean shutdown
+    assert '"listening"' not in logs and '"stopped"' not in logs and secret not in logs
 
 
 async def test_error_line_carries_what_microsoft_support_asks_for(
