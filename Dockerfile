@@ -2,6 +2,8 @@
 # a virtual environment; the final image gets only that environment, runs as a non-root uid,
 # writes nothing outside its volumes (works with a read-only root filesystem), and checks its
 # own health with the broker's CLI (no curl in the image).
+# PYTHON_IMAGE: any Debian-like image with python3 and its venv module; `make test-container`
+# builds it on a local bookworm stand-in (debootstrap + python3, python3-venv), see the README.
 ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -10,13 +12,17 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY broker ./broker
 # Every dependency ships a manylinux wheel: no compiler is needed, even here.
-RUN python -m venv /opt/pc-token-broker \
+# pip (and the setuptools an older venv brings) leave the environment once it is installed.
+RUN python3 -m venv /opt/pc-token-broker \
     && /opt/pc-token-broker/bin/pip install --no-compile . \
+    && /opt/pc-token-broker/bin/python -m pip uninstall --yes --quiet pip setuptools \
     && /opt/pc-token-broker/bin/python -m compileall -q /opt/pc-token-broker
 
 FROM ${PYTHON_IMAGE}
-# pip is not needed at run time: one tool less in the image.
-RUN python -m pip uninstall --yes pip
+# pip is not needed at run time: one tool less in the image (a Debian base has none to remove).
+# The volumes' mount points belong to the broker's uid, so a fresh volume can hold its socket.
+RUN if python3 -m pip --version >/dev/null 2>&1; then python3 -m pip uninstall --yes pip; fi \
+    && install -d -o 10001 -g 10001 -m 0755 /run/pc-token-broker /var/lib/pc-token-broker
 COPY --from=build /opt/pc-token-broker /opt/pc-token-broker
 ENV PATH=/opt/pc-token-broker/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

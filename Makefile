@@ -10,7 +10,7 @@ VENV := .venv
 SOURCES := $(wildcard broker tests bench)
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format bench clean redis
+.PHONY: demo test lint format bench clean redis test-container
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required" >&2; exit 1; }
@@ -45,6 +45,11 @@ redis: $(VENV)/.installed-test
 
 test: lint redis
 	$(BIN)/python -m pytest
+
+# The image built on a local Debian stand-in base and run for real under rootful podman (as
+# root; installs podman, runc and debootstrap with apt-get when missing). See README "Containers".
+test-container: $(VENV)/.installed
+	$(BIN)/python tests/container_run.py
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix $(SOURCES)

@@ -1,5 +1,6 @@
-"""The container image and the sidecar examples keep their promises. There is no Docker engine
-or Kubernetes here, so they are parsed and checked, not run (the README says so)."""
+"""The container image and the sidecar examples keep their promises, parsed and checked here.
+`make test-container` (tests/container_run.py) builds the image and runs it for real with
+podman; Kubernetes and the compose file are not run (the README says so)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,13 @@ def test_dockerfile_is_multi_stage_pinned_non_root_with_healthcheck() -> None:
     final_runs = " ".join(a for i, a in final if i == "RUN")
     for tool in ("curl", "wget", "gcc", "build-essential", "apt-get install"):
         assert tool not in final_runs, tool
+    # a Debian base (the stand-in `make test-container` builds on) has python3 and no `python`
+    all_runs = " ".join(a for stage in stages for i, a in stage if i == "RUN")
+    assert "python3 -m venv" in all_runs and not re.search(r"(^|[\s;&|])python\s", all_runs)
+    # the volumes' mount points belong to the broker's uid: a fresh volume can hold its socket
+    volumes = next(a for i, a in final if i == "VOLUME")
+    for path in re.findall(r'"([^"]+)"', volumes):
+        assert re.search(rf"install -d -o {uid} -g {gid} [^&]*{re.escape(path)}", final_runs), path
     # the last USER comes after every RUN: nothing runs as root at the end
     order = [i for i, _ in final]
     assert max(n for n, i in enumerate(order) if i == "RUN") < order.index("USER")
