@@ -40,7 +40,7 @@ CACHE = Path(
     os.environ.get("PC_TOKEN_BROKER_CACHE") or Path.home() / ".cache/pc-token-broker/container"
 )
 SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "python3-venv")
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 # The recipe names the stand-in: change it and a new one is built.
 BASE_KEY = hashlib.sha256(f"{SUITE} {' '.join(BASE_PACKAGES)} minbase".encode()).hexdigest()[:12]
 BASE_TAG = f"localhost/pc-token-broker-base:{SUITE}-{BASE_KEY}"
@@ -218,21 +218,13 @@ def ensure_base() -> None:
     say(f"stand-in base {BASE_TAG} imported from {tarball}")
 
 
-def build_image(workdir: Path) -> dict:
+def build_image() -> dict:
     """Builds the Dockerfile on the stand-in base, in docker format (OCI drops HEALTHCHECK).
-    pip inside the build trusts what the host trusts (a TLS-inspecting egress proxy has its
-    own CA here): the host's CA bundle is bind-mounted for the RUN steps only."""
-    volumes: list[str] = []
-    bundle = Path("/etc/ssl/certs/ca-certificates.crt")
-    if bundle.exists():
-        pip_conf = workdir / "pip.conf"
-        pip_conf.write_text("[global]\ncert = /etc/pc-token-broker-build-ca.crt\n")
-        volumes = [
-            "--volume",
-            f"{bundle}:/etc/pc-token-broker-build-ca.crt:ro",
-            "--volume",
-            f"{pip_conf}:/etc/pip.conf:ro",
-        ]
+    pip inside the build trusts what the host trusts (here a TLS-inspecting egress proxy has
+    its own CA): the host's CA bundle is bind-mounted over the base's own for the RUN steps
+    only (Debian's pip reads that bundle), which leaves nothing behind in the image."""
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    volumes = ["--volume", f"{bundle}:{bundle}:ro"] if Path(bundle).exists() else []
     started = time.monotonic()
     podman(
         "build",
@@ -445,7 +437,7 @@ def main() -> int:
         ensure_tools()
         CACHE.mkdir(parents=True, exist_ok=True)
         ensure_base()
-        info = build_image(workdir)
+        info = build_image()
         exercise(info, workdir, f"{os.getpid()}")
     except Failed as e:
         say(f"FAILED: {e}")
