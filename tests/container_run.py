@@ -48,7 +48,7 @@ IMAGE = "localhost/pc-token-broker:test"
 UID, GID = 10001, 10001  # the image's USER
 TOOL_UID, STRANGER_UID = 10002, 10003  # the tool (in the broker's group) and a uid not allowed
 SHUTDOWN_BOUND = 10.0  # [server] shutdown_timeout's default: in-flight requests get this long
-HEALTHY_WITHIN = 60.0
+HEALTHY_WITHIN = 120.0  # from `podman run`: vfs copies the whole image first, slow under load
 # Without CAP_SYS_RESOURCE (so on these machines) the runtime cannot raise a limit, and podman's
 # default RLIMIT_NPROC/NOFILE for rootful containers are above ours: pass limits it can set.
 LIMITS = ["--ulimit", "nofile=8192:8192", "--ulimit", "nproc=4096:4096"]
@@ -441,6 +441,9 @@ def main() -> int:
         exercise(info, workdir, f"{os.getpid()}")
     except Failed as e:
         say(f"FAILED: {e}")
+        return 1
+    except subprocess.TimeoutExpired as e:
+        say(f"FAILED: {' '.join(map(str, e.cmd))[:200]} did not finish within {e.timeout} s")
         return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
