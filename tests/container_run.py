@@ -243,7 +243,11 @@ def build_image() -> dict:
     )
     seconds = time.monotonic() - started
     (info,) = json.loads(podman("image", "inspect", IMAGE).stdout)
-    say(f"built {IMAGE} in {seconds:.0f} s: {info['Size'] / 1e6:.0f} MB")
+    (base,) = json.loads(podman("image", "inspect", BASE_TAG).stdout)
+    say(
+        f"built {IMAGE} in {seconds:.0f} s: {info['Size'] / 1e6:.0f} MB"
+        f" ({base['Size'] / 1e6:.0f} MB of it the stand-in base)"
+    )
     return info
 
 
