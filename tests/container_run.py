@@ -114,9 +114,10 @@ def ensure_tools() -> None:
         raise Failed(f"missing {', '.join(missing)} and no apt-get to install {packages}")
     say(f"installing {' '.join(packages)} with apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    wait = ["-o", "DPkg::Lock::Timeout=300"]  # other apt-get runs on the machine hold the lock
     for cmd in (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+        ["apt-get", "update", "-q", *wait],
+        ["apt-get", "install", "-y", "-q", *wait, "--no-install-recommends", *packages],
     ):
         if subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL).returncode != 0:
             raise Failed(f"`{' '.join(cmd)}` failed: install {' '.join(packages)} by hand")
