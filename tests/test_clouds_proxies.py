@@ -7,6 +7,7 @@ sandbox records."""
 from __future__ import annotations
 
 import secrets
+import ssl
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from broker.config.clouds import CLOUDS
 from broker.config.load import ConfigError, parse_settings
@@ -148,6 +150,10 @@ async def test_wrong_proxy_credentials_are_the_proxy_s_407_not_a_call_upstream(
         ('upstream_proxy = "socks5://proxy:1080"', "server.upstream_proxy", "http://HOST:PORT"),
         ('upstream_proxy = "http://proxy:99999"', "server.upstream_proxy", "http://HOST:PORT"),
         ('upstream_proxy = "http://proxy:3128/x"', "server.upstream_proxy", "http://HOST:PORT"),
+        ('upstream_proxy = "http://proxy:3128\\r\\nX: y"', "server.upstream_proxy", "HOST:PORT"),
+        ('upstream_proxy = "http://pro xy:3128"', "server.upstream_proxy", "http://HOST:PORT"),
+        ('upstream_proxy = "http://proxy:3128?a=b"', "server.upstream_proxy", "HOST:PORT"),
+        ('upstream_proxy = ["http://proxy:3128"]', "server.upstream_proxy", "string"),
         ('upstream_proxy_credentials = "u:p"', "server.upstream_proxy_credentials", "unknown"),
         (
             'upstream_proxy_credentials_file = "/nonexistent/c"',
@@ -303,3 +309,78 @@ async def test_a_cloud_profile_fetches_from_its_authority(sandbox, secret, run_s
 def test_example_config_mentions_the_clouds():
     text = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text()
     assert "cloud" in text and "upstream_proxy" in text
+
+
+# -- https upstreams: a CONNECT tunnel through the proxy ----------------------------------------
+
+
+def _self_signed(where: Path) -> ssl.SSLContext:
+    """A TLS server context with a throwaway self-signed certificate for 127.0.0.1."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    (where / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (where / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(where / "cert.pem", where / "key.pem")
+    return ctx
+
+
+@pytest.mark.parametrize(
+    ("credentials", "expected"),
+    [
+        # Through the tunnel the broker meets the self-signed certificate and, rightly, refuses
+        # it: the CONNECT itself was accepted with the credentials.
+        ("right", "ClientConnectorCertificateError"),
+        ("wrong", "ClientHttpProxyError"),  # the proxy's 407 to the CONNECT
+    ],
+)
+async def test_https_upstreams_are_tunnelled_with_the_proxy_credentials(
+    sandbox, secret, run_server, proxy, no_proxy_env, tmp_path, witness, credentials, expected
+):
+    url, password = proxy
+    witness.secrets.add(password)
+    tls = web.AppRunner(web.Application())
+    await tls.setup()
+    site = web.TCPSite(tls, "127.0.0.1", 0, ssl_context=_self_signed(tmp_path))
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        user = f"{PROXY_USER}:{password if credentials == 'right' else 'nope'}"
+        no_proxy_env.setenv("HTTPS_PROXY", url.replace("//", f"//{user}@"))
+        text = config_text(sandbox).replace(
+            f'authority = "{sandbox.url}"', f'authority = "https://127.0.0.1:{port}"'
+        )
+        (address,), _ = await run_server(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
+        status, body = await _token(address)
+        assert status == 503 and expected in body["error"]["message"], body
+    finally:
+        await tls.cleanup()

@@ -35,6 +35,9 @@ MSI_KEYS = frozenset(
         "min_remaining",
     }
 )
+_PROXY_URL = re.compile(
+    r"http://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?|http://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?/?"
+)
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
@@ -126,7 +129,7 @@ def _read_proxy(r: Reader, t: dict[str, Any], out: dict[str, Any]) -> None:
                 "no credentials in the URL: put user:password in a file named by "
                 "server.upstream_proxy_credentials_file",
             )
-        elif parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        elif not _PROXY_URL.fullmatch(text) or not parts.hostname:
             r.problem(at, "must look like http://HOST:PORT (a forward proxy)")
         else:
             try:
