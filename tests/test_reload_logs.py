@@ -84,29 +84,6 @@ async def test_a_pending_restart_is_reported_until_the_process_restarts(sandbox,
     assert await d.stop() == 0
 
 
-async def test_start_up_banner(sandbox, daemon, tmp_path):
-    """One line with version, config path, listeners, profiles, which of mirror, msi and audit
-    are on, the event loop and the proxy."""
-    from broker import __version__
-
-    sock = tmp_path / "b.sock"
-    header = tmp_path / "identity-header"
-    text = unix_config(sandbox, sock, server="audit = false") + (
-        f'\n[msi]\nprofile = "default"\ngenerated_header_file = "{header}"\n'
-    )
-    d = await daemon(text)
-    banner = await d.wait_for("listening")
-    assert banner["version"] == __version__
-    assert banner["config"] == str(tmp_path / "broker.toml")
-    assert banner["addresses"] == [f"unix:{sock}"]
-    assert banner["profiles"] == ["default"]
-    assert banner["mirror"] == "on" and banner["audit"] == "off"
-    assert banner["msi"] == "on (profile default)"
-    assert banner["event_loop"] in ("asyncio", "uvloop")
-    assert banner["upstream_proxy"] == "none" or "PROXY" in banner["upstream_proxy"]
-    assert await d.stop() == 0
-
-
 # -- numbers: whole seconds everywhere ---------------------------------------------------------
 
 
@@ -128,6 +105,9 @@ async def test_one_number_convention_whole_seconds_and_iso_expiry(sandbox, secre
     status, refreshed = await _get(address, "/v1/token/default/refresh", "POST")
     assert status == 200, refreshed
     assert type(refreshed["expires_in"]) is int and type(refreshed["expires_on"]) is int
+    assert refreshed["expires_at"] == time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(refreshed["expires_on"])
+    )
     _, profiles = await _get(address, "/v1/profiles")
     for kind in ("partner", "aad"):
         row = profiles["profiles"]["default"][kind]
@@ -210,9 +190,23 @@ async def test_mirror_deliveries_refusals_and_audit_are_logged(sandbox, daemon, 
     A bearer upstream refuses: the 401 is relayed, its `mirror_exchange` is a warning with
     status 401 and outcome refused, and no audit line. Refused requests (unknown profile,
     missing header, the relayed 401) are logged at debug with route, status and reason."""
+    from broker import __version__
+
     sock = tmp_path / "b.sock"
-    d = await daemon(unix_config(sandbox, sock, server='log_level = "debug"'))
-    await d.wait_for("listening")
+    text = unix_config(sandbox, sock, server='log_level = "debug"') + (
+        f'\n[msi]\nprofile = "default"\ngenerated_header_file = "{tmp_path}/identity-header"\n'
+    )
+    d = await daemon(text)
+    # The start-up banner: version, config path, listeners, profiles, what is on, loop, proxy.
+    banner = await d.wait_for("listening")
+    assert banner["version"] == __version__
+    assert banner["config"] == str(tmp_path / "broker.toml")
+    assert banner["addresses"] == [f"unix:{sock}"] and banner["profiles"] == ["default"]
+    assert (banner["mirror"], banner["audit"]) == ("on", "on")
+    assert banner["msi"] == "on (profile default)" and banner["log_level"] == "debug"
+    assert banner["event_loop"] in ("asyncio", "uvloop")
+    assert banner["upstream_proxy"] == "none" or "PROXY" in banner["upstream_proxy"]
+    witness.secrets.add((tmp_path / "identity-header").read_text().strip())
     good = sandbox.state.mint({"aud": "https://api.partnercenter.microsoft.com", "tid": "t"}, 3600)
     witness.secrets.add(good)
     ok_id, bad_id = "11111111-aaaa-4bbb-8ccc-000000000001", "11111111-aaaa-4bbb-8ccc-000000000002"
@@ -248,16 +242,12 @@ async def test_mirror_deliveries_refusals_and_audit_are_logged(sandbox, daemon, 
     assert sum(e.get("event") == "token_served" for e in d.events) == 1
 
 
-async def test_refusals_are_not_logged_at_info(sandbox, daemon, tmp_path):
-    sock = tmp_path / "b.sock"
-    d = await daemon(unix_config(sandbox, sock))
-    await d.wait_for("listening")
-    assert (await fetch(sock, "/v1/token/nope"))[0] == 404
-    assert await d.stop() == 0
-    rest = (await d.proc.stderr.read()).decode() if d.proc.stderr else ""
-    assert "request_refused" not in rest and not any(
-        e.get("event") == "request_refused" for e in d.events
+async def test_refusals_are_not_logged_at_info(sandbox, secret, run_server):
+    (address,), logs = await run_server(
+        parse_settings(config_text(sandbox), env={"TEST_CLIENT_SECRET": secret})
     )
+    assert (await _get(address, "/v1/token/nope"))[0] == 404
+    assert "request_refused" not in logs.getvalue()
 
 
 async def test_console_audit_lines_are_console_and_in_order(sandbox, daemon, tmp_path):

@@ -159,6 +159,7 @@ class V1Handlers:
                 "kind": kind,
                 "refreshed": True,
                 "expires_on": status.expires_on,
+                "expires_at": iso_time(status.expires_on),
                 "expires_in": status.expires_in,
             },
             headers=NO_STORE,
