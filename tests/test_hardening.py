@@ -18,6 +18,7 @@ from broker.config.load import parse_settings
 from broker.sandbox.state import PARTNER_AUDIENCE
 from tests.conftest import HEADERS, config_text
 from tests.hostile import Hostile
+from tests.test_security import raw, status_and_json
 
 
 def settings_for(upstream, secret: str, **kwargs):
@@ -520,3 +521,94 @@ async def test_partnercenterservices_sdk_gets_a_token_from_the_mirror(sandbox, s
     status, direct = await asyncio.to_thread(generate, sandbox.url)
     assert status == 200 and direct["access_token"]
     assert sandbox.state.counts["partner"] == 2  # one through the mirror, one direct
+
+
+# -- 12. /metrics and /readyz: the origin guard, and restricted profiles stay unnamed ---------
+
+
+async def test_metrics_and_readyz_refuse_foreign_hosts_and_hide_restricted_profiles(
+    sandbox, secret, run_server
+):
+    """A DNS-rebound page (foreign Host) or a proxied request cannot read /metrics or /readyz;
+    an allowed caller's scrape never names a profile restricted to someone else."""
+    profiles = f"[profiles.default]\n[profiles.hidden]\nallowed_uids = [{os.getuid() + 4242}]\n"
+    (address,), _ = await run_server(settings_for(sandbox, secret, profiles=profiles))
+    async with aiohttp.ClientSession() as s:
+        for path in ("/metrics", "/readyz"):
+            for headers in ({"Host": "rebound.evil.example"}, {"X-Forwarded-For": "10.0.0.1"}):
+                async with s.get(f"http://{address}{path}", headers=headers) as r:
+                    assert r.status == 403, (path, headers)
+        async with s.get(f"http://{address}/metrics") as r:
+            metrics = await r.text()
+            assert r.status == 200
+        async with s.get(f"http://{address}/readyz") as r:
+            ready = await r.json()
+    assert 'profile="default"' in metrics and 'profile="hidden"' not in metrics
+    assert "hidden" not in ready["profiles"] and "default" in ready["profiles"]
+
+
+# -- 15. Host edge cases ---------------------------------------------------------------------
+
+
+async def test_host_edge_cases(sandbox, secret, run_server):
+    """`[::1].evil.example` is not `[::1]`; the authority of an absolute-form request target
+    wins over Host (RFC 9112), both ways."""
+    (address,), _ = await run_server(settings_for(sandbox, secret))
+    cases = [
+        (b"GET /v1/token HTTP/1.1\r\nHost: [::1].evil.example", 403),
+        (b"GET /v1/token HTTP/1.1\r\nHost: [::1]:8721", 200),
+        (b"GET http://evil.example/v1/token HTTP/1.1\r\nHost: localhost", 403),
+        (b"GET http://localhost:8721/v1/token HTTP/1.1\r\nHost: evil.example", 200),
+        (b"GET http://evil.example/metrics HTTP/1.1\r\nHost: localhost", 403),
+    ]
+    for head, expected in cases:
+        answer = await raw(address, head + b"\r\nMetadata: true\r\nConnection: close\r\n\r\n")
+        assert status_and_json(answer)[0] == expected, head
+
+
+# -- 16. disconnects mid-body, q=nan, waiters of a profile a reload restricts ---------------
+
+
+async def test_a_client_gone_mid_body_is_not_a_crash(sandbox, secret, run_server):
+    """A mirror caller that sends part of its body and disconnects is logged as a disconnect
+    at info level: no handler_crashed, no traceback."""
+    (address,), logs = await run_server(settings_for(sandbox, secret))
+    host, port = address.rsplit(":", 1)
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(mirror_head(100) + b'{"grant_type"')
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    deadline = asyncio.get_running_loop().time() + 10
+    while '"client_disconnected"' not in logs.getvalue() and '"handler_crashed"' not in (
+        logs.getvalue()
+    ):
+        assert asyncio.get_running_loop().time() < deadline, logs.getvalue()[-2000:]
+        await asyncio.sleep(0.01)  # polling the broker's log for the event, with a deadline
+    assert '"handler_crashed"' not in logs.getvalue()
+    assert "Traceback" not in logs.getvalue()
+
+
+async def test_accept_q_nan_does_not_outrank_q_1(sandbox, secret, run_server):
+    """`*/*;q=nan, text/plain;q=1` asks for text/plain."""
+    (address,), _ = await run_server(settings_for(sandbox, secret))
+    async with aiohttp.ClientSession() as s:
+        headers = {**HEADERS, "Accept": "*/*;q=nan, text/plain;q=1"}
+        async with s.get(f"http://{address}/v1/token", headers=headers) as r:
+            assert r.status == 200 and r.content_type == "text/plain"
+
+
+async def test_waiters_of_a_profile_a_reload_restricts_get_no_token(sandbox, secret, start_broker):
+    """Callers already waiting on a cold profile when a reload restricts it to another uid get
+    403 when the token arrives, not the token."""
+    sandbox.state.latency["aad"] = 0.3
+    cold = "[profiles.default]\nwarm = false\n"
+    b = await start_broker(settings_for(sandbox, secret, profiles=cold))
+    waiting = [asyncio.ensure_future(b.get("/v1/token")) for _ in range(3)]
+    entry = b.broker.cache.entry("default", "partner")
+    while entry.waiters < 3:
+        await asyncio.sleep(0)  # until the three callers wait on the flight
+    restricted = cold + f"allowed_uids = [{os.getuid() + 4242}]\n"
+    b.broker.apply(settings_for(sandbox, secret, profiles=restricted))
+    statuses = [(await r).status for r in waiting]
+    assert statuses == [403, 403, 403]

@@ -21,10 +21,30 @@ class Rejection:
 
 
 def strip_port(host: str) -> str:
+    """The host of a Host value or authority, without its port; "" when malformed (then it
+    matches no allowed host): `[::1].evil.example` is not `[::1]`."""
+    host = host.lower()
     if host.startswith("["):
-        return host[: host.find("]") + 1].lower()
+        end = host.find("]")
+        rest = host[end + 1 :]
+        if end < 0 or (rest and not (rest[0] == ":" and _is_port(rest[1:]))):
+            return ""
+        return host[: end + 1]
     name, sep, port = host.rpartition(":")
-    return (name if sep and port.isdigit() else host).lower()
+    return name if sep and _is_port(port) else host
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def target_host(headers: Mapping[str, str], target: str) -> str:
+    """The host a request names: the authority of an absolute-form request target
+    (`GET http://host/path`), which RFC 9112 makes win over Host, else the Host header."""
+    if target[:1] == "/" or "://" not in target:
+        return headers.get("Host", "")
+    authority = target.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+    return authority.rpartition("@")[2] or "\0"  # "\0": an empty authority, never allowed
 
 
 class OriginGuard:
@@ -36,7 +56,8 @@ class OriginGuard:
         self._header_name, self._header_value = server.required_header
         self._hosts: dict[str, bool] = {}
 
-    def origin(self, headers: Mapping[str, str]) -> Rejection | None:
+    def origin(self, headers: Mapping[str, str], target: str = "/") -> Rejection | None:
+        """Refuses proxied requests and foreign hosts. `target`: the raw request target."""
         for name in PROXY_HEADERS:
             if name in headers:
                 return Rejection(
@@ -45,7 +66,7 @@ class OriginGuard:
                     f"requests through a proxy ({name}) are refused",
                     "proxy_header",
                 )
-        host = headers.get("Host", "")
+        host = target_host(headers, target)
         allowed = self._hosts.get(host)
         if allowed is None:
             allowed = strip_port(host) in self._allowed
@@ -58,14 +79,14 @@ class OriginGuard:
             )
         return None
 
-    def v1(self, headers: Mapping[str, str]) -> Rejection | None:
+    def v1(self, headers: Mapping[str, str], target: str = "/") -> Rejection | None:
         """Everything a /v1 request must pass. On every cache hit, so written flat: the usual
         request costs five header lookups and no further call."""
         if "X-Forwarded-For" in headers or "Forwarded" in headers or "Via" in headers:
-            return self.origin(headers)
-        allowed = self._hosts.get(headers.get("Host", ""))
+            return self.origin(headers, target)
+        allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None
         if allowed is None or not allowed:
-            rejection = self.origin(headers)
+            rejection = self.origin(headers, target)
             if rejection is not None:
                 return rejection
         if headers.get(self._header_name) != self._header_value:

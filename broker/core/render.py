@@ -30,6 +30,8 @@ def _parse_accept(header: str) -> list[tuple[float, int, str]]:
                     q = float(value)
                 except ValueError:
                     q = 0.0
+                # RFC 9110 allows 0 to 1: NaN (which outranked everything) counts as 0.
+                q = 0.0 if not q >= 0.0 else min(q, 1.0)
         if media:
             ranges.append((q, position, media.lower()))
     return ranges

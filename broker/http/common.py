@@ -112,6 +112,9 @@ def counted(
             response = error_response(e.status, "http_error", e.reason)
         except BodyTimeout as e:
             response = error_response(408, "request_timeout", str(e))
+        except ConnectionError:  # the client went away mid-body: nobody to answer, no crash
+            log.info("client_disconnected", route=route)
+            response = error_response(400, "client_disconnected", "the client disconnected")
         except Exception:
             log.exception("handler_crashed", route=route)
             response = error_response(500, "internal_error", "internal error (logged)")

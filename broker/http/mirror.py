@@ -47,7 +47,7 @@ class MirrorHandler:
             response[REASON] = description  # the broker's own words, for the debug log
             return response
 
-        rejection = self.broker.guard.origin(headers)
+        rejection = self.broker.guard.origin(headers, request.raw_path)
         if rejection is not None:
             metrics.rejected.labels(rejection.reason).inc()
             return refuse(rejection.status, rejection.message)

@@ -89,7 +89,7 @@ class MsiHandler:
         broker = self.broker
         if broker.settings.msi is None or broker.msi_header is None:
             return _fail(404, "the managed-identity endpoint is not configured ([msi])")
-        rejection = broker.guard.origin(request.headers)
+        rejection = broker.guard.origin(request.headers, request.raw_path)
         if rejection is not None:
             return self._refuse(rejection.reason, rejection.status, rejection.message)
         presented = request.headers.get("X-IDENTITY-HEADER")
@@ -127,6 +127,9 @@ class MsiHandler:
             token, hit = await entry.get(min_remaining=msi.min_remaining)
         except UpstreamError as e:
             return _fail(e.status, e.message, retry_after(e))
+        now = broker.settings.profiles.get(profile.name)  # a reload while this caller waited
+        if now is None or restricted(now):
+            return self._refuse("not_allowed", 403, "this identity is not served here")
         broker.metrics.count_cache(profile.name, "aad", hit)
         broker.audit.served(
             "msi",

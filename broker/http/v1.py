@@ -51,7 +51,7 @@ class V1Handlers:
 
     def guard(self, request: web.Request) -> web.Response | None:
         """Origin checks and the required header; None when the request may pass."""
-        rejection = self.broker.guard.v1(request.headers)
+        rejection = self.broker.guard.v1(request.headers, request.raw_path)
         if rejection is None:
             return None
         return self._refuse(rejection.reason, rejection.status, rejection.code, rejection.message)
@@ -113,6 +113,12 @@ class V1Handlers:
                 token, hit = await entry.get()
             except UpstreamError as e:
                 return upstream_error_response(e)
+            # A reload may have removed or restricted the profile while this caller waited.
+            profile = broker.settings.profiles.get(name)
+            if profile is None:
+                return error_response(404, "unknown_profile", f"no profile named {name!r}")
+            if name in self._restricted() and not self.allowed(profile, caller, request):
+                return self._refuse("not_allowed", 403, "forbidden", _NOT_ALLOWED)
         broker.metrics.count_cache(name, kind, hit)
         broker.audit.served("v1", name, kind, caller.description, hit, entry.token_correlation_id)
         rendered = self._rendered.get((name, kind))
@@ -230,15 +236,45 @@ class V1Handlers:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(body=b'{"status": "ok"}', headers=HEADERS[JSON])
 
+    def _operator_guard(self, request: web.Request) -> web.Response | None:
+        """/readyz and /metrics: no required header (scrapers and probes cannot send one), but
+        no proxied request and no foreign Host either (a DNS-rebound page could read them)."""
+        rejection = self.broker.guard.origin(request.headers, request.raw_path)
+        if rejection is None:
+            return None
+        return self._refuse(rejection.reason, rejection.status, rejection.code, rejection.message)
+
+    def _hidden(self, request: web.Request) -> frozenset[str]:
+        """The restricted profiles this caller may not use: never named to it."""
+        names = self._restricted()
+        if not names:
+            return names
+        caller = identify(request)
+        profiles = self.settings.profiles
+        return frozenset(n for n in names if not self.allowed(profiles[n], caller, request))
+
     async def readyz(self, request: web.Request) -> web.Response:
+        denied = self._operator_guard(request)
+        if denied is not None:
+            return denied
         ok, detail = self.broker.ready()
+        hidden = self._hidden(request)
+        detail = {name: states for name, states in detail.items() if name not in hidden}
         body = json_body({"ready": ok, "profiles": detail})
         return web.Response(status=200 if ok else 503, body=body, headers=HEADERS[JSON])
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.broker.metrics.render(), headers={"Content-Type": CONTENT_TYPE}
-        )
+        denied = self._operator_guard(request)
+        if denied is not None:
+            return denied
+        body = self.broker.metrics.render()
+        hidden = self._hidden(request)
+        if hidden:
+            labels = tuple(f'profile="{name}"'.encode() for name in hidden)
+            body = b"\n".join(
+                line for line in body.split(b"\n") if not any(label in line for label in labels)
+            )
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     # -- everything else ---------------------------------------------------------------------
 
