@@ -7,7 +7,9 @@ import asyncio
 import json
 import os
 import re
+import signal
 import sys
+import threading
 
 import aiohttp
 import jwt
@@ -18,6 +20,7 @@ from broker.config.load import parse_settings
 from broker.sandbox.state import PARTNER_AUDIENCE
 from tests.conftest import HEADERS, config_text
 from tests.hostile import Hostile
+from tests.test_faults import settle
 from tests.test_security import raw, status_and_json
 
 
@@ -612,3 +615,122 @@ async def test_waiters_of_a_profile_a_reload_restricts_get_no_token(sandbox, sec
     b.broker.apply(settings_for(sandbox, secret, profiles=restricted))
     statuses = [(await r).status for r in waiting]
     assert statuses == [403, 403, 403]
+
+
+# -- 13. a token that can never be served is a failure with backoff ---------------------------
+
+
+async def test_min_remaining_longer_than_the_token_life_backs_off(
+    fake_sandbox, secret, start_broker, clock
+):
+    """min_remaining = 3600 with 3599 s tokens: each new token can never be served. Callers
+    get a clean 503 and Azure AD is called on the backoff schedule, not every second; and
+    check-config warns about such a min_remaining."""
+    fake_sandbox.state.lifetimes.update(aad=3599, partner=3599)
+    settings = settings_for(fake_sandbox, secret, defaults="min_remaining = 3600")
+    assert any("defaults.min_remaining: 3600 s" in w for w in settings.warnings)
+    b = await start_broker(settings, clock=clock)
+    await settle(b)
+    response = await b.get("/v1/token")
+    assert response.status == 503
+    assert "never be served" in (await response.json())["error"]["message"]
+    for _ in range(120):  # two minutes, a second at a time
+        clock.advance(1)
+        await settle(b)
+    assert fake_sandbox.state.counts["aad"] <= 12, fake_sandbox.state.counts
+
+
+# -- 14. no blocking file I/O on the event loop ------------------------------------------------
+
+
+async def test_a_fifo_as_federated_token_file_does_not_hang_the_daemon(
+    sandbox, secret, run_server, tmp_path
+):
+    """A FIFO as `federated_token_file` used to block the event loop in open() until a writer
+    came: the daemon answered nothing. Now the refresh fails (503 credential_unavailable) and
+    /healthz answers at once. (A writer is sent after 3 s so the old code fails, not hangs.)"""
+    fifo = tmp_path / "federated-token"
+    os.mkfifo(fifo)
+    done = threading.Event()
+
+    def unblock() -> None:  # only matters for a broker that blocks on the FIFO
+        if done.wait(3):
+            return
+        while not done.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # no reader yet
+                done.wait(0.05)
+                continue
+            os.write(fd, b"not-a-token")
+            os.close(fd)
+            return
+
+    threading.Thread(target=unblock, daemon=True).start()
+    profiles = (
+        '[profiles.default]\nwarm = false\ncredential = "federated_token_file"\n'
+        f'federated_token_file = "{fifo}"\n'
+    )
+    text = config_text(sandbox, profiles=profiles).replace(
+        'client_secret_env = "TEST_CLIENT_SECRET"\n', ""
+    )
+    (address,), _ = await run_server(parse_settings(text, env={}))
+    loop = asyncio.get_running_loop()
+    try:
+        async with aiohttp.ClientSession() as s:
+            token = asyncio.ensure_future(s.get(f"http://{address}/v1/token", headers=HEADERS))
+            started = loop.time()
+            async with s.get(f"http://{address}/healthz") as r:
+                assert r.status == 200
+            waited = loop.time() - started
+            response = await token
+            body = await response.json()
+    finally:
+        done.set()
+    assert waited < 1.0, f"/healthz waited {waited:.2f} s"
+    assert response.status == 503 and body["error"]["code"] == "credential_unavailable"
+
+
+async def test_a_huge_or_fifo_config_is_refused_on_reload(sandbox, secret, tmp_path):
+    """SIGHUP with a config over 1 MiB (a 47 MB one stalled the loop for seconds), or with a
+    FIFO in its place: the reload is refused in one log line, the running config kept."""
+    sock = tmp_path / "b.sock"
+    config = tmp_path / "broker.toml"
+    text = config_text(sandbox).replace('listen = ["127.0.0.1:0"]', f'listen = ["unix:{sock}"]')
+    config.write_text(text)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "broker",
+        "serve",
+        "--config",
+        str(config),
+        env={**os.environ, "TEST_CLIENT_SECRET": secret},
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+    async def wait_for(event: str) -> dict:
+        assert proc.stderr is not None
+        while line := await asyncio.wait_for(proc.stderr.readline(), 20):
+            if f'"event": "{event}"' in line.decode():
+                return json.loads(line)
+        raise AssertionError(f"the daemon exited before {event}")
+
+    try:
+        await wait_for("listening")
+        config.write_text(text + "#" * (2 << 20) + "\n")
+        proc.send_signal(signal.SIGHUP)
+        refused = await wait_for("reload_refused")
+        assert "larger than 1048576 bytes" in refused["problems"]
+        config.unlink()
+        os.mkfifo(config)
+        proc.send_signal(signal.SIGHUP)
+        refused = await wait_for("reload_refused")
+        assert "not a regular file" in refused["problems"]
+        connector = aiohttp.UnixConnector(path=str(sock))
+        async with aiohttp.ClientSession(connector=connector) as s:
+            async with s.get("http://localhost/v1/token", headers=HEADERS) as r:
+                assert r.status == 200
+    finally:
+        proc.terminate()
+        await proc.wait()

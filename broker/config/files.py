@@ -10,12 +10,23 @@ import tempfile
 READ_LIMIT = 64 * 1024  # bytes: tokens and secrets are a few KiB
 
 
+def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
+    """A regular file's bytes, at most `limit` (ValueError beyond). Opened non-blocking and
+    refused unless it is a regular file: a FIFO or a device would block the reader forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError("not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data
+
+
 def read_text(path: str) -> str:
-    """The file's text, stripped; ValueError if empty or larger than READ_LIMIT."""
-    with open(path, "rb") as f:
-        data = f.read(READ_LIMIT + 1)
-    if len(data) > READ_LIMIT:
-        raise ValueError(f"larger than {READ_LIMIT} bytes")
+    """The file's text, stripped; ValueError if empty, larger than READ_LIMIT, not UTF-8 or
+    not a regular file."""
+    data = read_bounded(path, READ_LIMIT)
     text = data.decode("utf-8").strip()
     if not text:
         raise ValueError("empty")

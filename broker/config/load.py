@@ -20,6 +20,7 @@ from typing import Any
 from broker.config.clouds import CLOUDS, cloud_keys
 from broker.config.credentials import CREDENTIAL_KEYS, CREDENTIALS, credential_fields
 from broker.config.errors import ConfigError, Problem
+from broker.config.files import read_bounded
 from broker.config.read import Reader
 from broker.config.sections import read_mirror, read_msi, read_server, read_shared
 from broker.config.settings import (
@@ -29,6 +30,8 @@ from broker.config.settings import (
 from broker.config.tomlpos import key_lines
 
 DEFAULT_PATH = "/etc/pc-token-broker/config.toml"
+TYPICAL_LIFETIME = 3600.0  # s: Azure AD's shortest usual token life, and Partner Center's
+CONFIG_LIMIT = 1 << 20  # bytes: a config is a few KiB; a huge one would stall a reload
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -91,6 +94,15 @@ def _profile(
         merged["min_refresh_margin"], at("min_refresh_margin"), 0, 86400
     )
     v["min_remaining"] = r.number(merged["min_remaining"], at("min_remaining"), 0, 3600)
+    if v["min_remaining"] is not None and v["min_remaining"] > TYPICAL_LIFETIME / 2:
+        warning = (
+            f"{'.'.join(at('min_remaining'))}: {v['min_remaining']:g} s leaves less than half "
+            f"of a typical token servable (Azure AD and Partner Center tokens live about "
+            f"{TYPICAL_LIFETIME:g} s); a token that lives less than min_remaining can never be "
+            "served and counts as a failure"
+        )
+        if warning not in r.warnings:
+            r.warnings.append(warning)
     v["upstream_timeout"] = r.number(merged["upstream_timeout"], at("upstream_timeout"), 0.1, 300)
     v["warm"] = r.boolean(merged["warm"], at("warm"))
     if credential is not None:
@@ -291,9 +303,11 @@ def load_settings(
     path: str, env: Mapping[str, str] | None = None, *, mode: str = "full"
 ) -> Settings:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_bounded(path, CONFIG_LIMIT).decode("utf-8")
     except OSError as e:
         raise ConfigError([Problem("(file)", f"cannot read: {e.strerror or e}", path)]) from None
     except UnicodeDecodeError:
         raise ConfigError([Problem("(file)", "not UTF-8 text", path)]) from None
+    except ValueError as e:  # larger than CONFIG_LIMIT, or not a regular file
+        raise ConfigError([Problem("(file)", f"cannot read: {e}", path)]) from None
     return parse_settings(text, file=path, env=env, mode=mode)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.config.errors import Problem
+from broker.config.files import read_bounded
 from broker.config.secret import Secret, UnreadSecret
 
 SECRET_FILE_LIMIT = 64 * 1024  # bytes; a secret file larger than this is a mistake
@@ -249,12 +250,11 @@ def is_loopback_url(url: str) -> bool:
 def read_secret_file(path: Path) -> Secret | Problem:
     """A secret from a file: stripped of surrounding whitespace, bounded, non-empty."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(SECRET_FILE_LIMIT + 1)
+        data = read_bounded(path, SECRET_FILE_LIMIT)
     except OSError as e:
         return Problem("", f"cannot read {path}: {e.strerror or e.__class__.__name__}")
-    if len(data) > SECRET_FILE_LIMIT:
-        return Problem("", f"{path} is larger than {SECRET_FILE_LIMIT} bytes")
+    except ValueError as e:  # too large, or a FIFO or device (reading would block)
+        return Problem("", f"{path}: {e}")
     text = data.decode("utf-8", "replace").strip()
     if not text:
         return Problem("", f"{path} is empty")

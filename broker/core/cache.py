@@ -184,6 +184,18 @@ class Entry:
             self._failed(error, started)
             raise error from None
         else:
+            now = self._clock.monotonic()
+            if not token.servable(now, self.policy.min_remaining):
+                # A token that can never be served (it lives less than min_remaining) is a
+                # failure with backoff, not a success to replace a second later, forever.
+                error = UpstreamFailing(
+                    f"the new token has {token.remaining(now):.0f} s left, less than "
+                    f"min_remaining ({self.policy.min_remaining:g} s): it can never be served",
+                    endpoint=self.kind,
+                    correlation_id=ids.correlation_id,
+                )
+                self._failed(error, started)
+                raise error
             self._succeeded(token, started, ids)
             return token
         finally:

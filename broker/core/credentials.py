@@ -8,6 +8,7 @@ that could not be written back (kept in memory so it is not lost).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from typing import Any, ClassVar, Protocol
@@ -23,6 +24,7 @@ from broker.core.tokens import Token, TokenRejected, token_from_response
 from broker.core.upstream import RefreshIds, Upstream
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+FILE_TIMEOUT = 5.0  # s to read a credential file (off the event loop)
 ASSERTION_LIFETIME = 600  # s: Azure AD accepts client assertions valid for up to an hour
 # A fan-out over customer tenants rotates the refresh token with every answer: write it back at
 # most this often (each write is an fsync on the event loop).
@@ -36,11 +38,23 @@ class Credential(Protocol):
 
 
 def _read(path: str, what: str) -> str:
-    """A credential file's content, or a LocalCredentialFailed naming the file (not content)."""
+    """A credential file's content, or a LocalCredentialFailed naming the file (not content).
+    Never blocks on a FIFO or a device (refused: not a regular file); see `_read_off_loop`."""
     try:
         return read_text(path)
     except (OSError, ValueError) as e:
         raise LocalCredentialFailed(f"cannot read the {what} {path}: {e}", endpoint="aad") from None
+
+
+async def _read_off_loop(path: str, what: str) -> str:
+    """`_read` in a worker thread, within FILE_TIMEOUT: a file on a stalled network mount
+    must not stall the event loop (and every caller) with it."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(_read, path, what), FILE_TIMEOUT)
+    except TimeoutError:
+        raise LocalCredentialFailed(
+            f"the {what} {path} could not be read within {FILE_TIMEOUT:g} s", endpoint="aad"
+        ) from None
 
 
 class _AzureADCredential:
@@ -140,9 +154,21 @@ class FederatedTokenCredential(_AzureADCredential):
 
     kind = "federated_token_file"
 
+    def __init__(self, profile: ProfileSettings, log: Any) -> None:
+        super().__init__(profile, log)
+        self._assertion: str | None = None  # read by before(), off the event loop
+
+    async def before(self, upstream: Upstream) -> None:
+        assert self.profile.federated_token_file is not None
+        self._assertion = await _read_off_loop(
+            self.profile.federated_token_file, "federated token file"
+        )
+
     def grant(self, upstream: Upstream, token_url: str, scope: str) -> dict[str, str]:
         assert self.profile.federated_token_file is not None
-        assertion = _read(self.profile.federated_token_file, "federated token file")
+        assertion = self._assertion or _read(
+            self.profile.federated_token_file, "federated token file"
+        )
         upstream.redactor.add(assertion)
         return {
             "grant_type": "client_credentials",
@@ -189,10 +215,11 @@ class RefreshTokenCredential(_AzureADCredential):
             else ""
         )
         self._version = 0  # of the refresh token we hold; 0: the file's own
+        self._in_file: str | None = None  # the file's content, read by before() off the loop
 
     def _current(self, upstream: Upstream) -> str:
         assert self.profile.refresh_token_file is not None
-        in_file = _read(self.profile.refresh_token_file, "refresh token file")
+        in_file = self._in_file or _read(self.profile.refresh_token_file, "refresh token file")
         upstream.redactor.pin(f"refresh_token_file:{self.profile.name}", [in_file, self._unsaved])
         if self._unsaved is not None and in_file == self._seen_in_file:
             return self._unsaved
@@ -212,6 +239,8 @@ class RefreshTokenCredential(_AzureADCredential):
         return form
 
     async def before(self, upstream: Upstream) -> None:
+        assert self.profile.refresh_token_file is not None
+        self._in_file = await _read_off_loop(self.profile.refresh_token_file, "refresh token file")
         if self._shared is not None:
             await self._adopt_shared(upstream)
 
@@ -234,7 +263,7 @@ class RefreshTokenCredential(_AzureADCredential):
             self._unsaved = rotated
         else:
             self._written_at = now
-            self._save(rotated, ids)
+            await self._save(rotated, ids)
         if self._shared is not None:  # newest wins: an older version never overwrites
             self._version += 1
             await self._shared.put_versioned(
@@ -252,11 +281,11 @@ class RefreshTokenCredential(_AzureADCredential):
         self._version, self._unsaved = found
         upstream.redactor.add(found[1])
 
-    def _save(self, rotated: str, ids: RefreshIds) -> None:
+    async def _save(self, rotated: str, ids: RefreshIds) -> None:
         path = self.profile.refresh_token_file
         assert path is not None
-        try:
-            write_atomically(path, rotated + "\n")
+        try:  # fsync and rename: off the event loop
+            await asyncio.to_thread(write_atomically, path, rotated + "\n")
         except OSError as e:
             self._unsaved = rotated
             self.log.error(
@@ -268,6 +297,7 @@ class RefreshTokenCredential(_AzureADCredential):
             )
             return
         self._seen_in_file, self._unsaved = rotated, None
+        self._in_file = rotated
 
 
 class StaticTokenCredential:
@@ -295,7 +325,7 @@ class StaticTokenCredential:
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp == self._stamp and self._token is not None:
             return self._token
-        text = _read(path, "static token file")
+        text = await _read_off_loop(path, "static token file")
         try:
             body = load_json(text) if text.startswith("{") else {"access_token": text}
             token = token_from_response(

@@ -137,7 +137,9 @@ async def _reload(
     try:
         if path is None:
             raise ConfigError([])
-        new = load_settings(path)
+        # Read and validated in a worker thread: files (the config, secrets) are never read on
+        # the event loop, which keeps serving meanwhile.
+        new = await asyncio.to_thread(load_settings, path)
         changes = broker.apply(new)
     except ConfigError as e:
         problems = "; ".join(str(p) for p in e.problems) or "no config file to reload"
