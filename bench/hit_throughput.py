@@ -6,8 +6,9 @@ and the load generator on the other.
 
 Load: wrk (installed from Debian by this script when missing and run as root), else a Python
 load generator. Reports requests/s, p50 and p99 at 1, 16 and 64 connections for JSON and
-text/plain, the ratio to the baseline, and the broker on uvloop (the `speed` extra) against
-the same default-loop baseline.
+text/plain, the ratio to the baseline, the broker on uvloop (the `speed` extra) against the
+same default-loop baseline, and each server's own CPU time per request (µs, from
+/proc/PID/stat), which holds across machines and load generators where requests/s does not.
 """
 
 from __future__ import annotations
@@ -95,7 +96,10 @@ async def wrk_run(
     out = (await proc.communicate())[0].decode()
     if "Requests/sec:" not in out:
         raise RuntimeError(f"wrk failed on {url}:\n{out}")
-    result = {"rps": float(out.split("Requests/sec:")[1].split()[0])}
+    result = {
+        "rps": float(out.split("Requests/sec:")[1].split()[0]),
+        "requests": float(out.split(" requests in ")[0].split()[-1]),
+    }
     for line in out.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0] in ("50%", "99%"):
@@ -124,15 +128,35 @@ async def python_run(
     latencies.sort()
     return {
         "rps": len(latencies) / seconds,
+        "requests": float(len(latencies)),
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def measure(
-    load, url: str, conns: int, seconds: float, headers: dict[str, str], rounds: int
+    load,
+    url: str,
+    conns: int,
+    seconds: float,
+    headers: dict[str, str],
+    rounds: int,
+    pid: int,
 ) -> dict[str, float]:
-    runs = [await load(url, conns, seconds, headers) for _ in range(rounds)]
+    """Median over `rounds` of requests/s, p50/p99 and the server's own CPU time per request
+    (µs): the figure that holds across machines and load generators."""
+    runs = []
+    for _ in range(rounds):
+        before = cpu_seconds(pid)
+        run = await load(url, conns, seconds, headers)
+        run["cpu_us"] = (cpu_seconds(pid) - before) / max(run.pop("requests"), 1) * 1e6
+        runs.append(run)
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
@@ -166,14 +190,21 @@ async def main(seconds: float, rounds: int, conn_counts: list[int], bodies: list
                 continue
             headers = {"Metadata": "true", "Accept": media}
             base = await measure(
-                load, f"http://127.0.0.1:{base_port}/{name}", conns, seconds, {}, rounds
+                load,
+                f"http://127.0.0.1:{base_port}/{name}",
+                conns,
+                seconds,
+                {},
+                rounds,
+                baseline.pid,
             )
             rows.append(
                 {"server": "bare aiohttp", "body": name, "conns": conns, **base, "ratio": 1.0}
             )
             loop_names = ("asyncio", "uvloop") if conns == 16 else ("asyncio",)
             for loop_name in loop_names:
-                got = await measure(load, brokers[loop_name][1], conns, seconds, headers, rounds)
+                proc, url = brokers[loop_name]
+                got = await measure(load, url, conns, seconds, headers, rounds, proc.pid)
                 rows.append(
                     {
                         "server": f"broker ({loop_name})",
