@@ -13,7 +13,8 @@ from broker.config.errors import UpstreamError
 from broker.core.render import JSON, TEXT, json_body
 from broker.core.schedule import MAX_RETRY_AFTER
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A handler returns its answer, or an awaitable of it (a coroutine: the usual async handler).
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse] | web.StreamResponse]
 # A request's path parameters (`{profile}`, `{tenant}`), set by the routes' dispatch.
 PARAMS = web.RequestKey("params", dict[str, str])
 
@@ -100,14 +101,20 @@ def counted(
 
     async def wrapper(request: web.Request) -> web.StreamResponse:
         try:
-            if limit_body and (request.content_length or 0) > MAX_BODY:
+            if (
+                limit_body
+                and "Content-Length" in request.headers  # a GET has none: skip the parse
+                and (request.content_length or 0) > MAX_BODY
+            ):
                 metrics.rejected.labels("body_too_large").inc()
                 response: web.StreamResponse = error_response(
                     413, "body_too_large", f"request bodies are limited to {MAX_BODY} bytes"
                 )
                 response.force_close()  # no keep-alive after a body we refused to read
             else:
-                response = await handler(request)
+                response = handler(request)
+                if not isinstance(response, web.StreamResponse):
+                    response = await response
         except web.HTTPException as e:
             response = error_response(e.status, "http_error", e.reason)
         except BodyTimeout as e:

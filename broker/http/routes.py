@@ -45,8 +45,8 @@ class Routes:
         # Templates by (segment count, first two segments): one dict lookup, then a compare.
         self._templates: dict[tuple[int, str, str], list[Route]] = {}
         add = self._add
-        add("/v1/token", "token", "GET", v1.token)
-        add("/v1/token/{profile}", "token", "GET", v1.token)
+        add("/v1/token", "token", "GET", v1.token_default)
+        add("/v1/token/{profile}", "token", "GET", v1.token_named)
         add("/v1/token/{profile}/refresh", "refresh", "POST", v1.refresh)
         add("/v1/profiles", "profiles", "GET", v1.profiles)
         add("/v1/tenants/{profile}", "tenants", "GET", v1.tenants.listing)

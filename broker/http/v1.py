@@ -7,6 +7,7 @@ access key). A caller that may not use a profile learns nothing about it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from broker.http.callers import ACCESS_KEY_HEADER, Caller, identify, may_use, re
 from broker.http.common import (
     HEADERS,
     NO_STORE,
+    PARAMS,
     error_response,
     path_param,
     upstream_error_response,
@@ -73,14 +75,22 @@ class V1Handlers:
             self._restricted_for = settings
         return self._restricted_names
 
-    async def token(self, request: web.Request) -> web.Response:
-        """The hot path: a cache hit does dictionary lookups and no coroutine of its own."""
+    def token_default(self, request: web.Request) -> web.Response | Awaitable[web.Response]:
+        """`GET /v1/token`: the profile `default`."""
+        return self.token(request, "default")
+
+    def token_named(self, request: web.Request) -> web.Response | Awaitable[web.Response]:
+        """`GET /v1/token/{profile}`."""
+        return self.token(request, request[PARAMS]["profile"])
+
+    def token(self, request: web.Request, name: str) -> web.Response | Awaitable[web.Response]:
+        """The hot path. A cache hit is answered here and now, with dictionary lookups and no
+        coroutine; only a miss (or a customer tenant's token) returns one to await."""
         broker = self.broker
         headers = request.headers
         denied = self.guard(request)
         if denied is not None:
             return denied
-        name = path_param(request, "profile", "default")
         kind = "partner"
         customer = False
         if request.query_string:
@@ -97,28 +107,45 @@ class V1Handlers:
                 "offered: application/json, application/xml, text/xml, text/plain",
             )
         if customer:
-            return await self.tenants.token(request, name, media)
+            return self.tenants.token(request, name, media)
         entry = broker.cache.entries.get((name, kind))
         if entry is None:
             return error_response(404, "unknown_profile", f"no profile named {name!r}")
         caller = identify(request)
-        if name in self._restricted() and not self.allowed(
+        restricted_names = (
+            self._restricted_names
+            if self._restricted_for is broker.settings
+            else self._restricted()
+        )
+        if name in restricted_names and not self.allowed(
             broker.settings.profiles[name], caller, request
         ):
             return self._refuse("not_allowed", 403, "forbidden", _NOT_ALLOWED)
         token = entry.peek()
-        hit = token is not None
         if token is None:
-            try:
-                token, hit = await entry.get()
-            except UpstreamError as e:
-                return upstream_error_response(e)
-            # A reload may have removed or restricted the profile while this caller waited.
-            profile = broker.settings.profiles.get(name)
-            if profile is None:
-                return error_response(404, "unknown_profile", f"no profile named {name!r}")
-            if name in self._restricted() and not self.allowed(profile, caller, request):
-                return self._refuse("not_allowed", 403, "forbidden", _NOT_ALLOWED)
+            return self._token_miss(request, name, kind, media, entry, caller)
+        return self._answer(name, kind, media, entry, caller, token, True)
+
+    async def _token_miss(
+        self, request: web.Request, name: str, kind: str, media: str, entry: Any, caller: Caller
+    ) -> web.Response:
+        broker = self.broker
+        try:
+            token, hit = await entry.get()
+        except UpstreamError as e:
+            return upstream_error_response(e)
+        # A reload may have removed or restricted the profile while this caller waited.
+        profile = broker.settings.profiles.get(name)
+        if profile is None:
+            return error_response(404, "unknown_profile", f"no profile named {name!r}")
+        if name in self._restricted() and not self.allowed(profile, caller, request):
+            return self._refuse("not_allowed", 403, "forbidden", _NOT_ALLOWED)
+        return self._answer(name, kind, media, entry, caller, token, hit)
+
+    def _answer(
+        self, name: str, kind: str, media: str, entry: Any, caller: Caller, token: Any, hit: bool
+    ) -> web.Response:
+        broker = self.broker
         broker.metrics.count_cache(name, kind, hit)
         broker.audit.served("v1", name, kind, caller.description, hit, entry.token_correlation_id)
         rendered = self._rendered.get((name, kind))

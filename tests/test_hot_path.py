@@ -1,0 +1,45 @@
+"""The cache-hit path's shortcuts answer exactly as the general path: the one-packet head
+budget at its boundary, and a miss (awaited) and a hit (answered at once) alike."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import make_settings
+from tests.test_security import raw
+
+
+def request_of_head_size(size: int) -> bytes:
+    """A /v1/token request whose head, blank line included, is exactly `size` bytes."""
+    start = b"GET /v1/token HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\nX-Pad: "
+    end = b"\r\nConnection: close\r\n\r\n"
+    return start + b"a" * (size - len(start) - len(end)) + end
+
+
+async def test_a_head_of_exactly_the_budget_passes_and_one_byte_more_is_431(
+    sandbox, secret, run_server
+):
+    addresses, _ = await run_server(make_settings(sandbox, secret))
+    budget = 8192  # server.max_header_bytes, the default
+    ok = await raw(addresses[0], request_of_head_size(budget))
+    assert ok.startswith(b"HTTP/1.1 200 "), ok[:80]
+    refused = await raw(addresses[0], request_of_head_size(budget + 1))
+    assert refused.startswith(b"HTTP/1.1 431 "), refused[:80]
+    assert b"aaaa" not in refused
+
+
+async def test_a_miss_and_a_hit_answer_alike(sandbox, secret, run_server):
+    settings = make_settings(sandbox, secret, defaults="warm = false")
+    addresses, logs = await run_server(settings)
+    request = (
+        b"GET /v1/token HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\nConnection: close\r\n\r\n"
+    )
+    miss = await raw(addresses[0], request)  # cold: fetched while this caller waits
+    hit = await raw(addresses[0], request)
+    bodies = [json.loads(a.partition(b"\r\n\r\n")[2]) for a in (miss, hit)]
+    assert [a.split(b" ")[1] for a in (miss, hit)] == [b"200", b"200"]
+    assert bodies[0]["access_token"] == bodies[1]["access_token"]
+    assert bodies[0].keys() == bodies[1].keys()
+    await run_server.stop_all()  # stopping flushes the audit writer
+    audit = [json.loads(line) for line in logs.getvalue().splitlines() if "token_served" in line]
+    assert [a["cache"] for a in audit][-2:] == ["miss", "hit"]
