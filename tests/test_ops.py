@@ -128,9 +128,16 @@ async def test_socket_activation_hands_over_the_listener(sandbox, daemon, tmp_pa
     d = await daemon(
         config, activator, "-l", str(sock), "-E", "TEST_CLIENT_SECRET", "-E", "PYTHONPATH"
     )
-    while not sock.exists():  # the activator binds before it spawns anything
-        await asyncio.sleep(0.01)
-    status, body = await get(sock, "/v1/token")  # the first connection spawns the daemon
+    # The activator binds, then listens: between the two a connect is refused. Wait (bounded)
+    # until it accepts; that first connection spawns the daemon.
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        try:
+            status, body = await get(sock, "/v1/token")
+            break
+        except (aiohttp.ClientConnectorError, FileNotFoundError):
+            assert asyncio.get_running_loop().time() < deadline, "the activator never listened"
+            await asyncio.sleep(0.01)
     assert status == 200 and body["access_token"].startswith("ey")
     assert (await d.wait_for("socket_activation"))["sockets"] == 1
     assert not (tmp_path / "unused.sock").exists()
