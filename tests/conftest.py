@@ -106,7 +106,7 @@ def witness():
 
 
 # Successful answers of these routes carry tokens by design; every other body is witnessed.
-_TOKEN_ROUTES = ("/v1/token", "/generatetoken", "/v3/generatetoken", "/msi/token")
+_TOKEN_ROUTES = ("/v1/token", "/generatetoken", "/v3/generatetoken", "/msi/token", "/msi/tenants/")
 
 
 def _delivers_token(request, response) -> bool:

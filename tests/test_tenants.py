@@ -4,6 +4,7 @@ refresh token, against the sandbox's customer tenants."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 
@@ -150,6 +151,7 @@ def gdap_fake(fake_sandbox, secret, tmp_path):
     app = fake_sandbox.state.apps[CLIENT_ID]
     rt_file = tmp_path / "refresh-token"
     rt_file.write_text(fake_sandbox.state.issue_refresh_token(app) + "\n")
+    rt_file.chmod(0o600)
 
     def settings(**kwargs):
         return make_settings(
@@ -158,6 +160,8 @@ def gdap_fake(fake_sandbox, secret, tmp_path):
             profiles="[profiles.default]\nwarm = false\n" + gdap_profile(rt_file, **kwargs),
         )
 
+    settings.rt_file = rt_file  # type: ignore[attr-defined]
+    settings.app = app  # type: ignore[attr-defined]
     return settings
 
 
@@ -264,3 +268,384 @@ async def test_a_tenant_token_is_shared_through_redis(
     # Another scope of the same tenant is its own key.
     assert (await token(second, tenant_id(7), GRAPH)).status == 200
     assert sandbox.state.counts["aad"] == 2
+
+
+# -- the HTTP contract -----------------------------------------------------------------------
+
+
+async def test_token_answers_in_json_xml_and_text(sandbox, gdap, start_broker):
+    sandbox.state.register_customer(tenant_id(1), domains=("fabrikam.example",))
+    b = await start_broker(gdap())
+    r = await token(b, "Fabrikam.Example")  # a domain, any case; scope defaults to the first
+    body = await r.json()
+    assert r.status == 200 and r.headers["Cache-Control"].startswith("no-store")
+    assert body["tenant"] == "fabrikam.example" and body["scope"] == GRAPH
+    assert body["kind"] == "aad" and body["profile"] == "gdap" and body["token_type"] == "Bearer"
+    assert 0 < body["expires_in"] <= 3599 and body["expires_on"] > 1_700_000_000
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["tid"] == tenant_id(1) and claims["aud"] == "https://graph.microsoft.com"
+    xml = await token(b, tenant_id(1), GRAPH, kind="aad")
+    xml = await b.get(
+        "/v1/token/gdap", params={"tenant": "fabrikam.example"}, headers={"Accept": "text/xml"}
+    )
+    text = await xml.text()
+    assert xml.status == 200 and "<tenant>fabrikam.example</tenant>" in text
+    assert f"<scope>{GRAPH}</scope>" in text and "<kind>aad</kind>" in text
+    plain = await b.get(
+        "/v1/token/gdap", params={"tenant": "fabrikam.example"}, headers={"Accept": "text/plain"}
+    )
+    assert await plain.text() == body["access_token"]
+    assert sandbox.state.counts["aad"] == 2  # by domain, and by id: two entries
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "code"),
+    [
+        ({"tenant": tenant_id(1), "kind": "partner"}, 400, "bad_kind"),
+        (
+            {"tenant": tenant_id(1), "scope": "https://vault.azure.net/.default"},
+            400,
+            "scope_not_allowed",
+        ),
+        ({"tenant": tenant_id(1), "scope": GRAPH + " offline_access"}, 400, "scope_not_allowed"),
+        ({"tenant": tenant_id(9)}, 403, "tenant_not_allowed"),
+        ({"tenant": "common"}, 400, "bad_tenant"),
+        ({"tenant": "../../x"}, 400, "bad_tenant"),
+        ({"tenant": "a" * 300 + ".com"}, 400, "bad_tenant"),
+        ({"tenant": "\u0430pple.com"}, 400, "bad_tenant"),  # Cyrillic a
+        ({"scope": GRAPH}, 400, "bad_request"),
+    ],
+)
+async def test_bad_requests_are_refused_without_upstream(
+    sandbox, gdap, start_broker, params, status, code
+):
+    sandbox.state.register_customer(tenant_id(1))
+    b = await start_broker(gdap(tenants=f'["{tenant_id(1)}"]'))
+    r = await b.get("/v1/token/gdap", params=params)
+    assert r.status == status and (await r.json())["error"]["code"] == code
+    assert sandbox.state.counts["aad"] == 0
+
+
+async def test_repeated_parameters_and_profiles_without_tenants(sandbox, gdap, start_broker):
+    b = await start_broker(gdap())
+    r = await b.get(f"/v1/token/gdap?tenant={tenant_id(1)}&tenant={tenant_id(2)}")
+    assert r.status == 400 and (await r.json())["error"]["code"] == "bad_tenant"
+    r = await b.get(f"/v1/token/gdap?tenant={tenant_id(1)}&scope={GRAPH}&scope={ARM}")
+    assert r.status == 400 and (await r.json())["error"]["code"] == "scope_not_allowed"
+    r = await b.get(f"/v1/token/default?tenant={tenant_id(1)}")
+    assert r.status == 400 and (await r.json())["error"]["code"] == "tenants_not_configured"
+    r = await b.get(f"/v1/token/nope?tenant={tenant_id(1)}")
+    assert r.status == 404
+    for path in ("/v1/tenants/default", "/v1/tenants/nope"):
+        assert (await b.get(path)).status in (400, 404)
+    r = await b.client.get("/v1/tenants/gdap")  # no Metadata header
+    assert r.status == 400
+    assert sandbox.state.counts["aad"] == 0
+
+
+async def test_listing_is_paged_and_never_shows_a_token(sandbox, gdap, start_broker):
+    for i in range(5):
+        sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap())
+    tokens = [await (await token(b, tenant_id(i))).json() for i in range(5)]
+    first = await b.get("/v1/tenants/gdap", params={"limit": "2"})
+    page = await first.json()
+    assert [row["tenant"] for row in page["tenants"]] == [tenant_id(0), tenant_id(1)]
+    assert page["next"] == tenant_id(1) and page["tokens"] == 5 and page["tenants_seen"] == 5
+    rest = await (await b.get("/v1/tenants/gdap", params={"after": page["next"]})).json()
+    assert [row["tenant"] for row in rest["tenants"]] == [tenant_id(i) for i in (2, 3, 4)]
+    assert rest["next"] is None and rest["tenants"][0]["scopes"][GRAPH]["state"] == "fresh"
+    text = await first.text() + json.dumps(rest)
+    assert not any(t["access_token"] in text for t in tokens)
+    for bad in ({"limit": "0"}, {"limit": "1001"}, {"limit": "x"}, {"after": "../x"}):
+        r = await b.get("/v1/tenants/gdap", params=bad)
+        assert r.status == 400
+
+
+async def test_audit_lines_name_tenant_and_scope_and_metrics_do_not(sandbox, gdap, start_broker):
+    sandbox.state.register_customer(tenant_id(3))
+    b = await start_broker(gdap())
+    assert (await token(b, tenant_id(3), ARM)).status == 200
+    assert (await token(b, tenant_id(3), ARM)).status == 200
+    b.broker.audit.flush()
+    lines = [json.loads(x) for x in b.logs.getvalue().splitlines() if '"token_served"' in x]
+    assert [(x["tenant"], x["scope"], x["cache"]) for x in lines] == [
+        (tenant_id(3), ARM, "miss"),
+        (tenant_id(3), ARM, "hit"),
+    ]
+    assert (
+        lines[0]["kind"] == "aad" and lines[0]["profile"] == "gdap" and lines[0]["correlation_id"]
+    )
+    metrics = await (await b.client.get("/metrics")).text()
+    assert tenant_id(3) not in metrics
+    assert 'broker_customer_tokens{profile="gdap"} 1.0' in metrics
+    assert 'broker_customer_tenants{profile="gdap",state="ok"} 1.0' in metrics
+    assert 'broker_cache_requests_total{kind="tenant",profile="gdap",result="hit"} 1.0' in metrics
+
+
+# -- Azure AD's refusals, by class -------------------------------------------------------------
+
+
+async def test_interaction_required_reaches_the_whole_tenant(sandbox, gdap, start_broker):
+    """MFA required by the customer's conditional access (AADSTS50076): remembered for the
+    tenant, so its other scopes answer without an upstream call; other tenants are served."""
+    sandbox.state.register_customer(tenant_id(1), require_mfa=True)
+    sandbox.state.register_customer(tenant_id(2))
+    sandbox.state.apps[CLIENT_ID].mfa = False
+    b = await start_broker(gdap())
+    r = await token(b, tenant_id(1), GRAPH)
+    error = (await r.json())["error"]
+    assert r.status == 502 and error["code"] == "interaction_required" and error["aadsts"] == 50076
+    r = await token(b, tenant_id(1), ARM)
+    assert (await r.json())["error"]["code"] == "interaction_required"
+    assert sandbox.state.counts["aad"] == 1
+    assert (await token(b, tenant_id(2), GRAPH)).status == 200
+    rows = (await (await b.get("/v1/tenants/gdap")).json())["tenants"]
+    assert {r["tenant"]: r["state"] for r in rows} == {
+        tenant_id(1): "interaction_required",
+        tenant_id(2): "ok",
+    }
+
+
+@pytest.mark.parametrize("code", [50079, 50078, 70043])
+async def test_other_interaction_codes(sandbox, gdap, start_broker, code):
+    sandbox.state.register_customer(tenant_id(1), refusal=code)
+    b = await start_broker(gdap())
+    error = (await (await token(b, tenant_id(1))).json())["error"]
+    assert (error["code"], error["aadsts"]) == ("interaction_required", code)
+    assert f"AADSTS{code}" in error["message"]
+
+
+async def test_unknown_tenant_and_no_relationship_are_tenant_not_found(sandbox, gdap, start_broker):
+    sandbox.state.register_customer(tenant_id(2), relationship=False)
+    b = await start_broker(gdap())
+    for tenant, code in ((tenant_id(1), 90002), (tenant_id(2), 90072)):
+        error = (await (await token(b, tenant)).json())["error"]
+        assert (error["code"], error["aadsts"]) == ("tenant_not_found", code)
+        error = (await (await token(b, tenant, ARM)).json())["error"]  # the tenant remembers
+        assert error["code"] == "tenant_not_found"
+    assert sandbox.state.counts["aad"] == 2
+
+
+@pytest.mark.parametrize("code", [700082, 50173, 70008, 700084])
+async def test_invalid_refresh_token_stops_every_tenant_until_a_new_one(
+    sandbox, gdap, start_broker, code
+):
+    """A dead refresh token is the whole profile's problem: after one refusal no tenant goes
+    upstream, until a new refresh token is placed in the file."""
+    for i in range(3):
+        sandbox.state.register_customer(tenant_id(i))
+    app = sandbox.state.apps[CLIENT_ID]
+    app.refresh_token_refusal = code
+    settings = gdap()
+    b = await start_broker(settings)
+    for i in range(3):
+        r = await token(b, tenant_id(i))
+        error = (await r.json())["error"]
+        assert r.status == 502 and error["code"] == "refresh_token_invalid"
+        assert error["aadsts"] == code
+    assert sandbox.state.counts["aad"] == 1
+    page = await (await b.get("/v1/tenants/gdap")).json()
+    assert page["profile_block"]["state"] == "refresh_token_invalid"
+    # The operator signs in again and places a new refresh token.
+    app.refresh_token_refusal = None
+    gdap.rt_file.write_text(sandbox.state.issue_refresh_token(app) + "\n")
+    await b.broker.tenants["gdap"].entry(tenant_id(2), GRAPH).refresh()
+    assert (await token(b, tenant_id(2))).status == 200
+
+
+async def test_throttling_honours_retry_after_for_the_whole_app(sandbox, gdap, start_broker):
+    """A 429 with Retry-After (AADSTS50196) stops every tenant's fetches for that long."""
+    for i in range(3):
+        sandbox.state.register_customer(tenant_id(i))
+    sandbox.state.fail("aad", 429, retry_after="120")
+    b = await start_broker(gdap())
+    r = await token(b, tenant_id(0))
+    error = (await r.json())["error"]
+    assert r.status == 503 and error["code"] == "throttled" and error["aadsts"] == 50196
+    assert 115 <= int(r.headers["Retry-After"]) <= 121
+    r = await token(b, tenant_id(1), ARM)
+    assert r.status == 503 and (await r.json())["error"]["code"] == "throttled"
+    assert 110 <= int(r.headers["Retry-After"]) <= 121
+    assert sandbox.state.counts["aad"] == 1
+    page = await (await b.get("/v1/tenants/gdap")).json()
+    assert page["profile_block"]["state"] == "throttled"
+
+
+async def test_a_hostile_retry_after_is_capped(sandbox, gdap, start_broker):
+    sandbox.state.register_customer(tenant_id(0))
+    sandbox.state.fail("aad", 429, retry_after="99999999999")
+    b = await start_broker(gdap())
+    r = await token(b, tenant_id(0))
+    assert r.status == 503 and int(r.headers["Retry-After"]) <= 600
+
+
+async def test_unclassified_refusals_stay_per_entry(sandbox, gdap, start_broker):
+    """An AADSTS code the broker does not classify (client secret wrong, 7000215) is the usual
+    upstream_refused, remembered by the entry alone."""
+    sandbox.state.register_customer(tenant_id(0))
+    sandbox.state.fail("aad", 401)
+    b = await start_broker(gdap())
+    r = await token(b, tenant_id(0))
+    error = (await r.json())["error"]
+    assert r.status == 502 and error["code"] == "upstream_refused" and error["aadsts"] == 7000215
+    assert (await token(b, tenant_id(0), ARM)).status == 200
+
+
+# -- the refresh token, rotated --------------------------------------------------------------
+
+
+async def test_a_rotated_refresh_token_is_written_back_and_used_for_every_tenant(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """Strict rotation in the sandbox (a used refresh token stops working): one tenant after
+    another succeeds only if each request uses the newest rotated token. A burst writes the
+    file at most once a second; the newest is on disk within a second after it."""
+    fake_sandbox.state.revoke_rotated = True
+    for i in range(4):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    first = gdap_fake.rt_file.read_text().strip()
+    b = await start_broker(gdap_fake(), clock=clock)
+    for i in range(4):
+        assert (await token(b, tenant_id(i))).status == 200
+    written = gdap_fake.rt_file.read_text().strip()
+    assert written != first  # the first rotation, at once
+    clock.advance(1.0)  # the burst is over: the newest is written back
+    await b.broker.credentials["gdap"].settled()
+    newest = gdap_fake.rt_file.read_text().strip()
+    assert newest != written and newest in gdap_fake.app.refresh_tokens
+    assert (gdap_fake.rt_file.stat().st_mode & 0o777) == 0o600
+    assert first not in b.logs.getvalue() and newest not in b.logs.getvalue()
+
+
+async def test_mfa_missing_from_the_profiles_own_token_is_reported(sandbox, gdap, start_broker):
+    """Partner Center refuses app+user tokens without MFA: /v1/profiles and /metrics say so."""
+    app = sandbox.state.apps[CLIENT_ID]
+    app.mfa = False
+    b = await start_broker(gdap())
+    assert (await b.get("/v1/token/gdap", params={"kind": "aad"})).status == 200
+    profiles = (await (await b.get("/v1/profiles")).json())["profiles"]
+    assert profiles["gdap"]["mfa"] is False and "mfa" not in profiles["default"]
+    metrics = await (await b.client.get("/metrics")).text()
+    assert 'broker_aad_token_mfa{profile="gdap"} 0.0' in metrics
+    app.mfa = True
+    r = await b.client.post("/v1/token/gdap/refresh?kind=aad", headers=HEADERS)
+    assert r.status == 200
+    profiles = (await (await b.get("/v1/profiles")).json())["profiles"]
+    assert profiles["gdap"]["mfa"] is True
+
+
+# -- bounds and the clock ----------------------------------------------------------------------
+
+
+async def test_max_customer_tokens_evicts_expired_first_then_lru(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    for i in range(8):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(extra="max_customer_tokens = 4"), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    for i in range(4):
+        assert (await token(b, tenant_id(i))).status == 200
+    assert (await token(b, tenant_id(0))).status == 200  # 0 used again: 1 is now the oldest
+    assert (await token(b, tenant_id(4))).status == 200
+    assert len(cache) == 4 and cache.lookup(tenant_id(1), GRAPH) is None
+    assert cache.lookup(tenant_id(0), GRAPH) is not None and cache.evicted == 1
+    # An expired entry goes before a less recently used live one.
+    cache.lookup(tenant_id(3), GRAPH).token = None
+    assert (await token(b, tenant_id(5))).status == 200
+    assert cache.lookup(tenant_id(3), GRAPH) is None and cache.lookup(tenant_id(2), GRAPH)
+    # A flood of distinct tenants never grows the cache past the bound.
+    for i in range(6, 8):
+        assert (await token(b, tenant_id(i))).status == 200
+    assert len(cache) == 4 and len(cache.tenants) <= 4 + 4
+
+
+async def test_refreshed_ahead_while_used_and_lapsing_when_not(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """An entry in use is replaced before it expires, with no caller waiting; one nobody asks
+    for lapses: no background refresh, and the next caller fetches it cold."""
+    fake_sandbox.state.register_customer(tenant_id(1))
+    fake_sandbox.state.register_customer(tenant_id(2))
+    fake_sandbox.state.lifetimes["aad"] = 3600
+    b = await start_broker(gdap_fake(), clock=clock)
+    assert (await token(b, tenant_id(1))).status == 200
+    assert (await token(b, tenant_id(2))).status == 200
+    assert fake_sandbox.state.counts["aad"] == 2
+    for _ in range(5):  # tenant 1 is asked for every ten minutes, tenant 2 never again
+        clock.advance(600)
+        r = await token(b, tenant_id(1))
+        assert r.status == 200 and (await r.json())["expires_in"] >= 599  # never waits
+    await fake_sandbox.state.wait_calls("aad", 3)  # the refresh ahead, at about 2,685 s
+    entry = b.broker.tenants["gdap"].lookup(tenant_id(1), GRAPH)
+    if entry.flight is not None:
+        await asyncio.shield(entry.flight)
+    assert (await (await token(b, tenant_id(1))).json())["expires_in"] > 3000
+    paths = [c.path for c in fake_sandbox.state.calls]
+    assert paths.count(f"/{tenant_id(1)}/oauth2/v2.0/token") == 2
+    assert paths.count(f"/{tenant_id(2)}/oauth2/v2.0/token") == 1
+    clock.advance(1800)  # tenant 2's token has expired; nobody refreshed it
+    entry = b.broker.tenants["gdap"].lookup(tenant_id(2), GRAPH)
+    assert entry is not None and entry.peek() is None
+    assert (await token(b, tenant_id(2))).status == 200
+    assert fake_sandbox.state.counts["aad"] >= 4
+
+
+# -- managed identity per tenant -------------------------------------------------------------
+
+
+async def test_azure_identity_gets_a_tenants_graph_token(
+    sandbox, gdap, secret, start_broker, tmp_path, monkeypatch, witness
+):
+    """Real azure-identity ManagedIdentityCredential with IDENTITY_ENDPOINT pointing at
+    /msi/tenants/<t>/token gets that tenant's Graph token; another tenant's endpoint gets that
+    one's; a resource outside customer_scopes is refused."""
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.identity import CredentialUnavailableError, ManagedIdentityCredential
+
+    from tests.test_msi import AZURE_ENV
+
+    sandbox.state.register_customer(tenant_id(1))
+    sandbox.state.register_customer(tenant_id(2))
+    gdap()  # the refresh token file
+    text = config_text(
+        sandbox,
+        profiles="[profiles.default]\nwarm = false\n" + gdap_profile(gdap.rt_file),
+    )
+    text += f'\n[msi]\nprofile = "gdap"\ngenerated_header_file = "{tmp_path}/identity-header"\n'
+    b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
+    header = (tmp_path / "identity-header").read_text().strip()
+    witness.secrets.add(header)
+    for name in AZURE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("IDENTITY_HEADER", header)
+
+    def fetch(tenant: str, scope: str = GRAPH) -> str:
+        monkeypatch.setenv(
+            "IDENTITY_ENDPOINT", str(b.client.make_url(f"/msi/tenants/{tenant}/token"))
+        )
+        return ManagedIdentityCredential().get_token(scope).token
+
+    loop = asyncio.get_running_loop()
+    one = await loop.run_in_executor(None, fetch, tenant_id(1))
+    two = await loop.run_in_executor(None, fetch, tenant_id(2))
+    for value, tenant in ((one, tenant_id(1)), (two, tenant_id(2))):
+        claims = jwt.decode(value, options={"verify_signature": False})
+        assert claims["tid"] == tenant and claims["aud"] == "https://graph.microsoft.com"
+    # The same token /v1 hands out: one cache.
+    assert (await (await token(b, tenant_id(1))).json())["access_token"] == one
+    assert sandbox.state.counts["aad"] == 2
+    with pytest.raises((ClientAuthenticationError, CredentialUnavailableError)):
+        await loop.run_in_executor(None, fetch, tenant_id(1), "https://vault.azure.net/.default")
+    h = {"X-IDENTITY-HEADER": header}
+    q = {"api-version": "2019-08-01", "resource": "https://graph.microsoft.com"}
+    for path, status in (
+        ("/msi/tenants/common/token", 400),
+        ("/msi/tenants/a..b/token", 400),
+        (f"/msi/tenants/{tenant_id(1)}/token?client_id=nope", 400),
+    ):
+        r = await b.client.get(path, params=q, headers=h)
+        assert r.status == status and "statusCode" in await r.json()
+    r = await b.client.get(f"/msi/tenants/{tenant_id(1)}/token", params=q)
+    assert r.status == 401

@@ -118,7 +118,7 @@ def cmd_msi_env(args: argparse.Namespace) -> int:
     from broker.cli.msi_env import export_lines
 
     try:
-        print(export_lines(settings, args.profile))
+        print(export_lines(settings, args.profile, args.tenant))
     except ValueError as e:
         return _fail(f"msi-env: {e}", 2)
     return 0
@@ -161,7 +161,17 @@ def _answer(status: int, body: bytes) -> Any:
 
 def _token_path(args: argparse.Namespace, suffix: str = "") -> str:
     profile = urllib.parse.quote(args.profile, safe="")
-    return f"/v1/token/{profile}{suffix}?kind={args.kind}"
+    tenant = getattr(args, "tenant", None)
+    if tenant is None:
+        if getattr(args, "scope", None) is not None:
+            raise _Failed(2, "--scope needs --tenant")
+        return f"/v1/token/{profile}{suffix}?kind={args.kind or 'partner'}"
+    query = {"tenant": tenant}
+    if args.scope is not None:
+        query["scope"] = args.scope
+    if args.kind is not None:  # the broker refuses kind=partner with a tenant, and says why
+        query["kind"] = args.kind
+    return f"/v1/token/{profile}{suffix}?{urllib.parse.urlencode(query)}"
 
 
 def _client(run):
@@ -233,7 +243,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 @_client
 def cmd_status(args: argparse.Namespace) -> int:
-    from broker.cli.summary import restart_line, shared_line, status_table, troubles
+    from broker.cli.summary import (
+        customer_lines,
+        restart_line,
+        shared_line,
+        status_table,
+        troubles,
+    )
 
     answer = _answer(*_ask(args, "GET", "/v1/profiles"))
     profiles = answer.get("profiles") if isinstance(answer, dict) else None
@@ -248,11 +264,40 @@ def cmd_status(args: argparse.Namespace) -> int:
         pending = restart_line(answer.get("restart_pending"))
         if pending:
             print(pending)
+        for line in customer_lines(profiles):
+            print(line)
     bad = troubles(profiles)
     if bad:
         return _fail(
             f"status: {len(bad)} of {len(profiles)} profile(s) in trouble: " + "; ".join(bad), 1
         )
+    return 0
+
+
+@_client
+def cmd_tenants(args: argparse.Namespace) -> int:
+    from broker.cli.summary import tenants_table
+
+    profile = urllib.parse.quote(args.profile, safe="")
+    pages: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    after: str | None = None
+    while len(rows) < args.limit:
+        query = {"limit": str(min(1000, max(1, args.limit - len(rows))))}
+        if after:
+            query["after"] = after
+        page = _answer(*_ask(args, "GET", f"/v1/tenants/{profile}?{urllib.parse.urlencode(query)}"))
+        if not isinstance(page, dict) or not isinstance(page.get("tenants"), list):
+            raise _Failed(1, "the answer has no tenants list (is this the broker?)")
+        pages.append(page)
+        rows += page["tenants"]
+        after = page.get("next")
+        if not after:
+            break
+    if args.json:
+        print(json.dumps(pages if len(pages) > 1 else pages[0], indent=2))
+    else:
+        print(tenants_table(pages[0], rows))
     return 0
 
 

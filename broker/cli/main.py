@@ -113,8 +113,22 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kind",
         choices=("partner", "aad"),
-        default="partner",
+        default=None,
         help="the Partner Center token, or the Azure AD token behind it (default: partner)",
+    )
+
+
+def _tenant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tenant",
+        metavar="TENANT",
+        help="a customer tenant (id or domain) of a profile with customer_tenants: its Azure "
+        "AD token instead (default: none)",
+    )
+    p.add_argument(
+        "--scope",
+        metavar="SCOPE",
+        help="with --tenant: one of the profile's customer_scopes (default: the first)",
     )
 
 
@@ -176,11 +190,35 @@ def parser() -> argparse.ArgumentParser:
         "line on stderr, a non-zero exit.\n\n" + WHERE,
     )
     _profile_args(p)
+    _tenant_args(p)
     p.add_argument(
         "--json",
         action="store_true",
         help='print {"access_token", "token_type", "expires_on", "expires_in", "profile", '
         '"kind"} instead of the bare token (default: off)',
+    )
+    _target_args(p)
+
+    p = _sub(
+        sub,
+        "tenants",
+        "the customer tenants of a profile with customer_tenants",
+        "pc-token-broker tenants gdap",
+        "A table of the customer tenants the broker has seen: state (ok, idle, consent_required,\n"
+        "interaction_required, refresh_token_invalid, tenant_not_found, throttled, failing),\n"
+        "tokens cached, failures in a row, the last error with its AADSTS code, and when the\n"
+        "next attempt may go upstream. Never a token.",
+    )
+    p.add_argument("profile", metavar="PROFILE")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="at most this many tenants, in name order (default: 1000)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the broker's JSON pages (default: off)"
     )
     _target_args(p)
 
@@ -265,6 +303,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "profile", nargs="?", metavar="PROFILE", help="another profile than [msi] profile"
+    )
+    p.add_argument(
+        "--tenant",
+        metavar="TENANT",
+        help="a customer tenant: IDENTITY_ENDPOINT becomes /msi/tenants/TENANT/token "
+        "(default: none)",
     )
     _config_arg(p)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 
 from broker.config.files import read_text
+from broker.config.load import is_tenant
 from broker.config.settings import Settings
 
 
@@ -19,7 +20,7 @@ def endpoint(settings: Settings) -> str:
     raise ValueError("the Azure SDKs need a TCP listener: add one to server.listen")
 
 
-def export_lines(settings: Settings, profile: str | None = None) -> str:
+def export_lines(settings: Settings, profile: str | None = None, tenant: str | None = None) -> str:
     msi = settings.msi
     if msi is None:
         raise ValueError("the managed-identity endpoint is not configured: add an [msi] table")
@@ -34,8 +35,13 @@ def export_lines(settings: Settings, profile: str | None = None) -> str:
                 f"cannot read {msi.generated_header_file}: the broker writes it at "
                 "start-up (is it running, and may this user read the file?)"
             ) from None
+    url = endpoint(settings)
+    if tenant is not None:  # a customer tenant's tokens (a profile with customer_tenants)
+        if not is_tenant(tenant):
+            raise ValueError(f"{tenant[:80]!r} is not a tenant id or domain")
+        url = url.removesuffix("/msi/token") + f"/msi/tenants/{tenant.lower()}/token"
     lines = [
-        f"export IDENTITY_ENDPOINT={shlex.quote(endpoint(settings))}",
+        f"export IDENTITY_ENDPOINT={shlex.quote(url)}",
         f"export IDENTITY_HEADER={shlex.quote(header)}",
     ]
     if profile is not None and profile != msi.profile:

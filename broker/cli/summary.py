@@ -145,3 +145,67 @@ def shared_line(shared: dict[str, Any]) -> str:
     if shared.get("last_error"):
         line += f"; last error: {shared['last_error']}"
     return line
+
+
+def customer_lines(profiles: dict[str, Any]) -> list[str]:
+    """`status` lines under the table: a profile whose own Azure AD token shows no MFA (Partner
+    Center refuses app+user calls without it, 401 with error 900421), and each profile's
+    customer tenants by state."""
+    lines = []
+    for name, info in sorted(profiles.items()):
+        if not isinstance(info, dict):
+            continue
+        if info.get("mfa") is False:
+            lines.append(
+                f"warning: {name}: its Azure AD token shows no MFA (amr): Partner Center "
+                "refuses app+user calls without it (401, error 900421); sign in again with MFA"
+            )
+        customers = info.get("customer_tenants")
+        if isinstance(customers, dict):
+            states = customers.get("tenants") or {}
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none seen"
+            line = f"{name}: customer tenants: {counts}; {customers.get('tokens', 0)} tokens"
+            block = customers.get("profile_block")
+            if isinstance(block, dict):
+                line += f"; every tenant {block.get('state')} for {_seconds(block.get('retry_in'))}"
+            lines.append(line)
+    return lines
+
+
+def tenants_table(page: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """`tenants PROFILE`: one line per customer tenant, never a token."""
+    up = page.get("upstream") or {}
+    head = [
+        f"profile {page.get('profile')}: {page.get('tokens', 0)} tokens cached "
+        f"(at most {page.get('max_customer_tokens')}), {page.get('tenants_seen', 0)} tenants "
+        f"seen; Azure AD calls in flight {up.get('in_flight', 0)}/{up.get('limit', '?')}, "
+        f"queued {up.get('queued', 0)}"
+    ]
+    block = page.get("profile_block")
+    if isinstance(block, dict):
+        error = block.get("last_error") or {}
+        head.append(
+            f"every tenant: {block.get('state')} (AADSTS{error.get('aadsts')}) for another "
+            f"{_seconds(block.get('retry_in'))}"
+        )
+    table = [("TENANT", "STATE", "TOKENS", "FAILS", "LAST ERROR", "NEXT")]
+    for row in rows:
+        error = row.get("last_error") or {}
+        last = "-"
+        if error:
+            last = str(error.get("code", ""))
+            if error.get("aadsts"):
+                last += f" (AADSTS{error['aadsts']})"
+        table.append(
+            (
+                str(row.get("tenant")),
+                str(row.get("state")),
+                str(row.get("tokens", 0)),
+                str(row.get("failures_in_row", 0)),
+                last,
+                _seconds(row.get("next_attempt_in")),
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    return "\n".join(head + body)

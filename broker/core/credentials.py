@@ -206,6 +206,8 @@ class RefreshTokenCredential(_AzureADCredential):
         self._seen_in_file: str | None = None  # the file content we last read
         self._unsaved: str | None = None  # a rotated token not (yet) written back
         self._written_at = -1e9  # monotonic: the last write-back
+        self._flush_timer: Any = None  # a coalesced write-back, armed
+        self._flushing: asyncio.Task | None = None  # that write-back, running
         self.mfa: bool | None = None  # whether the profile's own token shows MFA in `amr`
         # With [shared]: the fleet's newest rotated token, by version (newest wins).
         self._shared = shared if shared is not None and shared.enabled else None
@@ -261,6 +263,9 @@ class RefreshTokenCredential(_AzureADCredential):
         now = upstream.clock.monotonic()
         if coalesce and now - self._written_at < WRITE_BACK_EVERY:
             self._unsaved = rotated
+            if self._flush_timer is None:  # the newest reaches the file when the burst ends
+                at = self._written_at + WRITE_BACK_EVERY
+                self._flush_timer = upstream.clock.call_at(at, lambda: self._flush(upstream))
         else:
             self._written_at = now
             await self._save(rotated, ids)
@@ -281,7 +286,20 @@ class RefreshTokenCredential(_AzureADCredential):
         self._version, self._unsaved = found
         upstream.redactor.add(found[1])
 
-    async def _save(self, rotated: str, ids: RefreshIds) -> None:
+    def _flush(self, upstream: Upstream) -> None:
+        """Write back the newest rotated refresh token a burst kept in memory."""
+        self._flush_timer = None
+        unsaved = self._unsaved
+        if unsaved is not None and unsaved != self._seen_in_file:
+            self._written_at = upstream.clock.monotonic()
+            self._flushing = asyncio.get_running_loop().create_task(self._save(unsaved, None))
+
+    async def settled(self) -> None:
+        """Wait for a write-back in progress (tests; shutdown)."""
+        if self._flushing is not None:
+            await self._flushing
+
+    async def _save(self, rotated: str, ids: RefreshIds | None) -> None:
         path = self.profile.refresh_token_file
         assert path is not None
         try:  # fsync and rename: off the event loop
@@ -292,7 +310,7 @@ class RefreshTokenCredential(_AzureADCredential):
                 "refresh_token_not_saved",
                 file=path,
                 error=e.strerror,
-                correlation_id=ids.correlation_id,
+                correlation_id=ids.correlation_id if ids else None,
                 note="kept in memory; fix the file's permissions before the broker restarts",
             )
             return
