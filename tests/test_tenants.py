@@ -649,3 +649,58 @@ async def test_azure_identity_gets_a_tenants_graph_token(
         assert r.status == status and "statusCode" in await r.json()
     r = await b.client.get(f"/msi/tenants/{tenant_id(1)}/token", params=q)
     assert r.status == 401
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+async def test_cli_token_tenants_and_msi_env(
+    sandbox, gdap, secret, start_broker, capsys, tmp_path, monkeypatch
+):
+    from broker.cli.main import main
+
+    monkeypatch.delenv("PC_TOKEN_BROKER_CONFIG", raising=False)
+    monkeypatch.delenv("PC_TOKEN_BROKER_URL", raising=False)
+    sandbox.state.register_customer(tenant_id(1))
+    sandbox.state.register_customer(tenant_id(2), consents=set())
+    sandbox.state.apps[CLIENT_ID].mfa = False
+    b = await start_broker(gdap())
+    url = str(b.client.make_url("")).rstrip("/")
+    loop = asyncio.get_running_loop()
+
+    async def cli(*argv: str) -> int:
+        return await loop.run_in_executor(None, main, list(argv))
+
+    assert await cli("token", "gdap", "--tenant", tenant_id(1), "--scope", ARM, "--url", url) == 0
+    printed = capsys.readouterr().out.strip()
+    claims = jwt.decode(printed, options={"verify_signature": False})
+    assert claims["tid"] == tenant_id(1) and claims["aud"] == "https://management.azure.com"
+    assert await cli("token", "gdap", "--tenant", tenant_id(2), "--url", url) == 1
+    err = capsys.readouterr().err
+    assert "consent_required" in err and "AADSTS65001" in err and err.count("\n") == 1
+    assert (
+        await cli("token", "gdap", "--tenant", tenant_id(1), "--kind", "partner", "--url", url) == 1
+    )
+    assert "bad_kind" in capsys.readouterr().err
+    assert await cli("token", "gdap", "--scope", ARM, "--url", url) == 2
+    assert await cli("tenants", "gdap", "--url", url) == 0
+    out = capsys.readouterr().out
+    assert tenant_id(1) in out and "consent_required (AADSTS65001)" in out and printed not in out
+    assert await cli("tenants", "gdap", "--json", "--url", url) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == 1
+    assert await cli("token", "gdap", "--kind", "aad", "--url", url) == 0
+    capsys.readouterr()
+    await cli("status", "--url", url)
+    out = capsys.readouterr().out
+    assert "warning: gdap: its Azure AD token shows no MFA" in out
+    assert "gdap: customer tenants:" in out and "1 ok" in out
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[server]\nlisten = ["127.0.0.1:8721"]\n[msi]\nidentity_header_env = "H"\n'
+        "[profiles.default]\ntenant_id = 't'\nclient_id = 'c'\nclient_secret_env = 'S'\n"
+    )
+    monkeypatch.setenv("H", "header-value-123")
+    assert await cli("msi-env", "--tenant", "Fabrikam.Example", "--config", str(config)) == 0
+    out = capsys.readouterr().out
+    assert "IDENTITY_ENDPOINT=http://127.0.0.1:8721/msi/tenants/fabrikam.example/token" in out
+    assert await cli("msi-env", "--tenant", "common", "--config", str(config)) == 2

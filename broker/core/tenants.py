@@ -313,7 +313,12 @@ class TenantCache:
         return scope in self._scopes
 
     def __len__(self) -> int:
+        """Entries, with or without a token (bounded by max_customer_tokens)."""
         return len(self._lru)
+
+    def tokens(self) -> int:
+        """Entries holding a token (O(n): for status, not the hot path)."""
+        return sum(1 for e in self._lru.values() if e.token is not None)
 
     # -- entries ---------------------------------------------------------------------------
 

@@ -154,7 +154,8 @@ class TenantHandlers:
             if cache.allows_tenant("*")
             else len(cache.profile.customer_tenants),
             "customer_scopes": list(cache.profile.customer_scopes),
-            "tokens": len(cache),
+            "entries": len(cache),
+            "tokens": cache.tokens(),
             "max_customer_tokens": cache.profile.max_customer_tokens,
             "upstream": {
                 "in_flight": cache.limiter.active,

@@ -69,7 +69,9 @@ class _ProfileCollector(Collector):
             labels=["profile"],
         )
         tokens = GaugeMetricFamily(
-            "broker_customer_tokens", "Cached (tenant, scope) tokens", labels=["profile"]
+            "broker_customer_tokens",
+            "Customer-tenant (tenant, scope) entries held (at most max_customer_tokens)",
+            labels=["profile"],
         )
         tenants = GaugeMetricFamily(
             "broker_customer_tenants",
