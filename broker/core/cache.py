@@ -63,6 +63,31 @@ class EntryStatus:
 
 
 class Entry:
+    # Slots: a profile has two entries, but a customer-tenant profile may hold 50,000.
+    __slots__ = (
+        "_clock",
+        "_closed",
+        "_fetch",
+        "_ids",
+        "_log",
+        "_metrics",
+        "_rand",
+        "_timer",
+        "calls",
+        "failures",
+        "flight",
+        "kind",
+        "last_error",
+        "last_used",
+        "next_at",
+        "policy",
+        "profile",
+        "retry_at",
+        "token",
+        "token_correlation_id",
+        "waiters",
+    )
+
     def __init__(
         self,
         profile: str,

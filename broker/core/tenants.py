@@ -204,32 +204,77 @@ def _file_stamp(path: str | None) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def tenant_fetch(
+async def fetch_tenant_token(
     profile: ProfileSettings,
     credential: Credential,
     upstream: Upstream,
     tenant: str,
     scope: str,
-) -> Callable[[RefreshIds], Any]:
+    ids: RefreshIds,
+) -> Token:
     """THE place a customer-tenant token is fetched: the profile's grant at
     `{authority}/{tenant}/oauth2/v2.0/token` for `scope`. Raises `TenantRefused` for a
-    classified refusal. (A shared cache wraps this callable; its key is
-    (client_id, tenant, scope).)"""
+    classified refusal. (With [shared], `TenantCache` puts the fleet's cache in front of it,
+    keyed (client_id, tenant, scope): see `shared_key`.)"""
     url = profile.customer_token_url(tenant)
+    await credential.before(upstream)  # type: ignore[attr-defined]
+    form = credential.form(upstream, url, scope)  # type: ignore[attr-defined]
+    answer = await upstream.azure_ad_answer(url, form, timeout=profile.upstream_timeout, ids=ids)
+    if answer.status != 200:
+        raise refusal_error(upstream, answer, ids)
+    token, body = upstream.token_answer("aad", answer, ids.correlation_id)
+    await credential.answered(upstream, body, ids, coalesce=True)  # type: ignore[attr-defined]
+    return token
 
-    async def fetch(ids: RefreshIds) -> Token:
-        await credential.before(upstream)  # type: ignore[attr-defined]
-        form = credential.form(upstream, url, scope)  # type: ignore[attr-defined]
-        answer = await upstream.azure_ad_answer(
-            url, form, timeout=profile.upstream_timeout, ids=ids
-        )
-        if answer.status != 200:
-            raise refusal_error(upstream, answer, ids)
-        token, body = upstream.token_answer("aad", answer, ids.correlation_id)
-        await credential.answered(upstream, body, ids, coalesce=True)  # type: ignore[attr-defined]
+
+class _Fetch:
+    """One entry's fetch, small (an entry may be one of 50,000): the profile's and the tenant's
+    remembered refusals, then the fan-out limit, then `fetch_tenant_token`."""
+
+    __slots__ = ("cache", "scope", "state")
+
+    def __init__(self, cache: TenantCache, state: TenantState, scope: str) -> None:
+        self.cache, self.state, self.scope = cache, state, scope
+
+    async def __call__(self, ids: RefreshIds) -> Token:
+        cache, state, scope = self.cache, self.state, self.scope
+        cache._check(state)
+        async with cache.limiter:
+            cache._check(state)  # a refusal may have landed while this one queued
+            try:
+                token = await fetch_tenant_token(
+                    cache.profile, cache._credential, cache._upstream, state.name, scope, ids
+                )
+            except UpstreamError as e:
+                cache._remember(state, e)
+                raise
+        others = (e for s, e in state.entries.items() if s != scope)
+        if state.block is None and not any(e.last_error is not None for e in others):
+            state.last_error, state.failures = None, 0
         return token
 
-    return fetch
+
+class _EntryLog:
+    """An entry's logger without a bound copy per entry: tenant and scope are added when a
+    line is logged. Profile and kind are bound once, on the cache's logger, so `bind` (which
+    `Entry` calls with exactly those) returns this same object."""
+
+    __slots__ = ("_log", "_scope", "_tenant")
+
+    def __init__(self, log: Any, tenant: str, scope: str) -> None:
+        self._log, self._tenant, self._scope = log, tenant, scope
+
+    def bind(self, **_already_bound: Any) -> _EntryLog:
+        return self
+
+    def info(self, event: str, **kw: Any) -> Any:
+        return self._log.info(event, tenant=self._tenant, scope=self._scope, **kw)
+
+    def warning(self, event: str, **kw: Any) -> Any:
+        return self._log.warning(event, tenant=self._tenant, scope=self._scope, **kw)
+
+    def exception(self, event: str, **kw: Any) -> Any:
+        return self._log.exception(event, tenant=self._tenant, scope=self._scope, **kw)
 
 
 def shared_key(profile: ProfileSettings, tenant: str, scope: str) -> tuple[str, str, str]:
@@ -276,7 +321,6 @@ class TenantCache:
         log: Any,
         metrics: Any,
         rand: Callable[[], float],
-        fetch_for: Callable[[str, str], Fetch] | None = None,
         shared: Any = None,
     ) -> None:
         self.profile = profile
@@ -286,9 +330,6 @@ class TenantCache:
         self._log = log.bind(profile=profile.name, kind=KIND)
         self._metrics = metrics
         self._rand = rand
-        self._fetch_for = fetch_for or (
-            lambda tenant, scope: tenant_fetch(profile, credential, upstream, tenant, scope)
-        )
         self._policy = replace(policy_for(profile), warm=False, idle_after=TENANT_IDLE_AFTER)
         self._shared = shared  # a SharedCache: the fleet's Redis in front of Azure AD
         self._any = profile.customer_tenants == ("*",)
@@ -347,7 +388,7 @@ class TenantCache:
             self._fetch(state, tenant, scope),
             self._policy,
             clock=self._clock,
-            log=self._log.bind(tenant=tenant, scope=scope),
+            log=_EntryLog(self._log, tenant, scope),
             metrics=self._metrics,
             rand=self._rand,
         )
@@ -421,29 +462,10 @@ class TenantCache:
     def _fetch(self, state: TenantState, tenant: str, scope: str) -> Fetch:
         """The entry's fetch: the fleet's shared cache (when [shared] is on) in front of the
         failure memory and fan-out limit, in front of Azure AD."""
-        fetch = self._guarded(state, scope, self._fetch_for(tenant, scope))
-        if self._shared is None:
+        fetch = _Fetch(self, state, scope)
+        if self._shared is None or not self._shared.enabled:
             return fetch
         return self._shared.wrap(fetch, shared_key(self.profile, tenant, scope), self._policy)
-
-    def _guarded(self, state: TenantState, scope: str, fetch: Fetch) -> Fetch:
-        """`fetch` behind the profile's and the tenant's remembered refusals and the limiter."""
-
-        async def guarded(ids: RefreshIds) -> Token:
-            self._check(state)
-            async with self.limiter:
-                self._check(state)  # a refusal may have landed while this one queued
-                try:
-                    token = await fetch(ids)
-                except UpstreamError as e:
-                    self._remember(state, e)
-                    raise
-            others = (e for s, e in state.entries.items() if s != scope)
-            if state.block is None and not any(e.last_error is not None for e in others):
-                state.last_error, state.failures = None, 0
-            return token
-
-        return guarded
 
     def _check(self, state: TenantState) -> None:
         now = self._clock.monotonic()
