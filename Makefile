@@ -7,10 +7,10 @@ PYTHON := $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	>/dev/null 2>&1 && echo $$p && break; done)
 endif
 VENV := .venv
-SOURCES := $(wildcard broker tests bench)
+SOURCES := $(wildcard broker tests bench tools)
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format bench clean redis test-container
+.PHONY: demo test lint format bench mutation mutation-again clean redis test-container
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required" >&2; exit 1; }
@@ -59,5 +59,20 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[speed]'
 	$(BIN)/python bench/run_all.py
 
+# Mutation testing of the core modules (README "Mutation testing"); not part of `make test`.
+# MUTATION_JOBS: mutmut workers (the machine is shared: keep it at 1-2).
+MUTATION_JOBS ?= 2
+
+$(VENV)/.installed-mutation: pyproject.toml $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet -e '.[test,mutation]'
+	@touch $@
+
+mutation: $(VENV)/.installed-mutation redis
+	nice $(BIN)/python tools/mutation.py run --jobs $(MUTATION_JOBS)
+
+# After adding tests: re-test only the survivors of the last run (no change under broker/).
+mutation-again: $(VENV)/.installed-mutation redis
+	nice $(BIN)/python tools/mutation.py again --jobs $(MUTATION_JOBS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis mutants

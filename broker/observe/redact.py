@@ -55,6 +55,7 @@ _WHITESPACE = re.compile(r"\s")
 LOG_LIMIT = 32 * 1024  # characters of one logged string; longer ones are cut before redaction
 _MIN_KNOWN = 8  # shorter "secrets" would redact ordinary words
 _MAX_KNOWN = 512  # recent opaque tokens remembered; JWTs are caught by shape anyway
+_MAX_DEPTH = 6  # levels of nesting searched; a log event is two or three deep
 
 
 class Redactor:
@@ -142,8 +143,8 @@ class Redactor:
     def value(self, value: Any, depth: int = 0) -> Any:
         if isinstance(value, str):
             return self.text(value, LOG_LIMIT)
-        if depth > 6:
-            return value
+        if depth > _MAX_DEPTH:
+            return REDACTED  # too deep to search: hidden rather than passed on unsearched
         if isinstance(value, dict):
             return {
                 k: REDACTED

@@ -1,0 +1,129 @@
+"""The redactor's three nets to the letter: which keys, which shapes (and the prefix kept in
+front of what was cut), which known values and for how long, and how deep it looks."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.observe.redact import REDACTED, SENSITIVE_KEYS, Redactor
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+
+
+def opaque(i: int) -> str:
+    return f"opaque-token-{i:05d}"
+
+
+def test_the_most_recent_512_tokens_are_known_and_the_oldest_go_first() -> None:
+    r = Redactor()
+    for i in range(513):
+        r.add(opaque(i))
+    assert r.text(opaque(0)) == opaque(0)  # evicted: the oldest
+    assert r.text(opaque(1)) == REDACTED and r.text(opaque(512)) == REDACTED
+    r.add(opaque(1))  # already known: adding it again does not make it younger
+    r.add(opaque(513))
+    assert r.text(opaque(1)) == opaque(1)
+    assert r.text(opaque(2)) == REDACTED
+
+
+def test_jwt_shaped_values_take_no_room_among_the_known_tokens() -> None:
+    """The shape catches every JWT, so remembering them would only evict opaque tokens."""
+    r = Redactor()
+    r.add("opaque-kept-value")
+    for i in range(600):
+        r.add(f"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOi{i:06d}.sig{i}")
+    assert r.text("x opaque-kept-value y") == f"x {REDACTED} y"
+
+
+def test_known_values_shorter_than_eight_characters_are_not_kept() -> None:
+    r = Redactor(["1234567", "12345678"])
+    r.add(None)
+    r.add("")
+    assert r.text("1234567 and 12345678") == f"1234567 and {REDACTED}"
+
+
+def test_every_occurrence_of_a_known_value_is_replaced() -> None:
+    r = Redactor(["secret-one-value", "secret-two-value"])
+    assert r.text("secret-one-valuesecret-two-value, again secret-one-value") == (
+        f"{REDACTED}{REDACTED}, again {REDACTED}"
+    )
+    assert r.text("") == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("BEARER abc-123", f"BEARER {REDACTED}"),
+        ("bearer\tabc", f"bearer\t{REDACTED}"),
+        ('"Bearer abc"', f'"Bearer {REDACTED}"'),
+        ("password: 'hunter2'", f"password: '{REDACTED}'"),
+        ('{"client_assertion":"abc.def"}', '{"client_assertion":"' + REDACTED + '"}'),
+        ("Access_Token = zz&x=1", f"Access_Token = {REDACTED}&x=1"),
+        ("assertion=abc;next", f"assertion={REDACTED};next"),
+        (f"jwt:{JWT}.", f"jwt:{REDACTED}."),
+        ("eyJshort.a.b", "eyJshort.a.b"),  # too short to be a JWT
+        ("the bearer of bad news", f"the bearer {REDACTED} bad news"),
+        ("nothing here", "nothing here"),
+    ],
+)
+def test_shapes_are_cut_keeping_the_prefix_that_says_what_was_there(
+    text: str, expected: str
+) -> None:
+    assert Redactor().text(text) == expected
+
+
+@pytest.mark.parametrize("key", sorted(SENSITIVE_KEYS))
+def test_values_under_sensitive_keys_are_replaced_whatever_they_are(key: str) -> None:
+    r = Redactor()
+    assert r.value({key: {"nested": 1}, key.upper(): 42, "fine": "ok"}) == {
+        key: REDACTED,
+        key.upper(): REDACTED,
+        "fine": "ok",
+    }
+
+
+def test_structures_keep_their_types_and_their_harmless_values() -> None:
+    r = Redactor(["known-secret-value"])
+    event = {
+        "tuple": ("a", JWT),
+        "set": frozenset({"known-secret-value"}),
+        "list": [1, None, 2.5, True],
+        7: "known-secret-value",
+        "error": ValueError("bad known-secret-value"),
+    }
+    assert r.value(event) == {
+        "tuple": ("a", REDACTED),
+        "set": frozenset({REDACTED}),
+        "list": [1, None, 2.5, True],
+        7: REDACTED,
+        "error": f"ValueError: bad {REDACTED}",
+    }
+
+
+def test_six_levels_of_nesting_are_searched_and_anything_deeper_is_hidden() -> None:
+    def nest(value, levels):
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    r = Redactor()
+    assert r.value({"a": nest(JWT, 6)}) == {"a": nest(REDACTED, 6)}
+    assert r.value({"a": nest(JWT, 8)}) == {"a": nest(REDACTED, 6)}
+    assert r.value(nest({"token": "x", "ok": "y"}, 7)) == nest(REDACTED, 7)
+
+
+def test_a_self_referencing_structure_does_not_recurse_forever() -> None:
+    loop: list = ["x"]
+    loop.append(loop)
+    out = Redactor().value({"loop": loop})
+    depth = 0
+    while isinstance(out, dict | list) and depth < 50:
+        out = out["loop"] if isinstance(out, dict) else out[1]
+        depth += 1
+    assert out == REDACTED and depth <= 8
+
+
+def test_as_a_structlog_processor_it_returns_the_scrubbed_event() -> None:
+    r = Redactor(["known-secret-value"])
+    event = {"event": "x known-secret-value", "authorization": "Basic abc"}
+    assert r(None, "info", event) == {"event": f"x {REDACTED}", "authorization": REDACTED}

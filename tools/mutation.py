@@ -1,0 +1,173 @@
+"""`make mutation`: mutmut over the core modules, one module at a time, then a score per module.
+
+    python tools/mutation.py run [--jobs N] [--keep] [MODULE ...]   # fresh run (or resume: --keep)
+    python tools/mutation.py again [--jobs N]                        # re-test only the survivors
+    python tools/mutation.py report                                  # the table from mutants/
+
+The modules are `[tool.mutmut] only_mutate` in pyproject.toml, run smallest first. mutmut traces
+the whole suite once to learn which tests call which function, then runs, for each mutant, only
+those tests (stopping at the first failure). Results stay in mutants/ (git-ignored); `report`
+reads them. A module passes at 90 % killed, not counting the equivalent mutants listed below
+(mutants that change no behaviour any test could see; each with its reason). `report` exits 1
+when a module is under 90 % or a mutant was never run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTANTS = ROOT / "mutants"
+THRESHOLD = 90.0
+
+# mutmut's exit codes per mutant (mutmut/stats.py): what counts as caught.
+KILLED = {1, 3, 24, -24, 36, 152, 255, 37}  # a test failed, timed out or the type check caught it
+NOT_RUN = {None}
+
+# Equivalent mutants: no test can tell them from the original because no behaviour differs.
+# Keyed by mutmut's mutant name; `report` warns about an entry that is no longer a survivor
+# (the code moved on: delete or renumber it).
+EQUIVALENT: dict[str, str] = {
+    "broker.core.schedule.x_retry_delay__mutmut_13": (
+        "exponent cap 16 -> 17: both keep 2**n far above the 60 s cap / 15 s base; the cap only "
+        "stops float overflow at thousands of failures"
+    ),
+}
+
+
+def modules() -> list[Path]:
+    """only_mutate from pyproject.toml, smallest file first."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    paths = [ROOT / p for p in config["only_mutate"]]
+    return sorted(paths, key=lambda p: (len(p.read_text().splitlines()), p.name))
+
+
+def dotted(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
+def mutmut(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "mutmut"), *args]
+
+
+def run(names: list[str], jobs: int, keep: bool) -> None:
+    if not keep:
+        shutil.rmtree(MUTANTS, ignore_errors=True)
+    MUTANTS.mkdir(exist_ok=True)
+    chosen = [p for p in modules() if not names or dotted(p) in names or p.stem in names]
+    started = time.monotonic()
+    for path in chosen:
+        name = dotted(path)
+        log = MUTANTS / f"run-{path.stem}.log"
+        t0 = time.monotonic()
+        print(f"mutation: {name} ... (log: {log.relative_to(ROOT)})", flush=True)
+        with log.open("w") as out:
+            code = subprocess.call(
+                mutmut("run", "--max-children", str(jobs), f"{name}.*"),
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        if code != 0:
+            sys.exit(f"mutation: mutmut failed on {name} (exit {code}); see {log}")
+        print(f"mutation: {name} done in {time.monotonic() - t0:.0f} s", flush=True)
+    print(f"mutation: all done in {(time.monotonic() - started) / 60:.1f} min")
+
+
+def results() -> dict[Path, dict[str, int | None]]:
+    out = {}
+    for path in modules():
+        meta = MUTANTS / path.relative_to(ROOT).with_suffix(".py.meta")
+        data = json.loads(meta.read_text()) if meta.exists() else {"exit_code_by_key": {}}
+        out[path] = data["exit_code_by_key"]
+    return out
+
+
+def again(jobs: int) -> None:
+    """Re-test the survivors (after adding tests): mutmut keeps a verdict until the function
+    changes, so new tests alone would never be tried on them. Only for new tests: mutants/
+    keeps its copy of unmutated modules, so after any change under broker/ run afresh."""
+    for path, codes in results().items():
+        survivors = [k for k, v in codes.items() if v not in KILLED and k not in EQUIVALENT]
+        if survivors:
+            print(f"mutation: re-testing {len(survivors)} survivors of {dotted(path)}", flush=True)
+            with (MUTANTS / f"again-{path.stem}.log").open("w") as out:
+                subprocess.call(
+                    mutmut("run", "--max-children", str(jobs), *survivors),
+                    cwd=ROOT,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+
+
+def report() -> int:
+    status = 0
+    print(
+        f"{'module':<28} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} "
+        f"{'not run':>7} {'score':>7}"
+    )
+    survivors: list[str] = []
+    seen_equivalent: set[str] = set()
+    for path, codes in results().items():
+        counts = Counter(
+            "equivalent"
+            if k in EQUIVALENT and v not in KILLED
+            else "killed"
+            if v in KILLED
+            else "not run"
+            if v in NOT_RUN
+            else "survived"
+            for k, v in codes.items()
+        )
+        seen_equivalent |= {k for k in codes if k in EQUIVALENT and codes[k] not in KILLED}
+        survivors += sorted(
+            f"{k} (exit {v})"
+            for k, v in codes.items()
+            if v not in KILLED and v not in NOT_RUN and k not in EQUIVALENT
+        )
+        scored = len(codes) - counts["equivalent"]
+        score = 100.0 * counts["killed"] / scored if scored else 0.0
+        if not codes or score < THRESHOLD or counts["not run"]:
+            status = 1
+        print(
+            f"{path.relative_to(ROOT).as_posix():<28} {len(codes):>7} {counts['killed']:>6} "
+            f"{counts['equivalent']:>5} {counts['survived']:>8} {counts['not run']:>7} "
+            f"{score:>6.1f}%"
+        )
+    for name in sorted(set(EQUIVALENT) - seen_equivalent):
+        print(f"note: {name} is listed as equivalent but is not a survivor any more")
+    if survivors:
+        print("\nsurvivors (exit 0: every test passed; `.venv/bin/mutmut show NAME` shows it):")
+        for line in survivors:
+            print(f"  {line}")
+    return status
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run")
+    p_run.add_argument("--jobs", type=int, default=2)
+    p_run.add_argument("--keep", action="store_true", help="resume from mutants/")
+    p_run.add_argument("module", nargs="*")
+    p_again = sub.add_parser("again")
+    p_again.add_argument("--jobs", type=int, default=2)
+    sub.add_parser("report")
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args.module, args.jobs, args.keep)
+    elif args.command == "again":
+        again(args.jobs)
+    sys.exit(report())
+
+
+if __name__ == "__main__":
+    main()
