@@ -127,3 +127,52 @@ def test_as_a_structlog_processor_it_returns_the_scrubbed_event() -> None:
     r = Redactor(["known-secret-value"])
     event = {"event": "x known-secret-value", "authorization": "Basic abc"}
     assert r(None, "info", event) == {"event": f"x {REDACTED}", "authorization": REDACTED}
+
+
+def flood(r: Redactor, n: int = 600) -> None:
+    for i in range(n):
+        r.add(opaque(i))
+
+
+def test_config_secrets_are_pinned_and_never_evicted_by_tokens() -> None:
+    r = Redactor(["initial-secret-value"])
+    r.pin("config", ["config-secret-value", "short", None])
+    r.pin("file:/run/secret", ["file-secret-value"])
+    r.add("config-secret-value")  # a token equal to a secret stays pinned
+    flood(r)
+    assert r.text("initial-secret-value config-secret-value file-secret-value") == " ".join(
+        [REDACTED] * 3
+    )
+    assert r.text(opaque(0)) == opaque(0)  # tokens still come and go
+    assert r.text("short") == "short"
+
+
+def test_a_token_later_pinned_as_a_secret_is_never_evicted() -> None:
+    r = Redactor()
+    r.add("was-a-token-value")
+    r.pin("config", ["was-a-token-value"])
+    flood(r)
+    assert r.text("was-a-token-value") == REDACTED
+
+
+def test_a_secret_its_owner_dropped_stays_known_as_an_evictable_value() -> None:
+    """After a reload that removed a secret, it is still redacted, until 512 newer values
+    push it out; the secrets still held stay pinned."""
+    r = Redactor()
+    r.pin("config", ["old-secret-value", "kept-secret-value"])
+    r.pin("config", ["kept-secret-value"])
+    assert r.text("old-secret-value") == REDACTED
+    flood(r, 511)
+    assert r.text("old-secret-value") == REDACTED
+    r.add(opaque(99_999))
+    assert r.text("old-secret-value") == "old-secret-value"
+    assert r.text("kept-secret-value") == REDACTED
+
+
+def test_an_owner_holding_nothing_any_more_pins_nothing() -> None:
+    r = Redactor()
+    r.pin("file:/a", ["file-a-secret-value"])
+    r.pin("file:/b", ["file-b-secret-value"])
+    r.pin("file:/a", [])
+    flood(r)
+    assert r.text("file-a-secret-value file-b-secret-value") == (f"file-a-secret-value {REDACTED}")
