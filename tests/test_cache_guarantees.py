@@ -121,7 +121,12 @@ async def test_refresh_failed_event_names_what_failed_and_when_it_is_retried(
     upstream = Upstream(clock)
     upstream.gate = asyncio.Event()
     upstream.fail_with = UpstreamFailing(
-        "Azure AD answered 503", endpoint="aad", upstream_status=503, correlation_id="corr-1"
+        "Azure AD answered 503",
+        endpoint="aad",
+        upstream_status=503,
+        correlation_id="corr-1",
+        aadsts=50196,
+        trace_id="trace-1",
     )
     c, entry = entry_with(clock, upstream, rand=0.5)
     caller = asyncio.create_task(entry.get())
@@ -139,6 +144,8 @@ async def test_refresh_failed_event_names_what_failed_and_when_it_is_retried(
         "error": "upstream_failing",
         "upstream_status": 503,
         "message": "Azure AD answered 503",
+        "aadsts": 50196,
+        "trace_id": "trace-1",
         "failures_in_row": 1,
         "retry_in_s": 2.0,  # the draw (0.5 s) is below the failure memory
         "serving_cached": False,
@@ -171,7 +178,13 @@ async def test_refresh_failed_says_when_the_cached_token_is_still_served(
     upstream = Upstream(clock)
     c, entry = entry_with(clock, upstream)
     await entry.get()
-    upstream.fail_with = UpstreamFailing("Azure AD answered 500", endpoint="aad")
+    upstream.fail_with = UpstreamFailing(
+        "Azure AD answered 500",
+        endpoint="aad",
+        aadsts=7000215,
+        trace_id="t-1",
+        correlation_id="c-1",
+    )
     clock.advance(2700)
     with pytest.raises(UpstreamFailing):
         await entry.flight
@@ -184,6 +197,9 @@ async def test_refresh_failed_says_when_the_cached_token_is_still_served(
         "message": "Azure AD answered 500",
         "upstream_status": None,
         "endpoint": "aad",
+        "aadsts": 7000215,
+        "trace_id": "t-1",
+        "correlation_id": "c-1",
     }
     assert status.next_attempt_in == 2.0
     token, hit = await entry.get()  # callers keep the cached token meanwhile
