@@ -11,6 +11,8 @@ import pytest
 from broker.core import pcformat
 from broker.core.pcformat import BadRequest, grant_type, parse_token_answer
 
+UTF16_DECL = '<?xml version="1.0" encoding="utf-16"?>'
+
 
 def refused(content_type: str | None, body: bytes) -> tuple[int, str]:
     with pytest.raises(BadRequest) as raised:
@@ -88,8 +90,8 @@ def test_bad_bodies_are_refused_with_partner_centers_status(
     "body",
     [
         b'<!DOCTYPE r [<!ENTITY x "jwt_token">]><r><grant_type>&x;</grant_type></r>',
-        b"<!doctype r><r><grant_type>jwt_token</grant_type></r>",
-        b'<r><!ENTITY x "y"><grant_type>jwt_token</grant_type></r>',
+        b"<!DOCTYPE r><r><grant_type>jwt_token</grant_type></r>",
+        b'<!DOCTYPE r SYSTEM "file:///etc/passwd"><r><grant_type>jwt_token</grant_type></r>',
     ],
 )
 def test_xml_with_a_doctype_or_entities_is_refused(body: bytes) -> None:
@@ -97,6 +99,28 @@ def test_xml_with_a_doctype_or_entities_is_refused(body: bytes) -> None:
         400,
         "XML with a DOCTYPE or entities is not accepted",
     )
+
+
+def test_a_utf16_body_is_refused_before_its_doctype_is_read() -> None:
+    body = f"{UTF16_DECL}<!DOCTYPE r><r><grant_type>jwt_token</grant_type></r>".encode("utf-16")
+    assert refused("text/xml", body) == (400, "the request body is not UTF-8")
+
+
+@pytest.mark.parametrize(
+    ("body", "outcome"),
+    [
+        (b'"jwt_token"', "jwt_token"),
+        (b'"client_credentials"', "unsupported grant_type 'client_credentials'; only jwt_token"),
+        (b"[1]", 'the JSON body must be an object (or the string "jwt_token")'),
+        (b"NaN", 'the JSON body must be an object (or the string "jwt_token")'),
+        (b"[" * 100_00, "the JSON body is malformed"),
+    ],
+)
+def test_a_bare_json_string_carries_the_grant_as_the_sdk_sends_it(body: bytes, outcome: str):
+    if outcome == "jwt_token":
+        assert grant_type("application/json", body) == outcome
+    else:
+        assert refused("application/json", body) == (400, outcome)
 
 
 def test_a_body_over_64_kib_is_413_before_it_is_parsed() -> None:
@@ -157,18 +181,18 @@ def test_an_xml_answer_yields_the_four_token_fields_stripped() -> None:
 @pytest.mark.parametrize(
     ("content_type", "body", "message"),
     [
-        ("text/xml", b"<TokenResponse><access_token>", "200 but the XML is malformed"),
+        ("text/xml", b"<TokenResponse><access_token>", "200 but the XML is malformed or has a DTD"),
         ("text/html", b"<html>sign in</html>", "200 but not a JSON token (text/html)"),
         ("", b"{}", "200 but not a JSON token (no content type)"),
         (
             "application/xml",
             b"<!DOCTYPE t><t><access_token>x</access_token></t>",
-            "200 but not a JSON token (application/xml)",
+            "200 but the XML is malformed or has a DTD",
         ),
         (
             "application/xml",
-            b"<!doctype t><t><access_token>x</access_token></t>",
-            "200 but not a JSON token (application/xml)",
+            f"{UTF16_DECL}<!DOCTYPE t><t><access_token>x</access_token></t>".encode("utf-16"),
+            "200 but the XML is malformed or has a DTD",
         ),
     ],
 )
