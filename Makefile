@@ -68,11 +68,11 @@ $(VENV)/.installed-mutation: pyproject.toml $(VENV)/.installed-test
 	@touch $@
 
 mutation: $(VENV)/.installed-mutation redis
-	nice $(BIN)/python tools/mutation.py run --jobs $(MUTATION_JOBS)
+	nice -n 19 $(BIN)/python tools/mutation.py run --jobs $(MUTATION_JOBS)
 
 # After adding tests: re-test only the survivors of the last run (no change under broker/).
 mutation-again: $(VENV)/.installed-mutation redis
-	nice $(BIN)/python tools/mutation.py again --jobs $(MUTATION_JOBS)
+	nice -n 19 $(BIN)/python tools/mutation.py again --jobs $(MUTATION_JOBS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis mutants
