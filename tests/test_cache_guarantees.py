@@ -334,13 +334,19 @@ async def test_a_caller_waits_no_longer_than_wait_timeout(clock: FakeClock) -> N
     await entry.flight
 
 
-async def test_a_fresh_token_with_too_little_left_is_an_error_not_served(clock: FakeClock) -> None:
+async def test_a_token_that_can_never_be_served_is_a_failure_with_backoff(
+    clock: FakeClock,
+) -> None:
     upstream = Upstream(clock, lifetime=20)
     _, entry = entry_with(clock, upstream, EXACT)
-    with pytest.raises(UpstreamFailing, match="less than the 30 s required"):
+    expected = "the new token has 20 s left, less than min_remaining (30 s): it can never be served"
+    with pytest.raises(UpstreamFailing) as raised:
         await entry.get()
-    token, hit = await entry.get(min_remaining=10)  # a caller content with 10 s takes it
-    assert hit and token.value == "token-1" and upstream.calls == 1
+    assert raised.value.message == expected and raised.value.endpoint == "aad"
+    assert entry.token is None and entry.failures == 1
+    with pytest.raises(UpstreamFailing):  # remembered: no second call within the backoff
+        await entry.get()
+    assert upstream.calls == 1 and entry.status().state == "failing"
 
 
 async def test_status_of_a_fresh_entry(clock: FakeClock) -> None:
