@@ -24,10 +24,12 @@ FROM ${PYTHON_IMAGE}
 RUN if python3 -m pip --version >/dev/null 2>&1; then python3 -m pip uninstall --yes pip; fi \
     && install -d -o 10001 -g 10001 -m 0755 /run/pc-token-broker /var/lib/pc-token-broker
 COPY --from=build /opt/pc-token-broker /opt/pc-token-broker
+# No $PC_TOKEN_BROKER_CONFIG: the config's default path is /etc/pc-token-broker/config.toml
+# already, and a config named explicitly must be readable, which a tool container running
+# `pc-token-broker token --socket ...` from this image has no reason to be able to do.
 ENV PATH=/opt/pc-token-broker/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PC_TOKEN_BROKER_CONFIG=/etc/pc-token-broker/config.toml
+    PYTHONUNBUFFERED=1
 # Config at /etc/pc-token-broker/config.toml, secrets as files (e.g. /run/secrets/...), the unix
 # socket in a shared volume, a rotated refresh token in a writable state volume.
 VOLUME ["/run/pc-token-broker", "/var/lib/pc-token-broker"]

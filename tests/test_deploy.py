@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from broker.config.load import parse_settings
+from broker.config.load import DEFAULT_PATH, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,10 @@ def test_dockerfile_is_multi_stage_pinned_non_root_with_healthcheck() -> None:
     assert '["pc-token-broker", "healthcheck"]' in healthcheck
     assert next(a for i, a in final if i == "ENTRYPOINT") == '["pc-token-broker"]'
     env = " ".join(a for i, a in final if i == "ENV")
-    assert "PC_TOKEN_BROKER_CONFIG=/etc/pc-token-broker/config.toml" in env
+    # the default config path, not named: a named config must be readable, and a tool container
+    # running `pc-token-broker token --socket` from this image has none (make test-container)
+    assert "PC_TOKEN_BROKER_CONFIG" not in env
+    assert DEFAULT_PATH == "/etc/pc-token-broker/config.toml"
     assert "PYTHONDONTWRITEBYTECODE=1" in env  # nothing written under a read-only root
     final_runs = " ".join(a for i, a in final if i == "RUN")
     for tool in ("curl", "wget", "gcc", "build-essential", "apt-get install"):
