@@ -704,3 +704,20 @@ async def test_cli_token_tenants_and_msi_env(
     out = capsys.readouterr().out
     assert "IDENTITY_ENDPOINT=http://127.0.0.1:8721/msi/tenants/fabrikam.example/token" in out
     assert await cli("msi-env", "--tenant", "common", "--config", str(config)) == 2
+
+
+async def test_a_held_back_refresh_token_is_written_at_shutdown(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """A burst ends with the broker stopping before the coalesced write-back: close() writes
+    the newest rotated refresh token."""
+    fake_sandbox.state.revoke_rotated = True  # only the newest is left unspent
+    for i in range(3):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(), clock=clock)
+    for i in range(3):
+        assert (await token(b, tenant_id(i))).status == 200
+    held = gdap_fake.rt_file.read_text().strip()
+    await b.broker.close()
+    newest = gdap_fake.rt_file.read_text().strip()
+    assert newest != held and gdap_fake.app.refresh_tokens == {newest}

@@ -299,6 +299,16 @@ class RefreshTokenCredential(_AzureADCredential):
         if self._flushing is not None:
             await self._flushing
 
+    async def close(self) -> None:
+        """At shutdown: the newest rotated refresh token a burst held back reaches the file."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        await self.settled()
+        unsaved = self._unsaved
+        if unsaved is not None and unsaved != self._seen_in_file:
+            await self._save(unsaved, None)
+
     async def _save(self, rotated: str, ids: RefreshIds | None) -> None:
         path = self.profile.refresh_token_file
         assert path is not None

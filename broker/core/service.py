@@ -254,6 +254,10 @@ class Broker:
         self.audit.flush()
         await self.cache.close()
         await asyncio.gather(*(t.close() for t in self.tenants.values()))
+        for credential in self.credentials.values():  # a rotated refresh token held back
+            closing = getattr(credential, "close", None)
+            if closing is not None:
+                await closing()
         await self.shared.close()
         if self.mirror is not None:
             await self.mirror.close()
