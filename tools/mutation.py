@@ -31,6 +31,7 @@ THRESHOLD = 90.0
 # mutmut's exit codes per mutant (mutmut/stats.py): what counts as caught.
 KILLED = {1, 3, 24, -24, 36, 152, 255, 37}  # a test failed, timed out or the type check caught it
 NOT_RUN = {None}
+NO_TESTS = {5, 33}  # no test in the run's selection calls the function
 
 # Equivalent mutants: no test can tell them from the original because no behaviour differs.
 # Keyed by mutmut's mutant name; `report` warns about an entry that is no longer a survivor
@@ -118,7 +119,7 @@ def report() -> int:
     status = 0
     print(
         f"{'module':<28} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} "
-        f"{'not run':>7} {'score':>7}"
+        f"{'no tests':>8} {'not run':>7} {'score':>7}"
     )
     survivors: list[str] = []
     seen_equivalent: set[str] = set()
@@ -130,6 +131,8 @@ def report() -> int:
             if v in KILLED
             else "not run"
             if v in NOT_RUN
+            else "no tests"
+            if v in NO_TESTS
             else "survived"
             for k, v in codes.items()
         )
@@ -137,7 +140,7 @@ def report() -> int:
         survivors += sorted(
             f"{k} (exit {v})"
             for k, v in codes.items()
-            if v not in KILLED and v not in NOT_RUN and k not in EQUIVALENT
+            if v not in KILLED | NOT_RUN | NO_TESTS and k not in EQUIVALENT
         )
         scored = len(codes) - counts["equivalent"]
         score = 100.0 * counts["killed"] / scored if scored else 0.0
@@ -145,7 +148,8 @@ def report() -> int:
             status = 1
         print(
             f"{path.relative_to(ROOT).as_posix():<28} {len(codes):>7} {counts['killed']:>6} "
-            f"{counts['equivalent']:>5} {counts['survived']:>8} {counts['not run']:>7} "
+            f"{counts['equivalent']:>5} {counts['survived']:>8} {counts['no tests']:>8} "
+            f"{counts['not run']:>7} "
             f"{score:>6.1f}%"
         )
     for name in sorted(set(EQUIVALENT) - seen_equivalent):
