@@ -139,14 +139,7 @@ class MsiHandler:
             hit,
             entry.token_correlation_id,
         )
-        body = {
-            "access_token": token.value,
-            "expires_on": str(token.expires_on),
-            "resource": resource,
-            "token_type": "Bearer",
-            "client_id": profile.client_id,
-        }
-        return web.Response(body=json.dumps(body).encode(), headers=_HEADERS)
+        return _answer(token, resource, profile)
 
     async def tenant_token(self, request: web.Request) -> web.Response:
         """`GET /msi/tenants/{tenant}/token`: a customer tenant's token for `resource` (any of
@@ -191,11 +184,17 @@ class MsiHandler:
             hit,
             entry.token_correlation_id,
         )
-        body = {
-            "access_token": token.value,
-            "expires_on": str(token.expires_on),
-            "resource": resource,
-            "token_type": "Bearer",
-            "client_id": profile.client_id,
-        }
-        return web.Response(body=json.dumps(body).encode(), headers=_HEADERS)
+        return _answer(token, resource, profile)
+
+
+def _answer(token: Any, resource: str, profile: ProfileSettings) -> web.Response:
+    """The managed-identity protocol's answer: `expires_on` as a string of epoch seconds and
+    `resource` echoed exactly, as the Azure SDKs expect."""
+    body = {
+        "access_token": token.value,
+        "expires_on": str(token.expires_on),
+        "resource": resource,
+        "token_type": "Bearer",
+        "client_id": profile.client_id,
+    }
+    return web.Response(body=json.dumps(body).encode(), headers=_HEADERS)
