@@ -85,16 +85,7 @@ class Audit:
                 f'"caller": "{caller}", "cache": "{"hit" if hit else "miss"}", '
                 f'"correlation_id": "{correlation_id or ""}"}}\n'
             )
-        line = "%s.%03d%s" % (self._stamp, (now - second) * 1000, rest)  # noqa: UP031 - fastest
-        self._pending.append(line)
-        self._size += len(line)
-        if self._size >= FLUSH_SIZE:
-            self.flush()
-        elif self._timer is None:
-            try:
-                self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self.flush)
-            except RuntimeError:  # no loop (a synchronous caller): write now
-                self.flush()
+        self._queue("%s.%03d%s" % (self._stamp, (now - second) * 1000, rest))  # noqa: UP031
 
     def served_tenant(
         self,
@@ -138,14 +129,18 @@ class Audit:
                 "correlation_id": correlation_id or "",
             }
         )
-        self._pending.append(line + "\n")
-        self._size += len(line) + 1
+        self._queue(line + "\n")
+
+    def _queue(self, line: str) -> None:
+        """Batch a complete line: written within FLUSH_AFTER, or at once past FLUSH_SIZE."""
+        self._pending.append(line)
+        self._size += len(line)
         if self._size >= FLUSH_SIZE:
             self.flush()
         elif self._timer is None:
             try:
                 self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self.flush)
-            except RuntimeError:
+            except RuntimeError:  # no loop (a synchronous caller): write now
                 self.flush()
 
     def flush(self) -> None:
