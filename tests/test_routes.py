@@ -117,3 +117,28 @@ async def test_unknown_expectation_is_417(sandbox, secret, run_server):
     status, body = status_and_json(answer)
     assert status == 417
     assert body["error"]["code"] == "expectation_failed"
+
+
+async def test_hostile_paths_get_a_json_4xx(sandbox, secret, run_server):
+    """Raw non-UTF-8 bytes, broken percent-escapes, a NUL and a path of 2,000 segments never
+    crash the dispatch: a JSON 4xx each."""
+    addresses, logs = await run_server(make_settings(sandbox, secret))
+    targets = [
+        b"/v1/token/\xff\xfe",
+        b"/v1/token/%ff%fe",
+        b"/v1/token/%zz",
+        b"/v1/tenants/default/%00/invalidate",
+        b"/v1/" + b"a/" * 2000 + b"token",
+        b"/msi/tenants/%2e%2e%2f/token",
+    ]
+    for target in targets:
+        answer = await raw(
+            addresses[0],
+            b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\n"
+            b"Connection: close\r\n\r\n",
+        )
+        status, body = status_and_json(answer)
+        assert 400 <= status < 500, (target[:40], status)
+        # the broker's shape, or the managed-identity protocol's on /msi
+        assert body.get("error", {}).get("code") or body.get("statusCode") == status, target[:40]
+    assert "handler_crashed" not in logs.getvalue()
