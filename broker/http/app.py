@@ -84,7 +84,7 @@ def create_app(
     app[BROKER] = broker
     dispatch = Routes(broker).dispatch
 
-    async def handle(request: web.Request) -> web.StreamResponse:
+    async def handle(request: web.Request) -> Any:
         return await dispatch(request)
 
     app.router.add_route("*", "/{tail:.*}", handle)

@@ -12,9 +12,11 @@ from aiohttp import web
 from broker.config.errors import UpstreamError
 from broker.core.render import JSON, TEXT, json_body
 from broker.core.schedule import MAX_RETRY_AFTER
+from broker.http.answer import Answer, Head
 
 # A handler returns its answer, or an awaitable of it (a coroutine: the usual async handler).
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse] | web.StreamResponse]
+Reply = web.StreamResponse | Answer
+Handler = Callable[[web.Request], Awaitable[Reply] | Reply]
 # A request's path parameters (`{profile}`, `{tenant}`), set by the routes' dispatch.
 PARAMS = web.RequestKey("params", dict[str, str])
 
@@ -33,6 +35,9 @@ CONTENT_TYPES = {
     TEXT: "text/plain; charset=utf-8",
 }
 HEADERS = {media: {"Content-Type": ct, **NO_STORE} for media, ct in CONTENT_TYPES.items()}
+HEADS = {media: Head(headers) for media, headers in HEADERS.items()}  # for `Answer`s
+# What a handler's result is when it is not an awaitable of one.
+RESPONSES = (web.StreamResponse, Answer)
 # Key in a response's own mapping: why it was refused, for the debug log.
 REASON: Any = web.ResponseKey("reason", str) if hasattr(web, "ResponseKey") else "broker_reason"
 
@@ -99,7 +104,7 @@ def counted(
     """Count by route and status; refuse bodies over MAX_BODY; a crash becomes a JSON 500."""
     count = metrics.count_request
 
-    async def wrapper(request: web.Request) -> web.StreamResponse:
+    async def wrapper(request: web.Request) -> Reply:
         try:
             if (
                 limit_body
@@ -107,13 +112,13 @@ def counted(
                 and (request.content_length or 0) > MAX_BODY
             ):
                 metrics.rejected.labels("body_too_large").inc()
-                response: web.StreamResponse = error_response(
+                response: Reply = error_response(
                     413, "body_too_large", f"request bodies are limited to {MAX_BODY} bytes"
                 )
                 response.force_close()  # no keep-alive after a body we refused to read
             else:
                 response = handler(request)
-                if not isinstance(response, web.StreamResponse):
+                if not isinstance(response, RESPONSES):
                     response = await response
         except web.HTTPException as e:
             response = error_response(e.status, "http_error", e.reason)

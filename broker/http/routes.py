@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 
 from broker.core.service import Broker
-from broker.http.common import PARAMS, Handler, counted, error_response
+from broker.http.common import PARAMS, Handler, Reply, counted, error_response
 from broker.http.mirror import MirrorHandler
 from broker.http.msi import MsiHandler
 from broker.http.v1 import V1Handlers
@@ -91,7 +91,7 @@ class Routes:
                 return route
         return None
 
-    def dispatch(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+    def dispatch(self, request: web.BaseRequest) -> Awaitable[Reply]:
         """The request handler. Not a coroutine itself: it returns the handler's, so a cache hit
         runs one coroutine frame fewer."""
         route = self._match(request)
@@ -103,7 +103,7 @@ class Routes:
             return self._expect(request, handler)
         return handler(request)
 
-    async def _expect(self, request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
+    async def _expect(self, request: web.BaseRequest, handler: Handler) -> Reply:
         expect = request.headers["Expect"]
         if request.version == HttpVersion11:
             if expect.lower() != "100-continue":

@@ -17,11 +17,14 @@ from broker.config.settings import ProfileSettings, Settings
 from broker.core.render import JSON, Negotiator, Rendered, json_body, render
 from broker.core.service import Broker
 from broker.core.sources import KINDS
+from broker.http.answer import Answer
 from broker.http.callers import ACCESS_KEY_HEADER, Caller, identify, may_use, restricted
 from broker.http.common import (
     HEADERS,
+    HEADS,
     NO_STORE,
     PARAMS,
+    Reply,
     error_response,
     path_param,
     upstream_error_response,
@@ -75,15 +78,15 @@ class V1Handlers:
             self._restricted_for = settings
         return self._restricted_names
 
-    def token_default(self, request: web.Request) -> web.Response | Awaitable[web.Response]:
+    def token_default(self, request: web.Request) -> Reply | Awaitable[Reply]:
         """`GET /v1/token`: the profile `default`."""
         return self.token(request, "default")
 
-    def token_named(self, request: web.Request) -> web.Response | Awaitable[web.Response]:
+    def token_named(self, request: web.Request) -> Reply | Awaitable[Reply]:
         """`GET /v1/token/{profile}`."""
         return self.token(request, request[PARAMS]["profile"])
 
-    def token(self, request: web.Request, name: str) -> web.Response | Awaitable[web.Response]:
+    def token(self, request: web.Request, name: str) -> Reply | Awaitable[Reply]:
         """The hot path. A cache hit is answered here and now, with dictionary lookups and no
         coroutine; only a miss (or a customer tenant's token) returns one to await."""
         broker = self.broker
@@ -128,7 +131,7 @@ class V1Handlers:
 
     async def _token_miss(
         self, request: web.Request, name: str, kind: str, media: str, entry: Any, caller: Caller
-    ) -> web.Response:
+    ) -> Reply:
         broker = self.broker
         try:
             token, hit = await entry.get()
@@ -144,7 +147,7 @@ class V1Handlers:
 
     def _answer(
         self, name: str, kind: str, media: str, entry: Any, caller: Caller, token: Any, hit: bool
-    ) -> web.Response:
+    ) -> Reply:
         broker = self.broker
         broker.metrics.count_cache(name, kind, hit)
         broker.audit.served("v1", name, kind, caller.description, hit, entry.token_correlation_id)
@@ -152,7 +155,7 @@ class V1Handlers:
         if rendered is None or rendered.token is not token:
             rendered = self._rendered[(name, kind)] = render(token, name, kind)
         expires_in = int(token.expires_mono - broker.clock.monotonic())
-        return web.Response(body=rendered.body(media, expires_in), headers=HEADERS[media])
+        return Answer(HEADS[media], rendered.body(media, expires_in))
 
     async def refresh(self, request: web.Request) -> web.Response:
         denied = self.guard(request)
