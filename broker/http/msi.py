@@ -17,9 +17,11 @@ from aiohttp import web
 from broker.config.errors import UpstreamError
 from broker.config.load import is_tenant
 from broker.config.settings import ProfileSettings
+from broker.core.render import JSON
 from broker.core.tenants import KIND
+from broker.http.answer import Answer
 from broker.http.callers import identify, restricted
-from broker.http.common import NO_STORE, REASON, path_param, retry_after
+from broker.http.common import HEADS, NO_STORE, REASON, Reply, path_param, retry_after
 
 API_VERSION = "2019-08-01"
 # The identity parameters the SDKs send, and the profile setting each one is matched against.
@@ -103,7 +105,7 @@ class MsiHandler:
             return _fail(400, "resource is required")
         return None
 
-    async def token(self, request: web.Request) -> web.Response:
+    async def token(self, request: web.Request) -> Reply:
         broker = self.broker
         msi = broker.settings.msi
         refused = self._checked(request)
@@ -141,7 +143,7 @@ class MsiHandler:
         )
         return _answer(token, resource, profile)
 
-    async def tenant_token(self, request: web.Request) -> web.Response:
+    async def tenant_token(self, request: web.Request) -> Reply:
         """`GET /msi/tenants/{tenant}/token`: a customer tenant's token for `resource` (any of
         the profile's customer_scopes, without `/.default`), same protocol as /msi/token."""
         broker = self.broker
@@ -187,7 +189,7 @@ class MsiHandler:
         return _answer(token, resource, profile)
 
 
-def _answer(token: Any, resource: str, profile: ProfileSettings) -> web.Response:
+def _answer(token: Any, resource: str, profile: ProfileSettings) -> Answer:
     """The managed-identity protocol's answer: `expires_on` as a string of epoch seconds and
     `resource` echoed exactly, as the Azure SDKs expect."""
     body = {
@@ -197,4 +199,4 @@ def _answer(token: Any, resource: str, profile: ProfileSettings) -> web.Response
         "token_type": "Bearer",
         "client_id": profile.client_id,
     }
-    return web.Response(body=json.dumps(body).encode(), headers=_HEADERS)
+    return Answer(HEADS[JSON], json.dumps(body).encode())

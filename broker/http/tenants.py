@@ -14,10 +14,13 @@ from broker.config.errors import UpstreamError
 from broker.config.load import is_tenant
 from broker.core.render import JSON, json_body, render_tenant, tenant_body
 from broker.core.tenants import KIND, TenantCache
+from broker.http.answer import Answer
 from broker.http.callers import identify
 from broker.http.common import (
     HEADERS,
+    HEADS,
     NO_STORE,
+    Reply,
     error_response,
     path_param,
     upstream_error_response,
@@ -76,7 +79,7 @@ class TenantHandlers:
 
     # -- GET /v1/token/{profile}?tenant=&scope= ---------------------------------------------
 
-    async def token(self, request: web.Request, name: str, media: str) -> web.Response:
+    async def token(self, request: web.Request, name: str, media: str) -> Reply:
         broker = self.broker
         query = request.query
         kind = single(query, "kind")
@@ -123,7 +126,7 @@ class TenantHandlers:
         )
         expires_in = int(token.expires_mono - broker.clock.monotonic())
         fields = render_tenant(token, name, tenant, scope, expires_in)
-        return web.Response(body=tenant_body(fields, media), headers=HEADERS[media])
+        return Answer(HEADS[media], tenant_body(fields, media))
 
     # -- GET /v1/tenants/{profile} ------------------------------------------------------------
 
