@@ -13,6 +13,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 FLUSH_AFTER = 0.2  # s: an audit line reaches the log within this long
@@ -34,9 +35,15 @@ class Audit:
     are JSON, batched (at most FLUSH_AFTER late, each with its own timestamp)."""
 
     def __init__(
-        self, stream: TextIO | None = None, *, enabled: bool = True, console: Any = None
+        self,
+        stream: TextIO | None = None,
+        *,
+        enabled: bool = True,
+        console: Any = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.enabled = enabled
+        self._wall = wall  # seconds since the epoch (tests pass their own)
         self._console = console
         self._stream = stream or sys.stderr
         self._pending: list[str] = []
@@ -44,6 +51,8 @@ class Audit:
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
         self._stamp = ""
+        self._ms = -1
+        self._start = ""
         self._rest: dict[tuple, str] = {}
 
     def served(
@@ -68,13 +77,16 @@ class Audit:
                 correlation_id=correlation_id or "",
             )
             return
-        now = time.time()
-        second = int(now)
-        if second != self._second:  # format the date once a second, not once a request
-            self._second = second
-            self._stamp = '{"event": "token_served", "timestamp": "' + time.strftime(
-                "%Y-%m-%dT%H:%M:%S", time.gmtime(second)
-            )
+        ms = int(self._wall() * 1000)
+        if ms != self._ms:  # the line's start, formatted once a millisecond, not per request
+            self._ms = ms
+            second = ms // 1000
+            if second != self._second:  # the date: once a second
+                self._second = second
+                self._stamp = '{"event": "token_served", "timestamp": "' + time.strftime(
+                    "%Y-%m-%dT%H:%M:%S", time.gmtime(second)
+                )
+            self._start = "%s.%03d" % (self._stamp, ms % 1000)  # noqa: UP031
         key = (route, profile, kind, caller, hit, correlation_id)
         rest = self._rest.get(key)
         if rest is None:  # the same few callers get the same few tokens: build each tail once
@@ -85,7 +97,7 @@ class Audit:
                 f'"caller": "{caller}", "cache": "{"hit" if hit else "miss"}", '
                 f'"correlation_id": "{correlation_id or ""}"}}\n'
             )
-        self._queue("%s.%03d%s" % (self._stamp, (now - second) * 1000, rest))  # noqa: UP031
+        self._queue(self._start + rest)
 
     def served_tenant(
         self,
@@ -113,7 +125,7 @@ class Audit:
                 correlation_id=correlation_id or "",
             )
             return
-        now = time.time()
+        now = self._wall()
         line = json.dumps(
             {
                 "event": "token_served",
