@@ -1,0 +1,292 @@
+"""Guarantees of the customer-tenant cache (broker/core/tenants.py), each pinned by what a caller,
+an operator reading the tenant listing, the logs or /metrics sees: which refusals are remembered
+how long and how far, what the listing says about a tenant, what is logged, what is evicted.
+
+Time is a fake clock with a fixed wall-clock fraction (so cool-downs from an HTTP-date
+Retry-After come out as 119.75 s and their rounding shows); upstreams are the sandbox, or the
+hostile fake for answers the sandbox never gives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+from aiohttp import web
+
+from broker.core.tenants import (
+    THROTTLED,
+    FifoLimiter,
+    aadsts_codes,
+    classify,
+    shared_key,
+)
+from tests.conftest import CLIENT_ID, FakeClock, config_text, make_settings
+from tests.hostile import Hostile
+from tests.test_tenants import ARM, GRAPH, gdap_profile, tenant_id, token
+
+WALL = 1_800_000_000.25  # the fake wall clock's start: a quarter second past a whole second
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(wall_start=WALL)
+
+
+@pytest.fixture
+def gdap_fake(fake_sandbox, secret, tmp_path):
+    app = fake_sandbox.state.apps[CLIENT_ID]
+    rt_file = tmp_path / "refresh-token"
+    rt_file.write_text(fake_sandbox.state.issue_refresh_token(app) + "\n")
+    rt_file.chmod(0o600)
+
+    def settings(profile_extra: str = "", **kwargs):
+        return make_settings(
+            fake_sandbox,
+            secret,
+            profiles="[profiles.default]\nwarm = false\n"
+            + gdap_profile(rt_file, **kwargs)
+            + profile_extra,
+        )
+
+    settings.rt_file = rt_file  # type: ignore[attr-defined]
+    settings.app = app  # type: ignore[attr-defined]
+    return settings
+
+
+@pytest.fixture
+async def hostile():
+    async with Hostile() as h:
+        yield h
+
+
+def hostile_settings(h: Hostile, secret: str, tmp_path, extra: str = ""):
+    from broker.config.load import parse_settings
+
+    rt_file = tmp_path / "refresh-token"
+    rt_file.write_text("a-refresh-token-for-the-hostile-fake\n")
+    rt_file.chmod(0o600)
+    text = config_text(
+        h, profiles="[profiles.default]\nwarm = false\n" + gdap_profile(rt_file, extra=extra)
+    )
+    return parse_settings(text, env={"TEST_CLIENT_SECRET": secret})
+
+
+def events(b, event: str) -> list[dict]:
+    """The broker's JSON log lines for `event`, in order."""
+    lines = [json.loads(x) for x in b.logs.getvalue().splitlines() if x.startswith("{")]
+    return [x for x in lines if x.get("event") == event]
+
+
+async def metric(b, name: str, **labels: str) -> float | None:
+    """One sample of /metrics by name and exact labels (in any order), or None."""
+    text = await (await b.client.get("/metrics")).text()
+    for line in text.splitlines():
+        m = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if not m or m.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if found == labels:
+            return float(m.group(3))
+    return None
+
+
+async def listing(b) -> dict:
+    r = await b.get("/v1/tenants/gdap")
+    assert r.status == 200
+    return await r.json()
+
+
+def rows(page: dict) -> dict[str, dict]:
+    return {row["tenant"]: row for row in page["tenants"]}
+
+
+# -- reading Azure AD's error bodies ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "codes"),
+    [
+        # error_codes wins over the description's code when both are there
+        (b'{"error_codes": [65001], "error_description": "AADSTS50076: MFA"}', [65001]),
+        # at most eight codes, from either place
+        (
+            json.dumps({"error_codes": list(range(50001, 50010))}).encode(),
+            list(range(50001, 50009)),
+        ),
+        (
+            json.dumps(
+                {"error_description": " ".join(f"AADSTS{c}" for c in range(50001, 50010))}
+            ).encode(),
+            list(range(50001, 50009)),
+        ),
+        # only the first 2,000 characters of a description are searched
+        (json.dumps({"error_description": "x" * 1990 + "AADSTS9000"}).encode(), [9000]),
+        (json.dumps({"error_description": "x" * 1991 + "AADSTS9000"}).encode(), []),
+    ],
+)
+def test_aadsts_codes_prefer_error_codes_and_read_a_bounded_amount(body: bytes, codes: list[int]):
+    assert aadsts_codes(body) == codes
+
+
+def test_a_429_is_throttling_whatever_its_codes_say():
+    assert classify(429, []) is THROTTLED
+    assert classify(429, [65001]) is THROTTLED
+    assert classify(430, []) is None and classify(400, [12345]) is None
+
+
+def test_a_users_tenant_token_is_shared_apart_from_the_apps(sandbox, secret, tmp_path):
+    rt_file = tmp_path / "rt"
+    rt_file.write_text("x\n")
+    settings = make_settings(
+        sandbox,
+        secret,
+        profiles=gdap_profile(rt_file)
+        + '[profiles.app]\ncustomer_tenants = ["*"]\ncustomer_scopes = ["s/.default"]\n',
+    )
+    user, app = settings.profiles["gdap"], settings.profiles["app"]
+    t = tenant_id(1)
+    assert shared_key(user, t, GRAPH) == (CLIENT_ID, t, f"user {GRAPH}")
+    assert shared_key(app, t, GRAPH) == (CLIENT_ID, t, GRAPH)
+
+
+def test_a_new_limiter_has_no_holders_and_no_peak():
+    limiter = FifoLimiter(3)
+    assert (limiter.active, limiter.peak, limiter.queued, limiter.limit) == (0, 0, 0, 3)
+
+
+# -- refusals the sandbox never sends: the hostile fake ------------------------------------------
+
+TRACE = "0c0ffee0-0000-4000-8000-000000000001"
+CORR = "0c0ffee0-0000-4000-8000-000000000002"
+
+
+async def test_a_429_without_a_throttling_code_is_throttled_with_azure_ads_own_ids(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """A 429 whose only code is one the broker does not classify: still throttled (503, the
+    whole profile), reported with that code, Azure AD's status, trace id and correlation id."""
+
+    async def aad(request: web.Request) -> web.Response:
+        body = {
+            "error": "temporarily_unavailable",
+            "error_description": "AADSTS90033: A transient error has occurred.",
+            "error_codes": [90033],
+            "trace_id": TRACE,
+            "correlation_id": CORR,
+        }
+        return web.json_response(body, status=429)
+
+    hostile.aad = aad
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    r = await token(b, tenant_id(1))
+    error = (await r.json())["error"]
+    assert r.status == 503
+    assert error == {
+        "code": "throttled",
+        "message": error["message"],
+        "upstream_status": 429,
+        "correlation_id": CORR,
+        "aadsts": 90033,
+        "trace_id": TRACE,
+    }
+    assert "AADSTS90033" in error["message"]
+    # The whole profile waits: another tenant is answered from memory, the same ids.
+    r = await token(b, tenant_id(2), ARM)
+    again = (await r.json())["error"]
+    assert r.status == 503 and hostile.calls["aad"] == 1
+    assert {k: v for k, v in again.items()} == error
+    failed = events(b, "refresh_failed")
+    assert [(x["tenant"], x["scope"], x["endpoint"]) for x in failed] == [
+        (tenant_id(1), GRAPH, "aad"),
+        (tenant_id(2), ARM, "aad"),
+    ]
+    assert [x["trace_id"] for x in failed] == [TRACE, TRACE]
+
+
+async def test_the_aadsts_code_reported_is_the_one_that_classified_the_refusal(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """Azure AD lists two codes, an unknown one first: the refusal is consent_required and the
+    code reported with it is 65001, not the first listed. With no correlation id of Azure AD's
+    own, the one the broker sent is reported."""
+    sent: list[str] = []
+
+    async def aad(request: web.Request) -> web.Response:
+        sent.append(request.headers["client-request-id"])
+        body = {"error": "invalid_grant", "error_codes": [50058, 65001]}
+        return web.json_response(body, status=400)
+
+    hostile.aad = aad
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    r = await token(b, tenant_id(1))
+    error = (await r.json())["error"]
+    assert r.status == 502 and error["code"] == "consent_required" and error["aadsts"] == 65001
+    assert error["upstream_status"] == 400 and error["correlation_id"] == sent[0]
+    (line,) = events(b, "customer_tenant_refused")
+    assert (line["state"], line["aadsts"], line["reach"]) == ("consent_required", 65001, "entry")
+
+
+async def test_an_unclassified_refusal_keeps_the_broker_correlation_id(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    sent: list[str] = []
+
+    async def aad(request: web.Request) -> web.Response:
+        sent.append(request.headers["client-request-id"])
+        return web.json_response({"error": "invalid_client"}, status=401)
+
+    hostile.aad = aad
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    r = await token(b, tenant_id(1))
+    error = (await r.json())["error"]
+    assert r.status == 502 and error["code"] == "upstream_refused"
+    assert error["correlation_id"] == sent[0] and error["upstream_status"] == 401
+
+
+async def test_a_garbled_200_is_a_bad_token_from_aad_with_the_broker_correlation_id(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    sent: list[str] = []
+
+    async def aad(request: web.Request) -> web.Response:
+        sent.append(request.headers["client-request-id"])
+        return web.Response(status=200, content_type="application/json", text='{"access_to')
+
+    hostile.aad = aad
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    r = await token(b, tenant_id(1))
+    error = (await r.json())["error"]
+    assert r.status == 502 and error["correlation_id"] == sent[0]
+    (line,) = events(b, "refresh_failed")
+    assert line["endpoint"] == "aad" and line["correlation_id"] == sent[0]
+    assert await metric(b, "broker_upstream_requests_total", endpoint="aad", outcome="bad_token")
+
+
+async def test_a_hung_azure_ad_times_out_after_upstream_timeout(
+    hostile, secret, tmp_path, start_broker
+):
+    """Azure AD never answers: the fetch itself gives up after the profile's upstream_timeout
+    (the entry records the failure), not only the caller's wait."""
+    release = asyncio.Event()
+
+    async def aad(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({"error": "late"}, status=500)
+
+    hostile.aad = aad
+    b = await start_broker(
+        hostile_settings(hostile, secret, tmp_path, extra="upstream_timeout = 0.3\n")
+    )
+    try:
+        r = await token(b, tenant_id(1))
+        assert r.status == 504 and (await r.json())["error"]["code"] == "upstream_timeout"
+        entry = b.broker.tenants["gdap"].lookup(tenant_id(1), GRAPH)
+        if entry.flight is not None:  # generous: only a fetch without a timeout stays here
+            await asyncio.wait({entry.flight}, timeout=20)
+        assert entry.flight is None and entry.last_error is not None
+        assert entry.last_error.code == "upstream_timeout"
+        assert entry.last_error.message == "no answer within 0.3 s"
+    finally:
+        release.set()
