@@ -9,7 +9,9 @@ hostile fake for answers the sandbox never gives."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+import os
 import re
 
 import pytest
@@ -290,3 +292,227 @@ async def test_a_hung_azure_ad_times_out_after_upstream_timeout(
         assert entry.last_error.message == "no answer within 0.3 s"
     finally:
         release.set()
+
+
+# -- refusals remembered: how long, how far, what the listing says -----------------------------
+
+
+def http_date(wall: float) -> str:
+    return email.utils.formatdate(wall, usegmt=True)
+
+
+async def test_throttling_holds_the_whole_profile_for_its_retry_after_to_the_tenth(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """A 429 whose Retry-After is an HTTP date 119.75 s away: every tenant of the profile is
+    answered from memory for exactly that long; the log, the listing's profile block and each
+    tenant's next attempt say 119.8 s (tenths); at the end the entry's own retry goes upstream."""
+    for i in (1, 2):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    assert (await token(b, tenant_id(2))).status == 200
+    fake_sandbox.state.fail("aad", 429, retry_after=http_date(WALL - 0.25 + 120))
+    r = await token(b, tenant_id(1))
+    error = (await r.json())["error"]
+    assert r.status == 503 and r.headers["Retry-After"] == "120"
+    assert (error["code"], error["aadsts"], error["upstream_status"]) == ("throttled", 50196, 429)
+    (line,) = events(b, "customer_tenant_refused")
+    del line["timestamp"]
+    assert line == {
+        "tenant": tenant_id(1),
+        "state": "throttled",
+        "aadsts": 50196,
+        "reach": "profile",
+        "cooldown_s": 119.8,
+        "profile": "gdap",
+        "kind": "tenant",
+        "event": "customer_tenant_refused",
+        "level": "warning",
+    }
+    detail = {
+        "code": "throttled",
+        "aadsts": 50196,
+        "message": error["message"],
+        "upstream_status": 429,
+        "correlation_id": error["correlation_id"],
+    }
+    page = await listing(b)
+    assert page["profile_block"] == {"state": "throttled", "retry_in": 119.8, "last_error": detail}
+    assert rows(page)[tenant_id(2)] == {
+        "tenant": tenant_id(2),
+        "state": "throttled",
+        "tokens": 1,
+        "scopes": {GRAPH: {"state": "fresh", "expires_in": 3598}},
+        "failures_in_row": 0,
+        "last_error": None,
+        "next_attempt_in": 119.8,
+    }
+    assert rows(page)[tenant_id(1)] == {
+        "tenant": tenant_id(1),
+        "state": "throttled",
+        "tokens": 0,
+        "scopes": {GRAPH: {"state": "failing", "expires_in": None}},
+        "failures_in_row": 1,
+        "last_error": detail,
+        "next_attempt_in": 120,
+    }
+    assert cache.states() == {"throttled": 2}
+    clock.advance(100)
+    page = await listing(b)
+    assert page["profile_block"]["retry_in"] == 19.8
+    assert rows(page)[tenant_id(2)]["next_attempt_in"] == 19.8
+    # Half a second before the end, and at the very end (tenant 2 has no failure of its own).
+    state = cache.tenants[tenant_id(2)]
+    until = cache.block.until
+    described = cache.describe(state, until - 0.5)
+    assert (described["state"], described["next_attempt_in"]) == ("throttled", 0.5)
+    described = cache.describe(state, until)
+    assert (described["state"], described["next_attempt_in"]) == ("ok", None)
+    r = await token(b, tenant_id(2), ARM)  # a new entry: held by the profile block
+    assert r.status == 503 and fake_sandbox.state.counts["aad"] == 2
+    clock.advance(until - clock.monotonic())
+    assert clock.monotonic() == until
+    assert cache.profile_block() is None
+    # What is left is each entry's own memory of the refusal, until its retry.
+    assert cache.states() == {"throttled": 2}
+    # The entries' own retries fire at the end of the cool-down: upstream at once.
+    await asyncio.wait_for(fake_sandbox.state.wait_calls("aad", 3), 10)
+
+
+async def test_a_one_second_retry_after_is_one_second_and_retried_soon(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """Throttling is worth retrying: with Retry-After 1 the profile waits one second and the
+    caller is told to come back in 2 s (the shortest memory of a failure), not 15."""
+    fake_sandbox.state.register_customer(tenant_id(1))
+    b = await start_broker(gdap_fake(), clock=clock)
+    fake_sandbox.state.fail("aad", 429, retry_after="1")
+    r = await token(b, tenant_id(1))
+    assert r.status == 503 and r.headers["Retry-After"] == "2"
+    assert (await listing(b))["profile_block"]["retry_in"] == 1.0
+
+
+async def test_a_tenant_wide_refusal_is_told_again_with_its_own_ids_until_it_ends(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """MFA required in one tenant (AADSTS50076, 600 s, the whole tenant): its other scopes are
+    answered from memory with the first answer's message, status, codes and ids; the log says
+    where; exactly at 600 s the entries go upstream again."""
+    fake_sandbox.state.register_customer(tenant_id(1), require_mfa=True)
+    gdap_fake.app.mfa = False
+    b = await start_broker(gdap_fake(), clock=clock)
+    r = await token(b, tenant_id(1), GRAPH)
+    first = (await r.json())["error"]
+    assert r.status == 502 and first["code"] == "interaction_required"
+    assert first["trace_id"] and first["correlation_id"] and first["upstream_status"] == 400
+    r = await token(b, tenant_id(1), ARM)
+    again = (await r.json())["error"]
+    assert r.status == 502 and again == first
+    assert fake_sandbox.state.counts["aad"] == 1
+    (line,) = events(b, "customer_tenant_refused")
+    assert (line["reach"], line["cooldown_s"], line["tenant"]) == ("tenant", 600.0, tenant_id(1))
+    failed = events(b, "refresh_failed")
+    assert [(x["tenant"], x["scope"], x["endpoint"], x["error"]) for x in failed] == [
+        (tenant_id(1), GRAPH, "aad", "interaction_required"),
+        (tenant_id(1), ARM, "aad", "interaction_required"),
+    ]
+    assert failed[1]["message"] == first["message"]
+    assert failed[1]["upstream_status"] == 400 and failed[1]["trace_id"] == first["trace_id"]
+    row = rows(await listing(b))[tenant_id(1)]
+    assert (row["state"], row["failures_in_row"], row["next_attempt_in"]) == (
+        "interaction_required",
+        1,  # a refusal told again from memory is not another failure
+        600,
+    )
+    clock.advance(600)
+    await asyncio.wait_for(fake_sandbox.state.wait_calls("aad", 2), 10)
+
+
+async def test_a_new_refresh_token_lifts_a_dead_token_block_but_not_a_tenants_own(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    fake_sandbox.state.register_customer(tenant_id(1), require_mfa=True)
+    fake_sandbox.state.register_customer(tenant_id(2))
+    app = gdap_fake.app
+    app.mfa = False
+    b = await start_broker(gdap_fake(), clock=clock)
+    assert (await (await token(b, tenant_id(1))).json())["error"]["code"] == "interaction_required"
+    app.refresh_token_refusal = 700082
+    r = await token(b, tenant_id(2))
+    assert (await r.json())["error"]["code"] == "refresh_token_invalid"
+    assert fake_sandbox.state.counts["aad"] == 2
+    app.refresh_token_refusal = None
+    replace_file(gdap_fake.rt_file, fake_sandbox.state.issue_refresh_token(app) + "\n")
+    r = await token(b, tenant_id(1), ARM)  # the tenant's own refusal still holds
+    assert (await r.json())["error"]["code"] == "interaction_required"
+    assert fake_sandbox.state.counts["aad"] == 2
+    assert (await token(b, tenant_id(2), ARM)).status == 200  # the new token is tried
+    assert fake_sandbox.state.counts["aad"] == 3
+
+
+async def test_a_new_refresh_token_does_not_lift_throttling(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    for i in (1, 2):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(), clock=clock)
+    fake_sandbox.state.fail("aad", 429, retry_after="120")
+    assert (await token(b, tenant_id(1))).status == 503
+    replace_file(gdap_fake.rt_file, fake_sandbox.state.issue_refresh_token(gdap_fake.app) + "\n")
+    r = await token(b, tenant_id(2))
+    assert r.status == 503 and (await r.json())["error"]["code"] == "throttled"
+    assert fake_sandbox.state.counts["aad"] == 1
+
+
+def replace_file(path, text: str) -> None:
+    """A new file in its place (a new inode), as an operator's tooling would write it."""
+    new = path.with_name(path.name + ".new")
+    new.write_text(text)
+    new.chmod(0o600)
+    os.replace(new, path)
+
+
+async def test_failures_in_a_row_count_up_and_a_success_clears_them(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """An unclassified refusal: the tenant is failing (not a refusal class), with the error's
+    details and the next attempt; the count goes up per failure, a success clears the lot."""
+    fake_sandbox.state.register_customer(tenant_id(1))
+    b = await start_broker(gdap_fake(), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    fake_sandbox.state.fail("aad", 401, times=2)
+    r = await token(b, tenant_id(1))
+    error = (await r.json())["error"]
+    assert r.status == 502 and error["code"] == "upstream_refused"
+    detail = {
+        "code": "upstream_refused",
+        "aadsts": 7000215,
+        "message": error["message"],
+        "upstream_status": 401,
+        "correlation_id": error["correlation_id"],
+    }
+    assert rows(await listing(b))[tenant_id(1)] == {
+        "tenant": tenant_id(1),
+        "state": "failing",
+        "tokens": 0,
+        "scopes": {GRAPH: {"state": "failing", "expires_in": None}},
+        "failures_in_row": 1,
+        "last_error": detail,
+        "next_attempt_in": 15,
+    }
+    assert await metric(b, "broker_customer_tenants", profile="gdap", state="failing") == 1.0
+    entry = cache.lookup(tenant_id(1), GRAPH)
+    clock.advance(15)  # the retry: refused again
+    await asyncio.wait_for(fake_sandbox.state.wait_calls("aad", 2), 10)
+    if entry.flight is not None:
+        await asyncio.wait({entry.flight}, timeout=10)
+    row = rows(await listing(b))[tenant_id(1)]
+    assert (row["failures_in_row"], row["next_attempt_in"]) == (2, 30)
+    clock.advance(30)  # the next retry succeeds
+    await asyncio.wait_for(fake_sandbox.state.wait_calls("aad", 3), 10)
+    if entry.flight is not None:
+        await asyncio.wait({entry.flight}, timeout=10)
+    row = rows(await listing(b))[tenant_id(1)]
+    assert (row["state"], row["failures_in_row"], row["last_error"]) == ("ok", 0, None)
+    assert row["next_attempt_in"] is None and row["tokens"] == 1
