@@ -24,7 +24,7 @@ from broker.core.tenants import (
     classify,
     shared_key,
 )
-from tests.conftest import CLIENT_ID, FakeClock, config_text, make_settings
+from tests.conftest import CLIENT_ID, HEADERS, FakeClock, config_text, make_settings
 from tests.hostile import Hostile
 from tests.test_tenants import ARM, GRAPH, gdap_profile, tenant_id, token
 
@@ -516,3 +516,230 @@ async def test_failures_in_a_row_count_up_and_a_success_clears_them(
     row = rows(await listing(b))[tenant_id(1)]
     assert (row["state"], row["failures_in_row"], row["last_error"]) == ("ok", 0, None)
     assert row["next_attempt_in"] is None and row["tokens"] == 1
+
+
+# -- what the listing, the logs and /metrics say about healthy tenants -----------------------------
+
+
+async def test_healthy_tenants_are_listed_logged_and_counted_exactly(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    for i in (1, 2):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    for t, s in ((tenant_id(1), GRAPH), (tenant_id(1), ARM), (tenant_id(2), GRAPH)):
+        assert (await token(b, t, s)).status == 200
+    fresh = {"state": "fresh", "expires_in": 3598}
+    page = await listing(b)
+    assert rows(page)[tenant_id(1)] == {
+        "tenant": tenant_id(1),
+        "state": "ok",
+        "tokens": 2,
+        "scopes": {GRAPH: fresh, ARM: fresh},
+        "failures_in_row": 0,
+        "last_error": None,
+        "next_attempt_in": None,  # a refresh ahead is scheduled, but nothing is being retried
+    }
+    assert page["profile_block"] is None and page["next"] is None
+    assert cache.states() == {"ok": 2}
+    assert await metric(b, "broker_customer_tenants", profile="gdap", state="ok") == 2.0
+    assert (
+        await metric(b, "broker_refreshes_total", profile="gdap", kind="tenant", outcome="ok")
+        == 3.0
+    )
+    assert await metric(b, "broker_upstream_requests_total", endpoint="aad", outcome="ok") == 3.0
+    refreshed = events(b, "token_refreshed")
+    assert [(x["tenant"], x["scope"], x["profile"], x["kind"]) for x in refreshed] == [
+        (tenant_id(1), GRAPH, "gdap", "tenant"),
+        (tenant_id(1), ARM, "gdap", "tenant"),
+        (tenant_id(2), GRAPH, "gdap", "tenant"),
+    ]
+    assert all(x["correlation_id"] and x["lifetime_s"] == 3599 for x in refreshed)
+    assert list(cache.iter_entries()) == [
+        cache.lookup(tenant_id(1), GRAPH),
+        cache.lookup(tenant_id(1), ARM),
+        cache.lookup(tenant_id(2), GRAPH),
+    ]
+    # A page of exactly the tenants left has no next page.
+    r = await b.get("/v1/tenants/gdap", params={"limit": "2"})
+    assert (await r.json())["next"] is None
+    # Invalidation: logged with the tenant and what was dropped; an unknown tenant drops 0.
+    r = await b.client.post(f"/v1/tenants/gdap/{tenant_id(1)}/invalidate", headers=HEADERS)
+    assert r.status == 200 and (await r.json())["tokens_dropped"] == 2
+    (line,) = events(b, "tenant_invalidated")
+    assert (line["tenant"], line["tokens"], line["profile"], line["kind"]) == (
+        tenant_id(1),
+        2,
+        "gdap",
+        "tenant",
+    )
+    assert cache.invalidate(tenant_id(9)) == 0 and len(events(b, "tenant_invalidated")) == 1
+    assert cache.invalidate(tenant_id(1)) == 0
+
+
+async def test_a_tenant_with_entries_but_no_token_and_no_error_is_idle(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    b = await start_broker(gdap_fake(), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    cache.entry(tenant_id(3), GRAPH)  # made, never fetched
+    row = rows(await listing(b))[tenant_id(3)]
+    assert row["state"] == "idle" and row["tokens"] == 0
+    assert row["scopes"] == {GRAPH: {"state": "empty", "expires_in": None}}
+    assert cache.states() == {"idle": 1}
+
+
+async def test_a_tenant_wide_refusal_outlives_its_entries_until_its_end(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """max_customer_tokens = 2: the refused tenant's entry is evicted to make room for another
+    scope of a known tenant, but the tenant still shows (and holds) its refusal for 600 s."""
+    fake_sandbox.state.register_customer(tenant_id(1), require_mfa=True)
+    fake_sandbox.state.register_customer(tenant_id(2))
+    gdap_fake.app.mfa = False
+    b = await start_broker(gdap_fake(extra="max_customer_tokens = 2"), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    assert (await token(b, tenant_id(2))).status == 200
+    assert (await token(b, tenant_id(1))).status == 502
+    assert (await token(b, tenant_id(2), ARM)).status == 200
+    state = cache.tenants[tenant_id(1)]
+    assert state.entries == {} and cache.evicted == 1
+    until = state.block.until
+    assert cache.tenant_state(state, until - 0.1) == "interaction_required"
+    assert cache.tenant_state(state, until) == "idle"
+    row = rows(await listing(b))[tenant_id(1)]
+    assert (row["state"], row["next_attempt_in"], row["scopes"]) == (
+        "interaction_required",
+        600.0,
+        {},
+    )
+
+
+# -- bounds: eviction and forgotten tenants ------------------------------------------------------
+
+
+class GatedAzureAD:
+    """The hostile fake's Azure AD: a token at once, or, for a gated tenant, when the test
+    opens its gate. `arrived[t]` is set when tenant t's request is in."""
+
+    def __init__(self, hostile: Hostile) -> None:
+        self.gates: dict[str, asyncio.Event] = {}
+        self.arrived: dict[str, asyncio.Event] = {}
+        self.n = 0
+        hostile.aad = self.answer
+
+    def gate(self, tenant: str) -> None:
+        self.gates[tenant] = asyncio.Event()
+        self.arrived[tenant] = asyncio.Event()
+
+    async def answer(self, request: web.Request) -> web.Response:
+        tenant = request.match_info["tenant"]
+        if tenant in self.gates:
+            self.arrived[tenant].set()
+            await self.gates[tenant].wait()
+        self.n += 1
+        return web.json_response(
+            {"access_token": f"opaque-{self.n:05d}", "token_type": "Bearer", "expires_in": 3600}
+        )
+
+
+async def test_an_entry_with_a_fetch_in_flight_is_left_to_land(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """max_customer_tokens = 2. The least recently used entry is mid-fetch: the next one is
+    evicted instead, and the fetch lands for its caller. When every entry is mid-fetch, the least
+    recently used goes anyway (its caller still gets the token)."""
+    aad = GatedAzureAD(hostile)
+    aad.gate(tenant_id(1))
+    b = await start_broker(
+        hostile_settings(hostile, secret, tmp_path, extra="max_customer_tokens = 2"), clock=clock
+    )
+    cache = b.broker.tenants["gdap"]
+    first = asyncio.create_task(token(b, tenant_id(1)))
+    await asyncio.wait_for(aad.arrived[tenant_id(1)].wait(), 10)
+    assert (await token(b, tenant_id(2))).status == 200
+    assert (await token(b, tenant_id(3))).status == 200  # evicts 2, not 1 (in flight)
+    assert cache.lookup(tenant_id(2), GRAPH) is None
+    assert cache.lookup(tenant_id(1), GRAPH) is not None and cache.evicted == 1
+    aad.gate(tenant_id(4))
+    fourth = asyncio.create_task(token(b, tenant_id(4)))  # evicts 3: 1 is still in flight
+    await asyncio.wait_for(aad.arrived[tenant_id(4)].wait(), 10)
+    assert cache.lookup(tenant_id(3), GRAPH) is None and cache.evicted == 2
+    # Both left are in flight: a fifth tenant evicts the least recently used of them.
+    assert (await token(b, tenant_id(5))).status == 200
+    assert cache.evicted == 3 and len(cache) == 2
+    assert cache.lookup(tenant_id(4), GRAPH) is not None
+    assert await metric(b, "broker_customer_tokens_evicted_total", profile="gdap") == 3.0
+    aad.gates[tenant_id(1)].set()
+    aad.gates[tenant_id(4)].set()
+    assert (await first).status == 200 and (await fourth).status == 200
+
+
+async def test_an_entry_expiring_this_instant_is_evicted_before_a_live_older_one(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    for i in range(3):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(extra="max_customer_tokens = 2"), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    assert (await token(b, tenant_id(0))).status == 200
+    fake_sandbox.state.lifetimes["aad"] = 1800
+    assert (await token(b, tenant_id(1))).status == 200
+    expires = cache.lookup(tenant_id(1), GRAPH).token.expires_mono
+    clock.advance(expires - clock.monotonic())
+    assert clock.monotonic() == expires  # tenant 1's token ends now; tenant 0's is older
+    assert (await token(b, tenant_id(2))).status == 200
+    assert cache.lookup(tenant_id(1), GRAPH) is None
+    assert cache.lookup(tenant_id(0), GRAPH) is not None
+
+
+async def test_eviction_looks_32_entries_deep_for_an_expired_one(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """33 entries, the 33rd least recently used expired: beyond the 32 looked at, so the least
+    recently used live one goes."""
+    for i in range(34):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(extra="max_customer_tokens = 33"), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    for i in range(32):
+        assert (await token(b, tenant_id(i))).status == 200
+    fake_sandbox.state.lifetimes["aad"] = 1800
+    assert (await token(b, tenant_id(32))).status == 200
+    clock.advance(1800)
+    assert (await token(b, tenant_id(33))).status == 200
+    assert cache.lookup(tenant_id(0), GRAPH) is None
+    assert cache.lookup(tenant_id(32), GRAPH) is not None and cache.evicted == 1
+
+
+async def test_tenants_with_nothing_cached_are_forgotten_beyond_the_bound(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """max_customer_tokens = 2: a third tenant evicts the oldest entry, and its tenant, left with
+    nothing cached, is forgotten: two tenants remembered, not three."""
+    for i in range(3):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(extra="max_customer_tokens = 2"), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    for i in range(3):
+        assert (await token(b, tenant_id(i))).status == 200
+    assert sorted(cache.tenants) == [tenant_id(1), tenant_id(2)]
+    assert (await listing(b))["tenants_seen"] == 2
+
+
+async def test_forgetting_empty_tenants_looks_32_deep(fake_sandbox, gdap_fake, start_broker, clock):
+    """33 tenants with one entry each; the 33rd made is the least recently used and is
+    evicted by a 34th, left empty at the 33rd place: beyond the 32 looked at, so kept."""
+    for i in range(34):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(extra="max_customer_tokens = 33"), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    for i in range(33):
+        assert (await token(b, tenant_id(i))).status == 200
+    for i in range(32):
+        assert (await token(b, tenant_id(i))).status == 200  # hits: 32 is least recent
+    assert list(cache.tenants)[32] == tenant_id(32) and fake_sandbox.state.counts["aad"] == 33
+    assert (await token(b, tenant_id(33))).status == 200
+    assert cache.tenants[tenant_id(32)].entries == {}
+    assert len(cache.tenants) == 34
