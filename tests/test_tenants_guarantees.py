@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from aiohttp import web
 from broker.core.tenants import (
     THROTTLED,
     FifoLimiter,
+    TenantCache,
     aadsts_codes,
     classify,
     shared_key,
@@ -743,3 +745,166 @@ async def test_forgetting_empty_tenants_looks_32_deep(fake_sandbox, gdap_fake, s
     assert (await token(b, tenant_id(33))).status == 200
     assert cache.tenants[tenant_id(32)].entries == {}
     assert len(cache.tenants) == 34
+
+
+# -- the cache's policy, callers' own margins, construction ----------------------------------------
+
+
+async def test_tenant_entries_lapse_when_unused_even_in_a_warm_profile(
+    fake_sandbox, secret, start_broker, clock, tmp_path
+):
+    """`warm = true` keeps the profile's own tokens fresh, never its customer tenants': an entry
+    nobody asks for is not refreshed ahead, and expires."""
+    fake_sandbox.state.register_customer(tenant_id(1))
+    app = fake_sandbox.state.apps[CLIENT_ID]
+    rt_file = tmp_path / "refresh-token"
+    rt_file.write_text(fake_sandbox.state.issue_refresh_token(app) + "\n")
+    rt_file.chmod(0o600)
+    profile = gdap_profile(rt_file).replace("warm = false\n", "warm = true\n")
+    b = await start_broker(
+        make_settings(
+            fake_sandbox, secret, profiles="[profiles.default]\nwarm = false\n" + profile
+        ),
+        clock=clock,
+    )
+    assert (await token(b, tenant_id(1))).status == 200
+    entry = b.broker.tenants["gdap"].lookup(tenant_id(1), GRAPH)
+    assert not entry.policy.warm
+    calls = fake_sandbox.state.customer_calls
+    clock.advance(3000)  # past the refresh-ahead point
+    await asyncio.sleep(0)
+    assert entry.flight is None and calls[(tenant_id(1), "https://graph.microsoft.com")] == 1
+    clock.advance(700)
+    assert entry.peek() is None
+
+
+async def test_an_msi_caller_gets_a_token_with_its_own_longer_margin(
+    fake_sandbox, gdap_fake, secret, start_broker, clock, tmp_path, witness
+):
+    """/v1 serves a token down to the profile's min_remaining (30 s); the managed-identity face
+    asks for its own (420 s): with 300 s left, /v1 gets the cached token, MSI a new one."""
+    from broker.config.load import parse_settings
+
+    fake_sandbox.state.register_customer(tenant_id(1))
+    gdap_fake()  # the refresh token file
+    text = config_text(
+        fake_sandbox,
+        profiles="[profiles.default]\nwarm = false\n" + gdap_profile(gdap_fake.rt_file),
+    )
+    text += f'\n[msi]\nprofile = "gdap"\ngenerated_header_file = "{tmp_path}/identity-header"\n'
+    b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}), clock=clock)
+    header = (tmp_path / "identity-header").read_text().strip()
+    witness.secrets.add(header)
+    first = await (await token(b, tenant_id(1))).json()
+    clock.advance(3599 - 300)
+    cached = await (await token(b, tenant_id(1))).json()
+    assert cached["access_token"] == first["access_token"]
+    calls = fake_sandbox.state.customer_calls
+    assert calls[(tenant_id(1), "https://graph.microsoft.com")] == 1
+    r = await b.client.get(
+        f"/msi/tenants/{tenant_id(1)}/token",
+        params={"api-version": "2019-08-01", "resource": "https://graph.microsoft.com"},
+        headers={"X-IDENTITY-HEADER": header},
+    )
+    body = await r.json()
+    assert r.status == 200 and body["access_token"] != first["access_token"]
+    assert calls[(tenant_id(1), "https://graph.microsoft.com")] == 2
+
+
+async def test_a_tenant_cache_without_a_shared_cache_fetches_from_azure_ad(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """TenantCache's `shared` is optional: without it, fetches go straight to Azure AD."""
+    from broker.observe.logs import make_logger
+
+    fake_sandbox.state.register_customer(tenant_id(1))
+    b = await start_broker(gdap_fake(), clock=clock)
+    own = TenantCache(
+        b.broker.settings.profiles["gdap"],
+        b.broker.credentials["gdap"],
+        b.broker.upstream,
+        clock=clock,
+        log=make_logger(stream=io.StringIO()),
+        metrics=b.broker.metrics,
+        rand=lambda: 0.5,
+    )
+    value, hit, entry = await own.get(tenant_id(1), GRAPH)
+    assert not hit and entry.token is value and fake_sandbox.state.counts["aad"] == 1
+    assert (await own.get(tenant_id(1), GRAPH))[1] is True
+    await own.close()
+
+
+async def test_an_app_only_profile_signs_its_assertion_for_the_customers_token_url(
+    sandbox, start_broker, tmp_path
+):
+    """A certificate credential serving customer tenants: the client assertion's audience is
+    the customer tenant's token endpoint (Azure AD refuses any other), not the profile's own."""
+    from tests.test_credentials import make_certificate, settings_for
+
+    sandbox.state.register_customer(tenant_id(1))
+    pem, cert = make_certificate()
+    sandbox.state.apps[CLIENT_ID].certificate_pem = cert
+    (tmp_path / "app.pem").write_bytes(pem)
+    settings = settings_for(
+        sandbox,
+        f"""[profiles.default]
+credential = "certificate"
+certificate_file = "{tmp_path}/app.pem"
+warm = false
+customer_tenants = ["*"]
+customer_scopes = ["{GRAPH}"]
+""",
+    )
+    b = await start_broker(settings)
+    r = await b.get("/v1/token/default", params={"tenant": tenant_id(1)})
+    assert r.status == 200, await r.text()
+    call = next(c for c in sandbox.state.calls if c.path.startswith(f"/{tenant_id(1)}/"))
+    assert call.status == 200 and call.form["client_assertion_type"].endswith("jwt-bearer")
+
+
+# -- the rotated refresh token, and crashes, in a tenant fetch -------------------------------------
+
+
+async def test_a_rotated_token_that_cannot_be_saved_is_logged_with_the_fetchs_correlation_id(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """The refresh token file vanishes while a tenant fetch is in flight: the rotated token
+    cannot be written back, and the error line names the fetch's correlation id."""
+    sent: list[str] = []
+
+    async def aad(request: web.Request) -> web.Response:
+        sent.append(request.headers["client-request-id"])
+        (tmp_path / "refresh-token").unlink()
+        body = {"access_token": "opaque-1", "expires_in": 3600, "refresh_token": "rotated-1"}
+        return web.json_response(body)
+
+    hostile.aad = aad
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    assert (await token(b, tenant_id(1))).status == 200
+    (line,) = events(b, "refresh_token_not_saved")
+    assert line["correlation_id"] == sent[0]
+
+
+async def test_a_crash_in_a_tenant_fetch_is_logged_with_its_tenant_and_scope(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """Something the broker did not expect goes wrong inside a tenant fetch (here: a rotated
+    refresh token that is not valid Unicode cannot be written back): the caller gets a clean
+    503, and the log line with the traceback says which tenant and scope."""
+
+    async def aad(request: web.Request) -> web.Response:
+        text = '{"access_token": "opaque-1", "expires_in": 3600, "refresh_token": "x\\ud800"}'
+        return web.Response(text=text, content_type="application/json")
+
+    hostile.aad = aad
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    r = await token(b, tenant_id(1), ARM)
+    assert r.status == 503 and (await r.json())["error"]["message"].startswith("internal error")
+    (line,) = events(b, "refresh_crashed")
+    assert (line["tenant"], line["scope"], line["profile"], line["kind"]) == (
+        tenant_id(1),
+        ARM,
+        "gdap",
+        "tenant",
+    )
+    assert line["correlation_id"] and "Traceback" in line["exception"]

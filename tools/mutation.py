@@ -41,6 +41,63 @@ EQUIVALENT: dict[str, str] = {
         "exponent cap 16 -> 17: both keep 2**n far above the 60 s cap / 15 s base; the cap only "
         "stops float overflow at thousands of failures"
     ),
+    # -- broker/core/tenants.py ---------------------------------------------------------------
+    "broker.core.tenants.xǁTenantCacheǁ__init____mutmut_14": (
+        "warm=False -> warm=None: Entry reads policy.warm only as a truth value (cache.py "
+        "_on_timer and start); None and False are both false"
+    ),
+    "broker.core.tenants.xǁTenantCacheǁ_bound_tenants__mutmut_4": (
+        "break -> return: the loop is the function's last statement, nothing follows it"
+    ),
+    "broker.core.tenants.xǁTenantCacheǁ_check__mutmut_11": (
+        "continue -> break after lifting a profile block whose refresh token file changed: "
+        "_Fetch calls _check again after the fan-out limiter, where the tenant's own block "
+        "raises the same error; at most the wait for a limiter slot (only when it is full) differs"
+    ),
+    "broker.core.tenants.xǁTenantCacheǁ_drop__mutmut_9": (
+        "pop(scope, None) -> pop(scope): every key in _lru has its entry in its tenant's "
+        "entries (entry() adds both, _drop removes both, invalidate pops the tenant first, "
+        "_bound_tenants forgets only tenants with no entries), so the default is never used"
+    ),
+    "broker.core.tenants.xǁTenantCacheǁdescribe__mutmut_19": (
+        "min seed 1e12 -> 1e12+1: the seed only stands for 'none yet'; next_attempt_in of an "
+        "entry with an error is a retry delay (at most minutes), never near 1e12 s"
+    ),
+    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_9": (
+        'worst = None -> "": read only as `worst or code` once an entry fails; both are false'
+    ),
+    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_17": (
+        "servable += 1 -> = 1: the count is only read as a truth value (non-zero either way)"
+    ),
+    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_18": (
+        "servable += 1 -> -= 1: the count is only read as a truth value (non-zero either way)"
+    ),
+    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_19": (
+        "servable += 1 -> += 2: the count is only read as a truth value (non-zero either way)"
+    ),
+    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_21": (
+        "failing += 1 -> = 1: the count is only read as a truth value (non-zero either way)"
+    ),
+    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_22": (
+        "failing += 1 -> -= 1: the count is only read as a truth value (non-zero either way)"
+    ),
+    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_23": (
+        "failing += 1 -> += 2: the count is only read as a truth value (non-zero either way)"
+    ),
+    "broker.core.tenants.xǁTenantRefusedǁagain__mutmut_21": (
+        "retry_after floor 1.0 -> 2.0: the told-again error's retry_after is read only by "
+        "Entry._failed's retry_delay, whose result is at least FAILURE_MEMORY (2 s) and at "
+        "least retry_after, so max(2, max(1, r)) == max(2, max(2, r)); it then replaces it"
+    ),
+    "broker.core.tenants.xǁTenantStateǁ__init____mutmut_7": (
+        "invalidated_at: the attribute is never read anywhere (dead slot)"
+    ),
+    "broker.core.tenants.xǁTenantStateǁ__init____mutmut_8": (
+        "invalidated_at: the attribute is never read anywhere (dead slot)"
+    ),
+    "broker.core.tenants.xǁTenantStateǁ__init____mutmut_9": (
+        "invalidated_at: the attribute is never read anywhere (dead slot)"
+    ),
 }
 
 
