@@ -148,3 +148,26 @@ def test_an_expired_jwt_is_still_read_not_refused_by_pyjwt() -> None:
     """PyJWT would refuse an expired token when verifying; the broker must read its exp to
     reject it with its own reason."""
     assert jwt_seconds_left(make_jwt(exp=NOW - 10), NOW) == -10
+
+
+# Every refusal's reason is part of what the broker reports upstream failures with (logs, status
+# `last_error`): each is pinned word for word, not only by a fragment.
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (["access_token"], "answer is not an object"),
+        ({"expires_in": 60}, "answer has no access_token"),
+        ({"access_token": "two words", "expires_in": 60},
+         "access_token is not printable ASCII of sane length"),
+        ({"access_token": "opaque"}, "no usable expiry (no JWT exp, expires_in or expires_on)"),
+        ({"access_token": "opaque", "expires_in": "nan"}, "an expiry number is not finite"),
+        ({"access_token": "opaque", "expires_in": float("inf")}, "an expiry number is not finite"),
+        ({"access_token": "opaque", "expires_in": 10**400}, "an expiry number is out of range"),
+        ({"access_token": "opaque", "expires_on": 10**400}, "an expiry number is out of range"),
+    ],
+)
+def test_each_refusal_gives_its_reason_word_for_word(body: object, reason: str) -> None:
+    with pytest.raises(TokenRejected) as refused:
+        read(body)
+    assert str(refused.value) == reason
+
