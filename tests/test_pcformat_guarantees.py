@@ -239,3 +239,34 @@ def test_what_is_written_is_read_back() -> None:
             "token_type": "bearer",
             "expires_in": "120",
         }
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/x-www-form-urlencoded", b"grant_type="),
+        ("application/x-www-form-urlencoded", b"scope=x&grant_type="),
+        ("application/xml", b"<r><grant_type/></r>"),
+        ("application/json", b'{"grant_type": ""}'),
+    ],
+)
+def test_an_empty_grant_type_is_named_unsupported_not_missing(
+    content_type: str, body: bytes
+) -> None:
+    """A grant_type that is sent but empty is answered as Partner Center does, the same in
+    every body type: an unsupported grant (''), not a missing one."""
+    assert refused(content_type, body) == (400, "unsupported grant_type ''; only jwt_token")
+
+
+@pytest.mark.parametrize("body", [b"[1]", b'"jwt_token"', b"3599", b"null"])
+def test_a_json_answer_that_is_not_an_object_is_refused_word_for_word(body: bytes) -> None:
+    with pytest.raises(ValueError) as raised:
+        parse_token_answer("application/json", body)
+    assert str(raised.value) == "200 but the JSON is not an object"
+
+
+def test_a_namespace_with_a_closing_brace_is_malformed_xml() -> None:
+    """The tag matching keeps what follows the one '}' of `{uri}local`; a URI that would bring a
+    second one is refused by the parser (tools/mutation.py's pcformat equivalents rely on it)."""
+    body = b'<r xmlns="urn:a}grant_type"><grant_type>jwt_token</grant_type></r>'
+    assert refused("application/xml", body) == (400, "the XML body is malformed")

@@ -157,8 +157,10 @@ def test_an_expired_jwt_is_still_read_not_refused_by_pyjwt() -> None:
     [
         (["access_token"], "answer is not an object"),
         ({"expires_in": 60}, "answer has no access_token"),
-        ({"access_token": "two words", "expires_in": 60},
-         "access_token is not printable ASCII of sane length"),
+        (
+            {"access_token": "two words", "expires_in": 60},
+            "access_token is not printable ASCII of sane length",
+        ),
         ({"access_token": "opaque"}, "no usable expiry (no JWT exp, expires_in or expires_on)"),
         ({"access_token": "opaque", "expires_in": "nan"}, "an expiry number is not finite"),
         ({"access_token": "opaque", "expires_in": float("inf")}, "an expiry number is not finite"),
@@ -170,4 +172,3 @@ def test_each_refusal_gives_its_reason_word_for_word(body: object, reason: str) 
     with pytest.raises(TokenRejected) as refused:
         read(body)
     assert str(refused.value) == reason
-

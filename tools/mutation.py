@@ -97,6 +97,70 @@ EQUIVALENT: dict[str, str] = {
     ),
     "broker.core.tenants.xǁTenantStateǁ__init____mutmut_9": (
         "invalidated_at: the attribute is never read anywhere (dead slot)"
+    # core/pcformat.py (mut-core)
+    "broker.core.pcformat.x__xml_grant__mutmut_22": (
+        "rsplit('}') without maxsplit: "
+        "a tag holds at most one '}' (`{uri}local`: expat refuses a '}' in a namespace URI, "
+        "and '}' is no name character), so the last part is the same"
+    ),
+    "broker.core.pcformat.x__xml_grant__mutmut_23": (
+        "split for rsplit: "
+        "a tag holds at most one '}' (`{uri}local`: expat refuses a '}' in a namespace URI, "
+        "and '}' is no name character), so the last part is the same"
+    ),
+    "broker.core.pcformat.x__xml_grant__mutmut_25": (
+        "maxsplit 1 -> 2: "
+        "a tag holds at most one '}' (`{uri}local`: expat refuses a '}' in a namespace URI, "
+        "and '}' is no name character), so the last part is the same"
+    ),
+    "broker.core.pcformat.x_parse_token_answer__mutmut_27": (
+        "rsplit('}') without maxsplit: "
+        "a tag holds at most one '}' (`{uri}local`: expat refuses a '}' in a namespace URI, "
+        "and '}' is no name character), so the last part is the same"
+    ),
+    "broker.core.pcformat.x_parse_token_answer__mutmut_28": (
+        "split for rsplit: "
+        "a tag holds at most one '}' (`{uri}local`: expat refuses a '}' in a namespace URI, "
+        "and '}' is no name character), so the last part is the same"
+    ),
+    "broker.core.pcformat.x_parse_token_answer__mutmut_30": (
+        "maxsplit 1 -> 2: "
+        "a tag holds at most one '}' (`{uri}local`: expat refuses a '}' in a namespace URI, "
+        "and '}' is no name character), so the last part is the same"
+    ),
+    "broker.core.pcformat.x_grant_type__mutmut_31": (
+        "'utf-8-sig' -> 'UTF-8-SIG': Python codec names are case-insensitive"
+    ),
+    "broker.core.pcformat.x_parse_xml__mutmut_3": (
+        "forbid_entities=None: "
+        "defusedxml with forbid_dtd=True refuses the DOCTYPE before any entity, internal or "
+        "external, can be declared: this flag is never reached"
+    ),
+    "broker.core.pcformat.x_parse_xml__mutmut_7": (
+        "forbid_entities dropped (default True): "
+        "defusedxml with forbid_dtd=True refuses the DOCTYPE before any entity, internal or "
+        "external, can be declared: this flag is never reached"
+    ),
+    "broker.core.pcformat.x_parse_xml__mutmut_10": (
+        "forbid_entities=False: "
+        "defusedxml with forbid_dtd=True refuses the DOCTYPE before any entity, internal or "
+        "external, can be declared: this flag is never reached"
+    ),
+    "broker.core.pcformat.x_parse_xml__mutmut_4": (
+        "forbid_external=None: "
+        "defusedxml with forbid_dtd=True refuses the DOCTYPE before any entity, internal or "
+        "external, can be declared: this flag is never reached"
+    ),
+    "broker.core.pcformat.x_parse_xml__mutmut_8": (
+        "forbid_external dropped (default True): "
+        "defusedxml with forbid_dtd=True refuses the DOCTYPE before any entity, internal or "
+        "external, can be declared: this flag is never reached"
+    ),
+    "broker.core.pcformat.x_parse_xml__mutmut_11": (
+        "forbid_external=False: "
+        "defusedxml with forbid_dtd=True refuses the DOCTYPE before any entity, internal or "
+        "external, can be declared: this flag is never reached"
+    ),
     # core/tokens.py (mut-core)
     "broker.core.tokens.x_jwt_seconds_left__mutmut_29": (
         "`at > start` -> `at >= start`: when iat/nbf equals the start, moving the start to it "
