@@ -176,3 +176,56 @@ def test_an_owner_holding_nothing_any_more_pins_nothing() -> None:
     r.pin("file:/a", [])
     flood(r)
     assert r.text("file-a-secret-value file-b-secret-value") == (f"file-a-secret-value {REDACTED}")
+
+
+def test_a_token_of_exactly_eight_characters_is_remembered_and_seven_is_not() -> None:
+    r = Redactor()
+    r.add("tok-1234")
+    r.add("tok-123")
+    assert r.text("tok-1234 and tok-123") == f"{REDACTED} and tok-123"
+
+
+# JWTs inside one run of dotted token characters (a URL path, a dotted log field): every whole
+# JWT is cut, whatever stands before or after it in the run, and nothing else is.
+J2 = "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJwYyJ9.c2ln"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # the shortest JWT the shape knows: eyJ + 4, a dot, 4, a dot, a signature (even empty)
+        ("eyJabcd.efgh.ijkl", REDACTED),
+        ("eyJabcd.efgh.", REDACTED),
+        ("x eyJabcd.efgh.ijkl y", f"x {REDACTED} y"),
+        # one character short in the header or the payload: not a JWT
+        ("eyJabc.efgh.ijkl", "eyJabc.efgh.ijkl"),
+        ("eyJabcd.efg.ijkl", "eyJabcd.efg.ijkl"),
+        # two parts are not a JWT, at the start or at the end of a run
+        ("eyJabcdefg.hijk", "eyJabcdefg.hijk"),
+        ("a.eyJabcdefg.hijk", "a.eyJabcdefg.hijk"),
+        ("a.b.eyJabcdefg", "a.b.eyJabcdefg"),
+        ("a.b.eyJ", "a.b.eyJ"),
+        # an 'eyJ' too near a segment's end starts no JWT, however long the segment
+        ("abcdefeyJab.cdef.ghij", "abcdefeyJab.cdef.ghij"),
+        # dotted text before and after a JWT in the same run is kept as it is
+        (f"api.v1.{JWT}.tail", f"api.v1.{REDACTED}.tail"),
+        (f"x.{JWT}.y.z", f"x.{REDACTED}.y.z"),
+        (f"abcd.efgh.ijkl.{JWT}", f"abcd.efgh.ijkl.{REDACTED}"),
+        # two JWTs joined by a dot, and a JWT glued to text before it: each cut whole
+        (f"{JWT}.{J2}", f"{REDACTED}.{REDACTED}"),
+        (f"{JWT}.{J2}.after", f"{REDACTED}.{REDACTED}.after"),
+        (f"id={JWT}", f"id={REDACTED}"),
+        (f"prefix{JWT}", f"prefix{REDACTED}"),
+    ],
+)
+def test_jwts_in_a_dotted_run_are_cut_whole_and_nothing_else(text: str, expected: str) -> None:
+    assert Redactor().text(text) == expected
+
+
+def test_a_jwt_header_that_itself_contains_eyj_is_cut_from_its_first_eyj() -> None:
+    """The leftmost 'eyJ' of a segment starts the JWT: a later one inside the header (base64 of
+    a header can hold one) leaves nothing of the header behind."""
+    header = "eyJhbGciOiJeyJIUzI"  # a second 'eyJ' with 7 characters after it
+    short = "eyJhbGciOiJIeyJab"  # a second 'eyJ' with only 5 after it
+    assert Redactor().text(f"{header}.eyJzdWIi.c2ln") == REDACTED
+    assert Redactor().text(f"k:{short}.eyJzdWIi.c2ln end") == f"k:{REDACTED} end"

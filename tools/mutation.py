@@ -97,6 +97,27 @@ EQUIVALENT: dict[str, str] = {
     ),
     "broker.core.tenants.xǁTenantStateǁ__init____mutmut_9": (
         "invalidated_at: the attribute is never read anywhere (dead slot)"
+    # observe/redact.py (mut-core)
+    "broker.observe.redact.x__keep_prefix__mutmut_13": (
+        "`if m` -> `if m or True`: "
+        "_SHAPES only matches text that starts with 'bearer'+space or one of its six key names+[=:], "
+        "all of which the prefix pattern matches too: m is never None"
+    ),
+    "broker.observe.redact.x__keep_prefix__mutmut_16": (
+        "the no-prefix fallback '' -> 'XXXX': "
+        "_SHAPES only matches text that starts with 'bearer'+space or one of its six key names+[=:], "
+        "all of which the prefix pattern matches too: m is never None"
+    ),
+    "broker.observe.redact.x__redact_jwts__mutmut_4": (
+        "the early return `or` -> `and`: a run with fewer than 3 parts or no 'eyJ' "
+        "finds no JWT in the loop either and is joined back unchanged (only a shortcut)"
+    ),
+    "broker.observe.redact.xǁRedactorǁ_remember__mutmut_2": (
+        "the OrderedDict's values are never read, only its keys and their order"
+    ),
+    "broker.observe.redact.xǁRedactorǁ_remember__mutmut_4": (
+        "popitem(last=None): None is false like False, the oldest still goes first"
+    ),
     # core/pcformat.py (mut-core)
     "broker.core.pcformat.x__xml_grant__mutmut_22": (
         "rsplit('}') without maxsplit: "
