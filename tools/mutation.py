@@ -100,12 +100,12 @@ EQUIVALENT: dict[str, str] = {
     # observe/redact.py (mut-core)
     "broker.observe.redact.x__keep_prefix__mutmut_13": (
         "`if m` -> `if m or True`: "
-        "_SHAPES only matches text that starts with 'bearer'+space or one of its six key names+[=:], "
+        "_SHAPES only matches 'bearer'+space or one of its six key names+[=:], "
         "all of which the prefix pattern matches too: m is never None"
     ),
     "broker.observe.redact.x__keep_prefix__mutmut_16": (
         "the no-prefix fallback '' -> 'XXXX': "
-        "_SHAPES only matches text that starts with 'bearer'+space or one of its six key names+[=:], "
+        "_SHAPES only matches 'bearer'+space or one of its six key names+[=:], "
         "all of which the prefix pattern matches too: m is never None"
     ),
     "broker.observe.redact.x__redact_jwts__mutmut_4": (
