@@ -4,14 +4,23 @@ audit line names the caller exactly."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import sys
+from dataclasses import replace
 
 import aiohttp
+import pytest
+from aiohttp import web
 
-from tests.conftest import HEADERS
-from tests.test_security import settings
+from broker.config.load import parse_settings
+from broker.config.secret import Secret
+from broker.http.callers import Caller, may_use
+from tests.conftest import HEADERS, config_text
+from tests.hostile import Hostile
+from tests.test_security import raw, settings
 
 
 def foreign_gid() -> int:
@@ -124,3 +133,168 @@ async def test_the_audit_line_names_tcp_callers_by_address_and_port(sandbox, sec
     assert len(callers) == 2
     assert re.fullmatch(r"127\.0\.0\.1:[1-9][0-9]*", callers[0]), callers[0]
     assert re.fullmatch(r"\[::1\]:[1-9][0-9]*", callers[1]), callers[1]
+
+
+# -- the caller is named as the kernel recorded it at connect(), even after it hung up --------
+
+MIRROR_ASK = (
+    b"POST /generatetoken HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer caller-bearer\r\n"
+    b"Content-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\n"
+    b"Content-Length: 20\r\nConnection: close\r\n\r\ngrant_type=jwt_token"
+)
+
+
+async def test_a_caller_that_hung_up_mid_fetch_is_still_named_in_the_audit_line(
+    secret, run_server, tmp_path
+):
+    """A unix-socket caller asks the mirror, hangs up while the upstream answer is pending; the
+    answer then lands and the audit line of that request still names the caller by uid, gid
+    and pid (decided when it connected), not as 'unknown'."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+    async with Hostile() as upstream:
+
+        async def partner(request: web.Request) -> web.Response:
+            arrived.set()
+            await release.wait()
+            return web.json_response({"access_token": "opaque-mirror-token", "expires_in": 3600})
+
+        upstream.partner = partner
+        path = tmp_path / "b.sock"
+        profiles = "[profiles.default]\nwarm = false\n"
+        _, logs = await run_server(
+            settings(upstream, secret, profiles=profiles, listen=f'"unix:{path}"')
+        )
+        _, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(MIRROR_ASK)
+        await writer.drain()
+        await arrived.wait()
+        writer.close()  # hung up before the answer
+        await writer.wait_closed()
+        release.set()
+        answer = await raw(f"unix:{path}", MIRROR_ASK)  # a second caller: served from cache
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        await run_server.stop_all()
+    served = [json.loads(x) for x in logs.getvalue().splitlines() if '"token_served"' in x]
+    me = f"uid={os.getuid()} gid={os.getgid()} pid={os.getpid()}"
+    assert sorted((line["cache"], line["caller"]) for line in served) == [
+        ("hit", me),
+        ("miss", me),
+    ]
+    assert upstream.calls["partner"] == 1
+
+
+# -- a caller in many groups: every supplementary group it had at connect() counts -------------
+
+GROUP_CALLER = r"""
+import os, socket, sys
+path, first, count, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+os.setgroups(list(range(first, first + count)))
+statuses = []
+for name in names:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.sendall(f"GET /v1/token/{name} HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\n"
+              "Connection: close\r\n\r\n".encode())
+    answer = b""
+    while chunk := s.recv(65536):
+        answer += chunk
+    statuses.append(answer.split(b" ", 2)[1].decode() if answer else "closed")
+    s.close()
+print(" ".join(statuses))
+"""
+
+
+async def ask_in_groups(path, first: int, count: int, names: list[str]) -> list[str]:
+    """Statuses a child process in supplementary groups first..first+count-1 gets for
+    /v1/token/NAME, one connection each. Needs root (setgroups)."""
+    assert os.geteuid() == 0, "this test sets a child's groups: run the suite as root"
+    assert not {os.getgid(), *os.getgroups()} & set(range(first, first + count + 1))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        GROUP_CALLER,
+        str(path),
+        str(first),
+        str(count),
+        *names,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    return out.decode().split()
+
+
+def group_profiles(*gids: int) -> str:
+    return "".join(f"[profiles.g{g}]\nallowed_gids = [{g}]\nwarm = false\n" for g in gids)
+
+
+async def test_a_caller_in_64_groups_is_known_by_every_one_of_them(
+    sandbox, secret, run_server, tmp_path
+):
+    """SO_PEERGROUPS lists the supplementary groups: in 64 of them (as many as the first
+    read holds), the first and the last each open their profile; a group it is not in
+    does not."""
+    path = tmp_path / "b.sock"
+    profiles = group_profiles(5000, 5063, 5064)
+    await run_server(settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    got = await ask_in_groups(path, 5000, 64, ["g5000", "g5063", "g5064"])
+    assert got == ["200", "200", "403"]
+
+
+async def test_a_caller_in_more_groups_than_the_first_read_holds_is_still_answered(
+    sandbox, secret, run_server, tmp_path
+):
+    """In 100 supplementary groups the kernel refuses the first 64-group read (ERANGE): the
+    caller is still answered, by its uid and primary group, and a group it is not in still
+    opens nothing. (Known bug, not pinned here: the retry asks CPython's getsockopt for
+    65,536 groups, over its 1,024-byte limit, so these supplementary groups are not seen and
+    a profile open to one of them refuses this caller: it fails closed.)"""
+    path = tmp_path / "b.sock"
+    uid, gid = os.getuid(), os.getgid()
+    profiles = (
+        f"[profiles.primary]\nallowed_gids = [{gid}]\nwarm = false\n"
+        f"[profiles.byuid]\nallowed_uids = [{uid}]\nwarm = false\n" + group_profiles(5100)
+    )
+    await run_server(settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    got = await ask_in_groups(path, 5000, 100, ["primary", "byuid", "g5100"])
+    assert got == ["200", "200", "403"]
+
+
+# -- an access key is never presumed ------------------------------------------------------------
+
+
+class _Nowhere:  # an upstream no test here calls: may_use only reads the profile
+    url = "http://127.0.0.1:9"
+
+
+PROFILE = parse_settings(
+    config_text(_Nowhere()), env={"TEST_CLIENT_SECRET": "client-secret-value"}
+).profiles["default"]
+
+
+@pytest.mark.parametrize("configured", ["XXXX", "x", "access-key-value"])
+def test_a_request_without_a_key_header_never_matches_the_profiles_key(configured: str) -> None:
+    profile = replace(PROFILE, access_key=Secret(configured))
+    local = Caller(pid=1, uid=os.getuid(), gid=os.getgid(), groups=frozenset({os.getgid()}))
+    for caller in (Caller(address="127.0.0.1:5000"), local):
+        assert not may_use(profile, caller, None)
+        assert not may_use(profile, caller, "")
+        assert not may_use(profile, caller, configured + "x")
+        assert may_use(profile, caller, configured)
+
+
+async def test_the_app_under_aiohttps_own_server_names_the_caller_by_its_address(
+    sandbox, secret, start_broker
+):
+    """create_app served by aiohttp's own server (no broker connection handler to keep the
+    caller per connection): the caller is still worked out from the request's transport."""
+    b = await start_broker(settings(sandbox, secret))
+    r = await b.get("/v1/token")
+    assert r.status == 200
+    await r.read()
+    await b.client.close()  # its audit lines are written out
+    callers = [
+        json.loads(x)["caller"] for x in b.logs.getvalue().splitlines() if '"token_served"' in x
+    ]
+    assert len(callers) == 1
+    assert re.fullmatch(r"127\.0\.0\.1:[1-9][0-9]*", callers[0]), callers[0]
