@@ -404,3 +404,201 @@ async def test_start_fetches_only_the_named_profiles_warm_entries(clock: FakeClo
     c.cache.start("b")  # has a token already: no second fetch
     assert eb.flight is None and b.calls == 1
     await c.cache.close()
+
+
+# -- the log events' figures, to their decimal ---------------------------------------------------
+
+
+async def test_token_refreshed_event_gives_duration_expiry_and_next_refresh_to_the_letter() -> None:
+    """An attempt of 1.23456 s, a jitter draw of 0.123 (3.69 s off the 2700 s refresh time):
+    duration and next refresh in tenths, expiry as epoch and as UTC text."""
+    clock = FakeClock(wall_start=1_800_000_000.0)
+    upstream = Upstream(clock)
+    upstream.gate = asyncio.Event()
+    c, entry = entry_with(clock, upstream, rand=0.123)
+    caller = asyncio.create_task(entry.get())
+    await upstream.started.wait()
+    clock.advance(1.23456)
+    upstream.gate.set()
+    await caller
+    (event,) = c.events("token_refreshed")
+    assert event == {
+        "profile": "p",
+        "kind": "aad",
+        "correlation_id": entry.token_correlation_id,
+        "duration_ms": 1234.6,
+        "lifetime_s": 3600,
+        "expires_on": 1_800_003_601,
+        "expires_at": "2027-01-15T09:00:01Z",
+        "next_refresh_in_s": 2696.3,
+        "event": "token_refreshed",
+        "level": "info",
+        "timestamp": event["timestamp"],
+    }
+
+
+async def test_refresh_failed_event_gives_retry_and_duration_in_tenths(clock: FakeClock) -> None:
+    """Upstream asks for 2.34 s (Retry-After) after an attempt of 0.45678 s."""
+    upstream = Upstream(clock)
+    upstream.gate = asyncio.Event()
+    upstream.fail_with = UpstreamFailing("Azure AD answered 429", endpoint="aad", retry_after=2.34)
+    c, entry = entry_with(clock, upstream)
+    caller = asyncio.create_task(entry.get())
+    await upstream.started.wait()
+    clock.advance(0.45678)
+    upstream.gate.set()
+    with pytest.raises(UpstreamFailing) as raised:
+        await caller
+    (event,) = c.events("refresh_failed")
+    assert (event["retry_in_s"], event["duration_ms"]) == (2.3, 456.8)
+    assert raised.value.retry_after == 2.34
+
+
+@pytest.mark.parametrize(
+    ("asked", "told"),
+    [(None, None), (1.0, 2.0), (30.0, 30.0), (1000.0, 600.0)],
+)
+async def test_callers_are_told_the_retry_delay_used_only_when_upstream_asked_for_one(
+    clock: FakeClock, asked: float | None, told: float | None
+) -> None:
+    """A Retry-After below the 2 s failure memory or above the 600 s cap is told as the
+    delay actually used; an error upstream gave no Retry-After for gets none."""
+    upstream = Upstream(clock)
+    upstream.fail_with = UpstreamFailing("Azure AD answered 503", endpoint="aad", retry_after=asked)
+    _, entry = entry_with(clock, upstream)
+    with pytest.raises(UpstreamFailing) as raised:
+        await entry.get()
+    assert raised.value.retry_after == told
+
+
+async def test_the_retries_of_one_refresh_log_one_correlation_id(clock: FakeClock) -> None:
+    """Errors without their own correlation id are logged under the refresh's, the same one
+    the token that finally comes is logged and kept under."""
+    upstream = Upstream(clock)
+    upstream.fail_with = UpstreamFailing("Azure AD answered 500", endpoint="aad")
+    c, entry = entry_with(clock, upstream)
+    for _ in range(2):
+        with pytest.raises(UpstreamFailing):
+            await entry.get()
+        clock.advance(entry.retry_at - clock.monotonic())
+        if entry.flight is not None:
+            with pytest.raises(UpstreamFailing):
+                await entry.flight
+    upstream.fail_with = None
+    clock.advance(entry.retry_at - clock.monotonic())
+    if entry.flight is not None:
+        await entry.flight
+    else:
+        await entry.get()
+    ids = {e["correlation_id"] for e in c.events("refresh_failed")}
+    (refreshed,) = c.events("token_refreshed")
+    assert ids == {refreshed["correlation_id"]} == {entry.token_correlation_id}
+    assert isinstance(refreshed["correlation_id"], str) and len(refreshed["correlation_id"]) >= 32
+
+
+async def test_attempt_outcomes_are_counted_one_by_one(clock: FakeClock) -> None:
+    upstream = Upstream(clock)
+    upstream.fail_with = UpstreamFailing("Azure AD answered 500", endpoint="aad")
+    c, entry = entry_with(clock, upstream)
+    for _ in range(3):
+        with pytest.raises(UpstreamFailing):
+            await entry.get()
+        clock.advance(60)
+        if entry.flight is not None:
+            with pytest.raises(UpstreamFailing):
+                await entry.flight
+    failures = entry.calls["upstream_failing"]
+    assert failures >= 3 and c.counted("aad", "upstream_failing") == failures
+    upstream.fail_with = None
+    clock.advance(60)
+    for _ in range(2):
+        if entry.flight is not None:
+            await entry.flight
+        await entry.refresh()
+    assert entry.status().calls == {"upstream_failing": failures, "ok": upstream.calls - failures}
+    assert entry.calls["ok"] >= 2 and c.counted("aad", "ok") == entry.calls["ok"]
+
+
+# -- the timer never starts a second flight, and stops for good at retire / close ---------------
+
+
+async def test_the_refresh_timer_joins_a_forced_refresh_in_flight(clock: FakeClock) -> None:
+    upstream = Upstream(clock)
+    _, entry = entry_with(clock, upstream)
+    await entry.get()  # refresh-ahead timer at +2700 s
+    upstream.gate, upstream.started = asyncio.Event(), asyncio.Event()
+    clock.advance(2600)
+    forced = asyncio.create_task(entry.refresh())
+    await upstream.started.wait()
+    assert upstream.calls == 2
+    clock.advance(100)  # the timer fires while the forced refresh is in flight
+    assert upstream.calls == 2
+    upstream.gate.set()
+    assert (await forced).value == "token-2" and upstream.calls == 2
+
+
+async def test_retiring_a_cold_entry_is_quiet(clock: FakeClock) -> None:
+    c, entry = entry_with(clock, Upstream(clock))
+    c.cache.retire("p")  # never asked for: no timer to stop
+    assert entry.next_at is None and clock.next_timer() is None
+
+
+async def test_a_refresh_in_flight_at_retire_still_serves_its_callers_and_arms_nothing(
+    clock: FakeClock,
+) -> None:
+    """Retired mid-flight: the callers waiting get the token; the retired entry then never
+    refreshes again (no timer), however long the clock runs."""
+    upstream = Upstream(clock)
+    _, entry = entry_with(clock, upstream)
+    await entry.get()
+    assert clock.next_timer() is not None
+    upstream.gate, upstream.started = asyncio.Event(), asyncio.Event()
+    forced = asyncio.create_task(entry.refresh())
+    await upstream.started.wait()
+    entry.retire()
+    assert clock.next_timer() is None and entry.next_at is None
+    upstream.gate.set()
+    assert (await forced).value == "token-2"
+    assert clock.next_timer() is None and entry.next_at is None
+    clock.advance(10 * 3600)
+    assert entry.flight is None and upstream.calls == 2
+
+
+async def test_close_returns_once_the_refresh_in_flight_has_stopped(clock: FakeClock) -> None:
+    stopped: list[str] = []
+    began, release = asyncio.Event(), asyncio.Event()
+
+    async def fetch(ids) -> Token:
+        began.set()
+        try:
+            await release.wait()
+        finally:
+            stopped.append("fetch ended")
+        raise AssertionError("never released")
+
+    c = Cache(clock)
+    entry = c.cache.add("p", "aad", fetch, POLICY)
+    caller = asyncio.create_task(entry.get())
+    await began.wait()
+    flight = entry.flight
+    assert flight is not None
+    await entry.close()
+    assert stopped == ["fetch ended"] and flight.cancelled()
+    caller.cancel()
+    await asyncio.gather(caller, return_exceptions=True)
+
+
+async def test_a_closed_entry_never_arms_a_timer_again(clock: FakeClock) -> None:
+    """A caller served after close (a request finishing during shutdown) gets its token, but
+    nothing refreshes it in the background any more."""
+    upstream = Upstream(clock)
+    c, entry = entry_with(clock, upstream)
+    await entry.get()
+    await c.cache.close()
+    assert clock.next_timer() is None
+    entry.invalidate(entry.token)
+    token, hit = await entry.get()
+    assert token.value == "token-2" and not hit
+    assert clock.next_timer() is None and entry.next_at is None
+    clock.advance(10 * 3600)
+    assert entry.flight is None and upstream.calls == 2

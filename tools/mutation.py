@@ -97,6 +97,11 @@ EQUIVALENT: dict[str, str] = {
     ),
     "broker.core.tenants.xǁTenantStateǁ__init____mutmut_9": (
         "invalidated_at: the attribute is never read anywhere (dead slot)"
+    # core/cache.py (mut-core)
+    "broker.core.cache.xǁEntryǁ_on_timer__mutmut_2": (
+        "next_at = '' for None while the timer runs: next_at is only ever read for its truth "
+        "(status, token_refreshed) and _arm overwrites it"
+    ),
     # http/callers.py (mut-core)
     "broker.http.callers.x_read_peer_groups__mutmut_11": (
         "ERANGE `and` -> `or`: another error (no SO_PEERGROUPS) only costs one more read, "
