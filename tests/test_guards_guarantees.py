@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from broker.config.settings import ServerSettings
-from broker.core.guards import OriginGuard, Rejection, strip_port
+from broker.core.guards import OriginGuard, Rejection, strip_port, target_host
 from tests.test_security import raw, settings, status_and_json
 
 OK = {"Host": "localhost:8721", "Metadata": "true"}
@@ -124,3 +124,109 @@ async def test_raw_requests_by_host(sandbox, secret, run_server, host_line, stat
         assert body["access_token"]
     else:
         assert body["error"]["code"] == "host_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[::1].evil.example",  # the bracket is not the end of the name
+        "[::1]x8721",  # no colon before the port
+        "[::1]:http",  # a port that is not digits
+        "[::1]:x8721",
+        "[::1]:",  # a colon and no port
+        "[::1]]",
+        "[::1",  # never closed
+    ],
+)
+def test_a_malformed_bracketed_host_strips_to_nothing(host: str) -> None:
+    """ "" matches no allowed host: `[::1]` followed by anything but `:digits` is not `[::1]`."""
+    assert strip_port(host) == ""
+    guard = OriginGuard(ServerSettings())
+    assert guard.origin({**OK, "Host": host}) == HOST_REJECTION
+    assert guard.v1({**OK, "Host": host}) == HOST_REJECTION
+
+
+def test_only_the_last_colon_can_start_a_port() -> None:
+    assert strip_port("localhost:8721:80") == "localhost:8721"
+    assert strip_port("a:b:c") == "a:b:c"
+
+
+# -- the absolute-form request target (`GET http://host/path`) names the host, not Host ---------
+
+
+@pytest.mark.parametrize(
+    ("target", "host"),
+    [
+        ("/v1/token", "from-header"),
+        ("*", "from-header"),  # OPTIONS *: no authority in it
+        ("v1/token", "from-header"),
+        ("http://localhost/v1/token", "localhost"),
+        ("http://localhost:8721/v1/token?x=1", "localhost:8721"),
+        ("http://localhost:8721", "localhost:8721"),
+        ("http://localhost?next=/v1", "localhost"),
+        ("http://localhost?x=1?y=2", "localhost"),
+        ("HTTP://[::1]:8721/a/b/c", "[::1]:8721"),
+        ("http://user@localhost/", "localhost"),
+        ("http://a@b@localhost/", "localhost"),
+        ("http://localhost/?u=http://evil.example/", "localhost"),
+        ("http://localhost://evil.example/", "localhost:"),
+        ("http:///v1/token", "\0"),  # an empty authority: never allowed
+        ("http://user@/v1/token", "\0"),
+    ],
+)
+def test_the_host_a_request_names(target: str, host: str) -> None:
+    assert target_host({"Host": "from-header"}, target) == host
+
+
+def test_no_host_header_and_an_origin_form_target_name_no_host() -> None:
+    assert target_host({}, "/v1/token") == ""
+
+
+@pytest.mark.parametrize(
+    ("target", "allowed"),
+    [
+        ("http://localhost/v1/token", True),
+        ("http://127.0.0.1:8721/v1/token?x=1", True),
+        ("http://[::1]:8721/v1/token", True),
+        ("http://evil.example/v1/token", False),
+        ("http://evil.example:8721/v1/token", False),
+        ("http://localhost.evil.example/v1/token", False),
+        ("http://localhost:8721@evil.example/v1/token", False),
+        ("http://localhost://evil.example/", False),
+        ("http:///v1/token", False),
+    ],
+)
+def test_an_absolute_target_wins_over_the_host_header_every_time(
+    target: str, allowed: bool
+) -> None:
+    """RFC 9112: the authority of an absolute-form target is the host, whatever Host says, and
+    an allowed Host remembered from earlier requests opens nothing for it."""
+    guard = OriginGuard(ServerSettings())
+    expected = None if allowed else HOST_REJECTION
+    for _ in range(2):  # first worked out, then from memory
+        assert guard.origin(OK, target) == expected
+        assert guard.v1(OK, target) == expected
+    fresh = OriginGuard(ServerSettings())  # nothing remembered yet
+    assert fresh.v1(OK, target) == expected
+    assert fresh.v1(OK) is None  # the Host header alone is allowed
+    assert fresh.v1(OK, target) == expected
+    evil = {**OK, "Host": "evil.example"}
+    assert OriginGuard(ServerSettings()).v1(evil, target) == expected
+
+
+def test_a_request_without_a_host_never_borrows_a_remembered_answer() -> None:
+    """No Host header is "no host", refused, even right after an allowed Host of any
+    spelling was remembered (here the configured name `xxxx`, sent as `XXXX`)."""
+    guard = OriginGuard(ServerSettings(allowed_hosts=frozenset({"xxxx"})))
+    assert guard.v1({"Host": "XXXX", "Metadata": "true"}) is None
+    assert guard.v1({"Metadata": "true"}) == HOST_REJECTION
+    assert guard.origin({"Metadata": "true"}) == HOST_REJECTION
+
+
+def test_allowing_requests_without_a_host_opens_no_other_host() -> None:
+    """allowed_hosts may list "" (HTTP/1.0 clients that send no Host): that answer,
+    remembered, is never used for a request that does name a host."""
+    guard = OriginGuard(ServerSettings(allowed_hosts=frozenset({"", "localhost"})))
+    assert guard.v1({"Metadata": "true"}) is None
+    assert guard.v1({"Host": "evil.example", "Metadata": "true"}) == HOST_REJECTION
+    assert guard.v1({"Host": "localhost:1", "Metadata": "true"}) is None

@@ -132,6 +132,91 @@ EQUIVALENT: dict[str, str] = {
     "broker.observe.redact.xǁRedactorǁ_remember__mutmut_4": (
         "popitem(last=None): None is false like False, the oldest still goes first"
     ),
+    # core/guards.py (mut-core)
+    "broker.core.guards.x_strip_port__mutmut_13": (
+        "`end < 0` -> `end <= 0`: only '[]' differs ('' for '[]'): an empty "
+        "bracket names no host, allowed by no configuration that means one"
+    ),
+    "broker.core.guards.x_strip_port__mutmut_14": (
+        "`end < 0` -> `end < 1`: only '[]' differs ('' for '[]'): an empty "
+        "bracket names no host, allowed by no configuration that means one"
+    ),
+    "broker.core.guards.x_target_host__mutmut_24": (
+        "split('/') without maxsplit: element [0] is the same"
+    ),
+    "broker.core.guards.x_target_host__mutmut_35": (
+        "split('/', 2) for split('/', 1): element [0] is the same"
+    ),
+    "broker.core.guards.x_target_host__mutmut_38": (
+        "split('?', 2) for split('?', 1): element [0] is the same"
+    ),
+    "broker.core.guards.xǁOriginGuardǁorigin__mutmut_1": (
+        "default target '/' -> 'XX/XX': both name the Host header "
+        "(no '://'), and every caller passes the request's raw path"
+    ),
+    "broker.core.guards.xǁOriginGuardǁv1__mutmut_1": (
+        "default target '/' -> 'XX/XX': both name the Host header "
+        "(no '://'), and every caller passes the request's raw path"
+    ),
+    "broker.core.guards.xǁOriginGuardǁorigin__mutmut_21": (
+        "memo lookup dropped: "
+        "the Host memo is only a shortcut: with nothing usable remembered the answer is "
+        "worked out again from allowed_hosts, the same"
+    ),
+    "broker.core.guards.xǁOriginGuardǁorigin__mutmut_22": (
+        "memo looked up under None: "
+        "the Host memo is only a shortcut: with nothing usable remembered the answer is "
+        "worked out again from allowed_hosts, the same"
+    ),
+    "broker.core.guards.xǁOriginGuardǁorigin__mutmut_28": (
+        "memo stores None: "
+        "the Host memo is only a shortcut: with nothing usable remembered the answer is "
+        "worked out again from allowed_hosts, the same"
+    ),
+    "broker.core.guards.xǁOriginGuardǁv1__mutmut_17": (
+        "proxy branch calls origin(headers, None): origin() answers from "
+        "its proxy-header loop (the same three headers) before it reads the target"
+    ),
+    "broker.core.guards.xǁOriginGuardǁv1__mutmut_19": (
+        "proxy branch calls origin(headers) (target '/'): origin() "
+        "answers from its proxy-header loop before it reads the target"
+    ),
+    "broker.core.guards.xǁOriginGuardǁv1__mutmut_20": (
+        "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
+        "holds nothing): origin() then works out the same answer"
+    ),
+    "broker.core.guards.xǁOriginGuardǁv1__mutmut_21": (
+        "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
+        "holds nothing): origin() then works out the same answer"
+    ),
+    "broker.core.guards.xǁOriginGuardǁv1__mutmut_23": (
+        "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
+        "holds nothing): origin() then works out the same answer"
+    ),
+    "broker.core.guards.xǁOriginGuardǁv1__mutmut_25": (
+        "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
+        "holds nothing): origin() then works out the same answer"
+    ),
+    "broker.core.guards.xǁOriginGuardǁv1__mutmut_26": (
+        "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
+        "holds nothing): origin() then works out the same answer"
+    ),
+    "broker.core.guards.xǁOriginGuardǁv1__mutmut_27": (
+        "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
+        "holds nothing): origin() then works out the same answer"
+    ),
+    "broker.core.guards.xǁOriginGuardǁv1__mutmut_32": (
+        "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
+        "holds nothing): origin() then works out the same answer"
+    ),
+    "broker.core.guards.xǁOriginGuardǁv1__mutmut_34": (
+        "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
+        "holds nothing): origin() then works out the same answer"
+    ),
+    "broker.core.guards.xǁOriginGuardǁv1__mutmut_36": (
+        "`allowed is None` -> `is not None`: every request takes "
+        "the slow path through origin(), which gives the same answer"
+    ),
     # core/pcformat.py (mut-core)
     "broker.core.pcformat.x__xml_grant__mutmut_22": (
         "rsplit('}') without maxsplit: "
