@@ -97,6 +97,7 @@ EQUIVALENT: dict[str, str] = {
     ),
     "broker.core.tenants.xǁTenantStateǁ__init____mutmut_9": (
         "invalidated_at: the attribute is never read anywhere (dead slot)"
+    ),
     # core/cache.py (mut-core)
     "broker.core.cache.xǁEntryǁ_on_timer__mutmut_2": (
         "next_at = '' for None while the timer runs: next_at is only ever read for its truth "
