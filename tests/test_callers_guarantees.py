@@ -241,22 +241,38 @@ async def test_a_caller_in_64_groups_is_known_by_every_one_of_them(
     assert got == ["200", "200", "403"]
 
 
-async def test_a_caller_in_more_groups_than_the_first_read_holds_is_still_answered(
+async def test_a_caller_in_more_groups_than_the_first_read_holds_is_known_by_all_of_them(
     sandbox, secret, run_server, tmp_path
 ):
-    """In 100 supplementary groups the kernel refuses the first 64-group read (ERANGE): the
-    caller is still answered, by its uid and primary group, and a group it is not in still
-    opens nothing. (Known bug, not pinned here: the retry asks CPython's getsockopt for
-    65,536 groups, over its 1,024-byte limit, so these supplementary groups are not seen and
-    a profile open to one of them refuses this caller: it fails closed.)"""
+    """In 100 supplementary groups the kernel refuses the first 64-group read (ERANGE); the
+    second, larger read gets them all: the first and the last each open their profile, and a
+    group the caller is not in still opens nothing."""
     path = tmp_path / "b.sock"
     uid, gid = os.getuid(), os.getgid()
     profiles = (
         f"[profiles.primary]\nallowed_gids = [{gid}]\nwarm = false\n"
-        f"[profiles.byuid]\nallowed_uids = [{uid}]\nwarm = false\n" + group_profiles(5100)
+        f"[profiles.byuid]\nallowed_uids = [{uid}]\nwarm = false\n"
+        + group_profiles(5000, 5099, 5100)
     )
     await run_server(settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
-    got = await ask_in_groups(path, 5000, 100, ["primary", "byuid", "g5100"])
+    got = await ask_in_groups(path, 5000, 100, ["primary", "byuid", "g5000", "g5099", "g5100"])
+    assert got == ["200", "200", "200", "200", "403"]
+
+
+async def test_a_caller_in_more_than_256_groups_is_known_by_uid_and_primary_group_only(
+    sandbox, secret, run_server, tmp_path
+):
+    """Past the 256 groups CPython's getsockopt can read, the supplementary groups are not
+    known: a profile open to one of them refuses (fails closed); uid and primary group still
+    count."""
+    path = tmp_path / "b.sock"
+    uid, gid = os.getuid(), os.getgid()
+    profiles = (
+        f"[profiles.primary]\nallowed_gids = [{gid}]\nwarm = false\n"
+        f"[profiles.byuid]\nallowed_uids = [{uid}]\nwarm = false\n" + group_profiles(5000)
+    )
+    await run_server(settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    got = await ask_in_groups(path, 5000, 300, ["primary", "byuid", "g5000"])
     assert got == ["200", "200", "403"]
 
 

@@ -103,15 +103,6 @@ EQUIVALENT: dict[str, str] = {
         "next_at = '' for None while the timer runs: next_at is only ever read for its truth "
         "(status, token_refreshed) and _arm overwrites it"
     ),
-    # http/callers.py (mut-core)
-    "broker.http.callers.x_read_peer_groups__mutmut_11": (
-        "ERANGE `and` -> `or`: another error (no SO_PEERGROUPS) only costs one more read, "
-        "which fails the same way, then the same empty set"
-    ),
-    "broker.http.callers.x_read_peer_groups__mutmut_13": (
-        "`size < _GROUPS_MAX` -> `<=`: the second read is for NGROUPS_MAX (65,536) groups, "
-        "which no kernel answers with ERANGE, so the cap is never reached"
-    ),
     # observe/redact.py (mut-core)
     "broker.observe.redact.x__keep_prefix__mutmut_13": (
         "`if m` -> `if m or True`: "

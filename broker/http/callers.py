@@ -27,7 +27,10 @@ _PEERCRED = struct.Struct("3i")
 # Not in every Python's socket module; 59 on Linux (asm-generic/socket.h).
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 _GID_SIZE = 4  # gid_t
-_GROUPS_FIRST, _GROUPS_MAX = 64, 65536  # NGROUPS_MAX is 65536
+# Groups read at first, and at most: CPython's getsockopt() reads at most 1,024 bytes. A caller in
+# more than 256 supplementary groups (NGROUPS_MAX is 65,536) is known by its uid and primary
+# group only: a group restriction fails closed.
+_GROUPS_FIRST, _GROUPS_MAX = 64, 1024 // _GID_SIZE
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ def read_peer_credentials(transport: Any) -> tuple[int, int, int] | None:
 
 def read_peer_groups(sock: socket.socket) -> frozenset[int]:
     """The supplementary groups the peer had at connect(), from SO_PEERGROUPS. Empty on a
-    kernel without it (then only the primary group counts: a restriction fails closed)."""
+    kernel without it, or past _GROUPS_MAX groups (then only the primary group counts: a
+    restriction fails closed)."""
     size = _GROUPS_FIRST
     while True:
         try:
