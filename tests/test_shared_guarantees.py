@@ -6,12 +6,14 @@ own. No mock of redis-py: every byte goes through a real socket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import hmac
 import io
 import json
 import re
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -35,7 +37,7 @@ KEY = bytes(range(32))
 IDS = RefreshIds("corr", "req")
 KEYS = (CLIENT_ID, TENANT, "https://api.partnercenter.microsoft.com/.default")
 POLICY = Policy(
-    refresh_ahead=0.1, min_refresh_margin=60, min_remaining=30, wait_timeout=3, warm=False
+    refresh_ahead=0.3, min_refresh_margin=60, min_remaining=30, wait_timeout=3, warm=False
 )
 
 
@@ -142,7 +144,7 @@ class Proxy:
         self.target = redis_socket
         self.seen: list[tuple[float, list[bytes]]] = []
         self.before: Callable[[list[bytes]], Any] | None = None
-        self.drop_first = 0  # connections closed before their first command is answered
+        self.drop_once: bytes | None = None  # the first command with this verb: hang up
         self.accepted = 0
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -157,10 +159,6 @@ class Proxy:
     async def __aenter__(self) -> Proxy:
         async def handle(reader, writer) -> None:
             self.accepted += 1
-            if self.accepted <= self.drop_first:
-                await reader.read(65536)
-                writer.close()
-                return
             up_reader, up_writer = await asyncio.open_unix_connection(self.target)
 
             async def downstream() -> None:
@@ -175,6 +173,9 @@ class Proxy:
                     buffer += data
                     for command in _commands(buffer):
                         self.seen.append((time.monotonic(), command))
+                        if self.drop_once is not None and command[0].upper() == self.drop_once:
+                            self.drop_once = None
+                            return
                         if self.before is not None:
                             result = self.before(command)
                             if asyncio.iscoroutine(result):
@@ -206,10 +207,11 @@ def _encode(command: list[bytes]) -> bytes:
 
 class Misbehaving:
     """A TCP server that speaks just enough Redis to misbehave: answers every command after
-    `delay` seconds (real time, on the test's own event loop), or closes each connection."""
+    `delay` seconds (real time, on the test's own event loop; only the first `slow` commands
+    of each connection when given), or closes each connection."""
 
-    def __init__(self, *, delay: float = 0.0, close: bool = False) -> None:
-        self.delay, self.close = delay, close
+    def __init__(self, *, delay: float = 0.0, close: bool = False, slow: int | None = None) -> None:
+        self.delay, self.close, self.slow = delay, close, slow
         self.accepts: list[float] = []
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -222,13 +224,16 @@ class Misbehaving:
         async def handle(reader, writer) -> None:
             self.accepts.append(time.monotonic())
             buffer = bytearray()
+            answered = 0
             try:
                 while data := await reader.read(65536):
                     if self.close:
                         return
                     buffer += data
                     for command in _commands(buffer):
-                        await asyncio.sleep(self.delay)
+                        answered += 1
+                        if self.slow is None or answered <= self.slow:
+                            await asyncio.sleep(self.delay)
                         if command[0].upper() == b"PING":
                             writer.write(b"+PONG\r\n")
                         else:
@@ -814,10 +819,11 @@ async def test_an_acl_user_and_password_are_what_the_client_logs_in_with(own_red
 async def test_a_dropped_connection_is_not_retried_but_degrades(redis_db) -> None:
     """One try per call: the fallback is upstream, not a retry loop against a sick Redis."""
     async with Proxy(str(redis_db.socket)) as proxy:
-        proxy.drop_first = 1
+        proxy.drop_once = b"PING"  # after the handshake: a command redis-py could retry
         b = await started(proxy.url, timeout=0.5)
         try:
             assert b.cache.state == "degraded" and proxy.accepted == 1
+            assert len(proxy.named(b"PING")) == 1
             assert b.cache.status().last_error == "ConnectionError: Connection closed by server."
         finally:
             await b.cache.close()
@@ -828,7 +834,37 @@ async def test_check_config_ping_gives_up_after_two_seconds_at_least(redis_db) -
     assert await ping(settings(redis_db.url, timeout=0.2)) is None
     async with Misbehaving(delay=2.5) as server:
         message = await ping(settings(server.url, timeout=0.2))
-    assert (
-        message
-        == f"Redis did not answer PING: TimeoutError: Timeout reading from 127.0.0.1:{server.port}"
+    assert message == (
+        f"Redis did not answer PING: TimeoutError: Timeout reading from 127.0.0.1:{server.port}"
     )
+
+
+async def test_check_config_ping_gives_up_after_three_seconds_in_all() -> None:
+    """Each read is bounded by max(timeout, 2 s), and the whole PING (connecting, the handshake
+    and the PING itself) by one second more: two answers of 1.75 s each are too slow."""
+    async with Misbehaving(delay=1.75, slow=2) as server:
+        message = await ping(settings(server.url, timeout=0.2))
+    assert message == "Redis did not answer PING: timed out"
+
+
+async def test_check_config_ping_gives_up_connecting_after_two_seconds() -> None:
+    """A Redis host that never completes the TCP handshake (its listen queue is full): the
+    connect timeout, max(timeout, 2 s), says so before the overall bound."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):  # fill the accept queue: further SYNs are dropped, connect hangs
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        message = await ping(settings(f"redis://127.0.0.1:{port}/0", timeout=0.2))
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+    assert message == "Redis did not answer PING: TimeoutError: Timeout connecting to server"
