@@ -5,6 +5,7 @@ events and the status a caller sees."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 
@@ -329,6 +330,7 @@ async def test_a_caller_waits_no_longer_than_wait_timeout(clock: FakeClock) -> N
     with pytest.raises(UpstreamTimeout) as raised:
         await entry.get()
     assert "no token within 0.05 s" in raised.value.message and entry.waiters == 0
+    assert raised.value.endpoint == "aad"
     assert entry.flight is not None  # the refresh goes on
     upstream.gate.set()
     await entry.flight
@@ -340,9 +342,13 @@ async def test_a_token_that_can_never_be_served_is_a_failure_with_backoff(
     upstream = Upstream(clock, lifetime=20)
     _, entry = entry_with(clock, upstream, EXACT)
     expected = "the new token has 20 s left, less than min_remaining (30 s): it can never be served"
+    c, entry = entry_with(clock, upstream, EXACT)
     with pytest.raises(UpstreamFailing) as raised:
         await entry.get()
     assert raised.value.message == expected and raised.value.endpoint == "aad"
+    # the caller is told the refresh's own correlation id (it is in the error answer)
+    (failed,) = c.events("refresh_failed")
+    assert raised.value.correlation_id and raised.value.correlation_id == failed["correlation_id"]
     assert entry.token is None and entry.failures == 1
     with pytest.raises(UpstreamFailing):  # remembered: no second call within the backoff
         await entry.get()
@@ -602,3 +608,94 @@ async def test_a_closed_entry_never_arms_a_timer_again(clock: FakeClock) -> None
     assert clock.next_timer() is None and entry.next_at is None
     clock.advance(10 * 3600)
     assert entry.flight is None and upstream.calls == 2
+
+
+# -- a remembered failure, and a token too short-lived to serve ----------------------------------
+
+
+async def test_a_remembered_failure_is_answered_until_retry_at_with_the_time_left(
+    clock: FakeClock,
+) -> None:
+    """After a failure with Retry-After, callers get the same error at once, told the time
+    left of the delay in use, with no upstream call; at retry_at exactly, upstream is asked
+    again."""
+    upstream = Upstream(clock)
+    _, entry = entry_with(clock, upstream)
+    entry._closed = True  # no timer: only callers drive it here
+    upstream.fail_with = UpstreamFailing("busy", endpoint="aad", retry_after=100)
+    with pytest.raises(UpstreamFailing):
+        await entry.get()
+    assert entry.retry_at == clock.monotonic() + 100  # the delay used is Retry-After's
+    clock.advance(60)
+    with pytest.raises(UpstreamFailing) as remembered:
+        await entry.get()
+    assert remembered.value is upstream.fail_with
+    assert remembered.value.retry_after == pytest.approx(40)  # what is left of it
+    assert upstream.calls == 1
+    clock.advance(40)  # exactly retry_at: asked again
+    upstream.fail_with = None
+    token, hit = await entry.get()
+    assert (token.value, hit, upstream.calls) == ("token-2", False, 2)
+
+
+async def test_a_forced_refresh_that_succeeds_before_retry_at_leaves_nothing_remembered(
+    clock: FakeClock,
+) -> None:
+    """A failure parks callers until retry_at; a forced refresh succeeding before then clears
+    the failure, so a later caller who needs a fresher token fetches one (no stale error)."""
+    upstream = Upstream(clock, lifetime=40)  # servable (30 s left) for 10 s only
+    _, entry = entry_with(clock, upstream)
+    entry._closed = True
+    upstream.fail_with = UpstreamFailing("busy", endpoint="aad", retry_after=100)
+    with pytest.raises(UpstreamFailing):
+        await entry.get()
+    upstream.fail_with = None
+    clock.advance(1)
+    await entry.refresh()
+    clock.advance(12)  # before the old retry_at, after the token stopped being servable
+    token, hit = await entry.get()
+    assert (token.value, hit, upstream.calls) == ("token-3", False, 3)
+
+
+async def test_a_fresh_token_too_short_for_the_callers_need_is_refused_in_words(
+    clock: FakeClock,
+) -> None:
+    """A caller that needs 35 s (an MSI caller's longer margin) gets a fresh token with 34 s:
+    upstream_failing naming the requirement and the endpoint, not the token."""
+    upstream = Upstream(clock, lifetime=34)  # servable under the entry's own 30 s
+    _, entry = entry_with(clock, upstream)
+    entry._closed = True
+    with pytest.raises(UpstreamFailing) as refused:
+        await entry.get(min_remaining=35)
+    assert refused.value.message == "upstream token has less than the 35 s required left"
+    assert str(refused.value) == refused.value.message
+    assert refused.value.endpoint == "aad"
+    token, hit = await entry.get()  # the entry's own callers are served from it
+    assert (token.value, hit, upstream.calls) == ("token-1", True, 1)
+
+
+async def test_a_failed_flight_nobody_awaits_leaves_no_unretrieved_exception(
+    clock: FakeClock,
+) -> None:
+    """A background refresh that fails with no caller waiting: the loop's exception handler
+    never hears of it (no 'Task exception was never retrieved', no failing callback)."""
+    loop = asyncio.get_running_loop()
+    heard: list[dict] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: heard.append(context))
+    try:
+        upstream = Upstream(clock)
+        upstream.fail_with = UpstreamFailing("busy", endpoint="aad")
+        _, entry = entry_with(clock, upstream)
+        entry._closed = True
+        flight = entry._launch()  # as the timer starts it: nobody awaits it
+        while not flight.done():
+            await asyncio.sleep(0)
+        del flight
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+        assert upstream.calls == 1 and entry.last_error is upstream.fail_with
+        assert heard == []
+    finally:
+        loop.set_exception_handler(previous)

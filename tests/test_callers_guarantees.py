@@ -17,7 +17,7 @@ from aiohttp import web
 
 from broker.config.load import parse_settings
 from broker.config.secret import Secret
-from broker.http.callers import Caller, may_use
+from broker.http.callers import Caller, caller_of, may_use, read_peer_credentials
 from tests.conftest import HEADERS, config_text
 from tests.hostile import Hostile
 from tests.test_security import raw, settings
@@ -314,3 +314,19 @@ async def test_the_app_under_aiohttps_own_server_names_the_caller_by_its_address
     ]
     assert len(callers) == 1
     assert re.fullmatch(r"127\.0\.0\.1:[1-9][0-9]*", callers[0]), callers[0]
+
+
+class _Gone:
+    """A transport that has lost its peer: every extra is None (asyncio's own after a close)."""
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+def test_a_caller_without_a_transport_or_a_peer_is_unknown_not_a_crash() -> None:
+    """A request whose connection is already gone (no transport, or no peer address) is an
+    unknown caller: it gets no uid, no groups, and no profile that needs them."""
+    assert read_peer_credentials(None) is None
+    assert caller_of(None) == Caller()
+    assert caller_of(_Gone()) == Caller()
+    assert caller_of(_Gone()).description == "unknown"

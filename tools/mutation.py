@@ -133,6 +133,9 @@ EQUIVALENT: dict[str, str] = {
         "`end < 0` -> `end < 1`: only '[]' differs ('' for '[]'): an empty "
         "bracket names no host, allowed by no configuration that means one"
     ),
+    "broker.core.guards.x_target_host__mutmut_19": (
+        "split('?') without maxsplit: element [0] is the same"
+    ),
     "broker.core.guards.x_target_host__mutmut_24": (
         "split('/') without maxsplit: element [0] is the same"
     ),
