@@ -229,3 +229,32 @@ def test_a_jwt_header_that_itself_contains_eyj_is_cut_from_its_first_eyj() -> No
     short = "eyJhbGciOiJIeyJab"  # a second 'eyJ' with only 5 after it
     assert Redactor().text(f"{header}.eyJzdWIi.c2ln") == REDACTED
     assert Redactor().text(f"k:{short}.eyJzdWIi.c2ln end") == f"k:{REDACTED} end"
+
+
+# -- cutting long text: only at whitespace, never through a secret -------------------------------
+
+
+def test_text_at_the_limit_is_kept_and_longer_text_is_cut_at_its_last_whitespace() -> None:
+    r = Redactor()
+    assert r.truncate("a" * 10, 10) == "a" * 10
+    assert r.truncate("aaaaa bbbbb", 10) == "aaaaa [truncated]"
+    assert r.truncate("aa bb cc dd", 9) == "aa bb cc [truncated]"  # the last space, not the first
+    assert r.truncate("aa\tbbXbbbbbb", 8) == "aa [truncated]"  # tab counts; an X does not
+    assert r.truncate("aa bb\ncc dd", 8) == "aa bb [truncated]"
+    assert r.truncate("a bbbbbbbbbbbb", 10) == "a [truncated]"  # whitespace at 1 still cuts
+
+
+def test_text_without_whitespace_to_cut_at_is_dropped_whole() -> None:
+    """A 20-character word (it may be a token) over a 10-character limit: nothing of it
+    is kept, not a prefix, not a placeholder."""
+    assert Redactor().truncate("x" * 20, 10) == " [truncated]"
+    assert Redactor().truncate(" " + "x" * 20, 10) == " [truncated]"
+
+
+def test_a_secret_with_spaces_that_the_cut_would_split_is_dropped_whole() -> None:
+    r = Redactor(["open sesame please"])
+    text = "log: open sesame please and more"
+    assert r.truncate(text, 22) == "log: [truncated]"  # not "log: open sesame"
+    assert r.truncate(text, 13) == "log: [truncated]"  # not "log: open"
+    assert r.text(text, 22) == "log: [truncated]"
+    assert Redactor().truncate(text, 22) == "log: open sesame [truncated]"  # unknown: kept

@@ -104,6 +104,9 @@ EQUIVALENT: dict[str, str] = {
         "(status, token_refreshed) and _arm overwrites it"
     ),
     # observe/redact.py (mut-core)
+    "broker.observe.redact.xǁRedactorǁtruncate__mutmut_11": (
+        "`end > 0` -> `end >= 0`: at end == 0 the cut is cut[:0], the same empty string"
+    ),
     "broker.observe.redact.x__keep_prefix__mutmut_13": (
         "`if m` -> `if m or True`: "
         "_SHAPES only matches 'bearer'+space or one of its six key names+[=:], "
