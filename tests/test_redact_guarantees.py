@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.observe.redact import REDACTED, SENSITIVE_KEYS, Redactor
+from broker.observe.redact import LOG_LIMIT, REDACTED, SENSITIVE_KEYS, Redactor
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
 
@@ -258,3 +258,16 @@ def test_a_secret_with_spaces_that_the_cut_would_split_is_dropped_whole() -> Non
     assert r.truncate(text, 13) == "log: [truncated]"  # not "log: open"
     assert r.text(text, 22) == "log: [truncated]"
     assert Redactor().truncate(text, 22) == "log: open sesame [truncated]"  # unknown: kept
+
+
+def test_a_logged_string_is_cut_to_the_log_limit_before_redaction() -> None:
+    """A huge logged value (a hostile upstream's body) is cut at whitespace near LOG_LIMIT
+    characters: the log line stays bounded, and the part kept is still redacted."""
+    r = Redactor(["known-secret-value"])
+    huge = "word " * (LOG_LIMIT // 2)  # 2.5 x LOG_LIMIT characters
+    out = r.value(huge)
+    assert out.endswith(" [truncated]")
+    assert LOG_LIMIT - 10 <= len(out) <= LOG_LIMIT + len(" [truncated]")
+    assert r.value({"nested": [huge]})["nested"][0] == out
+    leaked = r.value("known-secret-value " + huge)
+    assert "known-secret-value" not in leaked and leaked.startswith(REDACTED)
