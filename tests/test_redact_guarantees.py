@@ -271,3 +271,18 @@ def test_a_logged_string_is_cut_to_the_log_limit_before_redaction() -> None:
     assert r.value({"nested": [huge]})["nested"][0] == out
     leaked = r.value("known-secret-value " + huge)
     assert "known-secret-value" not in leaked and leaked.startswith(REDACTED)
+
+
+def test_a_token_pinned_then_released_is_remembered_as_the_newest() -> None:
+    """A value known as a token, then pinned as a secret, then released by its owner: it is
+    remembered again as the newest known value, so 511 later tokens do not push it out."""
+    r = Redactor()
+    secret = "was-a-token-then-a-secret"
+    r.add(secret)
+    r.pin("config", [secret])
+    for i in range(511):
+        r.add(opaque(i))
+    r.pin("config", [])  # released: still redacted, as an evictable value
+    r.add(opaque(1000))
+    assert r.text(f"x {secret} y") == f"x {REDACTED} y"
+    assert r.text(opaque(0)) == opaque(0)  # the oldest token went instead

@@ -104,6 +104,23 @@ EQUIVALENT: dict[str, str] = {
         "(status, token_refreshed) and _arm overwrites it"
     ),
     # observe/redact.py (mut-core)
+    "broker.observe.redact.xǁRedactorǁ__init____mutmut_3": (
+        "_all_pinned = None before pin(): pin() assigns it before anything reads it"
+    ),
+    "broker.observe.redact.xǁRedactorǁ__init____mutmut_4": (
+        "the constructor's owner name None for 'initial': only a key, and no one else pins "
+        "under either name"
+    ),
+    "broker.observe.redact.xǁRedactorǁ__init____mutmut_8": (
+        "the constructor's owner name 'XXinitialXX': only a key no one else uses"
+    ),
+    "broker.observe.redact.xǁRedactorǁ__init____mutmut_9": (
+        "the constructor's owner name 'INITIAL': only a key no one else uses"
+    ),
+    "broker.observe.redact.xǁRedactorǁtext__mutmut_20": (
+        "`hint not in` for `hint in`: the shape hints only skip a regex pass that finds "
+        "nothing without them; the output is the same"
+    ),
     "broker.observe.redact.xǁRedactorǁtruncate__mutmut_11": (
         "`end > 0` -> `end >= 0`: at end == 0 the cut is cut[:0], the same empty string"
     ),
