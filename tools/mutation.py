@@ -99,6 +99,22 @@ EQUIVALENT: dict[str, str] = {
         "invalidated_at: the attribute is never read anywhere (dead slot)"
     ),
     # core/cache.py (mut-core)
+    "broker.core.cache.xǁEntryǁ__init____mutmut_13": (
+        "token_correlation_id '' for None before the first token: audit lines write "
+        "`correlation_id or ''`, and it is set with the first token"
+    ),
+    "broker.core.cache.xǁEntryǁ__init____mutmut_19": (
+        "retry_at None for 0.0: read only when last_error is set, after _failed assigns it"
+    ),
+    "broker.core.cache.xǁEntryǁ__init____mutmut_20": (
+        "retry_at 1.0 for 0.0: read only when last_error is set, after _failed assigns it"
+    ),
+    "broker.core.cache.xǁEntryǁ__init____mutmut_21": (
+        "next_at '' for None: only ever read for its truth (status, token_refreshed's `or`)"
+    ),
+    "broker.core.cache.xǁEntryǁ__init____mutmut_27": (
+        "_closed None for False: only ever read for its truth"
+    ),
     "broker.core.cache.xǁEntryǁ_on_timer__mutmut_2": (
         "next_at = '' for None while the timer runs: next_at is only ever read for its truth "
         "(status, token_refreshed) and _arm overwrites it"
