@@ -187,6 +187,25 @@ async def test_sigterm_during_a_slow_refresh_exits_0_within_the_bound(sandbox, d
     await d.wait_for("stopped")
 
 
+async def test_sigterm_lets_a_request_in_flight_finish_with_its_answer(sandbox, daemon, tmp_path):
+    """A caller waits on a 1.5 s upstream when SIGTERM arrives: it still gets its token (200),
+    and then the daemon exits 0. (The request runs in its connection's task on Python 3.11:
+    shutting down waits for that task as it waited for the request's own.)"""
+    sandbox.state.latency["partner"] = 1.5
+    sock = tmp_path / "b.sock"
+    d = await daemon(
+        unix_config(
+            sandbox, sock, "[profiles.default]\nwarm = false\n", server="shutdown_timeout = 10"
+        )
+    )
+    await d.wait_for("listening")
+    caller = asyncio.create_task(get(sock, "/v1/token"))
+    await sandbox.state.wait_calls("partner", 1)  # the request is in flight
+    assert await d.stop() == 0
+    status, body = await caller
+    assert status == 200 and body["access_token"]
+
+
 def _systemd_analyze(*args: str) -> subprocess.CompletedProcess:
     tool = shutil.which("systemd-analyze")
     assert tool, "systemd-analyze is installed on our machines and in CI"
