@@ -17,7 +17,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -136,7 +136,23 @@ def _commands(buffer: bytearray) -> list[list[bytes]]:
         out.append(parts)
 
 
-class Proxy:
+class _Loopback:
+    """A TCP server on loopback for the length of an `async with`."""
+
+    server: asyncio.Server | None = None
+    port = 0
+
+    async def _listen(self, handle: Any) -> Self:
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+class Proxy(_Loopback):
     """TCP on loopback in front of the real Redis' unix socket: records every command (with the
     time it arrived) and lets a test act before a command goes on, or drop a connection."""
 
@@ -189,13 +205,7 @@ class Proxy:
                 up_writer.close()
                 writer.close()
 
-        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        assert self.server is not None
-        self.server.close()
+        return await self._listen(handle)
 
 
 def _encode(command: list[bytes]) -> bytes:
@@ -205,7 +215,7 @@ def _encode(command: list[bytes]) -> bytes:
     return b"".join(out)
 
 
-class Misbehaving:
+class Misbehaving(_Loopback):
     """A TCP server that speaks just enough Redis to misbehave: answers every command after
     `delay` seconds (real time, on the test's own event loop; only the first `slow` commands
     of each connection when given), or closes each connection."""
@@ -244,13 +254,7 @@ class Misbehaving:
             finally:
                 writer.close()
 
-        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        assert self.server is not None
-        self.server.close()
+        return await self._listen(handle)
 
 
 # -- names, values and the stored token -------------------------------------------------------
