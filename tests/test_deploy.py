@@ -69,12 +69,37 @@ def test_dockerfile_is_multi_stage_pinned_non_root_with_healthcheck() -> None:
 
 
 def test_dockerignore_keeps_the_context_to_the_package() -> None:
-    """Only pyproject.toml, README.md and broker/ reach the build: no .venv, .git or secrets."""
+    """Only the lock's export, pyproject.toml, README.md and broker/ reach the build: no .venv,
+    .git or secrets."""
     rules = [
         r for r in (ROOT / ".dockerignore").read_text().splitlines() if r and not r.startswith("#")
     ]
     assert rules[0] == "*"
-    assert {"!pyproject.toml", "!README.md", "!broker/"} <= set(rules)
+    assert {"!requirements.txt", "!pyproject.toml", "!README.md", "!broker/"} <= set(rules)
+
+
+def test_the_image_installs_exactly_the_lock_with_every_hash_checked() -> None:
+    """The build stage installs requirements.txt (uv.lock's export; `make lint` checks that it
+    is) with --require-hashes and wheels only, then the broker with no dependency resolution
+    and no build isolation: nothing reaches the image that the lock did not name."""
+    build = dockerfile_stages()[0]
+    assert any(i == "COPY" and "requirements.txt" in a.split() for i, a in build)
+    (run,) = [a for i, a in build if i == "RUN" and "pip install" in a]
+    assert "--require-hashes --only-binary :all: -r requirements.txt" in " ".join(run.split())
+    assert "--no-deps --no-build-isolation ." in " ".join(run.split())
+    pins = re.findall(
+        r"^([A-Za-z0-9_.-]+)==([^\s;]+)(?: ;[^\\\n]*)?((?: \\\n\s+--hash=sha256:[0-9a-f]{64})+)",
+        (ROOT / "requirements.txt").read_text(),
+        re.MULTILINE,
+    )
+    names = {name.lower() for name, _, _ in pins}
+    assert {"aiohttp", "redis", "structlog", "pyjwt", "setuptools"} <= names, names
+    requirement_lines = [
+        line
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith((" ", "#"))
+    ]
+    assert len(requirement_lines) == len(pins)  # every requirement pinned, with its hashes
 
 
 def test_kubernetes_pod_runs_the_broker_as_a_native_sidecar(tmp_path) -> None:

@@ -275,3 +275,34 @@ async def test_console_audit_lines_are_console_and_in_order(sandbox, daemon, tmp
     line = lines[served[0]]
     assert not line.lstrip().startswith("{") and "route=v1" in line and "cache=" in line
     assert "profile=default" in line and "[info" in line
+
+
+def test_python_warnings_reach_the_log_as_json_lines(capsys) -> None:
+    """A library's `warnings.warn` (redis-py printed two raw lines to stderr for every broker
+    with [shared]) goes through the broker's logger: one JSON line, nothing raw on stderr."""
+    import io
+    import logging
+    import warnings
+
+    from broker.observe.logs import bridge_stdlib, make_logger
+    from broker.observe.redact import Redactor
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, warnings.showwarning)
+    try:
+        with warnings.catch_warnings():  # pytest's own recording of warnings set aside
+            warnings.simplefilter("always")
+            logging.captureWarnings(False)  # as at a process's start, whatever ran before
+            bridge_stdlib(make_logger(fmt="json", level="info", redactor=Redactor(), stream=stream))
+            warnings.warn("a library has something to say", UserWarning, stacklevel=1)
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        warnings.showwarning = saved[2]
+    lines = stream.getvalue().splitlines()
+    (record,) = [json.loads(line) for line in lines]
+    assert record["logger"] == "py.warnings" and record["level"] == "warning"
+    assert "UserWarning: a library has something to say" in record["event"]
+    assert capsys.readouterr().err == ""

@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import secrets
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from broker.config.errors import ConfigError
 from broker.config.load import parse_settings
 from broker.core.shared import SharedCache
 from tests.conftest import CLIENT_ID, HEADERS, TENANT, FakeClock, config_text
+from tests.redisd import HOSTILE_REPLIES, HostileRedis
 
 
 def shared_text(url: str, key_file: str, extra: str = "") -> str:
@@ -307,67 +310,68 @@ async def test_redis_killed_under_load_fails_no_caller_and_is_used_again(
     assert len(statuses) > 40 and set(statuses) == {200}
 
 
-class _HostileRedis:
-    """A TCP server that speaks no proper Redis: silent, erroring, junk, or a huge promise."""
-
-    def __init__(self, reply: bytes | None) -> None:
-        self.reply = reply
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def __aenter__(self) -> _HostileRedis:
-        async def handle(reader, writer) -> None:
-            try:
-                while await reader.read(65536):
-                    if self.reply is not None:
-                        writer.write(self.reply)
-                        await writer.drain()
-            except (ConnectionError, asyncio.CancelledError):
-                pass
-            finally:
-                writer.close()
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        assert self.server is not None
-        self.server.close()
-
-
-@pytest.mark.parametrize(
-    ("reply", "degraded"),
-    [
-        (None, True),
-        (b"-ERR no\r\n", True),
-        (b"\xff\xfe\x00junk\r\n", True),
-        (b"$999999999\r\n", True),
-        (b"*-5\r\n", False),  # nil to everything: reads as "a lease held elsewhere" forever
-    ],
-    ids=["silent", "error", "junk", "huge-promise", "nil"],
-)
+@pytest.mark.parametrize("after_pong", [False, True], ids=["from-the-start", "mid-fetch"])
+@pytest.mark.parametrize("reply", list(HOSTILE_REPLIES), ids=list(HOSTILE_REPLIES))
 async def test_a_hostile_or_silent_redis_never_fails_a_caller(
-    sandbox, secret, start_broker, shared_key, reply, degraded
+    sandbox, secret, start_broker, shared_key, reply, after_pong
 ) -> None:
-    """Whatever a broken Redis does, the caller gets its token within upstream_timeout."""
-    async with _HostileRedis(reply) as redis:
+    """Whatever a broken Redis answers, from its first PING or only once the broker is
+    connected: the broker starts, counts it as a Redis failure (degraded), and the caller gets
+    its token from upstream within upstream_timeout. Whatever exception the client library
+    raises (RecursionError and ValueError included) is a Redis failure, never the caller's."""
+    async with HostileRedis(HOSTILE_REPLIES[reply], after_pong=after_pong) as redis:
         settings = settings_with(
             sandbox,
             secret,
-            f"redis://127.0.0.1:{redis.port}/0",
+            redis.url,
             shared_key,
             extra="timeout = 0.2",
             defaults="warm = false\nupstream_timeout = 3",
         )
         (b,) = await fleet(start_broker, settings, 1)
+        assert (await _shared_state(b))["state"] == ("connected" if after_pong else "degraded")
         started = time.monotonic()
         r = await b.get("/v1/token")
         assert r.status == 200
         assert time.monotonic() - started < 3
         state = await _shared_state(b)
-        assert (state["state"] == "degraded" and state["errors"] >= 1) is degraded
+        if after_pong and reply in WELL_FORMED:
+            assert state["state"] == "connected", state  # no token there: fetched and served
+        else:
+            assert state["state"] == "degraded" and state["errors"] >= 1, state
         assert sandbox.state.counts == {"aad": 1, "partner": 1}
+
+
+# Well-formed but useless answers to the data commands, once PING got its PONG: they hold no
+# token and no lease, so the broker fetches on its own and has no Redis error to count.
+WELL_FORMED = {"nil", "ok-to-everything"}
+
+
+@pytest.mark.parametrize("reply", list(HOSTILE_REPLIES), ids=list(HOSTILE_REPLIES))
+async def test_check_config_online_says_one_line_for_a_hostile_redis(
+    shared_key, tmp_path, reply
+) -> None:
+    """`check-config --online` against a Redis that answers nonsense: one line on stderr naming
+    shared.redis_url, exit 1, never a traceback (a real process, so nothing is caught for it)."""
+    async with HostileRedis(HOSTILE_REPLIES[reply]) as redis:
+        config = tmp_path / "config.toml"
+        config.write_text(
+            "[profiles.a]\ntenant_id = 't'\nclient_id = 'c'\nclient_secret_env = 'S'\n"
+            + shared_text(redis.url, shared_key, "timeout = 0.2")
+        )
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "broker", "check-config", "--config", str(config), "--online"],
+            env={**os.environ, "S": "x"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    (line,) = done.stderr.splitlines()
+    prefix = f"pc-token-broker: {config}: shared.redis_url: Redis did not answer PING: "
+    assert line.startswith(prefix), line
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 async def test_redis_down_at_start_up_degrades_and_serves(

@@ -4,6 +4,7 @@ real Redis, the sandbox upstream in this process counting every call."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -168,3 +169,35 @@ async def _redis_killed_under_load(session, live, redis, sandbox, one) -> None:
         stop.set()
         await asyncio.gather(*load)
     assert len(statuses) > 30 and set(statuses) == {200}
+
+
+async def test_every_line_a_shared_broker_writes_is_json(
+    sandbox, secret, own_redis, shared_key, tmp_path, witness
+) -> None:
+    """A `serve` process with [shared] and log_format = "json", through start-up, a token, a
+    Redis outage and SIGTERM: every line on its output parses as JSON, and no library warning
+    was raised (redis-py warned, in two raw lines, about the sync Retry the broker passed it)."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        config_text(sandbox, defaults="warm = false", server='log_format = "json"')
+        + f'\n[shared]\nredis_url = "{own_redis.url}"\nkey_file = "{shared_key}"\n'
+        + "timeout = 0.2\n"
+    )
+    env = {**os.environ, "TEST_CLIENT_SECRET": secret, "PYTHONUNBUFFERED": "1"}
+    broker = BrokerProcess(config, env, tmp_path / "broker.log")
+    witness.outputs.append(lambda: broker.log.read_text() if broker.log.exists() else "")
+    async with aiohttp.ClientSession() as session:
+        try:
+            await broker.start(session)
+            async with session.get(broker.url + "/v1/token", headers=HEADERS) as r:
+                assert r.status == 200
+            own_redis.kill()
+            async with session.post(broker.url + "/v1/token/default/refresh", headers=HEADERS) as r:
+                assert r.status == 200  # fetched alone while Redis is down
+        finally:
+            code = broker.stop()
+    assert code == 0
+    records = [json.loads(line) for line in broker.log.read_text().splitlines()]
+    events = {record["event"] for record in records}
+    assert {"shared_cache_connected", "shared_cache_degraded"} <= events, events
+    assert not [r for r in records if r.get("logger") == "py.warnings"]

@@ -10,9 +10,14 @@ One verb, `SharedCache.wrap(fetch, key, policy) -> fetch'`: the wrapped fetch
     3. or, when another broker holds the lease, polls Redis for its result until the lease is
        free (then takes it) or a third of `upstream_timeout` has passed on the injected clock
        (then fetches on its own, so its caller, who waits `upstream_timeout`, still gets one).
-Redis down, slow or refusing at any step: the fetch goes upstream alone; the cache turns
-`degraded` (a warning, a metric, a state in `/v1/profiles`) and a background task pings Redis
-until it answers. A Redis problem never becomes a caller's error while upstream works.
+Redis down, slow, refusing or answering nonsense at any step: the fetch goes upstream alone;
+the cache turns `degraded` (a warning, a metric, a state in `/v1/profiles`) and a background task
+pings Redis until it answers. A Redis problem never becomes a caller's error while upstream works.
+`_call` is the one place that decides "unavailable", and it counts *any* exception raised out of
+the client as a Redis failure, not only redis-py's own classes: a protocol mismatch or a hostile
+server makes a client library raise AttributeError, TypeError, ValueError or UnicodeError from
+inside its parser (redis-py 8.2 did, in its HELLO handshake), and a library release must never
+be able to stop the broker.
 
 Values: AES-256-GCM with the fleet's key, the Redis key as associated data (an entry copied to
 another key does not decrypt). Keys: the prefix and an HMAC of (client id, tenant, kind or
@@ -74,12 +79,14 @@ return 1
 
 
 def _client(settings: SharedSettings, timeout: float) -> Any:
-    """A redis-py asyncio client, one try per call (our fallback is upstream, not a retry loop).
+    """A redis-py asyncio client, one try per call (our fallback is upstream, not a retry loop),
+    speaking RESP2 whatever the library's default (redis-py 8 moved to RESP3): every Redis server
+    speaks it, and the replies keep the shapes this module reads (bytes, lists, integers).
     redis-py is imported here, not at module level: a broker without [shared] never loads it
     (it is a fifth of the start-up time)."""
     from redis import asyncio as aioredis
+    from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
     return aioredis.Redis.from_url(
         settings.redis_url,
@@ -88,14 +95,9 @@ def _client(settings: SharedSettings, timeout: float) -> Any:
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
+        protocol=2,
         decode_responses=False,
     )
-
-
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import RedisError
-
-    return (RedisError, OSError, TimeoutError)
 
 
 class Unavailable(Exception):
@@ -130,7 +132,6 @@ class SharedCache:
         self._log = log.bind(component="shared")
         self._metrics = metrics
         self._redis: Any = None
-        self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
         self._state = "off" if settings is None else "connected"
         self._last_error: str | None = None
         self._reconnect: asyncio.Task | None = None
@@ -160,13 +161,19 @@ class SharedCache:
         s = self.settings
         if s is None:
             return
-        self._redis = _client(s, s.timeout)
-        self._errors = _redis_errors()
+        try:
+            self._redis = _client(s, s.timeout)
+        except Exception as e:  # a URL the library cannot use: degraded, and no reconnecting
+            self._state = "degraded"
+            self._last_error = _describe(e)
+            self._metrics.shared_state.set(0)
+            self._log.error("shared_cache_unusable", error=self._last_error)
+            return
         self._release = self._redis.register_script(_RELEASE)
         self._extend = self._redis.register_script(_EXTEND)
         self._put_versioned = self._redis.register_script(_PUT_VERSIONED)
         try:
-            await self._call(self._redis.ping())
+            await self._call(self._pong())
         except Unavailable:
             return  # degraded; the reconnect task is running
         self._log.info("shared_cache_connected", redis=_where(s.redis_url))
@@ -176,7 +183,7 @@ class SharedCache:
             self._reconnect.cancel()
             await asyncio.gather(self._reconnect, return_exceptions=True)
         if self._redis is not None:
-            with contextlib.suppress(*self._errors):
+            with contextlib.suppress(Exception):  # closing is best effort, whatever it raises
                 await self._redis.aclose()
 
     def status(self) -> SharedStatus:
@@ -398,8 +405,10 @@ class SharedCache:
             row = await self._call(self._redis.hmget(name, ["v", "c"]))
         except Unavailable:
             return None
+        if not (isinstance(row, list) and len(row) == 2):
+            return None  # not the reply HMGET gives: nothing usable at this key
         version, sealed = row
-        if version is None or sealed is None:
+        if not isinstance(version, bytes) or not isinstance(sealed, bytes):
             return None
         try:
             number = int(version)
@@ -431,9 +440,14 @@ class SharedCache:
             raise Unavailable
         try:
             return await asyncio.wait_for(op, self.settings.timeout)
-        except self._errors as e:
+        except Exception as e:  # any exception: see the module's docstring
             self._degrade(e)
             raise Unavailable from None
+
+    async def _pong(self) -> None:
+        """PING, answered PONG: a server that answers anything else (`+OK`, nil) is no Redis."""
+        assert self._redis is not None
+        await _expect_pong(self._redis)
 
     def _count(self, result: str) -> None:
         if result in self._counts:
@@ -461,8 +475,8 @@ class SharedCache:
         while True:
             await asyncio.sleep(delay)
             try:
-                await asyncio.wait_for(self._redis.ping(), self.settings.timeout)
-            except self._errors as e:
+                await asyncio.wait_for(self._pong(), self.settings.timeout)
+            except Exception as e:  # whatever the client raises, Redis is not back yet
                 self._last_error = _describe(e)
                 delay = min(delay * 2, RECONNECT_MAX)
                 continue
@@ -476,16 +490,27 @@ class SharedCache:
 async def ping(settings: SharedSettings) -> str | None:
     """`check-config --online`: None when Redis answers PING with these settings, else why not."""
     timeout = max(settings.timeout, 2.0)
-    client = _client(settings, timeout)
-    errors = _redis_errors()
     try:
-        await asyncio.wait_for(client.ping(), timeout + 1)
-    except errors as e:
+        client = _client(settings, timeout)
+    except Exception as e:
+        return f"Redis client refused the settings: {_describe(e)}"
+    try:
+        await asyncio.wait_for(_expect_pong(client), timeout + 1)
+    except Exception as e:  # any exception: see the module's docstring
         return f"Redis did not answer PING: {_describe(e)}"
     finally:
-        with contextlib.suppress(*errors):
+        with contextlib.suppress(Exception):
             await client.aclose()
     return None
+
+
+class NotRedis(Exception):
+    """The server answered PING with something other than PONG."""
+
+
+async def _expect_pong(client: Any) -> None:
+    if await client.ping() is not True:  # redis-py: True for PONG, False for anything else
+        raise NotRedis("PING was not answered PONG")
 
 
 def _describe(error: BaseException) -> str:

@@ -84,7 +84,10 @@ class StdlibBridge(logging.Handler):
 
 
 def bridge_stdlib(log: Logger) -> None:
-    """Route stdlib warnings into `log` (process-wide; called once by the server)."""
+    """Route stdlib log warnings, and Python `warnings` (a library's UserWarning or
+    DeprecationWarning, which Python otherwise prints to stderr as two raw lines), into `log`
+    (process-wide; called once by the server): with log_format = "json" every line is JSON."""
+    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger, at WARNING
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, StdlibBridge):
