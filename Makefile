@@ -30,7 +30,7 @@ EXPORT := { echo "\# uv.lock's export for the container image (runtime and build
 	$(UV) export --locked --quiet --no-header --no-emit-project --group build \
 	  --format requirements-txt; }
 
-.PHONY: demo test test-latest lint lock format bench mutation mutation-again clean redis \
+.PHONY: demo test test-latest lint lock format bench bench-instructions mutation mutation-again clean redis \
 	test-container sync-test
 
 $(UV): tools/uv-requirements.txt
@@ -98,6 +98,12 @@ format: sync-test
 bench: $(UV)
 	$(SYNC) --inexact --extra speed --group test
 	$(BIN)/python bench/run_all.py
+
+# Instructions per cache hit under callgrind (bench/instructions.py): a count that does not move
+# with machine noise, for the broker and a bare aiohttp app on each loop. About 10 min.
+bench-instructions: $(UV)
+	$(SYNC) --inexact --extra speed --group test
+	$(BIN)/python bench/instructions.py
 
 # Mutation testing of the core modules (README "Mutation testing"); not part of `make test`.
 # MUTATION_JOBS: mutmut workers (the machine is shared: keep it at 1-2).
