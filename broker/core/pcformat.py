@@ -122,7 +122,7 @@ def parse_token_answer(content_type: str, body: bytes) -> dict[str, object]:
             root = parse_xml(body)
         except (ET.ParseError, DefusedXmlException):
             raise ValueError("200 but the XML is malformed or has a DTD") from None
-        fields = {}
+        fields: dict[str, object] = {}
         for element in root.iter():
             name = element.tag.rsplit("}", 1)[-1]
             if name in ("access_token", "token_type", "expires_in", "expires_on"):

@@ -16,6 +16,7 @@ from typing import Any
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from broker.sandbox.state import FEDERATED_AUDIENCE, FEDERATED_ISSUER, AppRegistration, SandboxState
 
@@ -61,10 +62,16 @@ def _certificate_assertion(
             700027,
             "Client assertion contains an invalid signature. [Reason - The key was not found.]",
         )
+    public_key = cert.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey):  # RS256 / PS256: only an RSA key verifies
+        raise _invalid_client(
+            700027,
+            "Client assertion contains an invalid signature. [Reason - The key was not found.]",
+        )
     try:
         claims = jwt.decode(
             assertion,
-            cert.public_key(),
+            public_key,
             algorithms=["RS256", "PS256"],
             audience=token_url,
             options={"verify_exp": False, "verify_nbf": False, "verify_iat": False},
