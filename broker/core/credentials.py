@@ -20,7 +20,7 @@ from broker.config.files import read_text, write_atomically
 from broker.config.pem import load_certificate_key
 from broker.config.settings import ProfileSettings
 from broker.core.streams import load_json
-from broker.core.tokens import Token, TokenRejected, token_from_response
+from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds, Upstream
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -356,14 +356,11 @@ class StaticTokenCredential:
         text = await _read_off_loop(path, "static token file")
         try:
             body = load_json(text) if text.startswith("{") else {"access_token": text}
-            token = token_from_response(
-                body, now_mono=upstream.clock.monotonic(), now_wall=upstream.clock.time()
-            )
-        except (ValueError, TokenRejected) as e:
+            token = upstream.received(body)
+        except ValueError as e:  # not JSON, or TokenRejected
             raise LocalCredentialFailed(
                 f"the static token file {path} holds no usable token: {e}", endpoint="aad"
             ) from None
-        upstream.redactor.add(token.value)
         self._stamp, self._token = stamp, token
         return token
 

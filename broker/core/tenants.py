@@ -219,10 +219,13 @@ async def fetch_tenant_token(
     url = profile.customer_token_url(tenant)
     await credential.before(upstream)  # type: ignore[attr-defined]
     form = credential.form(upstream, url, scope)  # type: ignore[attr-defined]
-    answer = await upstream.azure_ad_answer(url, form, timeout=profile.upstream_timeout, ids=ids)
-    if answer.status != 200:
-        raise refusal_error(upstream, answer, ids)
-    token, body = upstream.token_answer("aad", answer, ids.correlation_id)
+    token, body = await upstream.azure_ad_token(
+        url,
+        form,
+        timeout=profile.upstream_timeout,
+        ids=ids,
+        refused=lambda answer: refusal_error(upstream, answer, ids),
+    )
     await credential.answered(upstream, body, ids, coalesce=True)  # type: ignore[attr-defined]
     return token
 
