@@ -217,8 +217,8 @@ async def fetch_tenant_token(
     classified refusal. (With [shared], `TenantCache` puts the fleet's cache in front of it,
     keyed (client_id, tenant, scope): see `shared_key`.)"""
     url = profile.customer_token_url(tenant)
-    await credential.before(upstream)  # type: ignore[attr-defined]
-    form = credential.form(upstream, url, scope)  # type: ignore[attr-defined]
+    await credential.before(upstream)
+    form = credential.form(upstream, url, scope)
     token, body = await upstream.azure_ad_token(
         url,
         form,
@@ -226,7 +226,7 @@ async def fetch_tenant_token(
         ids=ids,
         refused=lambda answer: refusal_error(upstream, answer, ids),
     )
-    await credential.answered(upstream, body, ids, coalesce=True)  # type: ignore[attr-defined]
+    await credential.answered(upstream, body, ids, coalesce=True)
     return token
 
 
