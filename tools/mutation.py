@@ -41,62 +41,53 @@ EQUIVALENT: dict[str, str] = {
         "exponent cap 16 -> 17: both keep 2**n far above the 60 s cap / 15 s base; the cap only "
         "stops float overflow at thousands of failures"
     ),
-    # -- broker/core/tenants.py ---------------------------------------------------------------
-    "broker.core.tenants.xǁTenantCacheǁ__init____mutmut_14": (
+    # -- broker/core/tenants/ -----------------------------------------------------------------
+    "broker.core.tenants.cache.xǁTenantCacheǁ__init____mutmut_12": (
         "warm=False -> warm=None: Entry reads policy.warm only as a truth value (cache.py "
         "_on_timer and start); None and False are both false"
     ),
-    "broker.core.tenants.xǁTenantCacheǁ_bound_tenants__mutmut_4": (
+    "broker.core.tenants.cache.xǁTenantCacheǁ_bound_tenants__mutmut_4": (
         "break -> return: the loop is the function's last statement, nothing follows it"
     ),
-    "broker.core.tenants.xǁTenantCacheǁ_check__mutmut_11": (
+    "broker.core.tenants.memory.xǁFailureMemoryǁcheck__mutmut_11": (
         "continue -> break after lifting a profile block whose refresh token file changed: "
-        "_Fetch calls _check again after the fan-out limiter, where the tenant's own block "
+        "Fetcher.fetch calls check again after the fan-out limiter, where the tenant's own block "
         "raises the same error; at most the wait for a limiter slot (only when it is full) differs"
     ),
-    "broker.core.tenants.xǁTenantCacheǁ_drop__mutmut_9": (
+    "broker.core.tenants.cache.xǁTenantCacheǁ_drop__mutmut_9": (
         "pop(scope, None) -> pop(scope): every key in _lru has its entry in its tenant's "
         "entries (entry() adds both, _drop removes both, invalidate pops the tenant first, "
         "_bound_tenants forgets only tenants with no entries), so the default is never used"
     ),
-    "broker.core.tenants.xǁTenantCacheǁdescribe__mutmut_19": (
+    "broker.core.tenants.views.x_describe__mutmut_19": (
         "min seed 1e12 -> 1e12+1: the seed only stands for 'none yet'; next_attempt_in of an "
         "entry with an error is a retry delay (at most minutes), never near 1e12 s"
     ),
-    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_9": (
+    "broker.core.tenants.views.x_tenant_state__mutmut_9": (
         'worst = None -> "": read only as `worst or code` once an entry fails; both are false'
     ),
-    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_17": (
+    "broker.core.tenants.views.x_tenant_state__mutmut_17": (
         "servable += 1 -> = 1: the count is only read as a truth value (non-zero either way)"
     ),
-    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_18": (
+    "broker.core.tenants.views.x_tenant_state__mutmut_18": (
         "servable += 1 -> -= 1: the count is only read as a truth value (non-zero either way)"
     ),
-    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_19": (
+    "broker.core.tenants.views.x_tenant_state__mutmut_19": (
         "servable += 1 -> += 2: the count is only read as a truth value (non-zero either way)"
     ),
-    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_21": (
+    "broker.core.tenants.views.x_tenant_state__mutmut_21": (
         "failing += 1 -> = 1: the count is only read as a truth value (non-zero either way)"
     ),
-    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_22": (
+    "broker.core.tenants.views.x_tenant_state__mutmut_22": (
         "failing += 1 -> -= 1: the count is only read as a truth value (non-zero either way)"
     ),
-    "broker.core.tenants.xǁTenantCacheǁtenant_state__mutmut_23": (
+    "broker.core.tenants.views.x_tenant_state__mutmut_23": (
         "failing += 1 -> += 2: the count is only read as a truth value (non-zero either way)"
     ),
-    "broker.core.tenants.xǁTenantRefusedǁagain__mutmut_21": (
+    "broker.core.tenants.aadsts.xǁTenantRefusedǁagain__mutmut_21": (
         "retry_after floor 1.0 -> 2.0: the told-again error's retry_after is read only by "
         "Entry._failed's retry_delay, whose result is at least FAILURE_MEMORY (2 s) and at "
         "least retry_after, so max(2, max(1, r)) == max(2, max(2, r)); it then replaces it"
-    ),
-    "broker.core.tenants.xǁTenantStateǁ__init____mutmut_7": (
-        "invalidated_at: the attribute is never read anywhere (dead slot)"
-    ),
-    "broker.core.tenants.xǁTenantStateǁ__init____mutmut_8": (
-        "invalidated_at: the attribute is never read anywhere (dead slot)"
-    ),
-    "broker.core.tenants.xǁTenantStateǁ__init____mutmut_9": (
-        "invalidated_at: the attribute is never read anywhere (dead slot)"
     ),
     # core/cache.py (mut-core)
     "broker.core.cache.xǁEntryǁ__init____mutmut_13": (
@@ -411,7 +402,7 @@ def run(names: list[str], jobs: int, keep: bool) -> None:
     started = time.monotonic()
     if names:
         chosen = [p for p in modules() if dotted(p) in names or p.stem in names]
-        batches = [(p.stem, [f"{dotted(p)}.*"]) for p in chosen]
+        batches = [(dotted(p), [f"{dotted(p)}.*"]) for p in chosen]
     else:
         batches = [("all", [])]
     for label, globs in batches:
@@ -448,7 +439,7 @@ def again(jobs: int) -> None:
         survivors = [k for k, v in codes.items() if v not in KILLED and k not in EQUIVALENT]
         if survivors:
             print(f"mutation: re-testing {len(survivors)} survivors of {dotted(path)}", flush=True)
-            with (MUTANTS / f"again-{path.stem}.log").open("w") as out:
+            with (MUTANTS / f"again-{dotted(path)}.log").open("w") as out:
                 subprocess.call(
                     mutmut("run", "--max-children", str(jobs), *survivors),
                     cwd=ROOT,
@@ -460,7 +451,7 @@ def again(jobs: int) -> None:
 def report() -> int:
     status = 0
     print(
-        f"{'module':<28} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} "
+        f"{'module':<34} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} "
         f"{'no tests':>8} {'not run':>7} {'score':>7}"
     )
     survivors: list[str] = []
@@ -489,7 +480,7 @@ def report() -> int:
         if not codes or score < THRESHOLD or counts["not run"]:
             status = 1
         print(
-            f"{path.relative_to(ROOT).as_posix():<28} {len(codes):>7} {counts['killed']:>6} "
+            f"{path.relative_to(ROOT).as_posix():<34} {len(codes):>7} {counts['killed']:>6} "
             f"{counts['equivalent']:>5} {counts['survived']:>8} {counts['no tests']:>8} "
             f"{counts['not run']:>7} "
             f"{score:>6.1f}%"
