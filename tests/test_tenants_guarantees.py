@@ -18,13 +18,13 @@ import re
 import pytest
 from aiohttp import web
 
+from broker.core.shared import shared_key
 from broker.core.tenants import (
     THROTTLED,
     FifoLimiter,
     TenantCache,
     aadsts_codes,
     classify,
-    shared_key,
     views,
 )
 from tests.conftest import CLIENT_ID, HEADERS, FakeClock, config_text, make_settings
@@ -152,8 +152,8 @@ def test_a_users_tenant_token_is_shared_apart_from_the_apps(sandbox, secret, tmp
     )
     user, app = settings.profiles["gdap"], settings.profiles["app"]
     t = tenant_id(1)
-    assert shared_key(user, t, GRAPH) == (CLIENT_ID, t, f"user {GRAPH}")
-    assert shared_key(app, t, GRAPH) == (CLIENT_ID, t, GRAPH)
+    assert shared_key(user, tenant=t, scope=GRAPH) == (CLIENT_ID, t, f"user {GRAPH}")
+    assert shared_key(app, tenant=t, scope=GRAPH) == (CLIENT_ID, t, GRAPH)
 
 
 def test_a_new_limiter_has_no_holders_and_no_peak():

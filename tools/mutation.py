@@ -308,68 +308,45 @@ EQUIVALENT: dict[str, str] = {
         "`at > start` -> `at >= start`: when iat/nbf equals the start, moving the start to it "
         "changes nothing"
     ),
-    # -- core/shared.py ------------------------------------------------------------------------
-    "broker.core.shared.x__client__mutmut_7": (
+    # -- core/shared/ (renamed for the split; the entries whose code is gone are dropped) -----
+    "broker.core.shared.link.x_make_client__mutmut_8": (
         "decode_responses=None instead of False: redis-py only tests it for truth; bytes either way"
     ),
-    "broker.core.shared.x__client__mutmut_14": (
+    "broker.core.shared.link.x_make_client__mutmut_16": (
         "decode_responses=False dropped: False is redis-py's default"
     ),
-    "broker.core.shared.x__client__mutmut_5": (
+    "broker.core.shared.link.x_make_client__mutmut_5": (
         "socket_connect_timeout=None: redis-py then uses socket_timeout, the same value"
     ),
-    "broker.core.shared.x__client__mutmut_6": (
+    "broker.core.shared.link.x_make_client__mutmut_6": (
         "retry=None: a from_url client's connections then default to Retry(NoBackoff(), 0)"
     ),
-    "broker.core.shared.x__client__mutmut_13": (
+    "broker.core.shared.link.x_make_client__mutmut_14": (
         "retry dropped: a from_url client's connections then default to Retry(NoBackoff(), 0)"
     ),
-    "broker.core.shared.x__client__mutmut_18": (
-        "Retry(NoBackoff(), None): the sync redis.retry.Retry on the asyncio client never "
-        "retries (its call_with_retry returns the coroutine unawaited), whatever the count; "
-        "one try is pinned by test_a_dropped_connection_is_not_retried_but_degrades"
-    ),
-    "broker.core.shared.x__client__mutmut_21": (
-        "Retry(NoBackoff(), 1): the sync redis.retry.Retry on the asyncio client never "
-        "retries (its call_with_retry returns the coroutine unawaited), whatever the count; "
-        "one try is pinned by test_a_dropped_connection_is_not_retried_but_degrades"
-    ),
-    "broker.core.shared.xǁSharedCacheǁ__init____mutmut_9": (
-        "_errors None until start(): read only by _call (after start) and close() (only with "
-        "a client, i.e. after start), and start() sets it first"
-    ),
-    "broker.core.shared.xǁSharedCacheǁ__init____mutmut_55": (
+    "broker.core.shared.sealer.xǁSealerǁ__init____mutmut_11": (
         "hmac digest 'sha256' -> 'SHA256': hashlib looks digest names up case-insensitively"
     ),
-    "broker.core.shared.xǁSharedCacheǁ__init____mutmut_56": (
-        "the three scripts '' instead of None before start(): every use is after start() "
-        "(the versioned calls check the client first), which sets them"
+    "broker.core.shared.store.xǁTokenStoreǁread__mutmut_11": (
+        "token(None) instead of None for an undecryptable value: json.loads(None) raises "
+        "TypeError, which token() turns into None"
     ),
-    "broker.core.shared.xǁSharedCacheǁ_read__mutmut_12": (
-        "_token(None) instead of None for an undecryptable value: json.loads(None) raises "
-        "TypeError, which _token turns into None"
-    ),
-    "broker.core.shared.xǁSharedCacheǁ_token__mutmut_25": (
+    "broker.core.shared.store.xǁTokenStoreǁtoken__mutmut_25": (
         "lifetime 0 admitted: time left is min(expiry - now, 0) <= 0, refused two lines on"
     ),
-    "broker.core.shared.xǁSharedCacheǁ_wait_for_lease__mutmut_1": (
-        "an assert's 'and' -> 'or': both always hold there (start() ran, settings present)"
-    ),
-    "broker.core.shared.xǁSharedCacheǁ_reconnect_loop__mutmut_1": (
-        "an assert's 'and' -> 'or': both always hold there (start() ran, settings present)"
-    ),
-    "broker.core.shared.xǁSharedCacheǁ_wait_for_lease__mutmut_17": (
+    "broker.core.shared.cache.xǁSharedCacheǁ_wait_for_lease__mutmut_9": (
         "waited = None instead of False: only ever tested with 'not'"
     ),
-    "broker.core.shared.xǁSharedCacheǁget_versioned__mutmut_35": (
+    "broker.core.shared.store.xǁTokenStoreǁget_versioned__mutmut_40": (
         "codec 'UTF-8' for 'utf-8': codec names are looked up case-insensitively"
     ),
-    "broker.core.shared.xǁSharedCacheǁstart__mutmut_5": (
-        "the cache's client without socket timeouts: every call it makes is under "
-        "asyncio.wait_for(timeout) (_call, the reconnect ping), whose timer of the same length "
-        "is armed first and fires first (check-config's ping, with longer timeouts, is tested)"
+    "broker.core.shared.link.xǁRedisLinkǁstart__mutmut_4": (
+        "the link's client without socket timeouts: every call it makes is under "
+        "asyncio.wait_for(timeout) (RedisLink.call, the reconnect ping), whose timer of the same "
+        "length is armed first and fires first (check-config's ping, with longer timeouts, is "
+        "tested)"
     ),
-    "broker.core.shared.xǁSharedCacheǁclose__mutmut_4": (
+    "broker.core.shared.link.xǁRedisLinkǁclose__mutmut_4": (
         "gather() without the cancelled reconnect task: the client's aclose() right after "
         "always yields to the loop (its pool gathers the disconnects), so the task has "
         "finished when close() returns either way"

@@ -31,6 +31,7 @@ from broker.core.credentials.refresh_token import (
     RotatingRefreshToken,
     shows_mfa,
 )
+from broker.core.shared import SharedCache
 
 __all__ = [
     "ASSERTION_LIFETIME",
@@ -63,7 +64,9 @@ KINDS: dict[str, type[CredentialBase]] = {
 }
 
 
-def make_credential(profile: ProfileSettings, log: Any, shared: Any = None) -> Credential:
+def make_credential(
+    profile: ProfileSettings, log: Any, shared: SharedCache | None = None
+) -> Credential:
     """The profile's credential; `shared` (a SharedCache) lets a refresh token rotate fleet-wide."""
     log = log.bind(profile=profile.name)
     if profile.credential == "refresh_token":

@@ -43,7 +43,7 @@ class Credential(Protocol):
         ...
 
     async def answered(
-        self, upstream: Upstream, body: dict, ids: RefreshIds, *, coalesce: bool = False
+        self, upstream: Upstream, body: dict[str, Any], ids: RefreshIds, *, coalesce: bool = False
     ) -> None:
         """Called with every successful answer (a refresh token may have been rotated)."""
         ...
@@ -74,7 +74,7 @@ class CredentialBase:
         """Nothing to read before a request."""
 
     async def answered(
-        self, upstream: Upstream, body: dict, ids: RefreshIds, *, coalesce: bool = False
+        self, upstream: Upstream, body: dict[str, Any], ids: RefreshIds, *, coalesce: bool = False
     ) -> None:
         """Nothing to learn from an answer."""
 

@@ -38,7 +38,7 @@ class AzureADGrant(CredentialBase):
         grant = self.grant(upstream, token_url, scope)
         return {"client_id": self.profile.client_id, "scope": scope, **grant}
 
-    async def post(self, upstream: Upstream, ids: RefreshIds) -> tuple[Token, dict]:
+    async def post(self, upstream: Upstream, ids: RefreshIds) -> tuple[Token, dict[str, Any]]:
         p = self.profile
         form = self.form(upstream, p.token_url, p.scope)
         return await upstream.azure_ad_token(p.token_url, form, timeout=p.upstream_timeout, ids=ids)

@@ -15,6 +15,7 @@ from broker.config.settings import ProfileSettings
 from broker.core.clock import TimerHandle
 from broker.core.credentials.base import read_file, read_off_loop
 from broker.core.credentials.grants import AzureADGrant
+from broker.core.shared import SharedCache, shared_key
 from broker.core.upstream import RefreshIds, Upstream
 
 # A fan-out over customer tenants rotates the refresh token with every answer: write it back at
@@ -46,7 +47,9 @@ class RotatingRefreshToken:
     # How long a rotated refresh token lives in the shared cache: Azure AD's inactivity limit.
     SHARED_TTL = 90 * 86400.0
 
-    def __init__(self, profile: ProfileSettings, log: Any, shared: Any = None) -> None:
+    def __init__(
+        self, profile: ProfileSettings, log: Any, shared: SharedCache | None = None
+    ) -> None:
         assert profile.refresh_token_file is not None  # config guarantees it
         self.path = profile.refresh_token_file
         self.profile = profile
@@ -56,13 +59,11 @@ class RotatingRefreshToken:
         self._unsaved: str | None = None  # a rotated token not (yet) written back
         self._written_at = -1e9  # monotonic: the last write-back
         self._flush_timer: TimerHandle | None = None  # a coalesced write-back, armed
-        self._flushing: asyncio.Task | None = None  # that write-back, running
+        self._flushing: asyncio.Task[None] | None = None  # that write-back, running
         # With [shared]: the fleet's newest rotated token, by version (newest wins).
         self._shared = shared if shared is not None and shared.enabled else None
         self._shared_name = (
-            shared.name(profile.client_id, profile.tenant_id, "refresh_token " + profile.scope)
-            if self._shared is not None
-            else ""
+            self._shared.name(*shared_key(profile, "refresh_token")) if self._shared else ""
         )
         self._version = 0  # of the refresh token we hold; 0: the file's own
 
@@ -83,7 +84,7 @@ class RotatingRefreshToken:
             await self._adopt_shared(upstream)
 
     async def rotated(
-        self, upstream: Upstream, body: dict, ids: RefreshIds, *, coalesce: bool = False
+        self, upstream: Upstream, body: dict[str, Any], ids: RefreshIds, *, coalesce: bool = False
     ) -> None:
         """A rotated refresh token (from the profile's own tenant or any customer's) is used
         from then on for every tenant, and written back. With `coalesce` (a fan-out over
@@ -165,7 +166,9 @@ class RefreshTokenCredential(AzureADGrant):
 
     kind = "refresh_token"
 
-    def __init__(self, profile: ProfileSettings, log: Any, shared: Any = None) -> None:
+    def __init__(
+        self, profile: ProfileSettings, log: Any, shared: SharedCache | None = None
+    ) -> None:
         super().__init__(profile, log)
         self.refresh_token = RotatingRefreshToken(profile, log, shared)
         self.mfa = None  # whether the profile's own token shows MFA in `amr`
@@ -186,7 +189,7 @@ class RefreshTokenCredential(AzureADGrant):
         await self.refresh_token.read(upstream)
 
     async def answered(
-        self, upstream: Upstream, body: dict, ids: RefreshIds, *, coalesce: bool = False
+        self, upstream: Upstream, body: dict[str, Any], ids: RefreshIds, *, coalesce: bool = False
     ) -> None:
         """The profile's own answer tells whether its user signed in with MFA (Partner Center
         requires it); every answer may carry a rotated refresh token."""

@@ -33,7 +33,6 @@ from broker.core.tenants.cache import (
     KIND,
     TENANT_IDLE_AFTER,
     TenantCache,
-    shared_key,
 )
 from broker.core.tenants.fetch import fetch_tenant_token
 from broker.core.tenants.limiter import FifoLimiter
@@ -64,5 +63,4 @@ __all__ = [
     "error_detail",
     "fetch_tenant_token",
     "refusal_error",
-    "shared_key",
 ]

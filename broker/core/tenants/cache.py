@@ -16,6 +16,7 @@ from broker.config.settings import ProfileSettings
 from broker.core.cache import Entry, Fetch
 from broker.core.clock import Clock
 from broker.core.credentials import Credential
+from broker.core.shared import SharedCache, shared_key
 from broker.core.sources import policy_for
 from broker.core.tenants import views
 from broker.core.tenants.fetch import EntryFetch, EntryLog, Fetcher
@@ -29,13 +30,6 @@ KIND = "tenant"  # the `kind` of tenant entries: a fixed metrics label, never th
 TENANT_IDLE_AFTER = 900.0
 # Eviction looks this far into the least recently used end for an expired entry.
 EVICTION_SCAN = 32
-
-
-def shared_key(profile: ProfileSettings, tenant: str, scope: str) -> tuple[str, str, str]:
-    """What a customer-tenant token is shared under in [shared]: (client id, tenant, scope);
-    a user's token (refresh_token grant) is keyed apart from the app's, as in sources.py."""
-    what = f"user {scope}" if profile.credential == "refresh_token" else scope
-    return (profile.client_id, tenant, what)
 
 
 class TenantCache:
@@ -53,7 +47,7 @@ class TenantCache:
         log: Any,
         metrics: Any,
         rand: Callable[[], float],
-        shared: Any = None,
+        shared: SharedCache | None = None,
     ) -> None:
         self.profile = profile
         self._clock = clock
@@ -140,7 +134,8 @@ class TenantCache:
         fetch = EntryFetch(self._fetcher, state, scope)
         if self._shared is None or not self._shared.enabled:
             return fetch
-        return self._shared.wrap(fetch, shared_key(self.profile, tenant, scope), self._policy)
+        key = shared_key(self.profile, "aad", tenant=tenant, scope=scope)
+        return self._shared.wrap(fetch, key, self._policy)
 
     # -- bounds -----------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ async def fetch_tenant_token(
     """THE place a customer-tenant token is fetched: the profile's grant at
     `{authority}/{tenant}/oauth2/v2.0/token` for `scope`. Raises `TenantRefused` for a
     classified refusal. (With [shared], `TenantCache` puts the fleet's cache in front of it,
-    keyed (client_id, tenant, scope): see `shared_key`.)"""
+    keyed (client_id, tenant, scope): see `broker.core.shared.shared_key`.)"""
     url = profile.customer_token_url(tenant)
     await credential.before(upstream)
     form = credential.form(upstream, url, scope)
