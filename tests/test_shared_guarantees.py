@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import hmac
@@ -248,6 +249,43 @@ def test_key_names_and_sealed_values_are_the_fleets_published_format() -> None:
     for junk in (b"\x01" + bytes(6), b"\x01" + bytes(12), b"\x01" + bytes(20), empty[:-1]):
         assert b.cache.open("k", junk) is None
     assert b.counted("undecryptable") == 4
+
+
+def test_what_each_token_is_shared_under_is_the_fleets_published_format() -> None:
+    """The (client id, tenant, what) a key name is made from, for every kind of token: brokers
+    of two versions in one fleet must name the same keys. A user's token (refresh_token grant)
+    is keyed apart from the app's; its rotated refresh token under its own name."""
+    from broker.config.settings import ProfileSettings
+    from broker.core.shared import shared_key
+
+    scope, url = "https://api.partnercenter.microsoft.com/.default", "https://pc.example/v3/gt"
+    app = ProfileSettings(
+        name="p",
+        tenant_id=TENANT,
+        client_id=CLIENT_ID,
+        credential="client_secret",
+        generatetoken_url=url,
+        authority="https://login.example",
+        scope=scope,
+        refresh_ahead=0.25,
+        min_refresh_margin=60,
+        min_remaining=30,
+        upstream_timeout=10,
+        warm=False,
+    )
+    user = dataclasses.replace(app, credential="refresh_token")
+    assert shared_key(app) == shared_key(app, "aad") == (CLIENT_ID, TENANT, scope)
+    assert shared_key(app, "partner") == (CLIENT_ID, TENANT, f"{scope} > {url}")
+    assert shared_key(user) == (CLIENT_ID, TENANT, f"user {scope}")
+    assert shared_key(user, "partner") == (CLIENT_ID, TENANT, f"user {scope} > {url}")
+    assert shared_key(user, "refresh_token") == (CLIENT_ID, TENANT, f"refresh_token {scope}")
+    assert shared_key(app, tenant="fabrikam.example", scope="g/.default") == (
+        CLIENT_ID,
+        "fabrikam.example",
+        "g/.default",
+    )
+    with pytest.raises(ValueError, match="no shared key for 'mirror'"):
+        shared_key(app, "mirror")
 
 
 def test_an_undecryptable_entry_is_logged_once_per_key_for_at_most_1024_keys() -> None:
