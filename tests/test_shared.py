@@ -225,8 +225,8 @@ async def test_a_tampered_or_moved_entry_is_ignored_and_logged_once(
     flipped = bytearray(c.get(partner))
     flipped[-1] ^= 1
     c.set(partner, bytes(flipped))
-    assert await b.broker.shared._read(partner, policy) is None
-    assert await b.broker.shared._read(partner, policy) is None
+    assert await b.broker.shared.store.read(partner, policy) is None
+    assert await b.broker.shared.store.read(partner, policy) is None
     assert b.logs.getvalue().count("shared_entry_undecryptable") == 1
 
 
@@ -515,9 +515,10 @@ def test_keys_and_values_depend_on_the_key_and_never_show_ids(shared_key, tmp_pa
     assert two.open(name, sealed) is None
     for junk in (b"", b"\x01", b"\x02" + sealed[1:], sealed[:-1]):
         assert one.open(name, junk) is None
-    assert one._token(json.dumps({"v": "t", "t": "Bearer", "e": "NaN", "l": 10}).encode()) is None
+    nan = json.dumps({"v": "t", "t": "Bearer", "e": "NaN", "l": 10}).encode()
+    assert one.store.token(nan) is None
     for bad in (b"[]", b"{", b'{"v": 1}', b'{"v": "t", "t": "B", "e": 1e300, "l": 1e300}'):
-        assert one._token(bad) is None
+        assert one.store.token(bad) is None
 
 
 def test_no_shared_section_means_the_identity_wrapper() -> None:
@@ -537,20 +538,36 @@ async def test_only_the_leases_holder_can_extend_or_release_it(
     sandbox, secret, start_broker, redis_db, shared_key
 ) -> None:
     """Compare-and-delete and compare-and-extend: a holder whose lease lapsed and was taken by
-    another broker can neither delete nor extend the other's."""
-    settings = settings_with(sandbox, secret, redis_db.url, shared_key, defaults="warm = false")
+    another broker can neither delete nor extend the other's; the holder can do both (its
+    extension resets the expiry to lock_timeout)."""
+    settings = settings_with(
+        sandbox,
+        secret,
+        redis_db.url,
+        shared_key,
+        extra="lock_timeout = 120",
+        defaults="warm = false",
+    )
     (b,) = await fleet(start_broker, settings, 1)
     shared = b.broker.shared
-    lease = shared.name("c", "t", "s") + ":lease"
+    name = shared.name("c", "t", "s")
+    lease = name + ":lease"
     client = redis_db.client()
-    client.set(lease, "theirs", px=60_000)
-    assert await shared._call(shared._release(keys=[lease], args=["mine"])) == 0
-    assert await shared._call(shared._extend(keys=[lease], args=["mine", 120_000])) == 0
-    assert client.get(lease) == b"theirs" and client.pttl(lease) <= 60_000
-    assert await shared._call(shared._extend(keys=[lease], args=["theirs", 120_000])) == 1
+    mine, theirs = shared.lease(name), shared.lease(name)
+    assert await mine.take() is True
+    assert await theirs.take() is False  # held: SET NX refuses
+    client.delete(lease)  # ours lapsed ...
+    assert await theirs.take() is True  # ... and another broker took it
+    held = client.get(lease)
+    client.pexpire(lease, 60_000)
+    assert await mine.release() is False
+    assert await mine.renew() is False
+    assert client.get(lease) == held and client.pttl(lease) <= 60_000
+    assert await theirs.renew() is True
     assert client.pttl(lease) > 60_000
-    assert await shared._call(shared._release(keys=[lease], args=["theirs"])) == 1
+    assert await theirs.release() is True
     assert not client.exists(lease)
+    assert shared.state == "connected"  # "not ours" is an answer, not a Redis failure
 
 
 def test_status_line_shows_the_shared_cache_state() -> None:

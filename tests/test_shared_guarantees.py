@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import hmac
@@ -14,9 +15,12 @@ import io
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +30,7 @@ from broker.config.secret import Secret
 from broker.config.settings import SharedSettings
 from broker.core import schedule
 from broker.core.cache import Policy
-from broker.core.shared import SharedCache, _describe, _where, ping
+from broker.core.shared import SharedCache, describe, ping, where
 from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds
 from broker.observe.logs import make_logger
@@ -35,6 +39,7 @@ from tests.conftest import CLIENT_ID, TENANT, FakeClock
 from tests.redisd import HostileRedis, LoopbackServer, resp_commands
 
 KEY = bytes(range(32))
+ROOT = Path(__file__).resolve().parent.parent
 IDS = RefreshIds("corr", "req")
 KEYS = (CLIENT_ID, TENANT, "https://api.partnercenter.microsoft.com/.default")
 POLICY = Policy(
@@ -246,6 +251,43 @@ def test_key_names_and_sealed_values_are_the_fleets_published_format() -> None:
     assert b.counted("undecryptable") == 4
 
 
+def test_what_each_token_is_shared_under_is_the_fleets_published_format() -> None:
+    """The (client id, tenant, what) a key name is made from, for every kind of token: brokers
+    of two versions in one fleet must name the same keys. A user's token (refresh_token grant)
+    is keyed apart from the app's; its rotated refresh token under its own name."""
+    from broker.config.settings import ProfileSettings
+    from broker.core.shared import shared_key
+
+    scope, url = "https://api.partnercenter.microsoft.com/.default", "https://pc.example/v3/gt"
+    app = ProfileSettings(
+        name="p",
+        tenant_id=TENANT,
+        client_id=CLIENT_ID,
+        credential="client_secret",
+        generatetoken_url=url,
+        authority="https://login.example",
+        scope=scope,
+        refresh_ahead=0.25,
+        min_refresh_margin=60,
+        min_remaining=30,
+        upstream_timeout=10,
+        warm=False,
+    )
+    user = dataclasses.replace(app, credential="refresh_token")
+    assert shared_key(app) == shared_key(app, "aad") == (CLIENT_ID, TENANT, scope)
+    assert shared_key(app, "partner") == (CLIENT_ID, TENANT, f"{scope} > {url}")
+    assert shared_key(user) == (CLIENT_ID, TENANT, f"user {scope}")
+    assert shared_key(user, "partner") == (CLIENT_ID, TENANT, f"user {scope} > {url}")
+    assert shared_key(user, "refresh_token") == (CLIENT_ID, TENANT, f"refresh_token {scope}")
+    assert shared_key(app, tenant="fabrikam.example", scope="g/.default") == (
+        CLIENT_ID,
+        "fabrikam.example",
+        "g/.default",
+    )
+    with pytest.raises(ValueError, match="no shared key for 'mirror'"):
+        shared_key(app, "mirror")
+
+
 def test_an_undecryptable_entry_is_logged_once_per_key_for_at_most_1024_keys() -> None:
     b = Broker(settings("redis://h:1/0"))
     for i in range(1025):
@@ -270,7 +312,7 @@ def test_a_stored_token_is_re_anchored_on_this_hosts_clocks() -> None:
     its own wall clock (never more than the lifetime) and the matching age."""
     b = Broker(settings("redis://h:1/0"))
     now_mono, now_wall = b.clock.monotonic(), b.clock.time()
-    token = b.cache._token(_stored(b, e=now_wall + 100, l=3600))
+    token = b.cache.store.token(_stored(b, e=now_wall + 100, l=3600))
     assert token is not None
     assert (token.value, token.token_type) == ("tok", "Bearer")
     assert token.expires_mono == pytest.approx(now_mono + 100)
@@ -278,18 +320,18 @@ def test_a_stored_token_is_re_anchored_on_this_hosts_clocks() -> None:
     assert token.received_wall == pytest.approx(now_wall - 3500)
     assert token.lifetime == pytest.approx(3600)
     # a writer whose wall clock runs ahead: never more life than the lifetime
-    ahead = b.cache._token(_stored(b, e=now_wall + 9000, l=600))
+    ahead = b.cache.store.token(_stored(b, e=now_wall + 9000, l=600))
     assert ahead is not None and ahead.remaining(now_mono) == pytest.approx(600)
     assert ahead.received_mono == pytest.approx(now_mono)
     # lifetimes: (0, 24 h]; time left: more than nothing
     for lifetime, accepted in ((1.0, True), (86400, True), (86400.5, False), (0, False)):
-        got = b.cache._token(_stored(b, e=now_wall + 0.5, l=lifetime))
+        got = b.cache.store.token(_stored(b, e=now_wall + 0.5, l=lifetime))
         assert (got is not None) is accepted, lifetime
-    assert b.cache._token(_stored(b, e=now_wall + 0.5, l=10)) is not None
-    assert b.cache._token(_stored(b, e=now_wall, l=10)) is None
-    assert b.cache._token(_stored(b, e=now_wall - 5, l=10)) is None
+    assert b.cache.store.token(_stored(b, e=now_wall + 0.5, l=10)) is not None
+    assert b.cache.store.token(_stored(b, e=now_wall, l=10)) is None
+    assert b.cache.store.token(_stored(b, e=now_wall - 5, l=10)) is None
     for bad in ({"t": 5}, {"v": 5}, {"v": None, "t": None}, {"e": "soon"}):
-        assert b.cache._token(_stored(b, **bad)) is None, bad
+        assert b.cache.store.token(_stored(b, **bad)) is None, bad
 
 
 def test_a_token_is_fresh_only_before_the_earliest_refresh_point() -> None:
@@ -303,29 +345,46 @@ def test_a_token_is_fresh_only_before_the_earliest_refresh_point() -> None:
         rand=lambda: 1.0,  # the earliest point any broker's jitter could pick
     )
     b.clock.advance(at - b.clock.monotonic() - 1)
-    assert b.cache._fresh(token, POLICY)
+    assert b.cache.store.fresh(token, POLICY)
     b.clock.advance(2)
-    assert not b.cache._fresh(token, POLICY)
+    assert not b.cache.store.fresh(token, POLICY)
     # at the refresh point exactly: due, not fresh (min_remaining = lifetime puts it at receipt)
     at_receipt = Policy(
         refresh_ahead=0.1, min_refresh_margin=1, min_remaining=60, wait_timeout=3, warm=False
     )
-    assert not b.cache._fresh(b.token(60), at_receipt)
+    assert not b.cache.store.fresh(b.token(60), at_receipt)
 
 
 def test_describe_gives_the_class_and_first_line_only() -> None:
-    assert _describe(TimeoutError("anything")) == "timed out"
-    assert _describe(ConnectionError("refused\nsecond line")) == "ConnectionError: refused"
-    assert _describe(OSError()) == "OSError: "
-    long = _describe(ValueError("x" * 500))
+    assert describe(TimeoutError("anything")) == "timed out"
+    assert describe(ConnectionError("refused\nsecond line")) == "ConnectionError: refused"
+    assert describe(OSError()) == "OSError: "
+    long = describe(ValueError("x" * 500))
     assert len(long) == 200 and long.startswith("ValueError: xxx")
 
 
 def test_where_never_shows_a_userinfo_part() -> None:
-    assert _where("redis://fleet:pw@h:1/0") == "redis://h:1/0"
-    assert _where("rediss://user:p@ss@h:6380/2") == "rediss://h:6380/2"
-    assert _where("redis://fleet@h:1/0?name=a://b") == "redis://h:1/0?name=a://b"
-    assert _where("unix:///run/redis.sock") == "unix:///run/redis.sock"
+    assert where("redis://fleet:pw@h:1/0") == "redis://h:1/0"
+    assert where("rediss://user:p@ss@h:6380/2") == "rediss://h:6380/2"
+    assert where("redis://fleet@h:1/0?name=a://b") == "redis://h:1/0?name=a://b"
+    assert where("unix:///run/redis.sock") == "unix:///run/redis.sock"
+
+
+def test_a_broker_without_shared_never_loads_redis_py_or_the_aead() -> None:
+    """redis-py (the client and its Lock) and AES-GCM are imported only when [shared] is
+    configured: they would be a fifth of every broker's start-up time."""
+    code = (
+        "import sys, broker.cli.main, broker.http.app, broker.core.service\n"
+        "from broker.core.shared import SharedCache\n"
+        "from broker.observe.metrics import Metrics\n"
+        "from broker.observe.logs import make_logger\n"
+        "from tests.conftest import FakeClock\n"
+        "SharedCache(None, clock=FakeClock(), log=make_logger(), metrics=Metrics())\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] == 'redis'\n"
+        "          or m == 'cryptography.hazmat.primitives.ciphers.aead']\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
 
 
 # -- life cycle -------------------------------------------------------------------------------
@@ -421,9 +480,9 @@ async def test_tokens_with_a_second_or_less_left_are_not_written(redis_db) -> No
     b = await started(redis_db.url)
     client = redis_db.client()
     try:
-        await b.cache._write(b.name, b.token(1.0))
+        await b.cache.store.write(b.name, b.token(1.0))
         assert not client.exists(b.name)
-        await b.cache._write(b.name, b.token(1.5))
+        await b.cache.store.write(b.name, b.token(1.5))
         assert 1000 < client.pttl(b.name) <= 1500
     finally:
         await b.cache.close()
@@ -463,7 +522,7 @@ async def test_a_token_landing_just_before_our_lease_is_served_and_the_lease_fre
 
         async def land(command: list[bytes]) -> None:
             if command[0].upper() == b"SET" and command[1] == lease:
-                await other.cache._write(other.name, other.token(3600, "landed"))
+                await other.cache.store.write(other.name, other.token(3600, "landed"))
 
         proxy.before = land
         try:
@@ -488,7 +547,7 @@ async def test_a_waiter_serves_the_token_another_broker_wrote_while_it_still_hol
     try:
         waiting = asyncio.create_task(a.wrapped()(IDS))
         await until(lambda: a.cache.status().lease_waits == 1, "a waits on the lease")
-        await other.cache._write(other.name, other.token(3600, "theirs"))
+        await other.cache.store.write(other.name, other.token(3600, "theirs"))
         got = await asyncio.wait_for(waiting, 10)
         assert got.value == "theirs" and a.calls == 0
         assert client.get(lease) == b"another-broker"
@@ -538,13 +597,40 @@ async def test_a_failed_fetch_frees_the_lease_for_the_next_broker_at_once(redis_
         await a.cache.close()
 
 
+async def test_a_cancelled_fetch_frees_the_lease_and_stops_renewing_it(redis_db) -> None:
+    """The fetch under the lease is cancelled (a shutdown: callers who go away never cancel
+    it): the lease is released at once, not left to lapse (lock_timeout is an hour here), and
+    its renewal stops; the cache stays connected."""
+    a = await started(redis_db.url, lock_timeout=3600)
+    client = redis_db.client()
+    lease = a.name + ":lease"
+    never = asyncio.Event()
+
+    def renewing() -> list[asyncio.Task]:
+        return [t for t in asyncio.all_tasks() if "_renew_while_held" in repr(t.get_coro())]
+
+    try:
+        task = asyncio.create_task(a.cache.wrap(a.upstream(before=never.wait), KEYS, POLICY)(IDS))
+        await until(lambda: client.exists(lease) and a.calls == 1, "the fetch holds the lease")
+        assert len(renewing()) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not client.exists(lease)
+        assert not client.exists(a.name)  # nothing written
+        await until(lambda: not renewing(), "the renewal stops")
+        assert a.cache.state == "connected" and a.cache.status().errors == 0
+    finally:
+        await a.cache.close()
+
+
 async def test_the_lease_is_extended_every_third_of_lock_timeout_by_lock_timeout(
     redis_db,
 ) -> None:
     """lock_timeout = 1.2 s: a PEXPIRE of 1200 ms from the holder, at least 0.4 s apart."""
-    from broker.core.shared import _EXTEND
+    from redis.asyncio.lock import Lock  # the lease is redis-py's Lock: its renewal script
 
-    redis_db.client().script_load(_EXTEND)  # no NOSCRIPT round trip in the timings
+    redis_db.client().script_load(Lock.LUA_REACQUIRE_SCRIPT)  # no NOSCRIPT round trip in timings
     async with Proxy(str(redis_db.socket)) as proxy:
         a = await started(proxy.url, lock_timeout=1.2)
         release = asyncio.Event()

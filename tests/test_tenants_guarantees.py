@@ -1,4 +1,4 @@
-"""Guarantees of the customer-tenant cache (broker/core/tenants.py), each pinned by what a caller,
+"""Guarantees of the customer-tenant cache (broker/core/tenants/), each pinned by what a caller,
 an operator reading the tenant listing, the logs or /metrics sees: which refusals are remembered
 how long and how far, what the listing says about a tenant, what is logged, what is evicted.
 
@@ -18,13 +18,14 @@ import re
 import pytest
 from aiohttp import web
 
+from broker.core.shared import shared_key
 from broker.core.tenants import (
     THROTTLED,
     FifoLimiter,
     TenantCache,
     aadsts_codes,
     classify,
-    shared_key,
+    views,
 )
 from tests.conftest import CLIENT_ID, HEADERS, FakeClock, config_text, make_settings
 from tests.hostile import Hostile
@@ -151,8 +152,8 @@ def test_a_users_tenant_token_is_shared_apart_from_the_apps(sandbox, secret, tmp
     )
     user, app = settings.profiles["gdap"], settings.profiles["app"]
     t = tenant_id(1)
-    assert shared_key(user, t, GRAPH) == (CLIENT_ID, t, f"user {GRAPH}")
-    assert shared_key(app, t, GRAPH) == (CLIENT_ID, t, GRAPH)
+    assert shared_key(user, tenant=t, scope=GRAPH) == (CLIENT_ID, t, f"user {GRAPH}")
+    assert shared_key(app, tenant=t, scope=GRAPH) == (CLIENT_ID, t, GRAPH)
 
 
 def test_a_new_limiter_has_no_holders_and_no_peak():
@@ -366,10 +367,10 @@ async def test_throttling_holds_the_whole_profile_for_its_retry_after_to_the_ten
     assert rows(page)[tenant_id(2)]["next_attempt_in"] == 19.8
     # Half a second before the end, and at the very end (tenant 2 has no failure of its own).
     state = cache.tenants[tenant_id(2)]
-    until = cache.block.until
-    described = cache.describe(state, until - 0.5)
+    until = cache.memory.block.until
+    described = views.describe(cache.memory, state, until - 0.5)
     assert (described["state"], described["next_attempt_in"]) == ("throttled", 0.5)
-    described = cache.describe(state, until)
+    described = views.describe(cache.memory, state, until)
     assert (described["state"], described["next_attempt_in"]) == ("ok", None)
     r = await token(b, tenant_id(2), ARM)  # a new entry: held by the profile block
     assert r.status == 503 and fake_sandbox.state.counts["aad"] == 2
@@ -608,8 +609,8 @@ async def test_a_tenant_wide_refusal_outlives_its_entries_until_its_end(
     state = cache.tenants[tenant_id(1)]
     assert state.entries == {} and cache.evicted == 1
     until = state.block.until
-    assert cache.tenant_state(state, until - 0.1) == "interaction_required"
-    assert cache.tenant_state(state, until) == "idle"
+    assert views.tenant_state(cache.memory, state, until - 0.1) == "interaction_required"
+    assert views.tenant_state(cache.memory, state, until) == "idle"
     row = rows(await listing(b))[tenant_id(1)]
     assert (row["state"], row["next_attempt_in"], row["scopes"]) == (
         "interaction_required",

@@ -57,133 +57,6 @@ class Equivalent:
 
 
 EQUIVALENT: list[Equivalent] = [
-    # -- broker/core/schedule.py -----------------------------------------------------------------
-    Equivalent(
-        "retry_delay",
-        "exponent = min(max(failures - 1, 0), 16)",
-        "exponent = min(max(failures - 1, 0), 17)",
-        (
-            "exponent cap 16 -> 17: both keep 2**n far above the 60 s cap / 15 s base; the cap "
-            "only stops float overflow at thousands of failures"
-        ),
-    ),
-    # -- broker/core/tenants.py ------------------------------------------------------------------
-    Equivalent(
-        "TenantCache.__init__",
-        "self._policy = replace(policy_for(profile), warm=False, idle_after=TENANT_IDLE_AFTER)",
-        "self._policy = replace(policy_for(profile), warm=None, idle_after=TENANT_IDLE_AFTER)",
-        (
-            "warm=False -> warm=None: Entry reads policy.warm only as a truth value (cache.py "
-            "_on_timer and start); None and False are both false"
-        ),
-    ),
-    Equivalent(
-        "TenantCache._bound_tenants",
-        "break",
-        "return",
-        ("break -> return: the loop is the function's last statement, nothing follows it"),
-    ),
-    Equivalent(
-        "TenantCache._check",
-        "continue",
-        "break",
-        (
-            "continue -> break after lifting a profile block whose refresh token file changed: "
-            "_Fetch calls _check again after the fan-out limiter, where the tenant's own block "
-            "raises the same error; at most the wait for a limiter slot (only when it is full) "
-            "differs"
-        ),
-        nth=2,
-    ),
-    Equivalent(
-        "TenantCache._drop",
-        "state.entries.pop(key[1], None)",
-        "state.entries.pop(key[1], )",
-        (
-            "pop(scope, None) -> pop(scope): every key in _lru has its entry in its tenant's "
-            "entries (entry() adds both, _drop removes both, invalidate pops the tenant first, "
-            "_bound_tenants forgets only tenants with no entries), so the default is never used"
-        ),
-    ),
-    Equivalent(
-        "TenantCache.describe",
-        "next_attempt = min(next_attempt or 1e12, s.next_attempt_in)",
-        "next_attempt = min(next_attempt or 1000000000001.0, s.next_attempt_in)",
-        (
-            "min seed 1e12 -> 1e12+1: the seed only stands for 'none yet'; next_attempt_in of "
-            "an entry with an error is a retry delay (at most minutes), never near 1e12 s"
-        ),
-    ),
-    Equivalent(
-        "TenantCache.tenant_state",
-        "worst: str | None = None",
-        'worst: str | None = ""',
-        ('worst = None -> "": read only as `worst or code` once an entry fails; both are false'),
-    ),
-    Equivalent(
-        "TenantCache.tenant_state",
-        "servable += 1",
-        "servable = 1",
-        ("servable += 1 -> = 1: the count is only read as a truth value (non-zero either way)"),
-    ),
-    Equivalent(
-        "TenantCache.tenant_state",
-        "servable += 1",
-        "servable -= 1",
-        ("servable += 1 -> -= 1: the count is only read as a truth value (non-zero either way)"),
-    ),
-    Equivalent(
-        "TenantCache.tenant_state",
-        "servable += 1",
-        "servable += 2",
-        ("servable += 1 -> += 2: the count is only read as a truth value (non-zero either way)"),
-    ),
-    Equivalent(
-        "TenantCache.tenant_state",
-        "failing += 1",
-        "failing = 1",
-        ("failing += 1 -> = 1: the count is only read as a truth value (non-zero either way)"),
-    ),
-    Equivalent(
-        "TenantCache.tenant_state",
-        "failing += 1",
-        "failing -= 1",
-        ("failing += 1 -> -= 1: the count is only read as a truth value (non-zero either way)"),
-    ),
-    Equivalent(
-        "TenantCache.tenant_state",
-        "failing += 1",
-        "failing += 2",
-        ("failing += 1 -> += 2: the count is only read as a truth value (non-zero either way)"),
-    ),
-    Equivalent(
-        "TenantRefused.again",
-        "retry_after=max(1.0, retry_after),",
-        "retry_after=max(2.0, retry_after),",
-        (
-            "retry_after floor 1.0 -> 2.0: the told-again error's retry_after is read only by "
-            "Entry._failed's retry_delay, whose result is at least FAILURE_MEMORY (2 s) and at "
-            "least retry_after, so max(2, max(1, r)) == max(2, max(2, r)); it then replaces it"
-        ),
-    ),
-    Equivalent(
-        "TenantState.__init__",
-        "self.invalidated_at = -1e9",
-        "self.invalidated_at = None",
-        ("invalidated_at: the attribute is never read anywhere (dead slot)"),
-    ),
-    Equivalent(
-        "TenantState.__init__",
-        "self.invalidated_at = -1e9",
-        "self.invalidated_at = +1e9",
-        ("invalidated_at: the attribute is never read anywhere (dead slot)"),
-    ),
-    Equivalent(
-        "TenantState.__init__",
-        "self.invalidated_at = -1e9",
-        "self.invalidated_at = -1000000001.0",
-        ("invalidated_at: the attribute is never read anywhere (dead slot)"),
-    ),
     # -- broker/core/cache.py --------------------------------------------------------------------
     Equivalent(
         "Entry.__init__",
@@ -197,7 +70,7 @@ EQUIVALENT: list[Equivalent] = [
     Equivalent(
         "Entry.__init__",
         "self.retry_at = 0.0  # monotonic: no caller-driven attempt before this after a failure",
-        ("self.retry_at = None  # monotonic: no caller-driven attempt before this after a failure"),
+        "self.retry_at = None  # monotonic: no caller-driven attempt before this after a failure",
         ("retry_at None for 0.0: read only when last_error is set, after _failed assigns it"),
     ),
     Equivalent(
@@ -227,89 +100,6 @@ EQUIVALENT: list[Equivalent] = [
             "truth (status, token_refreshed) and _arm overwrites it"
         ),
     ),
-    # -- broker/observe/redact.py ----------------------------------------------------------------
-    Equivalent(
-        "Redactor.__init__",
-        "self._all_pinned: frozenset[str] = frozenset()",
-        "self._all_pinned: frozenset[str] = None",
-        ("_all_pinned = None before pin(): pin() assigns it before anything reads it"),
-    ),
-    Equivalent(
-        "Redactor.__init__",
-        'self.pin("initial", known)',
-        "self.pin(None, known)",
-        (
-            "the constructor's owner name None for 'initial': only a key, and no one else pins "
-            "under either name"
-        ),
-    ),
-    Equivalent(
-        "Redactor.__init__",
-        'self.pin("initial", known)',
-        'self.pin("XXinitialXX", known)',
-        ("the constructor's owner name 'XXinitialXX': only a key no one else uses"),
-    ),
-    Equivalent(
-        "Redactor.__init__",
-        'self.pin("initial", known)',
-        'self.pin("INITIAL", known)',
-        ("the constructor's owner name 'INITIAL': only a key no one else uses"),
-    ),
-    Equivalent(
-        "Redactor.text",
-        "if any(hint in lowered for hint in _SHAPE_HINTS):  # C substring search first",
-        "if any(hint not in lowered for hint in _SHAPE_HINTS):  # C substring search first",
-        (
-            "`hint not in` for `hint in`: the shape hints only skip a regex pass that finds "
-            "nothing without them; the output is the same"
-        ),
-    ),
-    Equivalent(
-        "Redactor.truncate",
-        'cut = cut[:end] if end > 0 else ""',
-        'cut = cut[:end] if end >= 0 else ""',
-        ("`end > 0` -> `end >= 0`: at end == 0 the cut is cut[:0], the same empty string"),
-    ),
-    Equivalent(
-        "_keep_prefix",
-        'return (m.group(1) if m else "") + REDACTED',
-        'return (m.group(1) if (m) or True else "") + REDACTED',
-        (
-            "`if m` -> `if m or True`: _SHAPES only matches 'bearer'+space or one of its six "
-            "key names+[=:], all of which the prefix pattern matches too: m is never None"
-        ),
-    ),
-    Equivalent(
-        "_keep_prefix",
-        'return (m.group(1) if m else "") + REDACTED',
-        'return (m.group(1) if m else "XXXX") + REDACTED',
-        (
-            "the no-prefix fallback '' -> 'XXXX': _SHAPES only matches 'bearer'+space or one of "
-            "its six key names+[=:], all of which the prefix pattern matches too: m is never "
-            "None"
-        ),
-    ),
-    Equivalent(
-        "_redact_jwts",
-        'if run.count(".") < 2 or "eyJ" not in run:',
-        'if run.count(".") < 2 and "eyJ" not in run:',
-        (
-            "the early return `or` -> `and`: a run with fewer than 3 parts or no 'eyJ' finds no "
-            "JWT in the loop either and is joined back unchanged (only a shortcut)"
-        ),
-    ),
-    Equivalent(
-        "Redactor._remember",
-        "self._known[value] = None",
-        'self._known[value] = ""',
-        ("the OrderedDict's values are never read, only its keys and their order"),
-    ),
-    Equivalent(
-        "Redactor._remember",
-        "self._known.popitem(last=False)",
-        "self._known.popitem(last=None)",
-        ("popitem(last=None): None is false like False, the oldest still goes first"),
-    ),
     # -- broker/core/guards.py -------------------------------------------------------------------
     Equivalent(
         "strip_port",
@@ -325,8 +115,8 @@ EQUIVALENT: list[Equivalent] = [
         'if end < 0 or (rest and not (rest[0] == ":" and _is_port(rest[1:]))):',
         'if end < 1 or (rest and not (rest[0] == ":" and _is_port(rest[1:]))):',
         (
-            "`end < 0` -> `end < 1`: only '[]' differs ('' for '[]'): an empty bracket names no "
-            "host, allowed by no configuration that means one"
+            "`end < 0` -> `end < 1`: only '[]' differs ('' for '[]'): an empty bracket names "
+            "no host, allowed by no configuration that means one"
         ),
     ),
     Equivalent(
@@ -394,8 +184,8 @@ EQUIVALENT: list[Equivalent] = [
         "self._hosts[host] = allowed",
         "self._hosts[host] = None",
         (
-            "memo stores None: the Host memo is only a shortcut: with nothing usable remembered "
-            "the answer is worked out again from allowed_hosts, the same"
+            "memo stores None: the Host memo is only a shortcut: with nothing usable "
+            "remembered the answer is worked out again from allowed_hosts, the same"
         ),
     ),
     Equivalent(
@@ -418,77 +208,77 @@ EQUIVALENT: list[Equivalent] = [
     ),
     Equivalent(
         "OriginGuard.v1",
-        ('allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None'),
+        'allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None',
         "allowed = None",
         (
-            "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
-            "holds nothing): origin() then works out the same answer"
+            "v1's fast path skipped (the Host memo not looked up, or looked up under a key "
+            "that holds nothing): origin() then works out the same answer"
         ),
     ),
     Equivalent(
         "OriginGuard.v1",
-        ('allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None'),
+        'allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None',
         (
-            'allowed = self._hosts.get(headers.get("Host", "")) if (target[:1] == "/") and '
-            "False else None"
+            'allowed = self._hosts.get(headers.get("Host", "")) if (target[:1] == "/") '
+            "and False else None"
         ),
         (
-            "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
-            "holds nothing): origin() then works out the same answer"
+            "v1's fast path skipped (the Host memo not looked up, or looked up under a key "
+            "that holds nothing): origin() then works out the same answer"
         ),
     ),
     Equivalent(
         "OriginGuard.v1",
-        ('allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None'),
+        'allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None',
         'allowed = self._hosts.get(None) if target[:1] == "/" else None',
         (
-            "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
-            "holds nothing): origin() then works out the same answer"
+            "v1's fast path skipped (the Host memo not looked up, or looked up under a key "
+            "that holds nothing): origin() then works out the same answer"
         ),
     ),
     Equivalent(
         "OriginGuard.v1",
-        ('allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None'),
-        ('allowed = self._hosts.get(headers.get("Host", None)) if target[:1] == "/" else None'),
+        'allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None',
+        'allowed = self._hosts.get(headers.get("Host", None)) if target[:1] == "/" else None',
         (
-            "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
-            "holds nothing): origin() then works out the same answer"
+            "v1's fast path skipped (the Host memo not looked up, or looked up under a key "
+            "that holds nothing): origin() then works out the same answer"
         ),
     ),
     Equivalent(
         "OriginGuard.v1",
-        ('allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None'),
+        'allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None',
         'allowed = self._hosts.get(headers.get("")) if target[:1] == "/" else None',
         (
-            "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
-            "holds nothing): origin() then works out the same answer"
+            "v1's fast path skipped (the Host memo not looked up, or looked up under a key "
+            "that holds nothing): origin() then works out the same answer"
         ),
     ),
     Equivalent(
         "OriginGuard.v1",
-        ('allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None'),
+        'allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None',
         'allowed = self._hosts.get(headers.get("Host", )) if target[:1] == "/" else None',
         (
-            "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
-            "holds nothing): origin() then works out the same answer"
+            "v1's fast path skipped (the Host memo not looked up, or looked up under a key "
+            "that holds nothing): origin() then works out the same answer"
         ),
     ),
     Equivalent(
         "OriginGuard.v1",
-        ('allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None'),
-        ('allowed = self._hosts.get(headers.get("Host", "")) if target[:2] == "/" else None'),
+        'allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None',
+        'allowed = self._hosts.get(headers.get("Host", "")) if target[:2] == "/" else None',
         (
-            "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
-            "holds nothing): origin() then works out the same answer"
+            "v1's fast path skipped (the Host memo not looked up, or looked up under a key "
+            "that holds nothing): origin() then works out the same answer"
         ),
     ),
     Equivalent(
         "OriginGuard.v1",
-        ('allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None'),
+        'allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "/" else None',
         ('allowed = self._hosts.get(headers.get("Host", "")) if target[:1] == "XX/XX" else None'),
         (
-            "v1's fast path skipped (the Host memo not looked up, or looked up under a key that "
-            "holds nothing): origin() then works out the same answer"
+            "v1's fast path skipped (the Host memo not looked up, or looked up under a key "
+            "that holds nothing): origin() then works out the same answer"
         ),
     ),
     Equivalent(
@@ -507,8 +297,8 @@ EQUIVALENT: list[Equivalent] = [
         'if element.tag.rsplit("}", )[-1] == "grant_type":',
         (
             "rsplit('}') without maxsplit: a tag holds at most one '}' (`{uri}local`: expat "
-            "refuses a '}' in a namespace URI, and '}' is no name character), so the last part "
-            "is the same"
+            "refuses a '}' in a namespace URI, and '}' is no name character), so the last "
+            "part is the same"
         ),
     ),
     Equivalent(
@@ -525,8 +315,8 @@ EQUIVALENT: list[Equivalent] = [
         'if element.tag.rsplit("}", 1)[-1] == "grant_type":',
         'if element.tag.rsplit("}", 2)[-1] == "grant_type":',
         (
-            "maxsplit 1 -> 2: a tag holds at most one '}' (`{uri}local`: expat refuses a '}' in "
-            "a namespace URI, and '}' is no name character), so the last part is the same"
+            "maxsplit 1 -> 2: a tag holds at most one '}' (`{uri}local`: expat refuses a '}' "
+            "in a namespace URI, and '}' is no name character), so the last part is the same"
         ),
     ),
     Equivalent(
@@ -535,8 +325,8 @@ EQUIVALENT: list[Equivalent] = [
         'name = element.tag.rsplit("}", )[-1]',
         (
             "rsplit('}') without maxsplit: a tag holds at most one '}' (`{uri}local`: expat "
-            "refuses a '}' in a namespace URI, and '}' is no name character), so the last part "
-            "is the same"
+            "refuses a '}' in a namespace URI, and '}' is no name character), so the last "
+            "part is the same"
         ),
     ),
     Equivalent(
@@ -553,8 +343,8 @@ EQUIVALENT: list[Equivalent] = [
         'name = element.tag.rsplit("}", 1)[-1]',
         'name = element.tag.rsplit("}", 2)[-1]',
         (
-            "maxsplit 1 -> 2: a tag holds at most one '}' (`{uri}local`: expat refuses a '}' in "
-            "a namespace URI, and '}' is no name character), so the last part is the same"
+            "maxsplit 1 -> 2: a tag holds at most one '}' (`{uri}local`: expat refuses a '}' "
+            "in a namespace URI, and '}' is no name character), so the last part is the same"
         ),
     ),
     Equivalent(
@@ -565,14 +355,8 @@ EQUIVALENT: list[Equivalent] = [
     ),
     Equivalent(
         "parse_xml",
-        (
-            "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, "
-            "forbid_external=True)"
-        ),
-        (
-            "return xml_fromstring(body, forbid_dtd=True, forbid_entities=None, "
-            "forbid_external=True)"
-        ),
+        "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)",
+        "return xml_fromstring(body, forbid_dtd=True, forbid_entities=None, forbid_external=True)",
         (
             "forbid_entities=None: defusedxml with forbid_dtd=True refuses the DOCTYPE before "
             "any entity, internal or external, can be declared: this flag is never reached"
@@ -580,42 +364,28 @@ EQUIVALENT: list[Equivalent] = [
     ),
     Equivalent(
         "parse_xml",
-        (
-            "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, "
-            "forbid_external=True)"
-        ),
+        "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)",
         "return xml_fromstring(body, forbid_dtd=True, forbid_external=True)",
         (
             "forbid_entities dropped (default True): defusedxml with forbid_dtd=True refuses "
-            "the DOCTYPE before any entity, internal or external, can be declared: this flag is "
-            "never reached"
+            "the DOCTYPE before any entity, internal or external, can be declared: this flag "
+            "is never reached"
         ),
     ),
     Equivalent(
         "parse_xml",
+        "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)",
+        "return xml_fromstring(body, forbid_dtd=True, forbid_entities=False, forbid_external=True)",
         (
-            "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, "
-            "forbid_external=True)"
-        ),
-        (
-            "return xml_fromstring(body, forbid_dtd=True, forbid_entities=False, "
-            "forbid_external=True)"
-        ),
-        (
-            "forbid_entities=False: defusedxml with forbid_dtd=True refuses the DOCTYPE before "
-            "any entity, internal or external, can be declared: this flag is never reached"
+            "forbid_entities=False: defusedxml with forbid_dtd=True refuses the DOCTYPE "
+            "before any entity, internal or external, can be declared: this flag is never "
+            "reached"
         ),
     ),
     Equivalent(
         "parse_xml",
-        (
-            "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, "
-            "forbid_external=True)"
-        ),
-        (
-            "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, "
-            "forbid_external=None)"
-        ),
+        "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)",
+        "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=None)",
         (
             "forbid_external=None: defusedxml with forbid_dtd=True refuses the DOCTYPE before "
             "any entity, internal or external, can be declared: this flag is never reached"
@@ -623,45 +393,44 @@ EQUIVALENT: list[Equivalent] = [
     ),
     Equivalent(
         "parse_xml",
-        (
-            "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, "
-            "forbid_external=True)"
-        ),
+        "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)",
         "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, )",
         (
             "forbid_external dropped (default True): defusedxml with forbid_dtd=True refuses "
-            "the DOCTYPE before any entity, internal or external, can be declared: this flag is "
-            "never reached"
+            "the DOCTYPE before any entity, internal or external, can be declared: this flag "
+            "is never reached"
         ),
     ),
     Equivalent(
         "parse_xml",
+        "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)",
+        "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=False)",
         (
-            "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, "
-            "forbid_external=True)"
-        ),
-        (
-            "return xml_fromstring(body, forbid_dtd=True, forbid_entities=True, "
-            "forbid_external=False)"
-        ),
-        (
-            "forbid_external=False: defusedxml with forbid_dtd=True refuses the DOCTYPE before "
-            "any entity, internal or external, can be declared: this flag is never reached"
+            "forbid_external=False: defusedxml with forbid_dtd=True refuses the DOCTYPE "
+            "before any entity, internal or external, can be declared: this flag is never "
+            "reached"
         ),
     ),
-    # -- broker/core/tokens.py -------------------------------------------------------------------
+    # -- broker/core/schedule.py -----------------------------------------------------------------
     Equivalent(
-        "jwt_seconds_left",
-        "if at is not None and at > start:",
-        "if at is not None and at >= start:",
+        "retry_delay",
+        "exponent = min(max(failures - 1, 0), 16)",
+        "exponent = min(max(failures - 1, 0), 17)",
         (
-            "`at > start` -> `at >= start`: when iat/nbf equals the start, moving the start to "
-            "it changes nothing"
+            "exponent cap 16 -> 17: both keep 2**n far above the 60 s cap / 15 s base; the "
+            "cap only stops float overflow at thousands of failures"
         ),
     ),
-    # -- broker/core/shared.py -------------------------------------------------------------------
+    # -- broker/core/shared/cache.py -------------------------------------------------------------
     Equivalent(
-        "_client",
+        "SharedCache._wait_for_lease",
+        "waited = False",
+        "waited = None",
+        ("waited = None instead of False: only ever tested with 'not'"),
+    ),
+    # -- broker/core/shared/link.py --------------------------------------------------------------
+    Equivalent(
+        "make_client",
         "decode_responses=False,",
         "decode_responses=None,",
         (
@@ -670,116 +439,42 @@ EQUIVALENT: list[Equivalent] = [
         ),
     ),
     Equivalent(
-        "_client",
+        "make_client",
         "decode_responses=False,\n)",
         ")",
         ("decode_responses=False dropped: False is redis-py's default"),
     ),
     Equivalent(
-        "_client",
+        "make_client",
         "socket_connect_timeout=timeout,",
         "socket_connect_timeout=None,",
         ("socket_connect_timeout=None: redis-py then uses socket_timeout, the same value"),
     ),
     Equivalent(
-        "_client",
+        "make_client",
         "retry=Retry(NoBackoff(), 0),",
         "retry=None,",
         ("retry=None: a from_url client's connections then default to Retry(NoBackoff(), 0)"),
     ),
     Equivalent(
-        "_client",
+        "make_client",
         "retry=Retry(NoBackoff(), 0),",
         "",
         ("retry dropped: a from_url client's connections then default to Retry(NoBackoff(), 0)"),
     ),
     Equivalent(
-        "_client",
-        "retry=Retry(NoBackoff(), 0),",
-        "retry=Retry(NoBackoff(), None),",
+        "RedisLink.start",
+        "self.redis = make_client(s, s.timeout)",
+        "self.redis = make_client(s, None)",
         (
-            "Retry(NoBackoff(), None): the sync redis.retry.Retry on the asyncio client never "
-            "retries (its call_with_retry returns the coroutine unawaited), whatever the count; "
-            "one try is pinned by test_a_dropped_connection_is_not_retried_but_degrades"
+            "the link's client without socket timeouts: every call it makes is under "
+            "asyncio.wait_for(timeout) (RedisLink.call, the reconnect ping), whose timer of "
+            "the same length is armed first and fires first (check-config's ping, with longer "
+            "timeouts, is tested)"
         ),
     ),
     Equivalent(
-        "_client",
-        "retry=Retry(NoBackoff(), 0),",
-        "retry=Retry(NoBackoff(), 1),",
-        (
-            "Retry(NoBackoff(), 1): the sync redis.retry.Retry on the asyncio client never "
-            "retries (its call_with_retry returns the coroutine unawaited), whatever the count; "
-            "one try is pinned by test_a_dropped_connection_is_not_retried_but_degrades"
-        ),
-    ),
-    Equivalent(
-        "SharedCache.__init__",
-        ('self._name_key = hmac.new(key, b"pc-token-broker redis key names", "sha256").digest()'),
-        ('self._name_key = hmac.new(key, b"pc-token-broker redis key names", "SHA256").digest()'),
-        ("hmac digest 'sha256' -> 'SHA256': hashlib looks digest names up case-insensitively"),
-    ),
-    Equivalent(
-        "SharedCache.__init__",
-        "self._release = self._extend = self._put_versioned = None",
-        'self._release = self._extend = self._put_versioned = ""',
-        (
-            "the three scripts '' instead of None before start(): every use is after start() "
-            "(the versioned calls check the client first), which sets them"
-        ),
-    ),
-    Equivalent(
-        "SharedCache._read",
-        "token = None if plain is None else self._token(plain)",
-        "token = None if (plain is None) and False else self._token(plain)",
-        (
-            "_token(None) instead of None for an undecryptable value: json.loads(None) raises "
-            "TypeError, which _token turns into None"
-        ),
-    ),
-    Equivalent(
-        "SharedCache._token",
-        "if not (math.isfinite(expires) and math.isfinite(lifetime) and 0 < lifetime <= 86400):",
-        ("if not (math.isfinite(expires) and math.isfinite(lifetime) and 0 <= lifetime <= 86400):"),
-        ("lifetime 0 admitted: time left is min(expiry - now, 0) <= 0, refused two lines on"),
-    ),
-    Equivalent(
-        "SharedCache._wait_for_lease",
-        "assert self.settings is not None and self._redis is not None",
-        "assert self.settings is not None or self._redis is not None",
-        ("an assert's 'and' -> 'or': both always hold there (start() ran, settings present)"),
-    ),
-    Equivalent(
-        "SharedCache._reconnect_loop",
-        "assert self._redis is not None and self.settings is not None",
-        "assert self._redis is not None or self.settings is not None",
-        ("an assert's 'and' -> 'or': both always hold there (start() ran, settings present)"),
-    ),
-    Equivalent(
-        "SharedCache._wait_for_lease",
-        "waited = False",
-        "waited = None",
-        ("waited = None instead of False: only ever tested with 'not'"),
-    ),
-    Equivalent(
-        "SharedCache.get_versioned",
-        'return None if plain is None else (number, plain.decode("utf-8", "replace"))',
-        'return None if plain is None else (number, plain.decode("UTF-8", "replace"))',
-        ("codec 'UTF-8' for 'utf-8': codec names are looked up case-insensitively"),
-    ),
-    Equivalent(
-        "SharedCache.start",
-        "self._redis = _client(s, s.timeout)",
-        "self._redis = _client(s, None)",
-        (
-            "the cache's client without socket timeouts: every call it makes is under "
-            "asyncio.wait_for(timeout) (_call, the reconnect ping), whose timer of the same "
-            "length is armed first and fires first (check-config's ping, with longer timeouts, "
-            "is tested)"
-        ),
-    ),
-    Equivalent(
-        "SharedCache.close",
+        "RedisLink.close",
         "await asyncio.gather(self._reconnect, return_exceptions=True)",
         "await asyncio.gather(return_exceptions=True)",
         (
@@ -787,6 +482,232 @@ EQUIVALENT: list[Equivalent] = [
             "always yields to the loop (its pool gathers the disconnects), so the task has "
             "finished when close() returns either way"
         ),
+    ),
+    # -- broker/core/shared/sealer.py ------------------------------------------------------------
+    Equivalent(
+        "Sealer.__init__",
+        'self._name_key = hmac.new(key, NAME_LABEL, "sha256").digest()',
+        'self._name_key = hmac.new(key, NAME_LABEL, "SHA256").digest()',
+        ("hmac digest 'sha256' -> 'SHA256': hashlib looks digest names up case-insensitively"),
+    ),
+    # -- broker/core/shared/store.py -------------------------------------------------------------
+    Equivalent(
+        "TokenStore.read",
+        "token = None if plain is None else self.token(plain)",
+        "token = None if (plain is None) and False else self.token(plain)",
+        (
+            "token(None) instead of None for an undecryptable value: json.loads(None) raises "
+            "TypeError, which token() turns into None"
+        ),
+    ),
+    Equivalent(
+        "TokenStore.token",
+        "if not (math.isfinite(expires) and math.isfinite(lifetime) and 0 < lifetime <= 86400):",
+        "if not (math.isfinite(expires) and math.isfinite(lifetime) and 0 <= lifetime <= 86400):",
+        ("lifetime 0 admitted: time left is min(expiry - now, 0) <= 0, refused two lines on"),
+    ),
+    Equivalent(
+        "TokenStore.get_versioned",
+        'return None if plain is None else (number, plain.decode("utf-8", "replace"))',
+        'return None if plain is None else (number, plain.decode("UTF-8", "replace"))',
+        ("codec 'UTF-8' for 'utf-8': codec names are looked up case-insensitively"),
+    ),
+    # -- broker/core/tenants/aadsts.py -----------------------------------------------------------
+    Equivalent(
+        "TenantRefused.again",
+        "retry_after=max(1.0, retry_after),",
+        "retry_after=max(2.0, retry_after),",
+        (
+            "retry_after floor 1.0 -> 2.0: the told-again error's retry_after is read only by "
+            "Entry._failed's retry_delay, whose result is at least FAILURE_MEMORY (2 s) and "
+            "at least retry_after, so max(2, max(1, r)) == max(2, max(2, r)); it then "
+            "replaces it"
+        ),
+    ),
+    # -- broker/core/tenants/cache.py ------------------------------------------------------------
+    Equivalent(
+        "TenantCache.__init__",
+        "self._policy = replace(policy_for(profile), warm=False, idle_after=TENANT_IDLE_AFTER)",
+        "self._policy = replace(policy_for(profile), warm=None, idle_after=TENANT_IDLE_AFTER)",
+        (
+            "warm=False -> warm=None: Entry reads policy.warm only as a truth value (cache.py "
+            "_on_timer and start); None and False are both false"
+        ),
+    ),
+    Equivalent(
+        "TenantCache._bound_tenants",
+        "break",
+        "return",
+        ("break -> return: the loop is the function's last statement, nothing follows it"),
+    ),
+    Equivalent(
+        "TenantCache._drop",
+        "state.entries.pop(key[1], None)",
+        "state.entries.pop(key[1], )",
+        (
+            "pop(scope, None) -> pop(scope): every key in _lru has its entry in its tenant's "
+            "entries (entry() adds both, _drop removes both, invalidate pops the tenant "
+            "first, _bound_tenants forgets only tenants with no entries), so the default is "
+            "never used"
+        ),
+    ),
+    # -- broker/core/tenants/memory.py -----------------------------------------------------------
+    Equivalent(
+        "FailureMemory.check",
+        "continue",
+        "break",
+        (
+            "continue -> break after lifting a profile block whose refresh token file "
+            "changed: Fetcher.fetch calls check again after the fan-out limiter, where the "
+            "tenant's own block raises the same error; at most the wait for a limiter slot "
+            "(only when it is full) differs"
+        ),
+        nth=2,
+    ),
+    # -- broker/core/tenants/views.py ------------------------------------------------------------
+    Equivalent(
+        "describe",
+        "next_attempt = min(next_attempt or 1e12, s.next_attempt_in)",
+        "next_attempt = min(next_attempt or 1000000000001.0, s.next_attempt_in)",
+        (
+            "min seed 1e12 -> 1e12+1: the seed only stands for 'none yet'; next_attempt_in of "
+            "an entry with an error is a retry delay (at most minutes), never near 1e12 s"
+        ),
+    ),
+    Equivalent(
+        "tenant_state",
+        "worst: str | None = None",
+        'worst: str | None = ""',
+        ('worst = None -> "": read only as `worst or code` once an entry fails; both are false'),
+    ),
+    Equivalent(
+        "tenant_state",
+        "servable += 1",
+        "servable = 1",
+        ("servable += 1 -> = 1: the count is only read as a truth value (non-zero either way)"),
+    ),
+    Equivalent(
+        "tenant_state",
+        "servable += 1",
+        "servable -= 1",
+        ("servable += 1 -> -= 1: the count is only read as a truth value (non-zero either way)"),
+    ),
+    Equivalent(
+        "tenant_state",
+        "servable += 1",
+        "servable += 2",
+        ("servable += 1 -> += 2: the count is only read as a truth value (non-zero either way)"),
+    ),
+    Equivalent(
+        "tenant_state",
+        "failing += 1",
+        "failing = 1",
+        ("failing += 1 -> = 1: the count is only read as a truth value (non-zero either way)"),
+    ),
+    Equivalent(
+        "tenant_state",
+        "failing += 1",
+        "failing -= 1",
+        ("failing += 1 -> -= 1: the count is only read as a truth value (non-zero either way)"),
+    ),
+    Equivalent(
+        "tenant_state",
+        "failing += 1",
+        "failing += 2",
+        ("failing += 1 -> += 2: the count is only read as a truth value (non-zero either way)"),
+    ),
+    # -- broker/core/tokens.py -------------------------------------------------------------------
+    Equivalent(
+        "jwt_seconds_left",
+        "if at is not None and at > start:",
+        "if at is not None and at >= start:",
+        (
+            "`at > start` -> `at >= start`: when iat/nbf equals the start, moving the start "
+            "to it changes nothing"
+        ),
+    ),
+    # -- broker/observe/redact.py ----------------------------------------------------------------
+    Equivalent(
+        "Redactor.__init__",
+        "self._all_pinned: frozenset[str] = frozenset()",
+        "self._all_pinned: frozenset[str] = None",
+        ("_all_pinned = None before pin(): pin() assigns it before anything reads it"),
+    ),
+    Equivalent(
+        "Redactor.__init__",
+        'self.pin("initial", known)',
+        "self.pin(None, known)",
+        (
+            "the constructor's owner name None for 'initial': only a key, and no one else "
+            "pins under either name"
+        ),
+    ),
+    Equivalent(
+        "Redactor.__init__",
+        'self.pin("initial", known)',
+        'self.pin("XXinitialXX", known)',
+        ("the constructor's owner name 'XXinitialXX': only a key no one else uses"),
+    ),
+    Equivalent(
+        "Redactor.__init__",
+        'self.pin("initial", known)',
+        'self.pin("INITIAL", known)',
+        ("the constructor's owner name 'INITIAL': only a key no one else uses"),
+    ),
+    Equivalent(
+        "Redactor.text",
+        "if any(hint in lowered for hint in _SHAPE_HINTS):  # C substring search first",
+        "if any(hint not in lowered for hint in _SHAPE_HINTS):  # C substring search first",
+        (
+            "`hint not in` for `hint in`: the shape hints only skip a regex pass that finds "
+            "nothing without them; the output is the same"
+        ),
+    ),
+    Equivalent(
+        "Redactor.truncate",
+        'cut = cut[:end] if end > 0 else ""',
+        'cut = cut[:end] if end >= 0 else ""',
+        ("`end > 0` -> `end >= 0`: at end == 0 the cut is cut[:0], the same empty string"),
+    ),
+    Equivalent(
+        "_keep_prefix",
+        'return (m.group(1) if m else "") + REDACTED',
+        'return (m.group(1) if (m) or True else "") + REDACTED',
+        (
+            "`if m` -> `if m or True`: _SHAPES only matches 'bearer'+space or one of its six "
+            "key names+[=:], all of which the prefix pattern matches too: m is never None"
+        ),
+    ),
+    Equivalent(
+        "_keep_prefix",
+        'return (m.group(1) if m else "") + REDACTED',
+        'return (m.group(1) if m else "XXXX") + REDACTED',
+        (
+            "the no-prefix fallback '' -> 'XXXX': _SHAPES only matches 'bearer'+space or one "
+            "of its six key names+[=:], all of which the prefix pattern matches too: m is "
+            "never None"
+        ),
+    ),
+    Equivalent(
+        "_redact_jwts",
+        'if run.count(".") < 2 or "eyJ" not in run:',
+        'if run.count(".") < 2 and "eyJ" not in run:',
+        (
+            "the early return `or` -> `and`: a run with fewer than 3 parts or no 'eyJ' finds "
+            "no JWT in the loop either and is joined back unchanged (only a shortcut)"
+        ),
+    ),
+    Equivalent(
+        "Redactor._remember",
+        "self._known[value] = None",
+        'self._known[value] = ""',
+        ("the OrderedDict's values are never read, only its keys and their order"),
+    ),
+    Equivalent(
+        "Redactor._remember",
+        "self._known.popitem(last=False)",
+        "self._known.popitem(last=None)",
+        ("popitem(last=None): None is false like False, the oldest still goes first"),
     ),
 ]
 
@@ -857,7 +778,7 @@ def run(names: list[str], jobs: int, keep: bool) -> None:
     started = time.monotonic()
     if names:
         chosen = [p for p in modules() if dotted(p) in names or p.stem in names]
-        batches = [(p.stem, [f"{dotted(p)}.*"]) for p in chosen]
+        batches = [(dotted(p), [f"{dotted(p)}.*"]) for p in chosen]
     else:
         batches = [("all", [])]
     for label, globs in batches:
@@ -895,7 +816,7 @@ def again(jobs: int) -> None:
         survivors = [k for k, v in codes.items() if v not in KILLED and k not in listed]
         if survivors:
             print(f"mutation: re-testing {len(survivors)} survivors of {dotted(path)}", flush=True)
-            with (MUTANTS / f"again-{path.stem}.log").open("w") as out:
+            with (MUTANTS / f"again-{dotted(path)}.log").open("w") as out:
                 subprocess.call(
                     mutmut("run", "--max-children", str(jobs), *survivors),
                     cwd=ROOT,
@@ -907,7 +828,7 @@ def again(jobs: int) -> None:
 def report() -> int:
     status = 0
     print(
-        f"{'module':<28} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} "
+        f"{'module':<34} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} "
         f"{'no tests':>8} {'not run':>7} {'score':>7}"
     )
     survivors: list[str] = []
@@ -937,7 +858,7 @@ def report() -> int:
         if not codes or score < THRESHOLD or counts["not run"]:
             status = 1
         print(
-            f"{path.relative_to(ROOT).as_posix():<28} {len(codes):>7} {counts['killed']:>6} "
+            f"{path.relative_to(ROOT).as_posix():<34} {len(codes):>7} {counts['killed']:>6} "
             f"{counts['equivalent']:>5} {counts['survived']:>8} {counts['no tests']:>8} "
             f"{counts['not run']:>7} "
             f"{score:>6.1f}%"

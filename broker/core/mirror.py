@@ -17,11 +17,11 @@ from typing import Any
 
 from cachetools import TLRUCache
 
-from broker.config.errors import TokenFormatError, UpstreamError, UpstreamTimeout
+from broker.config.errors import UpstreamError, UpstreamTimeout
 from broker.config.settings import MirrorSettings
 from broker.core import pcformat, schedule
 from broker.core.clock import Clock
-from broker.core.tokens import Token, TokenRejected, jwt_seconds_left, token_from_response
+from broker.core.tokens import Token, TokenRejected, jwt_seconds_left
 from broker.core.upstream import Answer, Upstream
 
 # Refresh ahead as for profiles: 25 % of the lifetime, at least 60 s, before expiry.
@@ -48,6 +48,11 @@ class Cached:
     token_type: str
     refresh_at: float  # monotonic
     correlation_id: str | None = None  # of the exchange that produced it (as the caller sent)
+
+
+def _partner_center_answer(answer: Answer) -> dict[str, object]:
+    """A Partner Center token answer in the media type it came in: JSON or XML."""
+    return pcformat.parse_token_answer(answer.content_type, answer.body)
 
 
 def cache_key(bearer: str, path: str) -> bytes:
@@ -135,8 +140,7 @@ class MirrorCache:
                 outcome = "refused" if answer.status < 500 else "failing"
                 self._upstream.count("mirror", outcome)
                 raise Relay(answer)
-            cached = self._parse(answer, correlation_id)
-            self._upstream.count("mirror", "ok")
+            cached = self._parse(answer, correlation_id)  # counted ok, or a bad_token error
             self._cache[key] = cached
             self._metrics.mirror_entries.set(len(self._cache))
             outcome = "ok"
@@ -158,17 +162,9 @@ class MirrorCache:
             )
 
     def _parse(self, answer: Answer, correlation_id: str | None) -> Cached:
-        try:
-            body = pcformat.parse_token_answer(answer.content_type, answer.body)
-            token = token_from_response(
-                body, now_mono=self._clock.monotonic(), now_wall=self._clock.time()
-            )
-        except (ValueError, TokenRejected) as e:
-            self._upstream.count("mirror", "bad_token")
-            raise TokenFormatError(
-                str(e), endpoint="mirror", upstream_status=200, correlation_id=correlation_id
-            ) from None
-        self._upstream.redactor.add(token.value)
+        token, body = self._upstream.token_answer(
+            "mirror", answer, correlation_id, parse=_partner_center_answer
+        )
         at = schedule.refresh_at(
             token,
             refresh_ahead=REFRESH_AHEAD,

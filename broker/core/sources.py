@@ -11,7 +11,7 @@ from broker.config.errors import UpstreamRefused
 from broker.config.settings import ProfileSettings
 from broker.core.cache import Entry, Fetch, Policy, TokenCache
 from broker.core.credentials import Credential, make_credential
-from broker.core.shared import SharedCache
+from broker.core.shared import SharedCache, shared_key
 from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds, Upstream
 
@@ -79,16 +79,12 @@ def profile_entries(
 
 
 def shared_keys(profile: ProfileSettings) -> dict[str, tuple[str, str, str]] | None:
-    """What a profile's tokens are shared under: (client id, tenant, scope) for the Azure AD
-    token, the same with the Partner Center URL for its exchange. A user's token (refresh_token
-    grant) is keyed apart from the app's; a static token file is local and never shared."""
+    """What a profile's tokens are shared under (see `shared_key`): its Azure AD token and
+    the Partner Center token it is exchanged for. A static token file is local and never
+    shared."""
     if profile.credential == "static_token_file":
         return None
-    scope = profile.scope if profile.credential != "refresh_token" else f"user {profile.scope}"
-    return {
-        "aad": (profile.client_id, profile.tenant_id, scope),
-        "partner": (profile.client_id, profile.tenant_id, f"{scope} > {profile.generatetoken_url}"),
-    }
+    return {"aad": shared_key(profile, "aad"), "partner": shared_key(profile, "partner")}
 
 
 def add_profile(

@@ -12,7 +12,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from broker.core import schedule
 from broker.core.clock import Clock
 from broker.core.details import parse_details
 from broker.core.streams import load_json, read_limited
-from broker.core.tokens import Token, TokenRejected, token_from_response
+from broker.core.tokens import Token, token_from_response
 from broker.observe.redact import Redactor
 
 MAX_BODY = 1 << 20  # bytes read from any upstream answer; a token answer is ~3 KiB
@@ -228,26 +228,35 @@ class Upstream:
         token): counted apart, because waiting will not fix it (an alert rule watches it)."""
         self._metrics.credential_refused.labels(profile, credential).inc()
 
-    def _token(
-        self, endpoint: str, answer: Answer, correlation_id: str | None
-    ) -> tuple[Token, dict]:
-        """A 200 answer → a Token, or a TokenFormatError (not JSON, no token, bad expiry)."""
+    def received(self, body: Any) -> Token:
+        """A token answer's body as a Token, anchored on this clock at receipt, its value given
+        to the redactor (opaque tokens too, not only JWT-shaped ones). TokenRejected when the
+        body is no usable token (no value, no usable expiry, expired, absurd lifetime)."""
+        token = token_from_response(
+            body, now_mono=self._clock.monotonic(), now_wall=self._clock.time()
+        )
+        self._redactor.add(token.value)
+        return token
+
+    def token_answer(
+        self,
+        endpoint: str,
+        answer: Answer,
+        correlation_id: str | None,
+        parse: Callable[[Answer], Any] | None = None,
+    ) -> tuple[Token, Any]:
+        """THE place an upstream 200 becomes a Token: its body read (JSON, or by `parse`: the
+        mirror reads Partner Center's XML too), the token taken from it (`received`), the
+        outcome counted. Returns (Token, the whole answer); a body that is no usable token is a
+        TokenFormatError carrying the reason (never the token)."""
         try:
-            body = load_json(answer.body)
-            token = token_from_response(
-                body, now_mono=self._clock.monotonic(), now_wall=self._clock.time()
-            )
-        except (ValueError, UnicodeDecodeError) as e:
+            body = (parse or _json_answer)(answer)
+            token = self.received(body)
+        except ValueError as e:  # TokenRejected, and a body that is not JSON (or XML)
             self.count(endpoint, "bad_token")
-            reason = (
-                str(e)
-                if isinstance(e, TokenRejected)
-                else (f"200 but not a JSON token ({answer.content_type or 'no content type'})")
-            )
             raise TokenFormatError(
-                reason, endpoint=endpoint, upstream_status=200, correlation_id=correlation_id
+                str(e), endpoint=endpoint, upstream_status=200, correlation_id=correlation_id
             ) from None
-        self._redactor.add(token.value)  # opaque tokens too, not only JWT-shaped ones
         self.count(endpoint, "ok")
         return token, body
 
@@ -290,19 +299,23 @@ class Upstream:
             correlation_id=ids.correlation_id,
         )
 
-    def token_answer(self, endpoint: str, answer: Answer, correlation_id: str | None):
-        """A 200 answer → (Token, the whole answer), or a TokenFormatError."""
-        return self._token(endpoint, answer, correlation_id)
-
     async def azure_ad_token(
-        self, url: str, form: dict[str, str], *, timeout: float, ids: RefreshIds
+        self,
+        url: str,
+        form: dict[str, str],
+        *,
+        timeout: float,
+        ids: RefreshIds,
+        refused: Callable[[Answer], UpstreamError] | None = None,
     ) -> tuple[Token, dict]:
         """POST {authority}/{tenant}/oauth2/v2.0/token. Returns the token and the whole answer
-        (a refresh-token credential needs the rotated refresh token from it)."""
+        (a refresh-token credential needs the rotated refresh token from it). A non-200 answer
+        raises `refused(answer)` when given (customer tenants classify Azure AD's refusals),
+        else `error()`'s."""
         answer = await self.azure_ad_answer(url, form, timeout=timeout, ids=ids)
         if answer.status != 200:
-            raise self.error("aad", answer, ids.correlation_id)
-        return self._token("aad", answer, ids.correlation_id)
+            raise refused(answer) if refused else self.error("aad", answer, ids.correlation_id)
+        return self.token_answer("aad", answer, ids.correlation_id)
 
     async def generate_token(
         self, url: str, aad_token: str, *, timeout: float, ids: RefreshIds
@@ -324,7 +337,16 @@ class Upstream:
         )
         if answer.status != 200:
             raise self.error("partner", answer, ids.correlation_id)
-        return self._token("partner", answer, ids.correlation_id)[0]
+        return self.token_answer("partner", answer, ids.correlation_id)[0]
+
+
+def _json_answer(answer: Answer) -> Any:
+    """A token answer's JSON body; ValueError (with the content type) when it is not JSON."""
+    try:
+        return load_json(answer.body)
+    except ValueError:  # UnicodeDecodeError too
+        kind = answer.content_type or "no content type"
+        raise ValueError(f"200 but not a JSON token ({kind})") from None
 
 
 _NAMES = {"aad": "Azure AD", "partner": "Partner Center", "mirror": "Partner Center"}

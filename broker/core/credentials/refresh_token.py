@@ -1,0 +1,205 @@
+"""The refresh_token grant (app + user, the Secure Application Model) and the refresh token it
+redeems, which Azure AD rotates: `RotatingRefreshToken` knows which one to redeem next and
+where a rotated one goes; `RefreshTokenCredential` is the grant around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import jwt
+
+from broker.config.files import write_atomically
+from broker.config.settings import ProfileSettings
+from broker.core.clock import TimerHandle
+from broker.core.credentials.base import read_file, read_off_loop
+from broker.core.credentials.grants import AzureADGrant
+from broker.core.shared import SharedCache, shared_key
+from broker.core.upstream import RefreshIds, Upstream
+
+# A fan-out over customer tenants rotates the refresh token with every answer: write it back at
+# most this often (each write is an fsync on the event loop).
+WRITE_BACK_EVERY = 1.0
+
+
+def shows_mfa(token: Any) -> bool | None:
+    """Whether an Azure AD access token's `amr` claim includes "mfa"; None if it has no `amr`
+    (not a JWT, or an app-only token). Read, never verified: the broker is not the audience."""
+    if not isinstance(token, str) or token.count(".") != 2:
+        return None
+    try:
+        amr = jwt.decode(token, options={"verify_signature": False}).get("amr")
+    except jwt.PyJWTError:
+        return None
+    if not isinstance(amr, list):
+        return None
+    return "mfa" in amr
+
+
+class RotatingRefreshToken:
+    """A profile's refresh token as Azure AD rotates it. The one redeemed is the file's,
+    unless a newer one is held: rotated here and not (yet) written back, or adopted from the
+    fleet ([shared], newest version wins). A rotated token is written back to the file
+    atomically, keeping its mode; if that fails it is kept in memory (and used) until the file
+    changes, so it is never lost. Event loop only; nothing here is shared between threads."""
+
+    # How long a rotated refresh token lives in the shared cache: Azure AD's inactivity limit.
+    SHARED_TTL = 90 * 86400.0
+
+    def __init__(
+        self, profile: ProfileSettings, log: Any, shared: SharedCache | None = None
+    ) -> None:
+        assert profile.refresh_token_file is not None  # config guarantees it
+        self.path = profile.refresh_token_file
+        self.profile = profile
+        self.log = log
+        self._in_file: str | None = None  # the file's content, read by read() off the loop
+        self._seen_in_file: str | None = None  # the file content we last read or wrote
+        self._unsaved: str | None = None  # a rotated token not (yet) written back
+        self._written_at = -1e9  # monotonic: the last write-back
+        self._flush_timer: TimerHandle | None = None  # a coalesced write-back, armed
+        self._flushing: asyncio.Task[None] | None = None  # that write-back, running
+        # With [shared]: the fleet's newest rotated token, by version (newest wins).
+        self._shared = shared if shared is not None and shared.enabled else None
+        self._shared_name = (
+            self._shared.name(*shared_key(profile, "refresh_token")) if self._shared else ""
+        )
+        self._version = 0  # of the refresh token we hold; 0: the file's own
+
+    def current(self, upstream: Upstream) -> str:
+        """The refresh token to redeem now: one held back while the file is unchanged, else
+        the file's (a new file always wins)."""
+        in_file = self._in_file or read_file(self.path, "refresh token file")
+        upstream.redactor.pin(f"refresh_token_file:{self.profile.name}", [in_file, self._unsaved])
+        if self._unsaved is not None and in_file == self._seen_in_file:
+            return self._unsaved
+        self._seen_in_file, self._unsaved = in_file, None
+        return in_file
+
+    async def read(self, upstream: Upstream) -> None:
+        """Before each request: the file, off the event loop; and the fleet's newest."""
+        self._in_file = await read_off_loop(self.path, "refresh token file")
+        if self._shared is not None:
+            await self._adopt_shared(upstream)
+
+    async def rotated(
+        self, upstream: Upstream, body: dict[str, Any], ids: RefreshIds, *, coalesce: bool = False
+    ) -> None:
+        """A rotated refresh token (from the profile's own tenant or any customer's) is used
+        from then on for every tenant, and written back. With `coalesce` (a fan-out over
+        customer tenants, where every answer rotates it) the file is written at most once per
+        WRITE_BACK_EVERY seconds; newer ones in between are used from memory (Azure AD keeps
+        the earlier ones valid, so the file always holds a working token)."""
+        rotated = body.get("refresh_token")
+        if not isinstance(rotated, str) or not rotated or rotated == self._seen_in_file:
+            return
+        upstream.redactor.pin(f"refresh_token_file:{self.profile.name}", [rotated])
+        now = upstream.clock.monotonic()
+        if coalesce and now - self._written_at < WRITE_BACK_EVERY:
+            self._unsaved = rotated
+            if self._flush_timer is None:  # the newest reaches the file when the burst ends
+                at = self._written_at + WRITE_BACK_EVERY
+                self._flush_timer = upstream.clock.call_at(at, lambda: self._flush(upstream))
+        else:
+            self._written_at = now
+            await self._save(rotated, ids)
+        if self._shared is not None:  # newest wins: an older version never overwrites
+            self._version += 1
+            await self._shared.put_versioned(
+                self._shared_name, self._version, rotated, self.SHARED_TTL
+            )
+
+    async def _adopt_shared(self, upstream: Upstream) -> None:
+        """Use the fleet's newest refresh token when it is newer than ours: another broker
+        rotated it, and the one in our file may already be spent."""
+        assert self._shared is not None
+        found = await self._shared.get_versioned(self._shared_name)
+        if found is None or found[0] <= self._version:
+            return
+        self.current(upstream)  # note the file's content: a new file still wins over Redis
+        self._version, self._unsaved = found
+        upstream.redactor.add(found[1])
+
+    def _flush(self, upstream: Upstream) -> None:
+        """Write back the newest rotated refresh token a burst kept in memory."""
+        self._flush_timer = None
+        unsaved = self._unsaved
+        if unsaved is not None and unsaved != self._seen_in_file:
+            self._written_at = upstream.clock.monotonic()
+            self._flushing = asyncio.get_running_loop().create_task(self._save(unsaved, None))
+
+    async def settled(self) -> None:
+        """Wait for a write-back in progress (tests; shutdown)."""
+        if self._flushing is not None:
+            await self._flushing
+
+    async def close(self) -> None:
+        """At shutdown: the newest rotated refresh token a burst held back reaches the file."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        await self.settled()
+        unsaved = self._unsaved
+        if unsaved is not None and unsaved != self._seen_in_file:
+            await self._save(unsaved, None)
+
+    async def _save(self, rotated: str, ids: RefreshIds | None) -> None:
+        try:  # fsync and rename: off the event loop
+            await asyncio.to_thread(write_atomically, self.path, rotated + "\n")
+        except OSError as e:
+            self._unsaved = rotated
+            self.log.error(
+                "refresh_token_not_saved",
+                file=self.path,
+                error=e.strerror,
+                correlation_id=ids.correlation_id if ids else None,
+                note="kept in memory; fix the file's permissions before the broker restarts",
+            )
+            return
+        self._seen_in_file, self._unsaved = rotated, None
+        self._in_file = rotated
+
+
+class RefreshTokenCredential(AzureADGrant):
+    """The refresh_token grant (app + user) with the profile's `RotatingRefreshToken`."""
+
+    kind = "refresh_token"
+
+    def __init__(
+        self, profile: ProfileSettings, log: Any, shared: SharedCache | None = None
+    ) -> None:
+        super().__init__(profile, log)
+        self.refresh_token = RotatingRefreshToken(profile, log, shared)
+        self.mfa = None  # whether the profile's own token shows MFA in `amr`
+
+    def grant(self, upstream: Upstream, token_url: str, scope: str) -> dict[str, str]:
+        if "offline_access" not in scope.split():
+            scope += " offline_access"  # ask for a rotated refresh token
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": self.refresh_token.current(upstream),
+            "scope": scope,
+        }
+        if self.profile.client_secret is not None:  # a confidential client authenticates too
+            form["client_secret"] = self.profile.client_secret.reveal()
+        return form
+
+    async def before(self, upstream: Upstream) -> None:
+        await self.refresh_token.read(upstream)
+
+    async def answered(
+        self, upstream: Upstream, body: dict[str, Any], ids: RefreshIds, *, coalesce: bool = False
+    ) -> None:
+        """The profile's own answer tells whether its user signed in with MFA (Partner Center
+        requires it); every answer may carry a rotated refresh token."""
+        if not coalesce:  # the profile's own token, not a customer tenant's
+            self.mfa = shows_mfa(body.get("access_token"))
+        await self.refresh_token.rotated(upstream, body, ids, coalesce=coalesce)
+
+    async def settled(self) -> None:
+        """Wait for a write-back in progress (tests; shutdown)."""
+        await self.refresh_token.settled()
+
+    async def close(self) -> None:
+        await self.refresh_token.close()

@@ -1,0 +1,179 @@
+"""The broker's link to the fleet's Redis, and THE one place that decides Redis is unavailable.
+
+Every Redis command goes through `RedisLink.call`: bounded by `timeout` on our side, one try
+(the fallback is upstream, not a retry loop against a sick Redis), and *any* exception out of
+the client is a Redis failure, not only redis-py's own classes: a protocol mismatch or a
+hostile server makes a client library raise AttributeError, TypeError, ValueError or
+UnicodeError from inside its parser (redis-py 8.2 did, in its HELLO handshake), and a library
+release must never be able to stop the broker. The first failure turns the link `degraded`
+(a warning, a metric, a state in `/v1/profiles`); calls then raise `Unavailable` at once while
+a background task pings Redis until it answers PONG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from broker.config.settings import SharedSettings
+
+# Degraded: ping Redis this often (seconds, real time) until it answers.
+RECONNECT_FIRST, RECONNECT_MAX = 0.5, 5.0
+
+
+class Unavailable(Exception):
+    """Redis did not answer in time or refused: the caller goes upstream alone."""
+
+
+class NotRedis(Exception):
+    """The server answered PING with something other than PONG."""
+
+
+def make_client(settings: SharedSettings, timeout: float) -> Any:
+    """A redis-py asyncio client, one try per call (our fallback is upstream, not a retry loop),
+    speaking RESP2 whatever the library's default (redis-py 8 moved to RESP3): every Redis server
+    speaks it, and the replies keep the shapes the store reads (bytes, lists, integers).
+    redis-py is imported here, not at module level: a broker without [shared] never loads it
+    (it is a fifth of the start-up time)."""
+    from redis import asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        username=settings.username,
+        password=settings.password.reveal() if settings.password else None,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        protocol=2,
+        decode_responses=False,
+    )
+
+
+class RedisLink:
+    """One Redis client and its state: connected | degraded. Runs on the event loop; `state`
+    and `last_error` are written only by `start`, `_degrade` and `_reconnect_loop`."""
+
+    def __init__(
+        self, settings: SharedSettings, *, log: Any, metrics: Any, count: Callable[[str], None]
+    ) -> None:
+        self.settings = settings
+        self._log = log
+        self._metrics = metrics
+        self._count = count
+        self.redis: Any = None  # the client, from start() on
+        self.state = "connected"
+        self.last_error: str | None = None
+        self._reconnect: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Open the client (lazily connected: a Redis down at start-up only means degraded)."""
+        s = self.settings
+        try:
+            self.redis = make_client(s, s.timeout)
+        except Exception as e:  # a URL the library cannot use: degraded, and no reconnecting
+            self.state = "degraded"
+            self.last_error = describe(e)
+            self._metrics.shared_state.set(0)
+            self._log.error("shared_cache_unusable", error=self.last_error)
+            return
+        try:
+            await self.call(self._pong())
+        except Unavailable:
+            return  # degraded; the reconnect task is running
+        self._log.info("shared_cache_connected", redis=where(s.redis_url))
+
+    async def close(self) -> None:
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            await asyncio.gather(self._reconnect, return_exceptions=True)
+        if self.redis is not None:
+            with contextlib.suppress(Exception):  # closing is best effort, whatever it raises
+                await self.redis.aclose()
+
+    async def call(self, op: Awaitable[Any]) -> Any:
+        """`op`'s result; Unavailable when degraded, or when `op` fails in any way or takes
+        longer than `timeout` (which degrades the link)."""
+        if self.state != "connected":
+            if asyncio.iscoroutine(op):
+                op.close()
+            raise Unavailable
+        try:
+            return await asyncio.wait_for(op, self.settings.timeout)
+        except Exception as e:  # any exception: see the module's docstring
+            self._degrade(e)
+            raise Unavailable from None
+
+    async def _pong(self) -> None:
+        """PING, answered PONG: a server that answers anything else (`+OK`, nil) is no Redis."""
+        await expect_pong(self.redis)
+
+    def _degrade(self, error: BaseException) -> None:
+        self._count("error")
+        text = describe(error)
+        self.last_error = text
+        if self.state == "degraded":
+            return
+        self.state = "degraded"
+        self._metrics.shared_state.set(0)
+        self._log.warning(
+            "shared_cache_degraded",
+            error=text,
+            note="fetching upstream on our own until Redis answers again",
+        )
+        self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = RECONNECT_FIRST
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(self._pong(), self.settings.timeout)
+            except Exception as e:  # whatever the client raises, Redis is not back yet
+                self.last_error = describe(e)
+                delay = min(delay * 2, RECONNECT_MAX)
+                continue
+            self.state = "connected"
+            self._metrics.shared_state.set(1)
+            self._reconnect = None
+            self._log.info("shared_cache_connected", redis=where(self.settings.redis_url))
+            return
+
+
+async def ping(settings: SharedSettings) -> str | None:
+    """`check-config --online`: None when Redis answers PING with these settings, else why not."""
+    timeout = max(settings.timeout, 2.0)
+    try:
+        client = make_client(settings, timeout)
+    except Exception as e:
+        return f"Redis client refused the settings: {describe(e)}"
+    try:
+        await asyncio.wait_for(expect_pong(client), timeout + 1)
+    except Exception as e:  # any exception: see the module's docstring
+        return f"Redis did not answer PING: {describe(e)}"
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+    return None
+
+
+async def expect_pong(client: Any) -> None:
+    if await client.ping() is not True:  # redis-py: True for PONG, False for anything else
+        raise NotRedis("PING was not answered PONG")
+
+
+def describe(error: BaseException) -> str:
+    """An error's class and message, without anything from the URL's credentials part."""
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:200]
+
+
+def where(url: str) -> str:
+    """The URL to show: scheme, host and database; never a userinfo part."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"

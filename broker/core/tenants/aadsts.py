@@ -1,0 +1,135 @@
+"""Azure AD's refusals of a customer-tenant token, classified by their AADSTS code: each class
+(`Refusal`) has the error code callers get, a cool-down, a reach and an HTTP status. Pure: no
+I/O, no clock; `refusal_error` turns an answer into the error, `TenantRefused`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from broker.config.errors import UpstreamError
+from broker.core.upstream import Answer, RefreshIds, Upstream
+
+# Throttled without a Retry-After: wait this long; a Retry-After is honoured up to the cap.
+THROTTLE_DEFAULT = 60.0
+THROTTLE_CAP = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A class of Azure AD refusal: the broker's error code (and tenant state), how long to
+    remember it, how far it reaches, and the status callers get."""
+
+    state: str
+    cooldown: float
+    reach: str  # entry | tenant | profile
+    status: int = 502
+    retryable: bool = False
+
+
+CONSENT_REQUIRED = Refusal("consent_required", 300.0, "entry")
+INTERACTION_REQUIRED = Refusal("interaction_required", 600.0, "tenant")
+REFRESH_TOKEN_INVALID = Refusal("refresh_token_invalid", 600.0, "profile")
+TENANT_NOT_FOUND = Refusal("tenant_not_found", 900.0, "tenant")
+THROTTLED = Refusal("throttled", THROTTLE_DEFAULT, "profile", status=503, retryable=True)
+
+AADSTS: dict[int, Refusal] = {
+    65001: CONSENT_REQUIRED,  # the user or administrator has not consented
+    650051: CONSENT_REQUIRED,  # service principal present, consent incomplete
+    50076: INTERACTION_REQUIRED,  # MFA required
+    50079: INTERACTION_REQUIRED,  # MFA enrolment required
+    50078: INTERACTION_REQUIRED,  # presented MFA expired
+    70043: INTERACTION_REQUIRED,  # sign-in frequency (conditional access)
+    700082: REFRESH_TOKEN_INVALID,  # expired due to inactivity
+    50173: REFRESH_TOKEN_INVALID,  # revoked (password change or reset)
+    70008: REFRESH_TOKEN_INVALID,  # expired
+    700084: REFRESH_TOKEN_INVALID,  # single-page-app refresh token lifetime over
+    90002: TENANT_NOT_FOUND,  # tenant not found
+    90072: TENANT_NOT_FOUND,  # the user does not exist in that tenant (no relationship)
+    50196: THROTTLED,  # request loop / throttled
+}
+# The tenant states a refusal class names (the listing's `state` besides ok, idle, failing).
+STATES = frozenset(
+    r.state
+    for r in (CONSENT_REQUIRED, INTERACTION_REQUIRED, REFRESH_TOKEN_INVALID, TENANT_NOT_FOUND)
+) | {THROTTLED.state}
+_AADSTS_TEXT = re.compile(r"AADSTS(\d{4,7})")
+
+
+def aadsts_codes(body: bytes) -> list[int]:
+    """The AADSTS codes of an Azure AD error answer: `error_codes`, else the description's."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    codes = data.get("error_codes")
+    if isinstance(codes, list):
+        found = [c for c in codes[:8] if isinstance(c, int) and not isinstance(c, bool)]
+        if found:
+            return found
+    text = data.get("error_description")
+    if isinstance(text, str):
+        return [int(m) for m in _AADSTS_TEXT.findall(text[:2000])[:8]]
+    return []
+
+
+def classify(status: int, codes: list[int]) -> Refusal | None:
+    if status == 429:
+        return THROTTLED
+    for code in codes:
+        if code in AADSTS:
+            return AADSTS[code]
+    return None
+
+
+class TenantRefused(UpstreamError):
+    """An Azure AD refusal of a known class; `code` is the class, `aadsts` Azure AD's code."""
+
+    def __init__(self, refusal: Refusal, message: str, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.refusal = refusal
+        self.code = refusal.state
+        self.status = refusal.status
+        self.retryable = refusal.retryable
+
+    def again(self, retry_after: float) -> TenantRefused:
+        """The remembered refusal, told again with the time still left."""
+        return TenantRefused(
+            self.refusal,
+            self.message,
+            aadsts=self.aadsts,
+            endpoint=self.endpoint,
+            upstream_status=self.upstream_status,
+            retry_after=max(1.0, retry_after),
+            correlation_id=self.correlation_id,
+            trace_id=self.trace_id,
+        )
+
+
+def refusal_error(upstream: Upstream, answer: Answer, ids: RefreshIds) -> UpstreamError:
+    """Azure AD's non-200 answer as the error callers see: classified when its AADSTS code (or
+    a 429) says which kind of refusal it is."""
+    error = upstream.error("aad", answer, ids.correlation_id)
+    codes = aadsts_codes(answer.body)
+    refusal = classify(answer.status, codes)
+    if refusal is None:
+        return error
+    cooldown = refusal.cooldown
+    if refusal is THROTTLED:
+        cooldown = min(max(error.retry_after or THROTTLE_DEFAULT, 1.0), THROTTLE_CAP)
+    aadsts = next((c for c in codes if c in AADSTS), error.aadsts)
+    return TenantRefused(
+        refusal,
+        error.message,
+        aadsts=aadsts,
+        endpoint="aad",
+        upstream_status=answer.status,
+        retry_after=cooldown,
+        correlation_id=error.correlation_id,
+        trace_id=error.trace_id,
+    )

@@ -1,0 +1,210 @@
+"""The cache of one profile's customer-tenant tokens: one `Entry` per (tenant, scope), each
+with its own expiry, single flight and refresh ahead (while used: an entry nobody asked for in
+TENANT_IDLE_AFTER seconds lapses). Lookups are two dict lookups, partitioned by tenant; the
+total is bounded by `max_customer_tokens`, least recently used first (expired ones before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from broker.config.settings import ProfileSettings
+from broker.core.cache import Entry, Fetch
+from broker.core.clock import Clock
+from broker.core.credentials import Credential
+from broker.core.shared import SharedCache, shared_key
+from broker.core.sources import policy_for
+from broker.core.tenants import views
+from broker.core.tenants.fetch import EntryFetch, EntryLog, Fetcher
+from broker.core.tenants.limiter import FifoLimiter
+from broker.core.tenants.memory import FailureMemory, TenantState
+from broker.core.tokens import Token
+from broker.core.upstream import Upstream
+
+KIND = "tenant"  # the `kind` of tenant entries: a fixed metrics label, never the tenant id
+# An entry nobody asked for in this long is not refreshed ahead any more; it lapses.
+TENANT_IDLE_AFTER = 900.0
+# Eviction looks this far into the least recently used end for an expired entry.
+EVICTION_SCAN = 32
+
+
+class TenantCache:
+    """The (tenant, scope) entries of one profile: made on first use, looked up in O(1),
+    evicted beyond the bound. Their fetch (`Fetcher`) holds the failure memory and the fan-out
+    limit; `views` says what operators see."""
+
+    def __init__(
+        self,
+        profile: ProfileSettings,
+        credential: Credential,
+        upstream: Upstream,
+        *,
+        clock: Clock,
+        log: Any,
+        metrics: Any,
+        rand: Callable[[], float],
+        shared: SharedCache | None = None,
+    ) -> None:
+        self.profile = profile
+        self._clock = clock
+        self._log = log.bind(profile=profile.name, kind=KIND)
+        self._metrics = metrics
+        self._rand = rand
+        self._policy = replace(policy_for(profile), warm=False, idle_after=TENANT_IDLE_AFTER)
+        self._shared = shared  # a SharedCache: the fleet's Redis in front of Azure AD
+        self._any = profile.customer_tenants == ("*",)
+        self._allowed = frozenset(profile.customer_tenants)
+        self._scopes = frozenset(profile.customer_scopes)
+        self.tenants: dict[str, TenantState] = {}
+        self._lru: OrderedDict[tuple[str, str], Entry] = OrderedDict()
+        self.limiter = FifoLimiter(profile.upstream_concurrency)
+        self.memory = FailureMemory(profile, clock=clock, log=self._log)
+        self._fetcher = Fetcher(profile, credential, upstream, self.memory, self.limiter)
+        self.evicted = 0
+
+    # -- questions callers ask first ----------------------------------------------------------
+
+    @property
+    def default_scope(self) -> str:
+        return self.profile.customer_scopes[0]
+
+    def allows_tenant(self, tenant: str) -> bool:
+        return self._any or tenant in self._allowed
+
+    def allows_scope(self, scope: str) -> bool:
+        return scope in self._scopes
+
+    def __len__(self) -> int:
+        """Entries, with or without a token (bounded by max_customer_tokens)."""
+        return len(self._lru)
+
+    def tokens(self) -> int:
+        """Entries holding a token (O(n): for status, not the hot path)."""
+        return sum(1 for e in self._lru.values() if e.token is not None)
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def lookup(self, tenant: str, scope: str) -> Entry | None:
+        """The entry if it exists, marked as recently used. O(1)."""
+        state = self.tenants.get(tenant)
+        entry = state.entries.get(scope) if state is not None else None
+        if entry is not None:
+            self._lru.move_to_end((tenant, scope))
+        return entry
+
+    def entry(self, tenant: str, scope: str) -> Entry:
+        """The entry for (tenant, scope), made (and room made for it) if new."""
+        entry = self.lookup(tenant, scope)
+        if entry is not None:
+            return entry
+        while len(self._lru) >= self.profile.max_customer_tokens:
+            self._evict_one()
+        state = self.tenants.get(tenant)
+        if state is None:
+            self._bound_tenants()
+            state = self.tenants[tenant] = TenantState(tenant)
+        entry = Entry(
+            self.profile.name,
+            KIND,
+            self._fetch(state, tenant, scope),
+            self._policy,
+            clock=self._clock,
+            log=EntryLog(self._log, tenant, scope),
+            metrics=self._metrics,
+            rand=self._rand,
+        )
+        state.entries[scope] = entry
+        self._lru[(tenant, scope)] = entry
+        return entry
+
+    async def get(
+        self, tenant: str, scope: str, min_remaining: float | None = None
+    ) -> tuple[Token, bool, Entry]:
+        entry = self.entry(tenant, scope)
+        token, hit = await entry.get(min_remaining)
+        return token, hit, entry
+
+    def _fetch(self, state: TenantState, tenant: str, scope: str) -> Fetch:
+        """The entry's fetch: the fleet's shared cache (when [shared] is on) in front of the
+        failure memory and fan-out limit, in front of Azure AD."""
+        fetch = EntryFetch(self._fetcher, state, scope)
+        if self._shared is None or not self._shared.enabled:
+            return fetch
+        key = shared_key(self.profile, "aad", tenant=tenant, scope=scope)
+        return self._shared.wrap(fetch, key, self._policy)
+
+    # -- bounds -----------------------------------------------------------------------------
+
+    def _evict_one(self) -> None:
+        """Expired (or empty) entries first among the least recently used, else the least
+        recently used one; an entry with a fetch in flight is left to land."""
+        now = self._clock.monotonic()
+        fallback = None
+        for i, (key, entry) in enumerate(self._lru.items()):
+            if i >= EVICTION_SCAN:
+                break
+            if entry.flight is not None:
+                continue
+            if entry.token is None or entry.token.expires_mono <= now:
+                fallback = key
+                break
+            if fallback is None:
+                fallback = key
+        self._drop(fallback or next(iter(self._lru)))
+        self.evicted += 1
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        entry = self._lru.pop(key)
+        state = self.tenants.get(key[0])
+        if state is not None:
+            state.entries.pop(key[1], None)
+        entry.retire()
+
+    def _bound_tenants(self) -> None:
+        """Tenants with nothing cached are forgotten oldest first beyond the bound (with their
+        failure memory)."""
+        if len(self.tenants) < self.profile.max_customer_tokens:
+            return
+        for i, (name, state) in enumerate(self.tenants.items()):
+            if i >= EVICTION_SCAN:
+                break
+            if not state.entries:
+                del self.tenants[name]
+                return
+
+    def invalidate(self, tenant: str) -> int:
+        """Drop the tenant's tokens and its failure memory (consent just changed)."""
+        state = self.tenants.pop(tenant, None)
+        if state is None:
+            return 0
+        dropped = len(state.entries)
+        for scope in list(state.entries):
+            self._drop((tenant, scope))
+        self._log.info("tenant_invalidated", tenant=tenant, tokens=dropped)
+        return dropped
+
+    def retire(self) -> None:
+        for entry in self._lru.values():
+            entry.retire()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(e.close() for e in self._lru.values()))
+
+    def iter_entries(self) -> Iterator[Entry]:
+        return iter(self._lru.values())
+
+    # -- status (never a token): see views.py -----------------------------------------------
+
+    def page(self, after: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        """Tenants in name order after `after`, at most `limit`; and the cursor for the next."""
+        return views.page(self.tenants, self.memory, self._clock.monotonic(), after, limit)
+
+    def states(self) -> dict[str, int]:
+        return views.states(self.tenants, self.memory, self._clock.monotonic())
+
+    def profile_block(self) -> dict[str, Any] | None:
+        return views.profile_block(self.memory, self._clock.monotonic())

@@ -1,0 +1,108 @@
+"""How a customer-tenant entry gets its token: the profile's and the tenant's remembered
+refusals first, then the fan-out limit, then Azure AD (`fetch_tenant_token`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.config.errors import UpstreamError
+from broker.config.settings import ProfileSettings
+from broker.core.credentials import Credential
+from broker.core.tenants.aadsts import refusal_error
+from broker.core.tenants.limiter import FifoLimiter
+from broker.core.tenants.memory import FailureMemory, TenantState
+from broker.core.tokens import Token
+from broker.core.upstream import RefreshIds, Upstream
+
+
+async def fetch_tenant_token(
+    profile: ProfileSettings,
+    credential: Credential,
+    upstream: Upstream,
+    tenant: str,
+    scope: str,
+    ids: RefreshIds,
+) -> Token:
+    """THE place a customer-tenant token is fetched: the profile's grant at
+    `{authority}/{tenant}/oauth2/v2.0/token` for `scope`. Raises `TenantRefused` for a
+    classified refusal. (With [shared], `TenantCache` puts the fleet's cache in front of it,
+    keyed (client_id, tenant, scope): see `broker.core.shared.shared_key`.)"""
+    url = profile.customer_token_url(tenant)
+    await credential.before(upstream)
+    form = credential.form(upstream, url, scope)
+    token, body = await upstream.azure_ad_token(
+        url,
+        form,
+        timeout=profile.upstream_timeout,
+        ids=ids,
+        refused=lambda answer: refusal_error(upstream, answer, ids),
+    )
+    await credential.answered(upstream, body, ids, coalesce=True)
+    return token
+
+
+class Fetcher:
+    """One profile's way to its customer tenants' tokens, shared by all their entries."""
+
+    __slots__ = ("credential", "limiter", "memory", "profile", "upstream")
+
+    def __init__(
+        self,
+        profile: ProfileSettings,
+        credential: Credential,
+        upstream: Upstream,
+        memory: FailureMemory,
+        limiter: FifoLimiter,
+    ) -> None:
+        self.profile, self.credential, self.upstream = profile, credential, upstream
+        self.memory, self.limiter = memory, limiter
+
+    async def fetch(self, state: TenantState, scope: str, ids: RefreshIds) -> Token:
+        memory = self.memory
+        memory.check(state)
+        async with self.limiter:
+            memory.check(state)  # a refusal may have landed while this one queued
+            try:
+                token = await fetch_tenant_token(
+                    self.profile, self.credential, self.upstream, state.name, scope, ids
+                )
+            except UpstreamError as e:
+                memory.remember(state, e)
+                raise
+        memory.succeeded(state, scope)
+        return token
+
+
+class EntryFetch:
+    """One entry's fetch, small (an entry may be one of 50,000): its fetcher, tenant, scope."""
+
+    __slots__ = ("fetcher", "scope", "state")
+
+    def __init__(self, fetcher: Fetcher, state: TenantState, scope: str) -> None:
+        self.fetcher, self.state, self.scope = fetcher, state, scope
+
+    async def __call__(self, ids: RefreshIds) -> Token:
+        return await self.fetcher.fetch(self.state, self.scope, ids)
+
+
+class EntryLog:
+    """An entry's logger without a bound copy per entry: tenant and scope are added when a
+    line is logged. Profile and kind are bound once, on the cache's logger, so `bind` (which
+    `Entry` calls with exactly those) returns this same object."""
+
+    __slots__ = ("_log", "_scope", "_tenant")
+
+    def __init__(self, log: Any, tenant: str, scope: str) -> None:
+        self._log, self._tenant, self._scope = log, tenant, scope
+
+    def bind(self, **_already_bound: Any) -> EntryLog:
+        return self
+
+    def info(self, event: str, **kw: Any) -> Any:
+        return self._log.info(event, tenant=self._tenant, scope=self._scope, **kw)
+
+    def warning(self, event: str, **kw: Any) -> Any:
+        return self._log.warning(event, tenant=self._tenant, scope=self._scope, **kw)
+
+    def exception(self, event: str, **kw: Any) -> Any:
+        return self._log.exception(event, tenant=self._tenant, scope=self._scope, **kw)
