@@ -1,20 +1,43 @@
 """Customer tenants (GDAP, Secure Application Model): tokens per (tenant, scope) from one
-refresh token, against the sandbox's customer tenants."""
+refresh token, against the sandbox's customer tenants.
+
+Guarantees of the customer-tenant cache (broker/core/tenants/), each pinned by what a caller,
+an operator reading the tenant listing, the logs or /metrics sees: which refusals are remembered
+how long and how far, what the listing says about a tenant, what is logged, what is evicted.
+
+Time is a fake clock with a fixed wall-clock fraction (so cool-downs from an HTTP-date
+Retry-After come out as 119.75 s and their rounding shows); upstreams are the sandbox, or the
+hostile fake for answers the sandbox never gives.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import io
 import json
+import os
+import re
 import uuid
 from pathlib import Path
 
 import jwt
 import pytest
+from aiohttp import web
 
 from broker.config.errors import ConfigError
 from broker.config.load import parse_settings
-from broker.core.tenants import FifoLimiter, aadsts_codes
-from tests.conftest import CLIENT_ID, HEADERS, config_text, make_settings
+from broker.core.shared import shared_key
+from broker.core.tenants import (
+    THROTTLED,
+    FifoLimiter,
+    TenantCache,
+    aadsts_codes,
+    classify,
+    views,
+)
+from tests.conftest import CLIENT_ID, HEADERS, FakeClock, config_text, make_settings
+from tests.hostile import Hostile
 
 GRAPH = "https://graph.microsoft.com/.default"
 EXCHANGE = "https://outlook.office365.com/.default"
@@ -144,25 +167,6 @@ async def test_consent_cooldown_allows_one_call_per_cooldown(
         clock.advance(2)  # the entry's retry timer fires: one background attempt
         await fake_sandbox.state.wait_calls("aad", round_ + 1)
     assert fake_sandbox.state.counts["aad"] == 4
-
-
-@pytest.fixture
-def gdap_fake(fake_sandbox, secret, tmp_path):
-    app = fake_sandbox.state.apps[CLIENT_ID]
-    rt_file = tmp_path / "refresh-token"
-    rt_file.write_text(fake_sandbox.state.issue_refresh_token(app) + "\n")
-    rt_file.chmod(0o600)
-
-    def settings(**kwargs):
-        return make_settings(
-            fake_sandbox,
-            secret,
-            profiles="[profiles.default]\nwarm = false\n" + gdap_profile(rt_file, **kwargs),
-        )
-
-    settings.rt_file = rt_file  # type: ignore[attr-defined]
-    settings.app = app  # type: ignore[attr-defined]
-    return settings
 
 
 # -- pieces, alone ---------------------------------------------------------------------------
@@ -721,3 +725,886 @@ async def test_a_held_back_refresh_token_is_written_at_shutdown(
     await b.broker.close()
     newest = gdap_fake.rt_file.read_text().strip()
     assert newest != held and gdap_fake.app.refresh_tokens == {newest}
+
+
+# -- guarantees, each pinned against the mutants that would break it --------
+
+
+WALL = 1_800_000_000.25  # the fake wall clock's start: a quarter second past a whole second
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(wall_start=WALL)
+
+
+@pytest.fixture
+def gdap_fake(fake_sandbox, secret, tmp_path):
+    app = fake_sandbox.state.apps[CLIENT_ID]
+    rt_file = tmp_path / "refresh-token"
+    rt_file.write_text(fake_sandbox.state.issue_refresh_token(app) + "\n")
+    rt_file.chmod(0o600)
+
+    def settings(profile_extra: str = "", **kwargs):
+        return make_settings(
+            fake_sandbox,
+            secret,
+            profiles="[profiles.default]\nwarm = false\n"
+            + gdap_profile(rt_file, **kwargs)
+            + profile_extra,
+        )
+
+    settings.rt_file = rt_file  # type: ignore[attr-defined]
+    settings.app = app  # type: ignore[attr-defined]
+    return settings
+
+
+@pytest.fixture
+async def hostile():
+    async with Hostile() as h:
+        yield h
+
+
+def hostile_settings(h: Hostile, secret: str, tmp_path, extra: str = ""):
+    from broker.config.load import parse_settings
+
+    rt_file = tmp_path / "refresh-token"
+    rt_file.write_text("a-refresh-token-for-the-hostile-fake\n")
+    rt_file.chmod(0o600)
+    text = config_text(
+        h, profiles="[profiles.default]\nwarm = false\n" + gdap_profile(rt_file, extra=extra)
+    )
+    return parse_settings(text, env={"TEST_CLIENT_SECRET": secret})
+
+
+def events(b, event: str) -> list[dict]:
+    """The broker's JSON log lines for `event`, in order."""
+    lines = [json.loads(x) for x in b.logs.getvalue().splitlines() if x.startswith("{")]
+    return [x for x in lines if x.get("event") == event]
+
+
+async def metric(b, name: str, **labels: str) -> float | None:
+    """One sample of /metrics by name and exact labels (in any order), or None."""
+    text = await (await b.client.get("/metrics")).text()
+    for line in text.splitlines():
+        m = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if not m or m.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if found == labels:
+            return float(m.group(3))
+    return None
+
+
+async def listing(b) -> dict:
+    r = await b.get("/v1/tenants/gdap")
+    assert r.status == 200
+    return await r.json()
+
+
+def rows(page: dict) -> dict[str, dict]:
+    return {row["tenant"]: row for row in page["tenants"]}
+
+
+# -- reading Azure AD's error bodies ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "codes"),
+    [
+        # error_codes wins over the description's code when both are there
+        (b'{"error_codes": [65001], "error_description": "AADSTS50076: MFA"}', [65001]),
+        # at most eight codes, from either place
+        (
+            json.dumps({"error_codes": list(range(50001, 50010))}).encode(),
+            list(range(50001, 50009)),
+        ),
+        (
+            json.dumps(
+                {"error_description": " ".join(f"AADSTS{c}" for c in range(50001, 50010))}
+            ).encode(),
+            list(range(50001, 50009)),
+        ),
+        # only the first 2,000 characters of a description are searched
+        (json.dumps({"error_description": "x" * 1990 + "AADSTS9000"}).encode(), [9000]),
+        (json.dumps({"error_description": "x" * 1991 + "AADSTS9000"}).encode(), []),
+    ],
+)
+def test_aadsts_codes_prefer_error_codes_and_read_a_bounded_amount(body: bytes, codes: list[int]):
+    assert aadsts_codes(body) == codes
+
+
+def test_a_429_is_throttling_whatever_its_codes_say():
+    assert classify(429, []) is THROTTLED
+    assert classify(429, [65001]) is THROTTLED
+    assert classify(430, []) is None and classify(400, [12345]) is None
+
+
+def test_a_users_tenant_token_is_shared_apart_from_the_apps(sandbox, secret, tmp_path):
+    rt_file = tmp_path / "rt"
+    rt_file.write_text("x\n")
+    settings = make_settings(
+        sandbox,
+        secret,
+        profiles=gdap_profile(rt_file)
+        + '[profiles.app]\ncustomer_tenants = ["*"]\ncustomer_scopes = ["s/.default"]\n',
+    )
+    user, app = settings.profiles["gdap"], settings.profiles["app"]
+    t = tenant_id(1)
+    assert shared_key(user, tenant=t, scope=GRAPH) == (CLIENT_ID, t, f"user {GRAPH}")
+    assert shared_key(app, tenant=t, scope=GRAPH) == (CLIENT_ID, t, GRAPH)
+
+
+def test_a_new_limiter_has_no_holders_and_no_peak():
+    limiter = FifoLimiter(3)
+    assert (limiter.active, limiter.peak, limiter.queued, limiter.limit) == (0, 0, 0, 3)
+
+
+# -- refusals the sandbox never sends: the hostile fake ------------------------------------------
+
+TRACE = "0c0ffee0-0000-4000-8000-000000000001"
+CORR = "0c0ffee0-0000-4000-8000-000000000002"
+
+
+async def test_a_429_without_a_throttling_code_is_throttled_with_azure_ads_own_ids(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """A 429 whose only code is one the broker does not classify: still throttled (503, the
+    whole profile), reported with that code, Azure AD's status, trace id and correlation id."""
+
+    async def aad(request: web.Request) -> web.Response:
+        body = {
+            "error": "temporarily_unavailable",
+            "error_description": "AADSTS90033: A transient error has occurred.",
+            "error_codes": [90033],
+            "trace_id": TRACE,
+            "correlation_id": CORR,
+        }
+        return web.json_response(body, status=429)
+
+    hostile.aad = aad
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    r = await token(b, tenant_id(1))
+    error = (await r.json())["error"]
+    assert r.status == 503
+    assert error == {
+        "code": "throttled",
+        "message": error["message"],
+        "upstream_status": 429,
+        "correlation_id": CORR,
+        "aadsts": 90033,
+        "trace_id": TRACE,
+    }
+    assert "AADSTS90033" in error["message"]
+    # The whole profile waits: another tenant is answered from memory, the same ids.
+    r = await token(b, tenant_id(2), ARM)
+    again = (await r.json())["error"]
+    assert r.status == 503 and hostile.calls["aad"] == 1
+    assert {k: v for k, v in again.items()} == error
+    failed = events(b, "refresh_failed")
+    assert [(x["tenant"], x["scope"], x["endpoint"]) for x in failed] == [
+        (tenant_id(1), GRAPH, "aad"),
+        (tenant_id(2), ARM, "aad"),
+    ]
+    assert [x["trace_id"] for x in failed] == [TRACE, TRACE]
+
+
+async def test_the_aadsts_code_reported_is_the_one_that_classified_the_refusal(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """Azure AD lists two codes, an unknown one first: the refusal is consent_required and the
+    code reported with it is 65001, not the first listed. With no correlation id of Azure AD's
+    own, the one the broker sent is reported."""
+    sent: list[str] = []
+
+    async def aad(request: web.Request) -> web.Response:
+        sent.append(request.headers["client-request-id"])
+        body = {"error": "invalid_grant", "error_codes": [50058, 65001]}
+        return web.json_response(body, status=400)
+
+    hostile.aad = aad
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    r = await token(b, tenant_id(1))
+    error = (await r.json())["error"]
+    assert r.status == 502 and error["code"] == "consent_required" and error["aadsts"] == 65001
+    assert error["upstream_status"] == 400 and error["correlation_id"] == sent[0]
+    (line,) = events(b, "customer_tenant_refused")
+    assert (line["state"], line["aadsts"], line["reach"]) == ("consent_required", 65001, "entry")
+
+
+async def test_an_unclassified_refusal_keeps_the_broker_correlation_id(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    sent: list[str] = []
+
+    async def aad(request: web.Request) -> web.Response:
+        sent.append(request.headers["client-request-id"])
+        return web.json_response({"error": "invalid_client"}, status=401)
+
+    hostile.aad = aad
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    r = await token(b, tenant_id(1))
+    error = (await r.json())["error"]
+    assert r.status == 502 and error["code"] == "upstream_refused"
+    assert error["correlation_id"] == sent[0] and error["upstream_status"] == 401
+
+
+async def test_a_garbled_200_is_a_bad_token_from_aad_with_the_broker_correlation_id(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    sent: list[str] = []
+
+    async def aad(request: web.Request) -> web.Response:
+        sent.append(request.headers["client-request-id"])
+        return web.Response(status=200, content_type="application/json", text='{"access_to')
+
+    hostile.aad = aad
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    r = await token(b, tenant_id(1))
+    error = (await r.json())["error"]
+    assert r.status == 502 and error["correlation_id"] == sent[0]
+    (line,) = events(b, "refresh_failed")
+    assert line["endpoint"] == "aad" and line["correlation_id"] == sent[0]
+    assert await metric(b, "broker_upstream_requests_total", endpoint="aad", outcome="bad_token")
+
+
+async def test_a_hung_azure_ad_times_out_after_upstream_timeout(
+    hostile, secret, tmp_path, start_broker
+):
+    """Azure AD never answers: the fetch itself gives up after the profile's upstream_timeout
+    (the entry records the failure), not only the caller's wait."""
+    release = asyncio.Event()
+
+    async def aad(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({"error": "late"}, status=500)
+
+    hostile.aad = aad
+    b = await start_broker(
+        hostile_settings(hostile, secret, tmp_path, extra="upstream_timeout = 0.3\n")
+    )
+    try:
+        r = await token(b, tenant_id(1))
+        assert r.status == 504 and (await r.json())["error"]["code"] == "upstream_timeout"
+        entry = b.broker.tenants["gdap"].lookup(tenant_id(1), GRAPH)
+        if entry.flight is not None:  # generous: only a fetch without a timeout stays here
+            await asyncio.wait({entry.flight}, timeout=20)
+        assert entry.flight is None and entry.last_error is not None
+        assert entry.last_error.code == "upstream_timeout"
+        assert entry.last_error.message == "no answer within 0.3 s"
+    finally:
+        release.set()
+
+
+# -- refusals remembered: how long, how far, what the listing says -----------------------------
+
+
+def http_date(wall: float) -> str:
+    return email.utils.formatdate(wall, usegmt=True)
+
+
+async def test_throttling_holds_the_whole_profile_for_its_retry_after_to_the_tenth(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """A 429 whose Retry-After is an HTTP date 119.75 s away: every tenant of the profile is
+    answered from memory for exactly that long; the log, the listing's profile block and each
+    tenant's next attempt say 119.8 s (tenths); at the end the entry's own retry goes upstream."""
+    for i in (1, 2):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    assert (await token(b, tenant_id(2))).status == 200
+    fake_sandbox.state.fail("aad", 429, retry_after=http_date(WALL - 0.25 + 120))
+    r = await token(b, tenant_id(1))
+    error = (await r.json())["error"]
+    assert r.status == 503 and r.headers["Retry-After"] == "120"
+    assert (error["code"], error["aadsts"], error["upstream_status"]) == ("throttled", 50196, 429)
+    (line,) = events(b, "customer_tenant_refused")
+    del line["timestamp"]
+    assert line == {
+        "tenant": tenant_id(1),
+        "state": "throttled",
+        "aadsts": 50196,
+        "reach": "profile",
+        "cooldown_s": 119.8,
+        "profile": "gdap",
+        "kind": "tenant",
+        "event": "customer_tenant_refused",
+        "level": "warning",
+    }
+    detail = {
+        "code": "throttled",
+        "aadsts": 50196,
+        "message": error["message"],
+        "upstream_status": 429,
+        "correlation_id": error["correlation_id"],
+    }
+    page = await listing(b)
+    assert page["profile_block"] == {"state": "throttled", "retry_in": 119.8, "last_error": detail}
+    assert rows(page)[tenant_id(2)] == {
+        "tenant": tenant_id(2),
+        "state": "throttled",
+        "tokens": 1,
+        "scopes": {GRAPH: {"state": "fresh", "expires_in": 3598}},
+        "failures_in_row": 0,
+        "last_error": None,
+        "next_attempt_in": 119.8,
+    }
+    assert rows(page)[tenant_id(1)] == {
+        "tenant": tenant_id(1),
+        "state": "throttled",
+        "tokens": 0,
+        "scopes": {GRAPH: {"state": "failing", "expires_in": None}},
+        "failures_in_row": 1,
+        "last_error": detail,
+        "next_attempt_in": 120,
+    }
+    assert cache.states() == {"throttled": 2}
+    clock.advance(100)
+    page = await listing(b)
+    assert page["profile_block"]["retry_in"] == 19.8
+    assert rows(page)[tenant_id(2)]["next_attempt_in"] == 19.8
+    # Half a second before the end, and at the very end (tenant 2 has no failure of its own).
+    state = cache.tenants[tenant_id(2)]
+    until = cache.memory.block.until
+    described = views.describe(cache.memory, state, until - 0.5)
+    assert (described["state"], described["next_attempt_in"]) == ("throttled", 0.5)
+    described = views.describe(cache.memory, state, until)
+    assert (described["state"], described["next_attempt_in"]) == ("ok", None)
+    r = await token(b, tenant_id(2), ARM)  # a new entry: held by the profile block
+    assert r.status == 503 and fake_sandbox.state.counts["aad"] == 2
+    clock.advance(until - clock.monotonic())
+    assert clock.monotonic() == until
+    assert cache.profile_block() is None
+    # What is left is each entry's own memory of the refusal, until its retry.
+    assert cache.states() == {"throttled": 2}
+    # The entries' own retries fire at the end of the cool-down: upstream at once.
+    await asyncio.wait_for(fake_sandbox.state.wait_calls("aad", 3), 10)
+
+
+async def test_a_one_second_retry_after_is_one_second_and_retried_soon(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """Throttling is worth retrying: with Retry-After 1 the profile waits one second and the
+    caller is told to come back in 2 s (the shortest memory of a failure), not 15."""
+    fake_sandbox.state.register_customer(tenant_id(1))
+    b = await start_broker(gdap_fake(), clock=clock)
+    fake_sandbox.state.fail("aad", 429, retry_after="1")
+    r = await token(b, tenant_id(1))
+    assert r.status == 503 and r.headers["Retry-After"] == "2"
+    assert (await listing(b))["profile_block"]["retry_in"] == 1.0
+
+
+async def test_a_tenant_wide_refusal_is_told_again_with_its_own_ids_until_it_ends(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """MFA required in one tenant (AADSTS50076, 600 s, the whole tenant): its other scopes are
+    answered from memory with the first answer's message, status, codes and ids; the log says
+    where; exactly at 600 s the entries go upstream again."""
+    fake_sandbox.state.register_customer(tenant_id(1), require_mfa=True)
+    gdap_fake.app.mfa = False
+    b = await start_broker(gdap_fake(), clock=clock)
+    r = await token(b, tenant_id(1), GRAPH)
+    first = (await r.json())["error"]
+    assert r.status == 502 and first["code"] == "interaction_required"
+    assert first["trace_id"] and first["correlation_id"] and first["upstream_status"] == 400
+    r = await token(b, tenant_id(1), ARM)
+    again = (await r.json())["error"]
+    assert r.status == 502 and again == first
+    assert fake_sandbox.state.counts["aad"] == 1
+    (line,) = events(b, "customer_tenant_refused")
+    assert (line["reach"], line["cooldown_s"], line["tenant"]) == ("tenant", 600.0, tenant_id(1))
+    failed = events(b, "refresh_failed")
+    assert [(x["tenant"], x["scope"], x["endpoint"], x["error"]) for x in failed] == [
+        (tenant_id(1), GRAPH, "aad", "interaction_required"),
+        (tenant_id(1), ARM, "aad", "interaction_required"),
+    ]
+    assert failed[1]["message"] == first["message"]
+    assert failed[1]["upstream_status"] == 400 and failed[1]["trace_id"] == first["trace_id"]
+    row = rows(await listing(b))[tenant_id(1)]
+    assert (row["state"], row["failures_in_row"], row["next_attempt_in"]) == (
+        "interaction_required",
+        1,  # a refusal told again from memory is not another failure
+        600,
+    )
+    clock.advance(600)
+    await asyncio.wait_for(fake_sandbox.state.wait_calls("aad", 2), 10)
+
+
+async def test_a_new_refresh_token_lifts_a_dead_token_block_but_not_a_tenants_own(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    fake_sandbox.state.register_customer(tenant_id(1), require_mfa=True)
+    fake_sandbox.state.register_customer(tenant_id(2))
+    app = gdap_fake.app
+    app.mfa = False
+    b = await start_broker(gdap_fake(), clock=clock)
+    assert (await (await token(b, tenant_id(1))).json())["error"]["code"] == "interaction_required"
+    app.refresh_token_refusal = 700082
+    r = await token(b, tenant_id(2))
+    assert (await r.json())["error"]["code"] == "refresh_token_invalid"
+    assert fake_sandbox.state.counts["aad"] == 2
+    app.refresh_token_refusal = None
+    replace_file(gdap_fake.rt_file, fake_sandbox.state.issue_refresh_token(app) + "\n")
+    r = await token(b, tenant_id(1), ARM)  # the tenant's own refusal still holds
+    assert (await r.json())["error"]["code"] == "interaction_required"
+    assert fake_sandbox.state.counts["aad"] == 2
+    assert (await token(b, tenant_id(2), ARM)).status == 200  # the new token is tried
+    assert fake_sandbox.state.counts["aad"] == 3
+
+
+async def test_a_new_refresh_token_does_not_lift_throttling(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    for i in (1, 2):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(), clock=clock)
+    fake_sandbox.state.fail("aad", 429, retry_after="120")
+    assert (await token(b, tenant_id(1))).status == 503
+    replace_file(gdap_fake.rt_file, fake_sandbox.state.issue_refresh_token(gdap_fake.app) + "\n")
+    r = await token(b, tenant_id(2))
+    assert r.status == 503 and (await r.json())["error"]["code"] == "throttled"
+    assert fake_sandbox.state.counts["aad"] == 1
+
+
+def replace_file(path, text: str) -> None:
+    """A new file in its place (a new inode), as an operator's tooling would write it."""
+    new = path.with_name(path.name + ".new")
+    new.write_text(text)
+    new.chmod(0o600)
+    os.replace(new, path)
+
+
+async def test_failures_in_a_row_count_up_and_a_success_clears_them(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """An unclassified refusal: the tenant is failing (not a refusal class), with the error's
+    details and the next attempt; the count goes up per failure, a success clears the lot."""
+    fake_sandbox.state.register_customer(tenant_id(1))
+    b = await start_broker(gdap_fake(), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    fake_sandbox.state.fail("aad", 401, times=2)
+    r = await token(b, tenant_id(1))
+    error = (await r.json())["error"]
+    assert r.status == 502 and error["code"] == "upstream_refused"
+    detail = {
+        "code": "upstream_refused",
+        "aadsts": 7000215,
+        "message": error["message"],
+        "upstream_status": 401,
+        "correlation_id": error["correlation_id"],
+    }
+    assert rows(await listing(b))[tenant_id(1)] == {
+        "tenant": tenant_id(1),
+        "state": "failing",
+        "tokens": 0,
+        "scopes": {GRAPH: {"state": "failing", "expires_in": None}},
+        "failures_in_row": 1,
+        "last_error": detail,
+        "next_attempt_in": 15,
+    }
+    assert await metric(b, "broker_customer_tenants", profile="gdap", state="failing") == 1.0
+    entry = cache.lookup(tenant_id(1), GRAPH)
+    clock.advance(15)  # the retry: refused again
+    await asyncio.wait_for(fake_sandbox.state.wait_calls("aad", 2), 10)
+    if entry.flight is not None:
+        await asyncio.wait({entry.flight}, timeout=10)
+    row = rows(await listing(b))[tenant_id(1)]
+    assert (row["failures_in_row"], row["next_attempt_in"]) == (2, 30)
+    clock.advance(30)  # the next retry succeeds
+    await asyncio.wait_for(fake_sandbox.state.wait_calls("aad", 3), 10)
+    if entry.flight is not None:
+        await asyncio.wait({entry.flight}, timeout=10)
+    row = rows(await listing(b))[tenant_id(1)]
+    assert (row["state"], row["failures_in_row"], row["last_error"]) == ("ok", 0, None)
+    assert row["next_attempt_in"] is None and row["tokens"] == 1
+
+
+# -- what the listing, the logs and /metrics say about healthy tenants -----------------------------
+
+
+async def test_healthy_tenants_are_listed_logged_and_counted_exactly(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    for i in (1, 2):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    for t, s in ((tenant_id(1), GRAPH), (tenant_id(1), ARM), (tenant_id(2), GRAPH)):
+        assert (await token(b, t, s)).status == 200
+    fresh = {"state": "fresh", "expires_in": 3598}
+    page = await listing(b)
+    assert rows(page)[tenant_id(1)] == {
+        "tenant": tenant_id(1),
+        "state": "ok",
+        "tokens": 2,
+        "scopes": {GRAPH: fresh, ARM: fresh},
+        "failures_in_row": 0,
+        "last_error": None,
+        "next_attempt_in": None,  # a refresh ahead is scheduled, but nothing is being retried
+    }
+    assert page["profile_block"] is None and page["next"] is None
+    assert cache.states() == {"ok": 2}
+    assert await metric(b, "broker_customer_tenants", profile="gdap", state="ok") == 2.0
+    assert (
+        await metric(b, "broker_refreshes_total", profile="gdap", kind="tenant", outcome="ok")
+        == 3.0
+    )
+    assert await metric(b, "broker_upstream_requests_total", endpoint="aad", outcome="ok") == 3.0
+    refreshed = events(b, "token_refreshed")
+    assert [(x["tenant"], x["scope"], x["profile"], x["kind"]) for x in refreshed] == [
+        (tenant_id(1), GRAPH, "gdap", "tenant"),
+        (tenant_id(1), ARM, "gdap", "tenant"),
+        (tenant_id(2), GRAPH, "gdap", "tenant"),
+    ]
+    assert all(x["correlation_id"] and x["lifetime_s"] == 3599 for x in refreshed)
+    assert list(cache.iter_entries()) == [
+        cache.lookup(tenant_id(1), GRAPH),
+        cache.lookup(tenant_id(1), ARM),
+        cache.lookup(tenant_id(2), GRAPH),
+    ]
+    # A page of exactly the tenants left has no next page.
+    r = await b.get("/v1/tenants/gdap", params={"limit": "2"})
+    assert (await r.json())["next"] is None
+    # Invalidation: logged with the tenant and what was dropped; an unknown tenant drops 0.
+    r = await b.client.post(f"/v1/tenants/gdap/{tenant_id(1)}/invalidate", headers=HEADERS)
+    assert r.status == 200 and (await r.json())["tokens_dropped"] == 2
+    (line,) = events(b, "tenant_invalidated")
+    assert (line["tenant"], line["tokens"], line["profile"], line["kind"]) == (
+        tenant_id(1),
+        2,
+        "gdap",
+        "tenant",
+    )
+    assert cache.invalidate(tenant_id(9)) == 0 and len(events(b, "tenant_invalidated")) == 1
+    assert cache.invalidate(tenant_id(1)) == 0
+
+
+async def test_a_tenant_with_entries_but_no_token_and_no_error_is_idle(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    b = await start_broker(gdap_fake(), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    cache.entry(tenant_id(3), GRAPH)  # made, never fetched
+    row = rows(await listing(b))[tenant_id(3)]
+    assert row["state"] == "idle" and row["tokens"] == 0
+    assert row["scopes"] == {GRAPH: {"state": "empty", "expires_in": None}}
+    assert cache.states() == {"idle": 1}
+
+
+async def test_a_tenant_wide_refusal_outlives_its_entries_until_its_end(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """max_customer_tokens = 2: the refused tenant's entry is evicted to make room for another
+    scope of a known tenant, but the tenant still shows (and holds) its refusal for 600 s."""
+    fake_sandbox.state.register_customer(tenant_id(1), require_mfa=True)
+    fake_sandbox.state.register_customer(tenant_id(2))
+    gdap_fake.app.mfa = False
+    b = await start_broker(gdap_fake(extra="max_customer_tokens = 2"), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    assert (await token(b, tenant_id(2))).status == 200
+    assert (await token(b, tenant_id(1))).status == 502
+    assert (await token(b, tenant_id(2), ARM)).status == 200
+    state = cache.tenants[tenant_id(1)]
+    assert state.entries == {} and cache.evicted == 1
+    until = state.block.until
+    assert views.tenant_state(cache.memory, state, until - 0.1) == "interaction_required"
+    assert views.tenant_state(cache.memory, state, until) == "idle"
+    row = rows(await listing(b))[tenant_id(1)]
+    assert (row["state"], row["next_attempt_in"], row["scopes"]) == (
+        "interaction_required",
+        600.0,
+        {},
+    )
+
+
+# -- bounds: eviction and forgotten tenants ------------------------------------------------------
+
+
+class GatedAzureAD:
+    """The hostile fake's Azure AD: a token at once, or, for a gated tenant, when the test
+    opens its gate. `arrived[t]` is set when tenant t's request is in."""
+
+    def __init__(self, hostile: Hostile) -> None:
+        self.gates: dict[str, asyncio.Event] = {}
+        self.arrived: dict[str, asyncio.Event] = {}
+        self.n = 0
+        hostile.aad = self.answer
+
+    def gate(self, tenant: str) -> None:
+        self.gates[tenant] = asyncio.Event()
+        self.arrived[tenant] = asyncio.Event()
+
+    async def answer(self, request: web.Request) -> web.Response:
+        tenant = request.match_info["tenant"]
+        if tenant in self.gates:
+            self.arrived[tenant].set()
+            await self.gates[tenant].wait()
+        self.n += 1
+        return web.json_response(
+            {"access_token": f"opaque-{self.n:05d}", "token_type": "Bearer", "expires_in": 3600}
+        )
+
+
+async def test_an_entry_with_a_fetch_in_flight_is_left_to_land(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """max_customer_tokens = 2. The least recently used entry is mid-fetch: the next one is
+    evicted instead, and the fetch lands for its caller. When every entry is mid-fetch, the least
+    recently used goes anyway (its caller still gets the token)."""
+    aad = GatedAzureAD(hostile)
+    aad.gate(tenant_id(1))
+    b = await start_broker(
+        hostile_settings(hostile, secret, tmp_path, extra="max_customer_tokens = 2"), clock=clock
+    )
+    cache = b.broker.tenants["gdap"]
+    first = asyncio.create_task(token(b, tenant_id(1)))
+    await asyncio.wait_for(aad.arrived[tenant_id(1)].wait(), 10)
+    assert (await token(b, tenant_id(2))).status == 200
+    assert (await token(b, tenant_id(3))).status == 200  # evicts 2, not 1 (in flight)
+    assert cache.lookup(tenant_id(2), GRAPH) is None
+    assert cache.lookup(tenant_id(1), GRAPH) is not None and cache.evicted == 1
+    aad.gate(tenant_id(4))
+    fourth = asyncio.create_task(token(b, tenant_id(4)))  # evicts 3: 1 is still in flight
+    await asyncio.wait_for(aad.arrived[tenant_id(4)].wait(), 10)
+    assert cache.lookup(tenant_id(3), GRAPH) is None and cache.evicted == 2
+    # Both left are in flight: a fifth tenant evicts the least recently used of them.
+    assert (await token(b, tenant_id(5))).status == 200
+    assert cache.evicted == 3 and len(cache) == 2
+    assert cache.lookup(tenant_id(4), GRAPH) is not None
+    assert await metric(b, "broker_customer_tokens_evicted_total", profile="gdap") == 3.0
+    aad.gates[tenant_id(1)].set()
+    aad.gates[tenant_id(4)].set()
+    assert (await first).status == 200 and (await fourth).status == 200
+
+
+async def test_an_entry_expiring_this_instant_is_evicted_before_a_live_older_one(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    for i in range(3):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(extra="max_customer_tokens = 2"), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    assert (await token(b, tenant_id(0))).status == 200
+    fake_sandbox.state.lifetimes["aad"] = 1800
+    assert (await token(b, tenant_id(1))).status == 200
+    expires = cache.lookup(tenant_id(1), GRAPH).token.expires_mono
+    clock.advance(expires - clock.monotonic())
+    assert clock.monotonic() == expires  # tenant 1's token ends now; tenant 0's is older
+    assert (await token(b, tenant_id(2))).status == 200
+    assert cache.lookup(tenant_id(1), GRAPH) is None
+    assert cache.lookup(tenant_id(0), GRAPH) is not None
+
+
+async def test_eviction_looks_32_entries_deep_for_an_expired_one(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """33 entries, the 33rd least recently used expired: beyond the 32 looked at, so the least
+    recently used live one goes."""
+    for i in range(34):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(extra="max_customer_tokens = 33"), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    for i in range(32):
+        assert (await token(b, tenant_id(i))).status == 200
+    fake_sandbox.state.lifetimes["aad"] = 1800
+    assert (await token(b, tenant_id(32))).status == 200
+    clock.advance(1800)
+    assert (await token(b, tenant_id(33))).status == 200
+    assert cache.lookup(tenant_id(0), GRAPH) is None
+    assert cache.lookup(tenant_id(32), GRAPH) is not None and cache.evicted == 1
+
+
+async def test_tenants_with_nothing_cached_are_forgotten_beyond_the_bound(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """max_customer_tokens = 2: a third tenant evicts the oldest entry, and its tenant, left with
+    nothing cached, is forgotten: two tenants remembered, not three."""
+    for i in range(3):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(extra="max_customer_tokens = 2"), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    for i in range(3):
+        assert (await token(b, tenant_id(i))).status == 200
+    assert sorted(cache.tenants) == [tenant_id(1), tenant_id(2)]
+    assert (await listing(b))["tenants_seen"] == 2
+
+
+async def test_forgetting_empty_tenants_looks_32_deep(fake_sandbox, gdap_fake, start_broker, clock):
+    """33 tenants with one entry each; the 33rd made is the least recently used and is
+    evicted by a 34th, left empty at the 33rd place: beyond the 32 looked at, so kept."""
+    for i in range(34):
+        fake_sandbox.state.register_customer(tenant_id(i))
+    b = await start_broker(gdap_fake(extra="max_customer_tokens = 33"), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    for i in range(33):
+        assert (await token(b, tenant_id(i))).status == 200
+    for i in range(32):
+        assert (await token(b, tenant_id(i))).status == 200  # hits: 32 is least recent
+    assert list(cache.tenants)[32] == tenant_id(32) and fake_sandbox.state.counts["aad"] == 33
+    assert (await token(b, tenant_id(33))).status == 200
+    assert cache.tenants[tenant_id(32)].entries == {}
+    assert len(cache.tenants) == 34
+
+
+# -- the cache's policy, callers' own margins, construction ----------------------------------------
+
+
+async def test_tenant_entries_lapse_when_unused_even_in_a_warm_profile(
+    fake_sandbox, secret, start_broker, clock, tmp_path
+):
+    """`warm = true` keeps the profile's own tokens fresh, never its customer tenants': an entry
+    nobody asks for is not refreshed ahead, and expires."""
+    fake_sandbox.state.register_customer(tenant_id(1))
+    app = fake_sandbox.state.apps[CLIENT_ID]
+    rt_file = tmp_path / "refresh-token"
+    rt_file.write_text(fake_sandbox.state.issue_refresh_token(app) + "\n")
+    rt_file.chmod(0o600)
+    profile = gdap_profile(rt_file).replace("warm = false\n", "warm = true\n")
+    b = await start_broker(
+        make_settings(
+            fake_sandbox, secret, profiles="[profiles.default]\nwarm = false\n" + profile
+        ),
+        clock=clock,
+    )
+    assert (await token(b, tenant_id(1))).status == 200
+    entry = b.broker.tenants["gdap"].lookup(tenant_id(1), GRAPH)
+    assert not entry.policy.warm
+    calls = fake_sandbox.state.customer_calls
+    clock.advance(3000)  # past the refresh-ahead point
+    await asyncio.sleep(0)
+    assert entry.flight is None and calls[(tenant_id(1), "https://graph.microsoft.com")] == 1
+    clock.advance(700)
+    assert entry.peek() is None
+
+
+async def test_an_msi_caller_gets_a_token_with_its_own_longer_margin(
+    fake_sandbox, gdap_fake, secret, start_broker, clock, tmp_path, witness
+):
+    """/v1 serves a token down to the profile's min_remaining (30 s); the managed-identity face
+    asks for its own (420 s): with 300 s left, /v1 gets the cached token, MSI a new one."""
+    from broker.config.load import parse_settings
+
+    fake_sandbox.state.register_customer(tenant_id(1))
+    gdap_fake()  # the refresh token file
+    text = config_text(
+        fake_sandbox,
+        profiles="[profiles.default]\nwarm = false\n" + gdap_profile(gdap_fake.rt_file),
+    )
+    text += f'\n[msi]\nprofile = "gdap"\ngenerated_header_file = "{tmp_path}/identity-header"\n'
+    b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}), clock=clock)
+    header = (tmp_path / "identity-header").read_text().strip()
+    witness.secrets.add(header)
+    first = await (await token(b, tenant_id(1))).json()
+    clock.advance(3599 - 300)
+    cached = await (await token(b, tenant_id(1))).json()
+    assert cached["access_token"] == first["access_token"]
+    calls = fake_sandbox.state.customer_calls
+    assert calls[(tenant_id(1), "https://graph.microsoft.com")] == 1
+    r = await b.client.get(
+        f"/msi/tenants/{tenant_id(1)}/token",
+        params={"api-version": "2019-08-01", "resource": "https://graph.microsoft.com"},
+        headers={"X-IDENTITY-HEADER": header},
+    )
+    body = await r.json()
+    assert r.status == 200 and body["access_token"] != first["access_token"]
+    assert calls[(tenant_id(1), "https://graph.microsoft.com")] == 2
+
+
+async def test_a_tenant_cache_without_a_shared_cache_fetches_from_azure_ad(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """TenantCache's `shared` is optional: without it, fetches go straight to Azure AD."""
+    from broker.observe.logs import make_logger
+
+    fake_sandbox.state.register_customer(tenant_id(1))
+    b = await start_broker(gdap_fake(), clock=clock)
+    own = TenantCache(
+        b.broker.settings.profiles["gdap"],
+        b.broker.credentials["gdap"],
+        b.broker.upstream,
+        clock=clock,
+        log=make_logger(stream=io.StringIO()),
+        metrics=b.broker.metrics,
+        rand=lambda: 0.5,
+    )
+    value, hit, entry = await own.get(tenant_id(1), GRAPH)
+    assert not hit and entry.token is value and fake_sandbox.state.counts["aad"] == 1
+    assert (await own.get(tenant_id(1), GRAPH))[1] is True
+    await own.close()
+
+
+async def test_an_app_only_profile_signs_its_assertion_for_the_customers_token_url(
+    sandbox, start_broker, tmp_path
+):
+    """A certificate credential serving customer tenants: the client assertion's audience is
+    the customer tenant's token endpoint (Azure AD refuses any other), not the profile's own."""
+    from tests.test_credentials import make_certificate, settings_for
+
+    sandbox.state.register_customer(tenant_id(1))
+    pem, cert = make_certificate()
+    sandbox.state.apps[CLIENT_ID].certificate_pem = cert
+    (tmp_path / "app.pem").write_bytes(pem)
+    settings = settings_for(
+        sandbox,
+        f"""[profiles.default]
+credential = "certificate"
+certificate_file = "{tmp_path}/app.pem"
+warm = false
+customer_tenants = ["*"]
+customer_scopes = ["{GRAPH}"]
+""",
+    )
+    b = await start_broker(settings)
+    r = await b.get("/v1/token/default", params={"tenant": tenant_id(1)})
+    assert r.status == 200, await r.text()
+    call = next(c for c in sandbox.state.calls if c.path.startswith(f"/{tenant_id(1)}/"))
+    assert call.status == 200 and call.form["client_assertion_type"].endswith("jwt-bearer")
+
+
+# -- the rotated refresh token, and crashes, in a tenant fetch -------------------------------------
+
+
+async def test_a_rotated_token_that_cannot_be_saved_is_logged_with_the_fetchs_correlation_id(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """The refresh token file vanishes while a tenant fetch is in flight: the rotated token
+    cannot be written back, and the error line names the fetch's correlation id."""
+    sent: list[str] = []
+
+    async def aad(request: web.Request) -> web.Response:
+        sent.append(request.headers["client-request-id"])
+        (tmp_path / "refresh-token").unlink()
+        body = {"access_token": "opaque-1", "expires_in": 3600, "refresh_token": "rotated-1"}
+        return web.json_response(body)
+
+    hostile.aad = aad
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    assert (await token(b, tenant_id(1))).status == 200
+    (line,) = events(b, "refresh_token_not_saved")
+    assert line["correlation_id"] == sent[0]
+
+
+async def test_a_crash_in_a_tenant_fetch_is_logged_with_its_tenant_and_scope(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """Something the broker did not expect goes wrong inside a tenant fetch (here: a rotated
+    refresh token that is not valid Unicode cannot be written back): the caller gets a clean
+    503, and the log line with the traceback says which tenant and scope."""
+
+    async def aad(request: web.Request) -> web.Response:
+        text = '{"access_token": "opaque-1", "expires_in": 3600, "refresh_token": "x\\ud800"}'
+        return web.Response(text=text, content_type="application/json")
+
+    hostile.aad = aad
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    r = await token(b, tenant_id(1), ARM)
+    assert r.status == 503 and (await r.json())["error"]["message"].startswith("internal error")
+    (line,) = events(b, "refresh_crashed")
+    assert (line["tenant"], line["scope"], line["profile"], line["kind"]) == (
+        tenant_id(1),
+        ARM,
+        "gdap",
+        "tenant",
+    )
+    assert line["correlation_id"] and "Traceback" in line["exception"]
