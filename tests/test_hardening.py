@@ -608,7 +608,7 @@ async def test_waiters_of_a_profile_a_reload_restricts_get_no_token(sandbox, sec
     cold = "[profiles.default]\nwarm = false\n"
     b = await start_broker(settings_for(sandbox, secret, profiles=cold))
     waiting = [asyncio.ensure_future(b.get("/v1/token")) for _ in range(3)]
-    entry = b.broker.cache.entry("default", "partner")
+    entry = b.broker.entry("default", "partner")
     while entry.waiters < 3:
         await asyncio.sleep(0)  # until the three callers wait on the flight
     restricted = cold + f"allowed_uids = [{os.getuid() + 4242}]\n"

@@ -47,11 +47,12 @@ class MirrorHandler:
             response[REASON] = description  # the broker's own words, for the debug log
             return response
 
-        rejection = self.broker.guard.origin(headers, request.raw_path)
+        runtime = self.broker.runtime
+        rejection = runtime.guard.origin(headers, request.raw_path)
         if rejection is not None:
             metrics.rejected.labels(rejection.reason).inc()
             return refuse(rejection.status, rejection.message)
-        mirror = self.broker.mirror
+        mirror = runtime.mirror
         if mirror is None:
             return refuse(404, "the /generatetoken mirror is switched off ([mirror] enabled)")
         scheme, _, bearer = headers.get("Authorization", "").partition(" ")

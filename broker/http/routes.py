@@ -23,6 +23,8 @@ from broker.core.service import Broker
 from broker.http.common import PARAMS, Handler, Reply, counted, error_response
 from broker.http.mirror import MirrorHandler
 from broker.http.msi import MsiHandler
+from broker.http.ops import OpsHandlers
+from broker.http.tenants import TenantHandlers
 from broker.http.v1 import V1Handlers
 
 
@@ -37,37 +39,37 @@ class Routes:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         v1 = V1Handlers(broker)
+        ops = OpsHandlers(broker)
+        tenants = TenantHandlers(broker)
         mirror = MirrorHandler(broker)
         msi = MsiHandler(broker)
-        self._v1 = v1
+        self._ops = ops
         self._kw = {"metrics": broker.metrics, "log": broker.log}
         self._exact: dict[str, Route] = {}
         # Templates by (segment count, first two segments): one dict lookup, then a compare.
         self._templates: dict[tuple[int, str, str], list[Route]] = {}
         add = self._add
-        add("/v1/token", "token", "GET", v1.token_default)
-        add("/v1/token/{profile}", "token", "GET", v1.token_named)
+        add("/v1/token", "token", "GET", v1.token)
+        add("/v1/token/{profile}", "token", "GET", v1.token)
         add("/v1/token/{profile}/refresh", "refresh", "POST", v1.refresh)
         add("/v1/profiles", "profiles", "GET", v1.profiles)
-        add("/v1/tenants/{profile}", "tenants", "GET", v1.tenants.listing)
-        add(
-            "/v1/tenants/{profile}/{tenant}/invalidate", "invalidate", "POST", v1.tenants.invalidate
-        )
-        add("/healthz", "healthz", "GET", v1.healthz)
-        add("/readyz", "readyz", "GET", v1.readyz)
-        add("/metrics", "metrics", "GET", v1.metrics)
+        add("/v1/tenants/{profile}", "tenants", "GET", tenants.listing)
+        add("/v1/tenants/{profile}/{tenant}/invalidate", "invalidate", "POST", tenants.invalidate)
+        add("/healthz", "healthz", "GET", ops.healthz)
+        add("/readyz", "readyz", "GET", ops.readyz)
+        add("/metrics", "metrics", "GET", ops.metrics)
         add("/msi/token", "msi", "GET", msi.token)
         add("/msi/tenants/{tenant}/token", "msi", "GET", msi.tenant_token)
         # The mirror answers an oversized body itself, in Partner Center's error shape.
         add("/generatetoken", "mirror", "POST", mirror.handle, limit_body=False)
         add("/v3/generatetoken", "mirror", "POST", mirror.handle, limit_body=False)
-        self._not_found = counted("other", v1.not_found, **self._kw)
+        self._not_found = counted("other", ops.not_found, **self._kw)
 
     def _add(self, path: str, name: str, method: str, handler: Handler, **kw: bool) -> None:
         segments = tuple(path.split("/"))
         route = Route(
             methods={method: counted(name, handler, **kw, **self._kw)},
-            other=counted(name, self._v1.method_not_allowed, **self._kw),
+            other=counted(name, self._ops.method_not_allowed, **self._kw),
             template=segments,
         )
         if "{" not in path:
