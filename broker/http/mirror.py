@@ -17,9 +17,9 @@ from aiohttp import web
 from broker.config.errors import UpstreamError, UpstreamTimeout
 from broker.core import pcformat
 from broker.core.mirror import Relay
-from broker.core.streams import read_limited
 from broker.http.callers import identify
 from broker.http.common import REASON, BodyTimeout
+from broker.http.protocol import read_body
 from broker.observe.audit import safe_id
 
 
@@ -66,7 +66,7 @@ class MirrorHandler:
         if (request.content_length or 0) > pcformat.MAX_BODY:
             return refuse(413, f"request body larger than {pcformat.MAX_BODY} bytes")
         try:
-            body = await read_limited(request.content, pcformat.MAX_BODY)
+            body = await read_body(request, pcformat.MAX_BODY)
         except BodyTimeout as e:
             return refuse(408, str(e))
         try:

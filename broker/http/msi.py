@@ -33,9 +33,8 @@ from broker.core.serve import (
     UnknownProfile,
 )
 from broker.http.access import SdkCaller, refuse
-from broker.http.answer import Answer
 from broker.http.callers import identify
-from broker.http.common import HEADS, NO_STORE, REASON, Reply, path_param, retry_after
+from broker.http.common import HEADERS, NO_STORE, REASON, path_param, retry_after
 
 API_VERSION = "2019-08-01"
 # The identity parameters the SDKs send, and the profile setting each one is matched against.
@@ -134,7 +133,7 @@ class MsiHandler:
             return _fail(400, "resource is required")
         return None
 
-    async def token(self, request: web.Request) -> Reply:
+    async def token(self, request: web.Request) -> web.Response:
         """`GET /msi/token`: the profile's own Azure AD token for `resource`."""
         runtime = self.broker.runtime
         refused = self._checked(runtime, request)
@@ -154,7 +153,7 @@ class MsiHandler:
         target = Own("aad", runtime.settings.msi.min_remaining)
         return await self._serve(request, profile, target, resource)
 
-    async def tenant_token(self, request: web.Request) -> Reply:
+    async def tenant_token(self, request: web.Request) -> web.Response:
         """`GET /msi/tenants/{tenant}/token`: a customer tenant's token for `resource` (any of
         the profile's customer_scopes, without `/.default`), same protocol as /msi/token."""
         runtime = self.broker.runtime
@@ -175,7 +174,7 @@ class MsiHandler:
 
     async def _serve(
         self, request: web.Request, profile: ProfileSettings, target: Any, resource: str
-    ) -> Reply:
+    ) -> web.Response:
         caller = SdkCaller(identify(request))
         try:
             served = await self.broker.desk.serve(caller, profile.name, target)
@@ -186,7 +185,7 @@ class MsiHandler:
         return _answer(served.token, resource, served.profile.client_id)
 
 
-def _answer(token: Any, resource: str, client_id: str) -> Answer:
+def _answer(token: Any, resource: str, client_id: str) -> web.Response:
     """The managed-identity protocol's answer: `expires_on` as a string of epoch seconds and
     `resource` echoed exactly, as the Azure SDKs expect."""
     body = {
@@ -196,4 +195,4 @@ def _answer(token: Any, resource: str, client_id: str) -> Answer:
         "token_type": "Bearer",
         "client_id": client_id,
     }
-    return Answer(HEADS[JSON], json.dumps(body).encode())
+    return web.Response(body=json.dumps(body).encode(), headers=HEADERS[JSON])

@@ -26,12 +26,9 @@ from broker.core.runtime import Runtime
 from broker.core.serve import Customer, Own, Refused
 from broker.core.sources import KINDS
 from broker.http.access import guard, refusal, requester
-from broker.http.answer import Answer
 from broker.http.common import (
     HEADERS,
-    HEADS,
     NO_STORE,
-    Reply,
     error_response,
     path_param,
     upstream_error_response,
@@ -71,7 +68,7 @@ class V1Handlers:
         self._negotiate = Negotiator()
         self._rendered: dict[tuple[str, str], Rendered] = {}  # by (profile, kind)
 
-    async def token(self, request: web.Request) -> Reply:
+    async def token(self, request: web.Request) -> web.Response:
         """`GET /v1/token[/{profile}]`, `?kind=` or `?tenant=&scope=`."""
         broker = self.broker
         denied = guard(broker.runtime, broker.metrics, request)
@@ -102,11 +99,11 @@ class V1Handlers:
         expires_in = int(token.expires_mono - broker.clock.monotonic())
         if customer:
             fields = render_tenant(token, name, served.tenant, served.scope, expires_in)
-            return Answer(HEADS[media], tenant_body(fields, media))
+            return web.Response(body=tenant_body(fields, media), headers=HEADERS[media])
         rendered = self._rendered.get((name, kind))
         if rendered is None or rendered.token is not token:
             rendered = self._rendered[(name, kind)] = render(token, name, kind)
-        return Answer(HEADS[media], rendered.body(media, expires_in))
+        return web.Response(body=rendered.body(media, expires_in), headers=HEADERS[media])
 
     async def refresh(self, request: web.Request) -> web.Response:
         """`POST /v1/token/{profile}/refresh?kind=`: answers the new expiry, not the token."""
