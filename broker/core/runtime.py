@@ -7,7 +7,8 @@ reload builds the new snapshot aside and swaps it in one assignment (`Broker.app
 holds a snapshot sees one configuration, whole, and whoever awaited reads the current one again
 (`broker.core.serve` does, after every wait).
 
-`RESTART_ONLY` names the settings a reload cannot apply.
+`SERVER_SETTINGS` says, once, which `[server]` settings a reload applies and which only a
+restart does.
 """
 
 from __future__ import annotations
@@ -28,21 +29,34 @@ from broker.core.sources import profile_entries
 from broker.core.tenants import TenantCache
 from broker.core.upstream import Upstream
 
-# [server] settings the running process cannot change: a reload that changes one reports it
-# (log, /v1/profiles, metric, systemd STATUS) until the process restarts. The [shared] section
-# too (the Redis connection is opened once).
-RESTART_ONLY = (
-    "listen",
-    "log_format",
-    "log_level",
-    "socket_mode",
-    "socket_group",
-    "allow_remote",
-    "event_loop",
-    "upstream_proxy",
-    "upstream_proxy_credentials",
-    "shared",
-)
+# Which [server] settings a reload applies ("live": read where they are used, from the snapshot
+# in force) and which need a restart ("restart": read once at start-up; a reload that changes
+# one reports it in `needs_restart`: log, /v1/profiles' restart_pending, the metric
+# broker_restart_pending and systemd's STATUS). Every field of ServerSettings has a line (a
+# test holds them equal). To be replaced by a flag per setting in the config schema.
+LIVE, RESTART = "live", "restart"
+SERVER_SETTINGS: dict[str, str] = {
+    "listen": RESTART,  # the daemon binds its sockets once
+    "required_header": LIVE,  # the snapshot's origin guard
+    "allowed_hosts": LIVE,
+    "log_format": RESTART,  # the logger is built once
+    "log_level": RESTART,
+    "allow_remote": RESTART,  # checked when binding
+    "socket_mode": RESTART,  # set when binding
+    "socket_group": RESTART,
+    "max_connections": LIVE,  # the connection gate reads it at every accept
+    "read_timeout": LIVE,  # per request; aiohttp's lingering time per new connection
+    "max_header_bytes": LIVE,  # per request head; aiohttp's line limits per new connection
+    "audit": LIVE,
+    "refresh_min_interval": LIVE,  # per forced refresh or invalidation
+    "shutdown_timeout": RESTART,  # aiohttp's runner takes it when it is built
+    "event_loop": RESTART,  # chosen before the loop starts
+    "upstream_proxy": RESTART,  # the upstream session is built once
+    "upstream_proxy_credentials": RESTART,
+}
+# What a reload can report as pending a restart: those settings, and the [shared] section (the
+# Redis connection is opened once).
+RESTART_ONLY = (*(k for k, v in SERVER_SETTINGS.items() if v == RESTART), "shared")
 
 
 def needs_restart(
