@@ -101,3 +101,28 @@ async def test_a_reload_that_leaves_the_profile_alone_serves_the_waiting_caller(
     response = await asyncio.wait_for(caller, 10)
     assert response.status == 200, await response.text()
     assert (await response.json())["access_token"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+async def test_a_caller_whose_profile_a_reload_rebuilt_gets_the_new_configurations_token(
+    sandbox, secret, start_broker, route
+):
+    """The reload changes the profile but still allows the caller: the token of the
+    configuration that went is not handed out; the caller waits for the new one's."""
+    sandbox.state.register_customer(CUSTOMER)
+    gate = sandbox.state.hold("aad")
+    b = await start_broker(settings(sandbox, secret, f"[profiles.p]\n{PROFILE}"))
+    path, headers = ROUTES[route]
+    caller = asyncio.ensure_future(b.client.get(path, headers=headers))
+    await sandbox.state.wait_calls("aad", 1)
+    changed = settings(sandbox, secret, f"[profiles.p]\n{PROFILE}min_remaining = 45\n")
+    assert b.broker.apply(changed)["changed"] == ["p"]
+    gate.set()
+    response = await asyncio.wait_for(caller, 10)
+    assert response.status == 200, await response.text()
+    served = (await response.json())["access_token"]
+    assert sandbox.state.counts["aad"] == 2  # the old configuration's fetch, then the new one's
+    assert len(sandbox.state.issued_values or ()) == 2
+    new = b.broker.tenants["p"].lookup(CUSTOMER, GRAPH) if "tenant" in route else None
+    entry = new if new is not None else b.broker.entry("p", "aad")
+    assert served == entry.token.value

@@ -172,7 +172,7 @@ class Desk:
             if now is not profile:  # rebuilt meanwhile: serve from the new configuration
                 profile = now
                 entry, tenant, scope = _locate(profile, target)
-                token = entry.peek(target.min_remaining)
+                token, hit = entry.peek(target.min_remaining), True
         correlation_id = entry.token_correlation_id
         if isinstance(target, Customer):
             self._metrics.count_cache(name, TENANT_KIND, hit)

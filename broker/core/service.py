@@ -144,14 +144,9 @@ class Broker:
 
     def _builder(self) -> Builder:
         assert self.upstream is not None, "profiles are built after start()"
+        upstream, shared = self.upstream, self.shared
         return Builder(
-            self._factory,
-            self.upstream,
-            self.shared,
-            self.clock,
-            self.log,
-            self.metrics,
-            self._rand,
+            self._factory, upstream, shared, self.clock, self.log, self.metrics, self._rand
         )
 
     async def start(self, session: aiohttp.ClientSession | None = None) -> None:
