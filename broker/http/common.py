@@ -22,6 +22,15 @@ def path_param(request: web.Request, name: str, default: str = "") -> str:
     return request.match_info.get(name, default)
 
 
+def single(query: Any, name: str) -> str | bool | None:
+    """The one value of query parameter `name`, None when absent, False when given more than
+    once."""
+    values = query.getall(name, [])
+    if len(values) > 1:
+        return False
+    return values[0] if values else None
+
+
 MAX_BODY = 64 * 1024  # bytes: no broker endpoint needs more
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 CONTENT_TYPES = {

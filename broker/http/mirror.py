@@ -17,6 +17,7 @@ from aiohttp import web
 from broker.config.errors import UpstreamError, UpstreamTimeout
 from broker.core import pcformat
 from broker.core.mirror import Relay
+from broker.http import access
 from broker.http.callers import identify
 from broker.http.common import REASON, BodyTimeout
 from broker.http.protocol import read_body
@@ -49,9 +50,10 @@ class MirrorHandler:
 
         runtime = self.broker.runtime
         rejection = runtime.guard.origin(headers, request.raw_path)
-        if rejection is not None:
-            metrics.rejected.labels(rejection.reason).inc()
-            return refuse(rejection.status, rejection.message)
+        if rejection is not None:  # in Partner Center's shape, counted as every refusal
+            return access.refuse(
+                metrics, rejection.reason, refuse(rejection.status, rejection.message)
+            )
         mirror = runtime.mirror
         if mirror is None:
             return refuse(404, "the /generatetoken mirror is switched off ([mirror] enabled)")

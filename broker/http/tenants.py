@@ -16,8 +16,7 @@ from broker.config.load import is_tenant
 from broker.core.render import JSON, json_body
 from broker.core.serve import Refused
 from broker.http.access import guard, refusal, requester
-from broker.http.common import HEADERS, NO_STORE, error_response, path_param
-from broker.http.v1 import single
+from broker.http.common import HEADERS, NO_STORE, error_response, path_param, single
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000

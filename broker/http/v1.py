@@ -31,19 +31,12 @@ from broker.http.common import (
     NO_STORE,
     error_response,
     path_param,
+    single,
     upstream_error_response,
 )
 from broker.observe.logs import iso_time
 
 OFFERED = "offered: application/json, application/xml, text/xml, text/plain"
-
-
-def single(query: Any, name: str) -> str | bool | None:
-    """The one value of `name`, None when absent, False when given more than once."""
-    values = query.getall(name, [])
-    if len(values) > 1:
-        return False
-    return values[0] if values else None
 
 
 def customer_target(query: Any) -> Customer | web.Response:
