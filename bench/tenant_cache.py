@@ -102,17 +102,16 @@ def _fill(cache, n: int) -> None:
 
 async def _serve(port: int, entries: int) -> None:
     """The broker, both profiles filled; prints its RSS before and after, then serves."""
-    from aiohttp import web
-
+    from broker.config.listen import Listen
     from broker.config.load import parse_settings
+    from broker.daemon.listeners import bind
     from broker.http.app import BROKER, create_app
+    from broker.http.server import HttpServer
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = parse_settings(_config(Path(tmp), port, entries), env={})
         app = create_app(settings)  # audit = false in the config
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await HttpServer(app).start([bind(Listen.tcp("127.0.0.1", port))])  # as the daemon
         broker = app[BROKER]
         _fill(broker.tenants["small"], 10)
         gc.collect()

@@ -12,12 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
+from broker.config.listen import Listen
 from broker.config.load import parse_settings
 from broker.config.settings import Settings
+from broker.daemon.listeners import bind, bound_address
 from broker.http.app import BROKER, create_app
+from broker.http.server import HttpServer
 from broker.observe.logs import make_logger
 from broker.observe.redact import Redactor
 from broker.sandbox import Sandbox, SandboxState
@@ -171,9 +175,42 @@ def make_settings(sandbox: Sandbox, secret: str, **kwargs: Any) -> Settings:
     return parse_settings(config_text(sandbox, **kwargs), env={"TEST_CLIENT_SECRET": secret})
 
 
+class Client:
+    """What the tests use of aiohttp's TestClient, against the broker's own server (the one
+    the daemon runs: `HttpServer`, with its connection gate) on a loopback port."""
+
+    def __init__(self, server: HttpServer, address: str) -> None:
+        self.server = server
+        self.app = server.app
+        self.base = f"http://{address}"
+        self.session = aiohttp.ClientSession()
+        self._responses: list[aiohttp.ClientResponse] = []
+
+    def make_url(self, path: str) -> URL:
+        return URL(self.base + path)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        response = await self.session.request(method, self.make_url(path), **kwargs)
+        self._responses.append(response)
+        return response
+
+    async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("POST", path, **kwargs)
+
+    async def close(self) -> None:
+        """Stop the server (its audit lines are written out) and the client."""
+        for response in self._responses:
+            response.release()
+        await self.session.close()
+        await self.server.close()
+
+
 @dataclass
 class BrokerUnderTest:
-    client: TestClient
+    client: Client
     logs: io.StringIO
     settings: Settings
     extra: dict[str, Any] = field(default_factory=dict)
@@ -189,8 +226,9 @@ class BrokerUnderTest:
 
 @pytest.fixture
 async def start_broker(witness: Witness):
-    """Factory: a broker app on a loopback test server, logs captured (debug level)."""
-    clients: list[TestClient] = []
+    """Factory: the broker's application on its own server (as the daemon serves it) on a
+    loopback port, logs captured (debug level)."""
+    clients: list[Client] = []
 
     async def start(
         settings: Settings, *, clock: Any = None, rand: Any = None, redactor: Redactor | None = None
@@ -215,8 +253,10 @@ async def start_broker(witness: Witness):
         app.on_response_prepare.append(witness_body)
         witness.outputs.append(logs.getvalue)
         witness.outputs.append(lambda: b"\n".join(bodies).decode("utf-8", "replace"))
-        client = TestClient(TestServer(app))
-        await client.start_server()
+        sock = bind(Listen.tcp("127.0.0.1", 0))  # whatever the settings say, as TestServer did
+        server = HttpServer(app)
+        await server.start([sock])
+        client = Client(server, bound_address(sock))
         clients.append(client)
         return BrokerUnderTest(client, logs, settings)
 

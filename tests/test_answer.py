@@ -1,121 +1,106 @@
-"""`Answer`, the cache hit's one-write 200, sends what aiohttp's own `web.Response` sends, and
-hands every case it does not write itself (HTTP/1.0, Connection: close, HEAD, a body left
-unread) to aiohttp. Also: nothing is lost or reordered when callers pipeline, read slowly or
-vanish; and on Python 3.11 a request is handled in its connection's task."""
+"""Answers on the broker's own server (the connection gate, the tracking middleware, aiohttp's
+writer): every kind of request gets one complete answer, the server waits for a caller that
+reads slowly, and nothing is lost or reordered when callers pipeline, read slowly or vanish."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-import sys
 import time
 from email.utils import parsedate_to_datetime
-from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
 
+from broker.config.listen import Listen
 from broker.core.render import JSON, TEXT
-from broker.http.answer import Answer
-from broker.http.common import HEADERS, HEADS
-from broker.http.protocol import inline_request_tasks
+from broker.daemon.listeners import bind, bound_address
+from broker.http.app import create_app
+from broker.http.server import HttpServer
 from tests.conftest import make_settings
 from tests.test_security import raw
 
-BODY = b'{"access_token": "eyJ.x.y", "expires_in": 3599}'
 BIG = b"x" * (16 * 2**20)  # far more than the socket buffers hold
-
-
-@pytest.fixture
-async def twin_server():
-    """aiohttp's low-level server answering /answer with an `Answer` and /response with the
-    same status, headers and body as an aiohttp `web.Response`."""
-
-    async def handler(request: web.BaseRequest) -> object:
-        if request.path == "/big":
-            calls.append(request.path)
-            return Answer(HEADS[TEXT], BIG)
-        media = TEXT if "text" in request.query_string else JSON
-        if request.path == "/answer":
-            answer = Answer(HEADS[media], BODY)
-            if request.can_read_body:  # as the broker's wrapper does
-                answer.force_close()
-            return answer
-        response = web.Response(body=BODY, headers=HEADERS[media])
-        if request.can_read_body:
-            response.force_close()
-        return response
-
-    calls: list[str] = []
-    runner = web.ServerRunner(web.Server(handler), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield SimpleNamespace(port=runner.addresses[0][1], calls=calls)
-    await runner.cleanup()
-
-
-def without_date(answer: bytes) -> bytes:
-    return re.sub(rb"\r\nDate: [^\r]*", b"", answer)
+ASK = "Host: localhost\r\nMetadata: true\r\n"  # what every /v1 request carries
 
 
 @pytest.mark.parametrize(
     "request_head",
     [
-        "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n",  # the one case Answer writes itself
-        "GET {path}?text HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n\r\n",
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n",
-        "GET {path} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+        "GET {path} HTTP/1.1\r\n{ask}\r\n",
+        "GET {path} HTTP/1.1\r\n{ask}Accept: text/plain\r\n\r\n",
+        "GET {path} HTTP/1.1\r\n{ask}Connection: close\r\n\r\n",
+        "GET {path} HTTP/1.0\r\n{ask}\r\n",
+        "GET {path} HTTP/1.0\r\n{ask}Connection: keep-alive\r\n\r\n",
         # HEAD answered (no body), then a last request that closes: all of it read to EOF
-        "HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\nGET {path} HTTP/1.1\r\nHost: x\r\n"
-        "Connection: close\r\n\r\n",
-        "GET {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+        "HEAD {path} HTTP/1.1\r\n{ask}\r\nGET {path} HTTP/1.1\r\n{ask}Connection: close\r\n\r\n",
+        "GET {path} HTTP/1.1\r\n{ask}Content-Length: 3\r\n\r\nabc",
     ],
 )
-async def test_an_answer_is_byte_for_byte_what_aiohttp_sends(twin_server, request_head):
-    async def exchange(path: str) -> bytes:
-        data = request_head.format(path=path).encode()
-        if not data.startswith(b"HEAD"):
-            return await raw(f"127.0.0.1:{twin_server.port}", data)
-        reader, writer = await asyncio.open_connection("127.0.0.1", twin_server.port)
+async def test_every_kind_of_request_gets_one_complete_answer(
+    sandbox, secret, run_server, request_head
+):
+    """HTTP/1.0, Connection: close, HEAD, a body left unread: one whole answer per request,
+    each with its Date, the connection closed where HTTP says so."""
+    (address,), _ = await run_server(make_settings(sandbox, secret))
+    data = request_head.format(path="/v1/token", ask=ASK).encode()
+    if data.startswith(b"HEAD"):
+        host, port = address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(data)
         answer = await asyncio.wait_for(reader.read(), 10)  # to the server's close
         writer.close()
-        return answer
-
-    ours, theirs = await exchange("/answer"), await exchange("/response")
-    assert without_date(ours) == without_date(theirs)
-    assert ours.count(b"\r\nDate: ") == request_head.count("HTTP/1.")
-
-
-async def test_an_answer_waits_for_a_caller_that_reads_slowly(twin_server):
-    """Two 16 MB answers pipelined to a caller that reads nothing yet: the first waits in
-    the server for the caller to read (the second request is not even started), instead of
-    being buffered whole in memory; once read, both arrive complete."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", twin_server.port)
-    writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
-    loop_turns = 0
-    while not twin_server.calls and loop_turns < 10_000:
-        await asyncio.sleep(0)
-        loop_turns += 1
-    for _ in range(200):  # the server gets many turns of the loop to (wrongly) go on
-        await asyncio.sleep(0)
-    assert twin_server.calls == ["/big"]
-    for _ in range(2):
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        assert b"Content-Length: %d\r\n" % len(BIG) in head
-        assert await asyncio.wait_for(reader.readexactly(len(BIG)), 10) == BIG
-    writer.close()
-    assert twin_server.calls == ["/big", "/big"]
+        assert re.findall(rb"HTTP/1\.1 (\d+) ", answer) == [b"405", b"200"]
+    else:
+        answer = await raw(address, data)
+        assert re.match(rb"HTTP/1\.[01] 200 OK\r\n", answer), answer[:80]
+    assert answer.count(b"\r\nDate: ") == request_head.count("HTTP/1.")
 
 
-async def test_the_date_is_now_in_http_form(twin_server):
-    answer = await raw(f"127.0.0.1:{twin_server.port}", b"GET /answer HTTP/1.1\r\nHost: x\r\n\r\n")
+async def test_the_date_is_now_in_http_form(sandbox, secret, run_server):
+    (address,), _ = await run_server(make_settings(sandbox, secret))
+    answer = await raw(address, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     date = re.search(rb"\r\nDate: ([^\r]*)", answer).group(1).decode()
     assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", date), date
     assert abs(parsedate_to_datetime(date).timestamp() - time.time()) < 5
+
+
+async def test_an_answer_waits_for_a_caller_that_reads_slowly(sandbox, secret):
+    """Two 16 MB answers pipelined, through the broker's own server, to a caller that reads
+    nothing yet: the first waits in the server for the caller to read (the second request is
+    not even started), instead of being buffered whole in memory; once read, both arrive
+    complete. (The gate passes the transport's flow control on to aiohttp.)"""
+    calls: list[str] = []
+
+    async def big(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        return web.Response(body=BIG)
+
+    app = create_app(make_settings(sandbox, secret, profiles=""))
+    app.router.add_get("/big", big)  # a test route: the broker answers nothing this big
+    sock = bind(Listen.tcp("127.0.0.1", 0))
+    server = HttpServer(app)
+    await server.start([sock])
+    try:
+        host, port = bound_address(sock).rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n" * 2)
+        loop_turns = 0
+        while not calls and loop_turns < 10_000:
+            await asyncio.sleep(0)
+            loop_turns += 1
+        for _ in range(200):  # the server gets many turns of the loop to (wrongly) go on
+            await asyncio.sleep(0)
+        assert calls == ["/big"]
+        for _ in range(2):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert b"Content-Length: %d\r\n" % len(BIG) in head
+            assert await asyncio.wait_for(reader.readexactly(len(BIG)), 10) == BIG
+        writer.close()
+        assert calls == ["/big", "/big"]
+    finally:
+        await server.close()
 
 
 async def test_pipelined_hits_come_back_complete_and_in_order(sandbox, secret, run_server):
@@ -182,44 +167,13 @@ async def test_callers_that_vanish_before_their_answer_break_nothing(sandbox, se
     assert '"level": "error"' not in logs.getvalue()
 
 
-async def test_the_inline_factory_runs_only_aiohttps_request_coroutine_in_place():
-    from aiohttp.web_protocol import RequestHandler
-
-    made = []
-
-    def previous(loop, coro, **kwargs):
-        made.append(coro)
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop = asyncio.get_running_loop()
-    factory = inline_request_tasks(previous)
-
-    async def other() -> int:
-        return 7
-
-    coro = other()
-    task = factory(loop, coro)
-    assert isinstance(task, asyncio.Task) and made == [coro]  # chained to the previous one
-    assert await task == 7
-
-    request_coro = RequestHandler._handle_request(object(), None, None, None)
-    try:
-        assert factory(loop, request_coro) is request_coro  # handed back, not scheduled
-        assert made == [coro]
-    finally:
-        request_coro.close()
-
-
-async def test_the_runner_installs_the_factory_on_311_only_and_removes_it(
-    sandbox, secret, run_server
-):
-    """On 3.11 the factory is installed while the runner serves, and removed when it stops;
-    from 3.12, where aiohttp starts request tasks eagerly, it is never installed."""
+async def test_the_server_leaves_the_event_loops_task_factory_alone(sandbox, secret, run_server):
+    """No task factory is installed while the server runs (the old inline request tasks are
+    gone): the loop's factory is the same before, while serving and after."""
     loop = asyncio.get_running_loop()
     before = loop.get_task_factory()
     addresses, _ = await run_server(make_settings(sandbox, secret))
-    installed = getattr(loop.get_task_factory(), "inline_requests", False)
-    assert installed == (sys.version_info < (3, 12))
+    assert loop.get_task_factory() is before
     answer = await raw(
         addresses[0], b"GET /v1/token HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\n\r\n"
     )

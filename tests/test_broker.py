@@ -146,7 +146,7 @@ async def test_readyz_waits_for_warm_profiles(sandbox, secret, start_broker):
     early = await b.client.get("/readyz")
     assert early.status == 503
     await sandbox.state.wait_calls("partner", 1)
-    await b.broker.cache.entry("default", "partner").get()
+    await b.broker.entry("default", "partner").get()
     assert (await b.client.get("/readyz")).status == 200
 
 
@@ -159,7 +159,7 @@ async def test_refresh_ahead_through_the_whole_stack(
     first = await (await b.get("/v1/token")).json()
     fake_sandbox.state.latency["partner"] = 0.5
     clock.advance(3600 - 900)  # partner refresh point: 25 % of 3600 s before expiry
-    partner = b.broker.cache.entry("default", "partner")
+    partner = b.broker.entry("default", "partner")
     assert partner.flight is not None  # the refresh started with no caller
     for _ in range(20):
         r = await b.get("/v1/token")
@@ -216,19 +216,19 @@ async def test_reload_adds_removes_and_refreshes_changed_profiles(sandbox, secre
 
 async def test_a_reload_that_fails_changes_nothing(sandbox, secret, start_broker, monkeypatch):
     """If building the new profiles fails, settings and entries stay exactly as they were."""
-    from broker.core import service
+    from broker.core import runtime
 
     b = await start_broker(make_settings(sandbox, secret, profiles="[profiles.a]\n"))
     assert (await b.get("/v1/token/a")).status == 200
-    before = (b.broker.settings, dict(b.broker.cache.entries))
+    before = (b.broker.settings, list(b.broker.runtime.entries()), b.broker.runtime)
 
     def broken(*args, **kwargs):
         raise ValueError("credential cannot be built")
 
-    monkeypatch.setattr(service, "profile_entries", broken)
+    monkeypatch.setattr(runtime, "profile_entries", broken)
     with pytest.raises(ValueError):
         b.broker.apply(make_settings(sandbox, secret, profiles="[profiles.z]\n"))
-    assert (b.broker.settings, dict(b.broker.cache.entries)) == before
+    assert (b.broker.settings, list(b.broker.runtime.entries()), b.broker.runtime) == before
     assert (await b.get("/v1/token/a")).status == 200
 
 

@@ -299,11 +299,9 @@ def test_a_request_without_a_key_header_never_matches_the_profiles_key(configure
         assert may_use(profile, caller, configured)
 
 
-async def test_the_app_under_aiohttps_own_server_names_the_caller_by_its_address(
-    sandbox, secret, start_broker
-):
-    """create_app served by aiohttp's own server (no broker connection handler to keep the
-    caller per connection): the caller is still worked out from the request's transport."""
+async def test_a_tcp_caller_is_named_by_its_address(sandbox, secret, start_broker):
+    """A TCP caller (no peer credentials to read) is named in the audit line by its address,
+    worked out from the request's transport."""
     b = await start_broker(settings(sandbox, secret))
     r = await b.get("/v1/token")
     assert r.status == 200

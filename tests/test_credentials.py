@@ -259,7 +259,7 @@ static_token_file = "{path}"
     second = fake_sandbox.state.mint(claims, 3600)
     path.write_text(second)
     clock.advance(10)  # the poll interval for static files
-    entry = b.broker.cache.entry("default", "aad")
+    entry = b.broker.entry("default", "aad")
     if entry.flight:
         await entry.flight
     aad = await (await b.get("/v1/token?kind=aad")).json()

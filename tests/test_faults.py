@@ -16,7 +16,7 @@ COLD = "[profiles.default]\nwarm = false\n"
 
 async def settle(b) -> None:
     """Wait for every in-flight refresh to land (the partner one may start the aad one)."""
-    while flights := [e.flight for e in b.broker.cache.entries.values() if e.flight]:
+    while flights := [e.flight for e in b.broker.runtime.entries() if e.flight]:
         await asyncio.gather(*flights, return_exceptions=True)
 
 
@@ -36,7 +36,7 @@ async def test_outage_longer_than_a_token_life(fake_sandbox, secret, start_broke
     fake_sandbox.state.lifetimes["partner"] = 600
     b = await start_broker(make_settings(fake_sandbox, secret), clock=clock)
     assert (await b.get("/v1/token")).status == 200
-    entry = b.broker.cache.entry("default", "partner")
+    entry = b.broker.entry("default", "partner")
     expires = entry.token.expires_mono
     fake_sandbox.state.fail("partner", 500, times=None)
     calls_before = fake_sandbox.state.counts["partner"]
@@ -81,7 +81,7 @@ async def test_retry_after_on_429_is_honoured(fake_sandbox, secret, start_broker
     body = await r.json()
     assert r.status == 503 and body["error"]["upstream_status"] == 429
     assert r.headers["Retry-After"] == "30"
-    entry = b.broker.cache.entry("default", "partner")
+    entry = b.broker.entry("default", "partner")
     assert entry.next_at - clock.monotonic() == 30
     clock.advance(29.9)
     for _ in range(100):
@@ -129,7 +129,7 @@ async def test_answers_that_are_not_tokens_are_errors(
     error = (await r.json())["error"]
     assert r.status == 502 and error["code"] == "upstream_bad_token"
     assert reason in error["message"]
-    entry = b.broker.cache.entry("default", "partner")
+    entry = b.broker.entry("default", "partner")
     assert entry.token is None and entry.status().state == "failing"
     clock.advance(schedule.FAILURE_MEMORY)
     assert (await b.get("/v1/token")).status == 200

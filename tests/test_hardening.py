@@ -282,6 +282,39 @@ async def test_body_bytes_are_not_head_bytes(sandbox, secret, run_server):
     assert statuses(answer) == [200] * 200
 
 
+async def test_each_head_on_a_kept_alive_connection_is_held_to_the_budget_and_deadline(
+    sandbox, secret, run_server
+):
+    """After a request with a 20 KiB body on a kept-alive connection, the next head is counted
+    from its own first byte: one within the budget is served, one over it is 431; and a head
+    that then never completes is 408 after read_timeout."""
+    (address,), _ = await run_server(settings_for(sandbox, secret, server="read_timeout = 0.5"))
+    host, port = address.rsplit(":", 1)
+    body = json.dumps({"grant_type": "jwt_token"}).encode() + b" " * 20000
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(mirror_head(len(body)) + body)  # a bearer that is no JWT: upstream's answer
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+    await reader.readexactly(length)
+    pad = b"X-Pad: " + b"a" * 7000 + b"\r\n"
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + pad + b"\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    await reader.readexactly(int(re.search(rb"Content-Length: (\d+)", head).group(1)))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + pad * 2 + b"\r\n")
+    assert statuses(await asyncio.wait_for(reader.read(), 10)) == [431]
+    writer.close()
+
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    await reader.readexactly(int(re.search(rb"Content-Length: (\d+)", head).group(1)))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")  # never finished
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert statuses(answer) == [408]
+
+
 # -- 5. redaction is linear and cut short before it runs --------------------------------------
 
 
@@ -608,7 +641,7 @@ async def test_waiters_of_a_profile_a_reload_restricts_get_no_token(sandbox, sec
     cold = "[profiles.default]\nwarm = false\n"
     b = await start_broker(settings_for(sandbox, secret, profiles=cold))
     waiting = [asyncio.ensure_future(b.get("/v1/token")) for _ in range(3)]
-    entry = b.broker.cache.entry("default", "partner")
+    entry = b.broker.entry("default", "partner")
     while entry.waiters < 3:
         await asyncio.sleep(0)  # until the three callers wait on the flight
     restricted = cold + f"allowed_uids = [{os.getuid() + 4242}]\n"

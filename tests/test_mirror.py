@@ -203,7 +203,7 @@ async def test_refresh_ahead_only_while_the_bearer_is_valid(
     assert (await (await post(b, long_lived)).json())["access_token"] == first  # served, and...
     answer = await (await post(b, short_lived)).json()
     assert answer["access_token"] == first_short and int(answer["expires_in"]) in (899, 900)
-    await asyncio.gather(*b.broker.mirror._flights.values())
+    await asyncio.gather(*b.broker.runtime.mirror._flights.values())
     assert fake_sandbox.state.counts["partner"] == 3  # ...one refresh: the valid bearer's
     fresh = (await (await post(b, long_lived)).json())["access_token"]
     assert fresh != first
@@ -221,7 +221,7 @@ async def test_distinct_bearers_are_bounded_by_max_entries(sandbox, secret, star
     bearers = [bearer(sandbox) for _ in range(500)]
     for token in bearers:
         assert (await post(b, token)).status == 200
-    assert len(b.broker.mirror) == 50
+    assert len(b.broker.runtime.mirror) == 50
     assert (await post(b, bearers[-1])).status == 200
     assert sandbox.state.counts["partner"] == 500  # the newest was a hit
 

@@ -58,7 +58,7 @@ async def msi(sandbox, secret, start_broker, tmp_path, monkeypatch, witness):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("IDENTITY_ENDPOINT", str(b.client.make_url("/msi/token")))
     monkeypatch.setenv("IDENTITY_HEADER", header)
-    await b.broker.cache.entry("default", "aad").get()  # the warm fetch has landed
+    await b.broker.entry("default", "aad").get()  # the warm fetch has landed
     return b, header
 
 
@@ -199,7 +199,7 @@ async def test_tokens_keep_420_seconds(fake_sandbox, secret, start_broker, tmp_p
     b = await start_broker(msi_settings(fake_sandbox, secret, tmp_path), clock=clock)
     header = (tmp_path / "identity-header").read_text().strip()
     first = (await (await b.get("/v1/token?kind=aad")).json())["access_token"]
-    b.broker.cache.entry("default", "aad").retire()  # no refresh ahead: callers decide here
+    b.broker.entry("default", "aad").retire()  # no refresh ahead: callers decide here
     clock.advance(3599 - 400)
     assert (await (await b.get("/v1/token?kind=aad")).json())["access_token"] == first
     r = await b.client.get(

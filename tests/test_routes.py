@@ -1,5 +1,6 @@
-"""The dispatch table: the daemon's low-level server and the test Application answer every path
-and method alike, 404/405 in the JSON error shape, and `Expect: 100-continue` works."""
+"""The routes on aiohttp's router: every path and method answered as the dispatch table used to
+(the daemon and the test fixture run the same server), 404/405 in the JSON error shape, and
+`Expect: 100-continue` works."""
 
 from __future__ import annotations
 

@@ -221,7 +221,7 @@ async def test_a_tampered_or_moved_entry_is_ignored_and_logged_once(
     r = await b.get("/v1/token")
     assert r.status == 200 and (await r.json())["access_token"] != token_a
     assert sandbox.state.counts == {"aad": 1, "partner": 2}  # the aad entry still shared
-    policy = b.broker.cache.entry("default", "partner").policy
+    policy = b.broker.entry("default", "partner").policy
     flipped = bytearray(c.get(partner))
     flipped[-1] ^= 1
     c.set(partner, bytes(flipped))

@@ -123,13 +123,15 @@ class Entry:
 
     # -- callers --------------------------------------------------------------------------
 
-    def peek(self) -> Token | None:
-        """The cached token if it is servable under the entry's own policy, else None: the
-        cache-hit path without a coroutine. Callers fall back to `get()`."""
+    def peek(self, min_remaining: float | None = None) -> Token | None:
+        """The cached token if it has `min_remaining` seconds left (the entry's policy when
+        None), else None: the cache-hit path without a coroutine. Callers fall back to
+        `get()`."""
         token = self.token
         if token is not None:
             now = self._clock.monotonic()
-            if token.expires_mono - now >= self.policy.min_remaining:
+            need = self.policy.min_remaining if min_remaining is None else min_remaining
+            if token.expires_mono - now >= need:
                 self.last_used = now
                 return token
         return None

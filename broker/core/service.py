@@ -1,6 +1,7 @@
-"""The running broker: settings, the shared upstream session, the token cache built from them.
+"""The running broker: the runtime snapshot in force, the shared upstream session, and what is
+built from them. `apply()` (a SIGHUP reload) swaps the snapshot whole; `desk` hands tokens out.
 
-The HTTP layer (`app.py`) reads from here; nothing here knows about HTTP requests.
+The HTTP layer reads from here; nothing here knows about HTTP requests.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -17,31 +18,18 @@ from broker import __version__
 from broker.config.files import write_private
 from broker.config.secret import Secret
 from broker.config.settings import Settings
-from broker.core.cache import EntryStatus, TokenCache
+from broker.core.cache import Entry, EntryStatus, TokenCache
 from broker.core.clock import Clock
-from broker.core.credentials import Credential, make_credential
+from broker.core.credentials import Credential
 from broker.core.guards import OriginGuard
 from broker.core.mirror import MirrorCache
+from broker.core.runtime import RESTART_ONLY, Builder, Runtime, needs_restart
+from broker.core.serve import Desk
 from broker.core.shared import SharedCache
-from broker.core.sources import profile_entries
 from broker.core.tenants import TenantCache
 from broker.core.upstream import Proxies, Upstream
 from broker.observe.audit import Audit
 from broker.observe.redact import Redactor
-
-# [server] settings the running process cannot change: a reload that changes one reports it
-# (log, /v1/profiles, metric, systemd STATUS) until the process restarts.
-RESTART_KEYS = (
-    "listen",
-    "log_format",
-    "log_level",
-    "socket_mode",
-    "socket_group",
-    "allow_remote",
-    "event_loop",
-    "upstream_proxy",
-    "upstream_proxy_credentials",
-)
 
 
 class Broker:
@@ -56,32 +44,52 @@ class Broker:
         audit: Audit | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        self.settings = settings
-        self.guard = OriginGuard(settings.server)
+        # The snapshot in force: replaced whole, never changed in place. Profiles are built by
+        # start(), once the upstream session exists.
+        self.runtime = Runtime(settings, {}, OriginGuard(settings.server))
         self.clock = clock
         self.log = log
         self.metrics = metrics
         self.redactor = redactor
         self.audit = audit or Audit(enabled=False)
-        self.cache = TokenCache(clock=clock, log=log, metrics=metrics, rand=rand)
+        self.desk = Desk(lambda: self.runtime, clock=clock, metrics=metrics, audit=self.audit)
+        # Makes cache entries with the clock, log, metrics and jitter (the entries themselves
+        # live in the runtime's profiles).
+        self._factory = TokenCache(clock=clock, log=log, metrics=metrics, rand=rand)
         self.shared = SharedCache(settings.shared, clock=clock, log=log, metrics=metrics)
         self.upstream: Upstream | None = None
-        self.mirror: MirrorCache | None = None
         self._rand = rand
         self._session: aiohttp.ClientSession | None = None
         self._owns_session = False
         self._background: set[asyncio.Task] = set()
-        self.msi_header: Secret | None = None  # what /msi callers must send as X-IDENTITY-HEADER
         # What the process runs: compared with each reloaded file, not with the previous one.
         self.running, self.running_shared = settings.server, settings.shared
-        self.restart_pending: list[str] = []
-        for key in (*RESTART_KEYS, "shared"):
+        for key in RESTART_ONLY:
             metrics.restart_pending.labels(key).set(0)
-        self.credentials: dict[str, Credential] = {}
-        self.tenants: dict[str, TenantCache] = {}  # profiles with customer_tenants
-        metrics.watch_entries(self.cache.snapshot)
+        metrics.watch_entries(self.statuses)
         metrics.watch_profiles(self.profile_gauges)
         self._remember_secrets(settings)
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    # -- views of the snapshot in force, for status pages and tests ---------------------------
+
+    def entry(self, name: str, kind: str) -> Entry | None:
+        profile = self.runtime.profiles.get(name)
+        return None if profile is None else profile.entries.get(kind)
+
+    @property
+    def tenants(self) -> Mapping[str, TenantCache]:
+        """The tenant caches of the profiles with customer_tenants."""
+        return {n: p.tenants for n, p in self.runtime.profiles.items() if p.tenants is not None}
+
+    @property
+    def credentials(self) -> Mapping[str, Credential]:
+        return {n: p.credential for n, p in self.runtime.profiles.items()}
+
+    # -- building -----------------------------------------------------------------------------
 
     def _remember_secrets(self, settings: Settings) -> None:
         """Pin the config's secrets in the redactor for as long as this config is current."""
@@ -115,13 +123,9 @@ class Broker:
             return None
         if msi.identity_header is not None:
             return msi.identity_header
-        old = self.settings.msi
-        if (
-            self.msi_header is not None
-            and old
-            and old.generated_header_file == msi.generated_header_file
-        ):
-            return self.msi_header  # a reload keeps the header tools already hold
+        old, held = self.runtime.settings.msi, self.runtime.msi_header
+        if held is not None and old and old.generated_header_file == msi.generated_header_file:
+            return held  # a reload keeps the header tools already hold
         value = secrets.token_urlsafe(32)
         assert msi.generated_header_file is not None
         try:
@@ -138,8 +142,15 @@ class Broker:
         self.log.info("identity_header_written", file=msi.generated_header_file)
         return Secret(value)
 
+    def _builder(self) -> Builder:
+        assert self.upstream is not None, "profiles are built after start()"
+        upstream, shared = self.upstream, self.shared
+        return Builder(
+            self._factory, upstream, shared, self.clock, self.log, self.metrics, self._rand
+        )
+
     async def start(self, session: aiohttp.ClientSession | None = None) -> None:
-        """Open the upstream session (unless given), build the entries, fetch warm profiles."""
+        """Open the upstream session (unless given), build the profiles, fetch warm ones."""
         if session is None:
             session = aiohttp.ClientSession(
                 headers={"User-Agent": f"pc-token-broker/{__version__}"},
@@ -148,7 +159,8 @@ class Broker:
             )
             self._owns_session = True
         self._session = session
-        server = self.settings.server
+        settings = self.runtime.settings
+        server = settings.server
         self.upstream = Upstream(
             session,
             self.clock,
@@ -157,125 +169,95 @@ class Broker:
             proxies=Proxies(server.upstream_proxy, server.upstream_proxy_credentials),
         )
         await self.shared.start()
-        built = self._build(self.settings, list(self.settings.profiles))
-        self.cache.install(built[0])
-        self.credentials.update(built[1])
-        self.tenants.update(built[2])
-        self.mirror = self._mirror_for(self.settings)
-        self.msi_header = self._identity_header(self.settings)
-        self.cache.start()
+        build = self._builder().profile
+        self.runtime = Runtime(
+            settings,
+            {name: build(profile) for name, profile in settings.profiles.items()},
+            self.runtime.guard,
+            mirror=self._mirror_for(settings),
+            msi_header=self._identity_header(settings),
+        )
+        for profile in self.runtime.profiles.values():
+            profile.start()
         self.log.info(
             "broker_started",
-            profiles=sorted(self.settings.profiles),
-            warm=sorted(p.name for p in self.settings.profiles.values() if p.warm),
+            profiles=sorted(settings.profiles),
+            warm=sorted(p.name for p in settings.profiles.values() if p.warm),
         )
-
-    def _build(
-        self, settings: Settings, names: list[str]
-    ) -> tuple[list, dict[str, Credential], dict[str, TenantCache]]:
-        """The entries, credentials and tenant caches of the named profiles, not installed."""
-        assert self.upstream is not None
-        entries: list = []
-        credentials: dict[str, Credential] = {}
-        tenants: dict[str, TenantCache] = {}
-        for name in names:
-            profile = settings.profiles[name]
-            credential = credentials[name] = make_credential(profile, self.log, self.shared)
-            entries += profile_entries(
-                self.cache, profile, self.upstream, self.log, credential, shared=self.shared
-            )
-            if profile.serves_customers:
-                tenants[name] = TenantCache(
-                    profile,
-                    credential,
-                    self.upstream,
-                    clock=self.clock,
-                    log=self.log,
-                    metrics=self.metrics,
-                    rand=self._rand,
-                    shared=self.shared,
-                )
-        return entries, credentials, tenants
 
     def apply(self, new: Settings) -> dict[str, list[str]]:
         """Switch to `new` settings (a SIGHUP reload). Everything that can fail is built first;
-        the switch itself is synchronous, so no request sees half of it. New profiles appear,
-        removed ones go, changed ones start over with a fresh fetch; a refresh that callers are
-        waiting on is left to finish. Raises (changing nothing) if a credential cannot be built.
-        """
-        assert self.upstream is not None, "apply() after start()"
-        old = self.settings
+        the switch is one assignment of a new snapshot, so no request sees half of it. New
+        profiles appear, removed ones go, changed ones start over with a fresh fetch; a refresh
+        that callers are waiting on is left to finish (they check the new snapshot when it
+        lands). Raises (changing nothing) if a credential cannot be built."""
+        old = self.runtime
         added = sorted(set(new.profiles) - set(old.profiles))
         removed = sorted(set(old.profiles) - set(new.profiles))
         changed = sorted(
-            n for n in set(new.profiles) & set(old.profiles) if new.profiles[n] != old.profiles[n]
+            n
+            for n in set(new.profiles) & set(old.profiles)
+            if new.profiles[n] != old.profiles[n].settings
         )
-        entries, credentials, tenants = self._build(new, added + changed)
-        mirror = self._mirror_for(new) if new.mirror != old.mirror else self.mirror
+        build = self._builder().profile
+        built = {name: build(new.profiles[name]) for name in added + changed}
+        mirror = self._mirror_for(new) if new.mirror != old.settings.mirror else old.mirror
         msi_header = self._identity_header(new)
+        pending = needs_restart(new, self.running, self.running_shared)
         # -- the switch: no await from here on.
         self._remember_secrets(new)
-        self.settings = new
-        self.guard = OriginGuard(new.server)
         self.audit.enabled = new.server.audit
-        self.msi_header = msi_header
+        self.runtime = Runtime(
+            new,
+            {name: built.get(name) or old.profiles[name] for name in new.profiles},
+            OriginGuard(new.server),
+            mirror=mirror,
+            msi_header=msi_header,
+            restart_pending=pending,
+        )
         for name in removed + changed:
-            self.cache.retire(name)
-            self.credentials.pop(name, None)
-            old_tenants = self.tenants.pop(name, None)
-            if old_tenants is not None:
-                old_tenants.retire()
-        self.cache.install(entries)
-        self.credentials.update(credentials)
-        self.tenants.update(tenants)
+            old.profiles[name].retire()
         for name in added + changed:
-            self.cache.start(name)
-        if mirror is not self.mirror:
-            if self.mirror is not None:
-                task = asyncio.get_running_loop().create_task(self.mirror.close())
-                self._background.add(task)  # held until done: a bare task may be collected
-                task.add_done_callback(self._background.discard)
-            self.mirror = mirror
-        running = self.running
-        needs_restart = [k for k in RESTART_KEYS if getattr(new.server, k) != getattr(running, k)]
-        if new.shared != self.running_shared:
-            needs_restart.append("shared")
-        self.restart_pending = needs_restart
-        for key in (*RESTART_KEYS, "shared"):
-            self.metrics.restart_pending.labels(key).set(1 if key in needs_restart else 0)
+            built[name].start()
+        if mirror is not old.mirror and old.mirror is not None:
+            task = asyncio.get_running_loop().create_task(old.mirror.close())
+            self._background.add(task)  # held until done: a bare task may be collected
+            task.add_done_callback(self._background.discard)
+        for key in RESTART_ONLY:
+            self.metrics.restart_pending.labels(key).set(1 if key in pending else 0)
         return {
             "added": added,
             "removed": removed,
             "changed": changed,
-            "needs_restart": needs_restart,
+            "needs_restart": list(pending),
         }
 
     async def close(self) -> None:
         self.audit.flush()
-        await self.cache.close()
-        await asyncio.gather(*(t.close() for t in self.tenants.values()))
-        for credential in self.credentials.values():  # a rotated refresh token held back
-            closing = getattr(credential, "close", None)
-            if closing is not None:
-                await closing()
+        runtime = self.runtime
+        await asyncio.gather(*(p.close() for p in runtime.profiles.values()))
         await self.shared.close()
-        if self.mirror is not None:
-            await self.mirror.close()
+        if runtime.mirror is not None:
+            await runtime.mirror.close()
         if self._owns_session and self._session is not None:
             await self._session.close()
 
-    def mfa(self, name: str) -> bool | None:
+    # -- status -------------------------------------------------------------------------------
+
+    def mfa(self, name: str, runtime: Runtime | None = None) -> bool | None:
         """Whether the profile's own (Partner Center) Azure AD token shows MFA in `amr`; None
         when unknown or not an app+user credential. Partner Center refuses app+user calls
         without MFA (401, error 900421)."""
-        return getattr(self.credentials.get(name), "mfa", None)
+        profile = (runtime or self.runtime).profiles.get(name)
+        return None if profile is None else getattr(profile.credential, "mfa", None)
 
     def profile_gauges(self) -> list[dict[str, Any]]:
         """Per-profile figures for /metrics: MFA, customer-tenant counts. No tenant ids."""
         rows = []
-        for name in self.settings.profiles:
-            row: dict[str, Any] = {"profile": name, "mfa": self.mfa(name)}
-            cache = self.tenants.get(name)
+        runtime = self.runtime
+        for name, profile in runtime.profiles.items():
+            row: dict[str, Any] = {"profile": name, "mfa": self.mfa(name, runtime)}
+            cache = profile.tenants
             if cache is not None:
                 row.update(
                     tokens=len(cache),
@@ -288,18 +270,19 @@ class Broker:
         return rows
 
     def statuses(self) -> list[EntryStatus]:
-        return list(self.cache.snapshot())
+        return [entry.status() for entry in self.runtime.entries()]
 
     def ready(self) -> tuple[bool, dict[str, dict[str, Any]]]:
         """Ready when every warm profile holds servable tokens of both kinds."""
         ok = True
         detail: dict[str, dict[str, Any]] = {}
-        for s in self.statuses():
-            profile = self.settings.profiles.get(s.profile)
-            if profile is None or not profile.warm:
+        for name, profile in self.runtime.profiles.items():
+            if not profile.settings.warm:
                 continue
-            ok = ok and s.servable
-            detail.setdefault(s.profile, {})[s.kind] = s.state
+            for kind, entry in profile.entries.items():
+                s = entry.status()
+                ok = ok and s.servable
+                detail.setdefault(name, {})[kind] = s.state
         return ok, detail
 
     def summary(self) -> str:
@@ -312,9 +295,10 @@ class Broker:
                 if s.last_error and not s.servable:
                     failing.append(s.profile)
         parts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
-        text = f"{len(self.settings.profiles)} profiles" + (f" ({parts})" if parts else "")
+        runtime = self.runtime
+        text = f"{len(runtime.settings.profiles)} profiles" + (f" ({parts})" if parts else "")
         if failing:
             text += f"; failing: {', '.join(sorted(failing))}"
-        if self.restart_pending:
-            text += f"; restart needed for {', '.join(self.restart_pending)}"
+        if runtime.restart_pending:
+            text += f"; restart needed for {', '.join(runtime.restart_pending)}"
         return text

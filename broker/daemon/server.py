@@ -17,8 +17,6 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from aiohttp import web
-
 from broker import __version__
 from broker.config.load import ConfigError, load_settings
 from broker.config.settings import Settings
@@ -31,43 +29,10 @@ from broker.daemon.listeners import (
     socket_file,
 )
 from broker.daemon.systemd import Notifier, listen_fds
-from broker.http.app import create_broker, create_server
-from broker.http.protocol import GuardedServerRunner, Limits
+from broker.http.app import BROKER, create_app
+from broker.http.server import HttpServer
 from broker.observe.logs import bridge_stdlib, make_logger
 from broker.observe.redact import Redactor
-
-KEEPALIVE = 15.0  # s an idle keep-alive connection stays open
-
-
-def make_runner(broker: Broker, settings: Settings) -> GuardedServerRunner:
-    """aiohttp's low-level runner with the broker's connection limits and no access log (the
-    audit line replaces it; aiohttp's costs half the throughput)."""
-    server = settings.server
-    metrics = broker.metrics
-    limits = Limits(
-        read_timeout=server.read_timeout,
-        max_connections=server.max_connections,
-        max_head_bytes=server.max_header_bytes,
-        on_reject=lambda reason: metrics.rejected.labels(reason).inc(),
-    )
-    line = max(8190, server.max_header_bytes)
-    web_server = create_server(
-        broker,
-        access_log=None,
-        keepalive_timeout=KEEPALIVE,
-        max_line_size=line,
-        max_field_size=line,
-        max_headers=100,
-        lingering_time=server.read_timeout,  # an unread body is drained no longer than a head
-    )
-    return GuardedServerRunner(
-        web_server,
-        limits=limits,
-        start=broker.start,
-        close=broker.close,
-        handle_signals=False,
-        shutdown_timeout=server.shutdown_timeout,
-    )
 
 
 def _bind_all(settings: Settings, log: Any) -> tuple[list[socket.socket], bool]:
@@ -130,9 +95,7 @@ def _banner(
     )
 
 
-async def _reload(
-    path: str | None, broker: Broker, runner: GuardedServerRunner, log: Any, notifier: Notifier
-) -> None:
+async def _reload(path: str | None, broker: Broker, log: Any, notifier: Notifier) -> None:
     notifier.send(RELOADING=1, MONOTONIC_USEC=int(time.monotonic() * 1_000_000))
     try:
         if path is None:
@@ -157,10 +120,8 @@ async def _reload(
             note="the running configuration is kept",
         )
     else:
-        limits = runner.limits
-        limits.read_timeout = new.server.read_timeout
-        limits.max_connections = new.server.max_connections
-        limits.max_head_bytes = new.server.max_header_bytes
+        # The new snapshot is in force; the settings it cannot apply (SERVER_SETTINGS in
+        # broker/core/runtime.py says which) are in needs_restart.
         log.info("reloaded", config=path, **changes)
         if changes["needs_restart"]:
             log.warning(
@@ -206,16 +167,15 @@ async def serve(
         return 1
     # Socket files this process created, removed at clean shutdown (systemd's are its own).
     created = [] if activated else [f for f in map(socket_file, sockets) if f]
-    broker = create_broker(settings, log=log, redactor=redactor, audit_stream=audit_stream)
-    runner = make_runner(broker, settings)
-    await runner.setup()
-    for sock in sockets:
-        await web.SockSite(runner, sock).start()
+    app = create_app(settings, log=log, redactor=redactor, audit_stream=audit_stream)
+    broker = app[BROKER]
+    server = HttpServer(app)
+    await server.start(sockets)
     addresses = [bound_address(s) for s in sockets]
     if own_signals:  # before the banner: a SIGHUP sent on seeing it must reload, not kill
         loop.add_signal_handler(
             signal.SIGHUP,
-            lambda: loop.create_task(_reload(config_path, broker, runner, log, notifier)),
+            lambda: loop.create_task(_reload(config_path, broker, log, notifier)),
         )
     _banner(log, settings, broker, config_path, addresses, loop)
     notifier.send(READY=1, STATUS=f"listening on {', '.join(addresses)}; {broker.summary()}")
@@ -230,7 +190,7 @@ async def serve(
     log.info("stopping", grace_s=settings.server.shutdown_timeout)
     notifier.send(STOPPING=1, STATUS="stopping")
     started = time.monotonic()
-    await runner.cleanup()
+    await server.close()
     for identity in created:
         remove_socket_file(identity)
     notifier.close()

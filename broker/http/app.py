@@ -1,16 +1,14 @@
-"""The HTTP surface assembled: the broker service and its routes. Depends on the service and
-cache, never the reverse.
+"""The HTTP surface assembled: the broker and the aiohttp application that serves it. Depends on
+the broker, never the reverse.
 
-`create_server` is what the daemon serves: aiohttp's low-level `web.Server` with the dispatch
-table of `broker.http.routes` as its handler (no Application, router or middleware machinery on
-the request path). `create_app` wraps the same dispatch table in a `web.Application` with one
-catch-all route, for tests and embedding; both answer every request identically.
+`create_app` builds the one application there is: aiohttp's router with the broker's routes
+(`broker.http.routes`), the middleware that gives each request its deadline
+(`broker.http.protocol.track`), and the broker's start and close in the app's lifecycle. The
+daemon serves it with `broker.http.server.HttpServer`, and so do the tests.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -22,7 +20,8 @@ from broker.config.settings import Settings
 from broker.core.clock import Clock, SystemClock
 from broker.core.service import Broker
 from broker.http.common import MAX_BODY
-from broker.http.routes import Routes
+from broker.http.protocol import track
+from broker.http.routes import add_routes
 from broker.observe.audit import Audit
 from broker.observe.logs import make_logger
 from broker.observe.metrics import Metrics
@@ -62,32 +61,18 @@ def create_broker(
     )
 
 
-def create_server(broker: Broker, **kwargs: Any) -> web.Server:
-    """The low-level server the daemon runs; `kwargs` go to aiohttp's request handler
-    (timeouts, line limits). The broker is started and closed by the runner."""
-    loop = asyncio.get_running_loop()
-    # Bodies that `read()`/`json()` refuse past MAX_BODY, as the Application's did. (A partial,
-    # not a function: no Python frame per request.)
-    small_request = functools.partial(web.BaseRequest, loop=loop, client_max_size=MAX_BODY)
-    return web.Server(Routes(broker).dispatch, request_factory=small_request, loop=loop, **kwargs)
-
-
 def create_app(
     settings: Settings,
     *,
     session: aiohttp.ClientSession | None = None,
     **kwargs: Any,
 ) -> web.Application:
-    """The same routes as a `web.Application` (tests use it with aiohttp's TestServer)."""
+    """The application the daemon serves; `kwargs` go to `create_broker`. The broker starts
+    with the application (before the first connection) and closes after the last request."""
     broker = create_broker(settings, **kwargs)
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[track])
     app[BROKER] = broker
-    dispatch = Routes(broker).dispatch
-
-    async def handle(request: web.Request) -> Any:
-        return await dispatch(request)
-
-    app.router.add_route("*", "/{tail:.*}", handle)
+    add_routes(app, broker)
 
     async def lifecycle(_app: web.Application):
         await broker.start(session)

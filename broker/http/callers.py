@@ -94,9 +94,21 @@ def caller_of(transport: Any) -> Caller:
     return Caller()
 
 
+# Who sent a request, set when its handling starts (`broker.http.protocol.track`), so that it
+# is still known after the caller hung up.
+PEER = web.RequestKey("peer", Caller)
+
+
 def identify(request: web.BaseRequest) -> Caller:
-    cached = getattr(request.protocol, "caller", None)  # the broker's handler: per connection
-    return cached() if cached is not None else caller_of(request.transport)
+    """Who sent `request`: known once per connection by its gate (the transport's protocol,
+    see `broker.http.protocol`), else worked out from the transport now."""
+    peer = request.get(PEER)
+    if peer is not None:
+        return peer
+    transport = request.transport
+    gate = transport.get_protocol() if transport is not None else None
+    cached = getattr(gate, "caller", None)
+    return cached() if cached is not None else caller_of(transport)
 
 
 def restricted(profile: ProfileSettings) -> bool:

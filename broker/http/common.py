@@ -8,22 +8,27 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from broker.config.errors import UpstreamError
 from broker.core.render import JSON, TEXT, json_body
 from broker.core.schedule import MAX_RETRY_AFTER
-from broker.http.answer import Answer, Head
 
-# A handler returns its answer, or an awaitable of it (a coroutine: the usual async handler).
-Reply = web.StreamResponse | Answer
-Handler = Callable[[web.Request], Awaitable[Reply] | Reply]
-# A request's path parameters (`{profile}`, `{tenant}`), set by the routes' dispatch.
-PARAMS = web.RequestKey("params", dict[str, str])
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def path_param(request: web.BaseRequest, name: str, default: str = "") -> str:
-    params = request.get(PARAMS)
-    return default if params is None else params.get(name, default)
+def path_param(request: web.Request, name: str, default: str = "") -> str:
+    """A `{name}` of the route's path, as aiohttp's router matched it."""
+    return request.match_info.get(name, default)
+
+
+def single(query: Any, name: str) -> str | bool | None:
+    """The one value of query parameter `name`, None when absent, False when given more than
+    once."""
+    values = query.getall(name, [])
+    if len(values) > 1:
+        return False
+    return values[0] if values else None
 
 
 MAX_BODY = 64 * 1024  # bytes: no broker endpoint needs more
@@ -35,16 +40,13 @@ CONTENT_TYPES = {
     TEXT: "text/plain; charset=utf-8",
 }
 HEADERS = {media: {"Content-Type": ct, **NO_STORE} for media, ct in CONTENT_TYPES.items()}
-HEADS = {media: Head(headers) for media, headers in HEADERS.items()}  # for `Answer`s
-# What a handler's result is when it is not an awaitable of one.
-RESPONSES = (web.StreamResponse, Answer)
 # Key in a response's own mapping: why it was refused, for the debug log.
 REASON: Any = web.ResponseKey("reason", str) if hasattr(web, "ResponseKey") else "broker_reason"
 
 
 class BodyTimeout(TimeoutError):
     """A request body did not arrive within read_timeout of its head's first byte: raised
-    by reads of the body (the protocol sets it on the stream). The answer is 408."""
+    by `broker.http.protocol.read_body`. The answer is 408."""
 
 
 def error_response(
@@ -101,10 +103,11 @@ def upstream_error_response(e: UpstreamError) -> web.Response:
 def counted(
     route: str, handler: Handler, *, metrics: Any, log: Any, limit_body: bool = True
 ) -> Handler:
-    """Count by route and status; refuse bodies over MAX_BODY; a crash becomes a JSON 500."""
+    """Count by route and status; refuse bodies over MAX_BODY and expectations other than
+    100-continue; a crash becomes a JSON 500."""
     count = metrics.count_request
 
-    async def wrapper(request: web.Request) -> Reply:
+    async def wrapper(request: web.Request) -> web.StreamResponse:
         try:
             if (
                 limit_body
@@ -112,14 +115,16 @@ def counted(
                 and (request.content_length or 0) > MAX_BODY
             ):
                 metrics.rejected.labels("body_too_large").inc()
-                response: Reply = error_response(
+                response: web.StreamResponse = error_response(
                     413, "body_too_large", f"request bodies are limited to {MAX_BODY} bytes"
                 )
                 response.force_close()  # no keep-alive after a body we refused to read
+            elif _unmet_expectation(request):
+                response = error_response(
+                    417, "expectation_failed", "only 100-continue is supported"
+                )
             else:
-                response = handler(request)
-                if not isinstance(response, RESPONSES):
-                    response = await response
+                response = await handler(request)
         except web.HTTPException as e:
             response = error_response(e.status, "http_error", e.reason)
         except BodyTimeout as e:
@@ -147,3 +152,12 @@ def counted(
         return response
 
     return wrapper
+
+
+def _unmet_expectation(request: web.Request) -> bool:
+    """An HTTP/1.1 POST expecting something other than 100-continue (aiohttp's own expect
+    handler would answer it with text that quotes the header)."""
+    expect = request.headers.get("Expect") if request.method == "POST" else None
+    return (
+        expect is not None and request.version == HttpVersion11 and expect.lower() != "100-continue"
+    )

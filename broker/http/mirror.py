@@ -17,9 +17,10 @@ from aiohttp import web
 from broker.config.errors import UpstreamError, UpstreamTimeout
 from broker.core import pcformat
 from broker.core.mirror import Relay
-from broker.core.streams import read_limited
+from broker.http import access
 from broker.http.callers import identify
 from broker.http.common import REASON, BodyTimeout
+from broker.http.protocol import read_body
 from broker.observe.audit import safe_id
 
 
@@ -47,11 +48,13 @@ class MirrorHandler:
             response[REASON] = description  # the broker's own words, for the debug log
             return response
 
-        rejection = self.broker.guard.origin(headers, request.raw_path)
-        if rejection is not None:
-            metrics.rejected.labels(rejection.reason).inc()
-            return refuse(rejection.status, rejection.message)
-        mirror = self.broker.mirror
+        runtime = self.broker.runtime
+        rejection = runtime.guard.origin(headers, request.raw_path)
+        if rejection is not None:  # in Partner Center's shape, counted as every refusal
+            return access.refuse(
+                metrics, rejection.reason, refuse(rejection.status, rejection.message)
+            )
+        mirror = runtime.mirror
         if mirror is None:
             return refuse(404, "the /generatetoken mirror is switched off ([mirror] enabled)")
         scheme, _, bearer = headers.get("Authorization", "").partition(" ")
@@ -65,7 +68,7 @@ class MirrorHandler:
         if (request.content_length or 0) > pcformat.MAX_BODY:
             return refuse(413, f"request body larger than {pcformat.MAX_BODY} bytes")
         try:
-            body = await read_limited(request.content, pcformat.MAX_BODY)
+            body = await read_body(request, pcformat.MAX_BODY)
         except BodyTimeout as e:
             return refuse(408, str(e))
         try:

@@ -1,6 +1,9 @@
-"""`GET /msi/token`: the App Service managed-identity protocol, so the Azure SDKs'
-ManagedIdentityCredential and DefaultAzureCredential fetch the profile's Azure AD token from
-the broker unchanged (IDENTITY_ENDPOINT and IDENTITY_HEADER set).
+"""`GET /msi/token` and `GET /msi/tenants/{tenant}/token`: the App Service managed-identity
+protocol, so the Azure SDKs' ManagedIdentityCredential and DefaultAzureCredential fetch the
+profile's Azure AD token (or a customer tenant's) from the broker unchanged (IDENTITY_ENDPOINT
+and IDENTITY_HEADER set). The handlers parse, ask `broker.core.serve` and render; SDK callers
+cannot present a uid or an access key, so a restricted profile is refused, also when a reload
+restricts it while the caller waits.
 
 Answers as the SDKs parse them: `expires_on` is whole epoch seconds as a string of digits, and
 `resource` echoes exactly what the caller sent (the async SDK caches under that key). Errors
@@ -15,13 +18,23 @@ from typing import Any
 from aiohttp import web
 
 from broker.config.errors import UpstreamError
-from broker.config.load import is_tenant
 from broker.config.settings import ProfileSettings
 from broker.core.render import JSON
-from broker.core.tenants import KIND
-from broker.http.answer import Answer
-from broker.http.callers import identify, restricted
-from broker.http.common import HEADS, NO_STORE, REASON, Reply, path_param, retry_after
+from broker.core.runtime import Runtime
+from broker.core.serve import (
+    BadTenant,
+    Customer,
+    NotAllowed,
+    NoTenants,
+    Own,
+    Refused,
+    ScopeNotAllowed,
+    TenantNotAllowed,
+    UnknownProfile,
+)
+from broker.http.access import SdkCaller, refuse
+from broker.http.callers import identify
+from broker.http.common import HEADERS, NO_STORE, REASON, path_param, retry_after
 
 API_VERSION = "2019-08-01"
 # The identity parameters the SDKs send, and the profile setting each one is matched against.
@@ -51,18 +64,34 @@ def _fail(
     return response
 
 
+# How the desk's refusals read in this protocol: (status, message).
+_REFUSALS: dict[type[Refused], tuple[int, str]] = {
+    NoTenants: (400, "this identity serves no customer tenants (customer_tenants)"),
+    BadTenant: (400, "the tenant must be a tenant id or domain name"),
+    TenantNotAllowed: (403, "this tenant is not in the identity's customer_tenants"),
+}
+
+
 class MsiHandler:
     def __init__(self, broker: Any) -> None:
         self.broker = broker
 
     def _refuse(self, reason: str, status: int, message: str) -> web.Response:
-        self.broker.metrics.rejected.labels(reason).inc()
-        return _fail(status, message, reason=reason)
+        return refuse(self.broker.metrics, reason, _fail(status, message, reason=reason))
 
-    def _profile(self, query: Any) -> ProfileSettings | str:
+    def _refusal(self, e: Refused, resource: str) -> web.Response:
+        if isinstance(e, UnknownProfile | NotAllowed):  # removed or restricted: one answer
+            return self._refuse("not_allowed", 403, "this identity is not served here")
+        if isinstance(e, ScopeNotAllowed):
+            return _fail(400, f"resource {resource[:100]!r} is not in the customer_scopes")
+        status, message = _REFUSALS.get(type(e), (e.status, e.message))
+        return _fail(status, message)
+
+    def _profile(self, runtime: Runtime, query: Any) -> ProfileSettings | str:
         """The profile the request names (or the default one), or why none fits."""
-        msi = self.broker.settings.msi
-        profiles = self.broker.settings.profiles
+        msi = runtime.settings.msi
+        profiles = runtime.settings.profiles
+        assert msi is not None
         given = [(k, query[k]) for k in SELECTORS if k in query]
         if len(given) > 1:
             return "give at most one of client_id, object_id, principal_id, mi_res_id"
@@ -85,19 +114,18 @@ class MsiHandler:
             return matches[0]
         return f"no identity with {param} {value[:64]!r} is configured"
 
-    def _checked(self, request: web.Request) -> web.Response | None:
+    def _checked(self, runtime: Runtime, request: web.Request) -> web.Response | None:
         """The endpoint is on, the origin is local, the identity header is right, the query
         names the api-version and a resource; else the refusal."""
-        broker = self.broker
-        if broker.settings.msi is None or broker.msi_header is None:
+        if runtime.settings.msi is None or runtime.msi_header is None:
             return _fail(404, "the managed-identity endpoint is not configured ([msi])")
-        rejection = broker.guard.origin(request.headers, request.raw_path)
+        rejection = runtime.guard.origin(request.headers, request.raw_path)
         if rejection is not None:
             return self._refuse(rejection.reason, rejection.status, rejection.message)
         presented = request.headers.get("X-IDENTITY-HEADER")
         if not presented:
             return self._refuse("identity_header", 401, "X-IDENTITY-HEADER is required")
-        if not broker.msi_header.matches(presented):
+        if not runtime.msi_header.matches(presented):
             return self._refuse("identity_header", 403, "X-IDENTITY-HEADER is not valid")
         if request.query.get("api-version") != API_VERSION:
             return _fail(400, f"api-version must be {API_VERSION}")
@@ -105,15 +133,14 @@ class MsiHandler:
             return _fail(400, "resource is required")
         return None
 
-    async def token(self, request: web.Request) -> Reply:
-        broker = self.broker
-        msi = broker.settings.msi
-        refused = self._checked(request)
+    async def token(self, request: web.Request) -> web.Response:
+        """`GET /msi/token`: the profile's own Azure AD token for `resource`."""
+        runtime = self.broker.runtime
+        refused = self._checked(runtime, request)
         if refused is not None:
             return refused
-        query = request.query
-        resource = query["resource"]
-        profile = self._profile(query)
+        resource = request.query["resource"]
+        profile = self._profile(runtime, request.query)
         if isinstance(profile, str):
             return _fail(400, profile)
         if _resource_of(resource) != _resource_of(profile.scope):
@@ -122,74 +149,43 @@ class MsiHandler:
                 f"resource {resource[:100]!r} is not this identity's "
                 f"({_resource_of(profile.scope)})",
             )
-        if restricted(profile):  # SDK callers cannot present a uid or an access key
-            return self._refuse("not_allowed", 403, "this identity is not served here")
-        entry = broker.cache.entry(profile.name, "aad")
-        try:
-            token, hit = await entry.get(min_remaining=msi.min_remaining)
-        except UpstreamError as e:
-            return _fail(e.status, e.message, retry_after(e))
-        now = broker.settings.profiles.get(profile.name)  # a reload while this caller waited
-        if now is None or restricted(now):
-            return self._refuse("not_allowed", 403, "this identity is not served here")
-        broker.metrics.count_cache(profile.name, "aad", hit)
-        broker.audit.served(
-            "msi",
-            profile.name,
-            "aad",
-            identify(request).description,
-            hit,
-            entry.token_correlation_id,
-        )
-        return _answer(token, resource, profile)
+        assert runtime.settings.msi is not None
+        target = Own("aad", runtime.settings.msi.min_remaining)
+        return await self._serve(request, profile, target, resource)
 
-    async def tenant_token(self, request: web.Request) -> Reply:
+    async def tenant_token(self, request: web.Request) -> web.Response:
         """`GET /msi/tenants/{tenant}/token`: a customer tenant's token for `resource` (any of
         the profile's customer_scopes, without `/.default`), same protocol as /msi/token."""
-        broker = self.broker
-        refused = self._checked(request)
+        runtime = self.broker.runtime
+        refused = self._checked(runtime, request)
         if refused is not None:
             return refused
-        query = request.query
-        resource = query["resource"]
-        profile = self._profile(query)
+        resource = request.query["resource"]
+        profile = self._profile(runtime, request.query)
         if isinstance(profile, str):
             return _fail(400, profile)
-        if restricted(profile):
-            return self._refuse("not_allowed", 403, "this identity is not served here")
-        cache = broker.tenants.get(profile.name)
-        if cache is None:
-            return _fail(400, "this identity serves no customer tenants (customer_tenants)")
-        raw = path_param(request, "tenant")
-        if not is_tenant(raw):
-            return _fail(400, "the tenant must be a tenant id or domain name")
-        tenant = raw.lower()
-        if not cache.allows_tenant(tenant):
-            return _fail(403, "this tenant is not in the identity's customer_tenants")
         wanted = _resource_of(resource)
         scope = next(
-            (s for s in profile.customer_scopes if _resource_of(s) == wanted and s.strip()), None
-        )
-        if scope is None:
-            return _fail(400, f"resource {resource[:100]!r} is not in the customer_scopes")
+            (s for s in profile.customer_scopes if _resource_of(s) == wanted and s.strip()), ""
+        )  # none: refused by the desk, after the tenant's own checks
+        assert runtime.settings.msi is not None
+        target = Customer(path_param(request, "tenant"), scope, runtime.settings.msi.min_remaining)
+        return await self._serve(request, profile, target, resource)
+
+    async def _serve(
+        self, request: web.Request, profile: ProfileSettings, target: Any, resource: str
+    ) -> web.Response:
+        caller = SdkCaller(identify(request))
         try:
-            token, hit, entry = await cache.get(tenant, scope, broker.settings.msi.min_remaining)
+            served = await self.broker.desk.serve(caller, profile.name, target)
+        except Refused as e:
+            return self._refusal(e, resource)
         except UpstreamError as e:
             return _fail(e.status, e.message, retry_after(e))
-        broker.metrics.count_cache(profile.name, KIND, hit)
-        broker.audit.served_tenant(
-            "msi",
-            profile.name,
-            tenant,
-            scope,
-            identify(request).description,
-            hit,
-            entry.token_correlation_id,
-        )
-        return _answer(token, resource, profile)
+        return _answer(served.token, resource, served.profile.client_id)
 
 
-def _answer(token: Any, resource: str, profile: ProfileSettings) -> Answer:
+def _answer(token: Any, resource: str, client_id: str) -> web.Response:
     """The managed-identity protocol's answer: `expires_on` as a string of epoch seconds and
     `resource` echoed exactly, as the Azure SDKs expect."""
     body = {
@@ -197,6 +193,6 @@ def _answer(token: Any, resource: str, profile: ProfileSettings) -> Answer:
         "expires_on": str(token.expires_on),
         "resource": resource,
         "token_type": "Bearer",
-        "client_id": profile.client_id,
+        "client_id": client_id,
     }
-    return Answer(HEADS[JSON], json.dumps(body).encode())
+    return web.Response(body=json.dumps(body).encode(), headers=HEADERS[JSON])

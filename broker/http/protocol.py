@@ -1,9 +1,30 @@
-"""Connection-level limits aiohttp does not have: a deadline for reading a request's head (a
-slowloris defence: aiohttp waits for headers forever), a budget for its size, a cap on open
-connections, and JSON error answers that never echo the request back.
+"""What aiohttp's server lacks, on public APIs only: a cap on open connections, and a budget
+and a deadline for each request's head and body.
 
-`GuardedServerRunner` is aiohttp's low-level ServerRunner with its protocol factory wrapped so
-that every connection gets a `GuardedRequestHandler`.
+aiohttp bounds each header line but not a head, closes a connection whose head never completes
+only after its keep-alive timeout (without an answer), waits for a dripping body as long as it
+drips, and has no connection cap. So every accepted connection goes through a `Gate`, an asyncio
+protocol (`loop.create_server`'s contract) in front of aiohttp's request handler, to which it
+passes every event and the bytes it lets through:
+
+- more than `max_connections` open: the new one is answered 429 and closed;
+- a head (request line and headers, counted to its blank line: never a body, never requests
+  pipelined after it) over `max_header_bytes` is 431 (a request line that long: 414); one not
+  complete `read_timeout` after its first byte is 408; a connection silent that long is closed;
+- a body must be in `read_timeout` after its head's first byte: `read_body` raises
+  `BodyTimeout` then (the handler answers 408) and the connection closes at that deadline.
+
+The 429, 431, 414 and 408 come before aiohttp has a request to answer, so the gate writes them
+itself: constants (nothing of the request), on a connection aiohttp never writes to (it holds no
+complete request, and is fed nothing more). A refusal is a lingering close (answer, write side
+shut, closed a second later) so the client reads the answer instead of a reset.
+
+The gate learns where requests start and end from `track` (a middleware, which finds the gate as
+the transport's protocol), and counts a head only where it knows one starts: at a connection's
+first byte, and after an answer when all received so far was that request (its head and
+Content-Length body). Heads pipelined behind another are held by aiohttp's own line limits and
+keep-alive timeout instead. Limits are read from the settings in force at each use: a reload
+applies them at once (aiohttp's line limits and lingering time: to new connections).
 """
 
 from __future__ import annotations
@@ -11,33 +32,32 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.web_protocol import RequestHandler
 
-from broker.http.callers import Caller, caller_of
+from broker.config.settings import ServerSettings
+from broker.core.streams import read_limited
+from broker.http.callers import PEER, Caller, caller_of
 from broker.http.common import BodyTimeout
 
 LINGER = 1.0  # s a refused connection stays half-open so its answer is read, not reset
 
 
-@dataclass
-class Limits:
-    read_timeout: float  # s to receive a request's whole head
-    max_connections: int
-    max_head_bytes: int  # request line and headers together
-    on_reject: Callable[[str], None]  # counts a refusal in metrics, by reason
-    open: int = 0
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    at: float  # loop time the request's body must be in by
+    seconds: float  # read_timeout when the request started
+
+
+DEADLINE = web.RequestKey("deadline", Deadline)
 
 
 def raw_error(status: int, code: str, message: str) -> bytes:
-    """A complete HTTP/1.1 answer for when no request object exists (yet)."""
+    """A complete HTTP/1.1 answer for a connection without a request (yet)."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     phrase = HTTPStatus(status).phrase
     return (
@@ -46,73 +66,74 @@ def raw_error(status: int, code: str, message: str) -> bytes:
     ).encode() + body
 
 
-def _classify(status: int, exc: BaseException | None) -> tuple[int, str, str]:
-    """(status, code, message) for an error aiohttp hit before or around a handler. The
-    message never quotes the request: aiohttp's own would echo it, bearer tokens included."""
-    if isinstance(exc, LineTooLong):
-        return 431, "headers_too_large", "a request header line is too long"
-    if isinstance(exc, BadHttpMessage) and "many headers" in str(exc):
-        return 431, "headers_too_large", "too many request headers"
-    if isinstance(exc, BadHttpMessage) or 400 <= status < 500:
-        return 400 if status >= 500 else status, "bad_request", "malformed HTTP request"
-    if status == 504:
-        return 504, "timeout", "the request took too long"
-    return 500, "internal_error", "internal error (logged)"
+@dataclass
+class Gates:
+    """What every connection of one server shares: the settings in force, the refusal counter
+    and the connections open."""
+
+    settings: Callable[[], ServerSettings]
+    on_reject: Callable[[str], None]
+    open: set[Gate] = field(default_factory=set)
 
 
-class GuardedRequestHandler(RequestHandler):
-    __slots__ = (
-        "_body",
-        "_body_timer",
-        "_counted",
-        "_head_bytes",
-        "_head_line_done",
-        "_head_started",
-        "_head_timer",
-        "_in_head",
-        "_limits",
-        "_line_bytes",
-        "_peer",
-        "_tail",
-    )
+class Gate(asyncio.Protocol):
+    """One connection, in front of aiohttp's request handler for it (made when admitted)."""
 
-    def __init__(self, manager: Any, *, limits: Limits, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._limits = limits
-        self._counted = False
-        self._in_head = True  # the bytes arriving now belong to a request's head
-        self._head_bytes = 0  # of the head being read: never body bytes
-        self._head_line_done = False
-        self._line_bytes = 0  # bytes of the request line seen so far
-        self._head_started = 0.0  # loop time the head's first byte arrived
-        self._tail = b""  # the head's last bytes, to find its end across packets
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._body: Any = None  # the body being received (a StreamReader), if any
-        self._body_timer: asyncio.TimerHandle | None = None
+    def __init__(self, gates: Gates, handler: Callable[[], asyncio.Protocol]) -> None:
+        self._gates = gates
+        self._make_handler = handler
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._inner: Any = None  # aiohttp's request handler, once admitted
         self._peer: Caller | None = None
+        self._done = False  # refused or closing: nothing more is forwarded
+        self._busy = False  # a request is being handled, from its start to its answer sent
+        self._counting = True  # the bytes arriving now are a head's
+        self._head_bytes = 0
+        self._line_bytes = 0  # of the request line
+        self._line_done = False
+        self._tail = b""  # the head's last bytes so far, to find its end across packets
+        self._head_started = 0.0
+        self._counted = False  # the current request's head was counted (its start is known)
+        self._after_head = 0  # bytes received after the counted head's blank line
+        self._timer: asyncio.TimerHandle | None = None  # the head's, or the body's, deadline
+        self._body: Any = None  # a body still arriving (aiohttp's stream)
+        self._deadline = 0.0  # loop time it must be in by
 
-    # -- the connection ---------------------------------------------------------------------
+    # -- the connection -------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._limits.open += 1
-        self._counted = True
-        if self._limits.open > self._limits.max_connections:
-            self._reject(429, "too_many_connections", "the broker is at its connection limit")
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        gates = self._gates
+        gates.open.add(self)
+        if len(gates.open) > gates.settings().max_connections:
+            self._refuse(429, "too_many_connections", "the broker is at its connection limit")
             return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family == socket.AF_UNIX:
             # Who connected, as the kernel recorded it at connect(): decided now, once.
             self._peer = caller_of(transport)
-        self._arm()
+        self._inner = self._make_handler()
+        self._inner.connection_made(transport)
+        self._arm(gates.settings().read_timeout)  # a connection that says nothing is closed
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._counted:
-            self._limits.open -= 1
-            self._counted = False
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gates.open.discard(self)
+        self._done = True
         self._disarm()
-        self._end_body()
-        super().connection_lost(exc)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
 
     def caller(self) -> Caller:
         """Who is on the other end, worked out once per connection (not once per request):
@@ -121,235 +142,181 @@ class GuardedRequestHandler(RequestHandler):
             self._peer = caller_of(self.transport)
         return self._peer
 
-    # -- reading a request: its head, then its body -----------------------------------------
+    # -- bytes in -----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._force_close or self._close:
+        if self._done:
             return
-        counting = self._in_head
-        if counting and data:
-            # The usual request: its whole head in this one packet, well within budget. (The
-            # general path, `_count_head`, finds the same end; this one copies nothing.)
-            end = data.find(b"\n\r\n") if not self._head_bytes and not self._tail else -1
-            if 0 <= end <= self._limits.max_head_bytes - 3 and data.find(b"\n\n", 0, end + 1) < 0:
-                self._head_started = self._loop.time()
-                self._head_bytes = end + 3
-                self._in_head = False
-            elif self._count_head(data):
-                return  # refused: too large
-        queued = len(self._messages)
-        super().data_received(data)
-        if len(self._messages) > queued:  # a whole head arrived: its deadline is met
-            self._disarm()
-            self._head_bytes = self._line_bytes = 0
-            self._head_line_done = False
-            self._tail = b""
-            payload = self._messages[-1][1]
-            if payload.is_eof():
-                self._in_head = True
-            else:
-                # The body must be complete by the same deadline as the head: read_timeout
-                # from the head's first byte. (A timer only for requests with a body.)
-                self._end_body()
-                self._in_head = False
-                self._body = payload
-                started = self._head_started if counting else self._loop.time()
-                self._body_timer = self._loop.call_at(
-                    started + self._limits.read_timeout, self._body_too_slow
-                )
-        elif self._body is not None:
-            if self._body.is_eof():
-                self._end_body()
-                self._in_head = True
-        elif counting and self._head_timer is None and not (self._force_close or self._close):
-            # A head split over packets must be complete within read_timeout. (Arming only
-            # here keeps a timer off the path of the usual one-packet request.)
-            self._arm()
+        if self._counting:
+            if self._count_head(data):
+                return  # refused
+        else:
+            self._after_head += len(data)
+        self._inner.data_received(data)
 
     def _count_head(self, data: bytes) -> bool:
-        """Count the bytes of `data` that belong to the head (up to its blank line, never the
-        body that follows it); refuse the request when over budget. True when refused."""
-        if not self._head_bytes:
+        """Count the bytes of `data` that belong to the head (up to its blank line); refuse
+        the request when over budget. True when refused."""
+        server = self._gates.settings()
+        if not self._head_bytes and not self._tail:
             self._head_started = self._loop.time()
-        seen = self._tail + data
-        ends = [i + len(m) for m in (b"\n\r\n", b"\n\n") if (i := seen.find(m)) >= 0]
-        head = min(ends) - len(self._tail) if ends else len(data)
+            if self._timer is None:
+                self._arm(server.read_timeout)
+        end = _head_end(self._tail, data)
+        head = len(data) if end < 0 else end
         self._head_bytes += head
-        if not self._head_line_done:
-            end = data.find(b"\n", 0, head)
-            self._line_bytes += head if end < 0 else end
-            self._head_line_done = end >= 0
-        if self._head_bytes > self._limits.max_head_bytes:
-            if self._line_bytes > self._limits.max_head_bytes or not self._head_line_done:
-                self._reject(414, "uri_too_long", "the request line is too long")
+        if not self._line_done:
+            line_end = data.find(b"\n", 0, head)
+            self._line_bytes += head if line_end < 0 else line_end
+            self._line_done = line_end >= 0
+        limit = server.max_header_bytes
+        if self._head_bytes > limit:
+            if self._line_bytes > limit or not self._line_done:
+                self._refuse(414, "uri_too_long", "the request line is too long")
             else:
-                self._reject(
-                    431,
-                    "headers_too_large",
-                    f"request headers over {self._limits.max_head_bytes} bytes",
-                )
+                self._refuse(431, "headers_too_large", f"request headers over {limit} bytes")
             return True
-        if ends:
-            self._in_head = False  # what follows is body (or the next, pipelined, request)
-        else:
-            self._tail = seen[-2:]
+        if end < 0:
+            self._tail = (self._tail + data)[-2:]
+            return False
+        self._disarm()  # the head is complete: its deadline is met
+        self._counting, self._counted = False, True
+        self._after_head = len(data) - end
         return False
 
-    def _arm(self) -> None:
+    # -- requests, as the middleware sees them ---------------------------------------------
+
+    def started(self, request: web.BaseRequest) -> Deadline:
+        """A request's handler starts: when its body must be in by."""
+        self._busy, self._counting = True, False
         self._disarm()
-        self._head_timer = self._loop.call_later(self._limits.read_timeout, self._head_too_slow)
+        seconds = self._gates.settings().read_timeout
+        started = self._head_started if self._counted else self._loop.time()
+        self._deadline = started + seconds
+        body = request.content
+        if request.body_exists and not body.is_eof():
+            self._body = body
+            self._timer = self._loop.call_at(self._deadline, self._body_overdue)
+        return Deadline(self._deadline, seconds)
+
+    def finished(self, request: web.BaseRequest) -> None:
+        """Its answer is sent. Past the deadline with the body still arriving: close. Else the
+        next head is counted if everything received so far was this request."""
+        self._busy = False
+        body = self._body
+        if body is not None and not body.is_eof():
+            if self._loop.time() >= self._deadline:
+                if self._timer is not None:  # the deadline's own timer has not run yet
+                    self._gates.on_reject("request_timeout")
+                self._linger()
+            return  # else the timer closes the connection at the deadline
+        self._disarm()
+        self._body = None
+        length = (request.content_length or -1) if request.body_exists else 0
+        if self._counted and self._after_head == length:
+            self._counting, self._counted = True, False
+            self._head_bytes = self._line_bytes = 0
+            self._line_done, self._tail = False, b""
+        else:
+            self._counted = False  # pipelined, or a chunked body: aiohttp's own limits hold
+
+    # -- deadlines and refusals -------------------------------------------------------------
+
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self._timer = self._loop.call_later(delay, self._head_too_slow)
 
     def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _end_body(self) -> None:
-        self._body = None
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _head_too_slow(self) -> None:
-        self._head_timer = None
-        if self._current_request is None and not self._messages and self._head_bytes:
-            self._reject(
-                408,
-                "request_timeout",
-                f"the request head did not arrive within {self._limits.read_timeout:g} s",
+        self._timer = None
+        if self._busy or not self._counting:
+            return
+        if self._head_bytes or self._tail:
+            timeout = self._gates.settings().read_timeout
+            self._refuse(
+                408, "request_timeout", f"the request head did not arrive within {timeout:g} s"
             )
-        elif self._current_request is None and not self._messages:
-            self.force_close()  # connected and said nothing: just close
+        elif self.transport is not None:
+            self.transport.close()  # connected and said nothing: just close
 
-    def _body_too_slow(self) -> None:
-        """The deadline passed with the body incomplete: whoever reads it (the handler, or
-        aiohttp draining it) gets BodyTimeout; the handler answers 408 and the connection
-        closes."""
-        self._body_timer = None
-        body, self._body = self._body, None
-        if body is not None and not body.is_eof():
-            self._limits.on_reject("request_timeout")
-            body.set_exception(
-                BodyTimeout(f"the request did not arrive within {self._limits.read_timeout:g} s")
-            )
+    def _body_overdue(self) -> None:
+        """The body's deadline passed with the body incomplete. A handler reading it gets
+        BodyTimeout (see `read_body`) and the connection closes when its answer is sent; if
+        that answer went already, aiohttp is draining the body: close now."""
+        self._timer = None
+        self._gates.on_reject("request_timeout")
+        if not self._busy:
+            self._linger()
 
-    def _reject(self, status: int, code: str, message: str) -> None:
-        self._limits.on_reject(code)
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        self._gates.on_reject(code)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(raw_error(status, code, message))
+        self._linger()
+
+    def _linger(self) -> None:
+        """Stop reading, shut the write side, close a moment later: closing at once while the
+        client still sends makes the kernel reset the connection, and the client may never
+        read the answer."""
+        self._done = True
         self._disarm()
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        # A lingering close: send the answer, stop reading, and close a moment later. Closing
-        # at once while the client still sends makes the kernel reset the connection, and the
-        # client may never read the answer.
-        self._force_close = True
-        if self._waiter is not None:
-            self._waiter.cancel()
-        transport.write(raw_error(status, code, message))
         if transport.can_write_eof():
             transport.write_eof()
         self._loop.call_later(LINGER, transport.close)
 
-    # -- errors aiohttp meets itself --------------------------------------------------------
 
-    def handle_error(
-        self,
-        request: Any,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:
-            raise ConnectionError("the answer was already being sent")
-        status, code, text = _classify(status, exc)
-        self._limits.on_reject(code)
-        if status >= 500:
-            self.logger.warning("request failed before a handler: %s", type(exc).__name__)
-        body = json.dumps({"error": {"code": code, "message": text}}).encode()
-        response = web.Response(
-            status=status,
-            body=body,
-            content_type="application/json",
-            headers={"Cache-Control": "no-store"},
-        )
-        response.force_close()
+def _head_end(tail: bytes, data: bytes) -> int:
+    """Where in `data` the head ends (just past its blank line), or -1; `tail` is the head's
+    last bytes from earlier packets."""
+    if tail:
+        joined = tail + data[:3]
+        ends = [i + len(m) for m in (b"\n\r\n", b"\n\n") if (i := joined.find(m)) >= 0]
+        if ends:
+            return min(ends) - len(tail)
+    ends = [i + len(m) for m in (b"\n\r\n", b"\n\n") if (i := data.find(m)) >= 0]
+    return min(ends) if ends else -1
+
+
+@web.middleware
+async def track(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Tells the connection's gate when a request starts and when its answer is sent (the
+    answer is sent here, before aiohttp reads the next request), and gives the request its
+    body deadline."""
+    transport = request.transport
+    gate = transport.get_protocol() if transport is not None else None
+    if not isinstance(gate, Gate):
+        return await handler(request)
+    request[DEADLINE] = gate.started(request)
+    request[PEER] = gate.caller()
+    try:
+        response = await handler(request)
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the caller went away: aiohttp sees it too and ends the connection
         return response
+    finally:
+        gate.finished(request)
 
 
-class _GuardedFactory:
-    """Stands in for aiohttp's Server as the protocol factory; everything else is delegated."""
-
-    def __init__(self, server: Any, limits: Limits) -> None:
-        self._server = server
-        self._limits = limits
-
-    def __call__(self) -> GuardedRequestHandler:
-        server = self._server
-        return GuardedRequestHandler(
-            server, loop=server._loop, limits=self._limits, **server._kwargs
-        )
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._server, name)
-
-
-_HANDLE_REQUEST = RequestHandler._handle_request.__code__
-TaskFactory = Callable[..., Any]
-
-
-def inline_request_tasks(previous: TaskFactory | None) -> TaskFactory:
-    """A task factory that runs aiohttp's per-request coroutine in its connection's own task.
-
-    aiohttp's request handler awaits a new task per request, `_handle_request` (for a fresh
-    copy of the context variables, which the broker does not use). From Python 3.12 that task
-    starts eagerly, so a request answered without waiting never passes through the event loop;
-    on 3.11 it costs a loop iteration and a Task for each request, about a sixth of a cache
-    hit. On 3.11 the runner installs this factory: that one coroutine is handed back to be
-    awaited in place (what an eager task that finishes at once amounts to); every other task is
-    created as before, by `previous` if a factory was already set."""
-
-    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        if getattr(coro, "cr_code", None) is _HANDLE_REQUEST:
-            return coro
-        if previous is not None:
-            return previous(loop, coro, **kwargs)
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    factory.inline_requests = True  # type: ignore[attr-defined]
-    return factory
-
-
-class GuardedServerRunner(web.ServerRunner):
-    """aiohttp's low-level runner with the guarded protocol, and the broker's lifecycle: the
-    broker starts before the first connection is accepted and closes after the last request."""
-
-    def __init__(
-        self,
-        server: web.Server,
-        *,
-        limits: Limits,
-        start: Callable[[], Awaitable[None]],
-        close: Callable[[], Awaitable[None]],
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(server, **kwargs)
-        self.limits = limits
-        self._start, self._close = start, close
-        self._restore: tuple[asyncio.AbstractEventLoop, TaskFactory | None] | None = None
-
-    async def _make_server(self) -> Any:
-        await self._start()
-        if sys.version_info < (3, 12):  # later Pythons start aiohttp's request tasks eagerly
-            loop = asyncio.get_running_loop()
-            previous = loop.get_task_factory()
-            if not getattr(previous, "inline_requests", False):  # another runner's is as good
-                self._restore = (loop, previous)
-                loop.set_task_factory(inline_request_tasks(previous))
-        return _GuardedFactory(await super()._make_server(), self.limits)
-
-    async def _cleanup_server(self) -> None:
-        if self._restore is not None:
-            loop, previous = self._restore
-            loop.set_task_factory(previous)
-            self._restore = None
-        await self._close()
+async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+    """The request's body (at most `limit + 1` bytes), by its deadline or BodyTimeout."""
+    deadline = request.get(DEADLINE)
+    if deadline is None:
+        return await read_limited(request.content, limit)
+    try:
+        async with asyncio.timeout_at(deadline.at):
+            return await read_limited(request.content, limit)
+    except TimeoutError:
+        raise BodyTimeout(f"the request did not arrive within {deadline.seconds:g} s") from None

@@ -1,194 +1,119 @@
-"""The /v1 endpoints for local tools, and the operators' /healthz, /readyz and /metrics.
+"""The /v1 endpoints for local tools: a token (the profile's own, or a customer tenant's), a
+forced refresh, and the profiles' state.
 
-Every /v1 request passes the origin guard (no proxy headers, an allowed Host) and must carry
-the required header; a restricted profile also checks the caller (uid/group on the unix socket,
-access key). A caller that may not use a profile learns nothing about it.
+Each handler parses, asks `broker.core.serve` and renders: the origin guard and the required
+header come first (`access.guard`); whether the caller may use the profile, before and after any
+wait, is decided by the desk. A caller that may not use a profile learns nothing about it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
 
 from broker.config.errors import UpstreamError
-from broker.config.settings import ProfileSettings, Settings
-from broker.core.render import JSON, Negotiator, Rendered, json_body, render
-from broker.core.service import Broker
+from broker.core.render import (
+    JSON,
+    Negotiator,
+    Rendered,
+    json_body,
+    render,
+    render_tenant,
+    tenant_body,
+)
+from broker.core.runtime import Runtime
+from broker.core.serve import Customer, Own, Refused
 from broker.core.sources import KINDS
-from broker.http.answer import Answer
-from broker.http.callers import ACCESS_KEY_HEADER, Caller, identify, may_use, restricted
+from broker.http.access import guard, refusal, requester
 from broker.http.common import (
     HEADERS,
-    HEADS,
     NO_STORE,
-    PARAMS,
-    Reply,
     error_response,
     path_param,
+    single,
     upstream_error_response,
 )
-from broker.http.tenants import TenantHandlers
 from broker.observe.logs import iso_time
-from broker.observe.metrics import CONTENT_TYPE
 
-_NOT_ALLOWED = "this caller may not use this profile"
+OFFERED = "offered: application/json, application/xml, text/xml, text/plain"
+
+
+def customer_target(query: Any) -> Customer | web.Response:
+    """`?tenant=T&scope=S` (and kind=aad or none): a customer tenant's token."""
+    if single(query, "kind") not in (None, "aad"):
+        return error_response(
+            400, "bad_kind", "customer-tenant tokens are Azure AD tokens: kind=aad or no kind"
+        )
+    tenant = single(query, "tenant")
+    if tenant is None:
+        return error_response(400, "bad_request", "scope is only for customer tenants")
+    scope = single(query, "scope")
+    return Customer(
+        tenant if isinstance(tenant, str) else None,
+        scope if isinstance(scope, str) or scope is None else "",  # twice: allowed by none
+    )
 
 
 class V1Handlers:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Any) -> None:
         self.broker = broker
         self._negotiate = Negotiator()
-        self._rendered: dict[tuple[str, str], Rendered] = {}
-        self._last_forced: dict[str, float] = {}
-        self._restricted_for: Settings | None = None
-        self._restricted_names: frozenset[str] = frozenset()
-        self.tenants = TenantHandlers(self)
+        self._rendered: dict[tuple[str, str], Rendered] = {}  # by (profile, kind)
 
-    @property
-    def settings(self) -> Settings:
-        return self.broker.settings
-
-    def _refuse(self, reason: str, status: int, code: str, message: str) -> web.Response:
-        self.broker.metrics.rejected.labels(reason).inc()
-        return error_response(status, code, message)
-
-    def guard(self, request: web.Request) -> web.Response | None:
-        """Origin checks and the required header; None when the request may pass."""
-        rejection = self.broker.guard.v1(request.headers, request.raw_path)
-        if rejection is None:
-            return None
-        return self._refuse(rejection.reason, rejection.status, rejection.code, rejection.message)
-
-    def allowed(self, profile: ProfileSettings, caller: Caller, request: web.Request) -> bool:
-        return not restricted(profile) or may_use(
-            profile, caller, request.headers.get(ACCESS_KEY_HEADER)
-        )
-
-    # -- tokens ------------------------------------------------------------------------------
-
-    def _restricted(self) -> frozenset[str]:
-        """Names of the profiles that check their callers, recomputed when settings change."""
-        settings = self.broker.settings
-        if self._restricted_for is not settings:
-            self._restricted_names = frozenset(
-                name for name, p in settings.profiles.items() if restricted(p)
-            )
-            self._restricted_for = settings
-        return self._restricted_names
-
-    def token_default(self, request: web.Request) -> Reply | Awaitable[Reply]:
-        """`GET /v1/token`: the profile `default`."""
-        return self.token(request, "default")
-
-    def token_named(self, request: web.Request) -> Reply | Awaitable[Reply]:
-        """`GET /v1/token/{profile}`."""
-        return self.token(request, request[PARAMS]["profile"])
-
-    def token(self, request: web.Request, name: str) -> Reply | Awaitable[Reply]:
-        """The hot path. A cache hit is answered here and now, with dictionary lookups and no
-        coroutine; only a miss (or a customer tenant's token) returns one to await."""
+    async def token(self, request: web.Request) -> web.Response:
+        """`GET /v1/token[/{profile}]`, `?kind=` or `?tenant=&scope=`."""
         broker = self.broker
-        headers = request.headers
-        denied = self.guard(request)
+        denied = guard(broker.runtime, broker.metrics, request)
         if denied is not None:
             return denied
-        kind = "partner"
-        customer = False
+        name = path_param(request, "profile", "default")
+        kind, customer = "partner", False
         if request.query_string:
-            query = request.query
-            customer = "tenant" in query or "scope" in query
-            kind = query.get("kind", "partner")
+            customer = "tenant" in request.query or "scope" in request.query
+            kind = request.query.get("kind", "partner")
         if kind not in KINDS:
             return error_response(400, "bad_kind", "kind must be 'partner' or 'aad'")
-        media = self._negotiate(headers.get("Accept"))
+        media = self._negotiate(request.headers.get("Accept"))
         if media is None:
-            return error_response(
-                406,
-                "not_acceptable",
-                "offered: application/json, application/xml, text/xml, text/plain",
-            )
-        if customer:
-            return self.tenants.token(request, name, media)
-        entry = broker.cache.entries.get((name, kind))
-        if entry is None:
-            return error_response(404, "unknown_profile", f"no profile named {name!r}")
-        caller = identify(request)
-        restricted_names = (
-            self._restricted_names
-            if self._restricted_for is broker.settings
-            else self._restricted()
+            return error_response(406, "not_acceptable", OFFERED)
+        target: Own | Customer | web.Response = (
+            customer_target(request.query) if customer else Own(kind)
         )
-        if name in restricted_names and not self.allowed(
-            broker.settings.profiles[name], caller, request
-        ):
-            return self._refuse("not_allowed", 403, "forbidden", _NOT_ALLOWED)
-        token = entry.peek()
-        if token is None:
-            return self._token_miss(request, name, kind, media, entry, caller)
-        return self._answer(name, kind, media, entry, caller, token, True)
-
-    async def _token_miss(
-        self, request: web.Request, name: str, kind: str, media: str, entry: Any, caller: Caller
-    ) -> Reply:
-        broker = self.broker
+        if isinstance(target, web.Response):
+            return target
         try:
-            token, hit = await entry.get()
+            served = await broker.desk.serve(requester(request), name, target)
+        except Refused as e:
+            return refusal(broker.metrics, e)
         except UpstreamError as e:
             return upstream_error_response(e)
-        # A reload may have removed or restricted the profile while this caller waited.
-        profile = broker.settings.profiles.get(name)
-        if profile is None:
-            return error_response(404, "unknown_profile", f"no profile named {name!r}")
-        if name in self._restricted() and not self.allowed(profile, caller, request):
-            return self._refuse("not_allowed", 403, "forbidden", _NOT_ALLOWED)
-        return self._answer(name, kind, media, entry, caller, token, hit)
-
-    def _answer(
-        self, name: str, kind: str, media: str, entry: Any, caller: Caller, token: Any, hit: bool
-    ) -> Reply:
-        broker = self.broker
-        broker.metrics.count_cache(name, kind, hit)
-        broker.audit.served("v1", name, kind, caller.description, hit, entry.token_correlation_id)
+        token = served.token
+        expires_in = int(token.expires_mono - broker.clock.monotonic())
+        if customer:
+            fields = render_tenant(token, name, served.tenant, served.scope, expires_in)
+            return web.Response(body=tenant_body(fields, media), headers=HEADERS[media])
         rendered = self._rendered.get((name, kind))
         if rendered is None or rendered.token is not token:
             rendered = self._rendered[(name, kind)] = render(token, name, kind)
-        expires_in = int(token.expires_mono - broker.clock.monotonic())
-        return Answer(HEADS[media], rendered.body(media, expires_in))
+        return web.Response(body=rendered.body(media, expires_in), headers=HEADERS[media])
 
     async def refresh(self, request: web.Request) -> web.Response:
-        denied = self.guard(request)
+        """`POST /v1/token/{profile}/refresh?kind=`: answers the new expiry, not the token."""
+        broker = self.broker
+        denied = guard(broker.runtime, broker.metrics, request)
         if denied is not None:
             return denied
         name = path_param(request, "profile")
         kind = request.query.get("kind", "partner")
         if kind not in KINDS:
             return error_response(400, "bad_kind", "kind must be 'partner' or 'aad'")
-        aad = self.broker.cache.entry(name, "aad")
-        target = self.broker.cache.entry(name, kind)
-        if aad is None or target is None:
-            return error_response(404, "unknown_profile", f"no profile named {name!r}")
-        if not self.allowed(self.settings.profiles[name], identify(request), request):
-            return self._refuse("not_allowed", 403, "forbidden", _NOT_ALLOWED)
-        now = self.broker.clock.monotonic()
-        wait = self._last_forced.get(name, -1e9) + self.settings.server.refresh_min_interval - now
-        if wait > 0:
-            self.broker.metrics.rejected.labels("refresh_rate").inc()
-            return error_response(
-                429,
-                "too_many_refreshes",
-                f"profile {name!r} was refreshed moments ago",
-                headers={"Retry-After": str(int(wait) + 1)},
-            )
-        self._last_forced[name] = now
         try:
-            await aad.refresh()  # a forced partner refresh starts from a fresh AAD token too
-            if target is not aad:
-                await target.refresh()
+            status = await broker.desk.refresh(requester(request), name, kind)
+        except Refused as e:
+            return refusal(broker.metrics, e)
         except UpstreamError as e:
             return upstream_error_response(e)
-        status = target.status()
         return web.json_response(
             {
                 "profile": name,
@@ -202,19 +127,20 @@ class V1Handlers:
         )
 
     async def profiles(self, request: web.Request) -> web.Response:
-        denied = self.guard(request)
+        """`GET /v1/profiles`: the state of each profile this caller may use; never a token."""
+        broker = self.broker
+        runtime = broker.runtime
+        denied = guard(runtime, broker.metrics, request)
         if denied is not None:
             return denied
-        caller = identify(request)
-        visible = {
-            name for name, p in self.settings.profiles.items() if self.allowed(p, caller, request)
-        }
+        caller = requester(request)
+        visible = {n for n, p in runtime.settings.profiles.items() if caller.may_use(p)}
         body: dict[str, Any] = {
-            "profiles": self.profile_table(visible),
+            "profiles": profile_table(broker, runtime, visible),
             # Settings a reload read but the process cannot apply until it restarts.
-            "restart_pending": self.broker.restart_pending,
+            "restart_pending": list(runtime.restart_pending),
         }
-        shared = self.broker.shared
+        shared = broker.shared
         if shared.enabled:
             st = shared.status()
             body["shared"] = {
@@ -228,16 +154,17 @@ class V1Handlers:
             }
         return web.Response(body=json_body(body), headers=HEADERS[JSON])
 
-    def profile_table(self, visible: set[str]) -> dict[str, Any]:
-        table: dict[str, Any] = {}
-        for s in self.broker.statuses():
-            p = self.settings.profiles.get(s.profile)
-            if p is None or s.profile not in visible:
-                continue
-            row = table.setdefault(
-                s.profile, {"credential": p.credential, "warm": p.warm, "cloud": p.cloud}
-            )
-            row[s.kind] = {
+
+def profile_table(broker: Any, runtime: Runtime, visible: set[str]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for name, profile in runtime.profiles.items():
+        if name not in visible:
+            continue
+        p = profile.settings
+        row = table[name] = {"credential": p.credential, "warm": p.warm, "cloud": p.cloud}
+        for kind, entry in profile.entries.items():
+            s = entry.status()
+            row[kind] = {
                 "state": s.state,
                 "expires_on": s.expires_on,
                 "expires_at": iso_time(s.expires_on),
@@ -248,74 +175,14 @@ class V1Handlers:
                 "last_error": s.last_error,
                 "upstream_calls": s.calls,
             }
-        for name, row in table.items():
-            mfa = self.broker.mfa(name)
-            if mfa is not None:  # Partner Center refuses app+user tokens without MFA (900421)
-                row["mfa"] = mfa
-            cache = self.broker.tenants.get(name)
-            if cache is not None:
-                row["customer_tenants"] = {
-                    "tokens": len(cache),
-                    "tenants": cache.states(),
-                    "profile_block": cache.profile_block(),
-                }
-        return table
-
-    # -- operators ---------------------------------------------------------------------------
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.Response(body=b'{"status": "ok"}', headers=HEADERS[JSON])
-
-    def _operator_guard(self, request: web.Request) -> web.Response | None:
-        """/readyz and /metrics: no required header (scrapers and probes cannot send one), but
-        no proxied request and no foreign Host either (a DNS-rebound page could read them)."""
-        rejection = self.broker.guard.origin(request.headers, request.raw_path)
-        if rejection is None:
-            return None
-        return self._refuse(rejection.reason, rejection.status, rejection.code, rejection.message)
-
-    def _hidden(self, request: web.Request) -> frozenset[str]:
-        """The restricted profiles this caller may not use: never named to it."""
-        names = self._restricted()
-        if not names:
-            return names
-        caller = identify(request)
-        profiles = self.settings.profiles
-        return frozenset(n for n in names if not self.allowed(profiles[n], caller, request))
-
-    async def readyz(self, request: web.Request) -> web.Response:
-        denied = self._operator_guard(request)
-        if denied is not None:
-            return denied
-        ok, detail = self.broker.ready()
-        hidden = self._hidden(request)
-        detail = {name: states for name, states in detail.items() if name not in hidden}
-        body = json_body({"ready": ok, "profiles": detail})
-        return web.Response(status=200 if ok else 503, body=body, headers=HEADERS[JSON])
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        denied = self._operator_guard(request)
-        if denied is not None:
-            return denied
-        body = self.broker.metrics.render()
-        hidden = self._hidden(request)
-        if hidden:
-            labels = tuple(f'profile="{name}"'.encode() for name in hidden)
-            body = b"\n".join(
-                line for line in body.split(b"\n") if not any(label in line for label in labels)
-            )
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
-
-    # -- everything else ---------------------------------------------------------------------
-
-    async def not_found(self, request: web.Request) -> web.Response:
-        if request.method == "OPTIONS":
-            return await self.method_not_allowed(request)
-        return error_response(404, "not_found", "no such endpoint")
-
-    async def method_not_allowed(self, request: web.Request) -> web.Response:
-        if request.method == "OPTIONS":  # a CORS preflight: browsers get nothing here
-            return self._refuse(
-                "preflight", 403, "preflight_refused", "cross-origin requests are not served"
-            )
-        return error_response(405, "method_not_allowed", f"{request.method} is not allowed here")
+        mfa = broker.mfa(name, runtime)
+        if mfa is not None:  # Partner Center refuses app+user tokens without MFA (900421)
+            row["mfa"] = mfa
+        cache = profile.tenants
+        if cache is not None:
+            row["customer_tenants"] = {
+                "tokens": len(cache),
+                "tenants": cache.states(),
+                "profile_block": cache.profile_block(),
+            }
+    return table

@@ -1,4 +1,4 @@
-"""Injected faults and latency, applied before an endpoint does its real work."""
+"""Injected gates, latency and faults, applied before an endpoint does its real work."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ async def apply(
     error: Callable[[int, Fault], web.Response],
 ) -> web.StreamResponse | None:
     """A faulty answer for this call, or None to answer normally."""
+    gate = state.gates.get(endpoint)
+    if gate is not None:
+        await gate.wait()
     if state.latency[endpoint]:
         await asyncio.sleep(state.latency[endpoint])
     fault = state.next_fault(endpoint)

@@ -92,6 +92,9 @@ class SandboxState:
         self.customer_calls: Counter[tuple[str, str]] = Counter()  # (tenant id, resource)
         self.lifetimes = {"aad": 3599.0, "partner": 3600.0}
         self.latency = {"aad": 0.0, "partner": 0.0}
+        # Gates: a call to an endpoint with a gate here is recorded, then waits until the gate
+        # opens (tests order events with them instead of guessing a latency).
+        self.gates: dict[str, asyncio.Event] = {}
         self.clock_skew = 0.0  # seconds the sandbox's own clock runs ahead of the host
         self.faults: dict[str, deque[Fault]] = {e: deque() for e in ENDPOINTS}
         self.counts: Counter[str] = Counter()
@@ -131,6 +134,13 @@ class SandboxState:
         if endpoint not in ENDPOINTS or mode not in MODES:
             raise ValueError(f"endpoint in {ENDPOINTS}, mode in {MODES}")
         self.faults[endpoint].append(Fault(mode, status, times, retry_after, delay))
+
+    def hold(self, endpoint: str) -> asyncio.Event:
+        """Calls to `endpoint` from now on wait until the returned event is set."""
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint in {ENDPOINTS}")
+        gate = self.gates[endpoint] = asyncio.Event()
+        return gate
 
     def clear(self, endpoint: str | None = None) -> None:
         for name in [endpoint] if endpoint else ENDPOINTS:

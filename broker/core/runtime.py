@@ -1,0 +1,151 @@
+"""What the broker runs on: one immutable snapshot, swapped whole by a reload.
+
+A `Runtime` is the configuration in force and everything built from it: per profile a
+`ProfileRuntime` (its settings, credential, the `aad` and `partner` cache entries and, with
+customer tenants, their cache), the origin guard, the mirror and the /msi identity header. A
+reload builds the new snapshot aside and swaps it in one assignment (`Broker.apply`): whoever
+holds a snapshot sees one configuration, whole, and whoever awaited reads the current one again
+(`broker.core.serve` does, after every wait).
+
+`SERVER_SETTINGS` says, once, which `[server]` settings a reload applies and which only a
+restart does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from broker.config.secret import Secret
+from broker.config.settings import ProfileSettings, ServerSettings, Settings, SharedSettings
+from broker.core.cache import Entry, TokenCache
+from broker.core.credentials import Credential, make_credential
+from broker.core.guards import OriginGuard
+from broker.core.mirror import MirrorCache
+from broker.core.shared import SharedCache
+from broker.core.sources import profile_entries
+from broker.core.tenants import TenantCache
+from broker.core.upstream import Upstream
+
+# Which [server] settings a reload applies ("live": read where they are used, from the snapshot
+# in force) and which need a restart ("restart": read once at start-up; a reload that changes
+# one reports it in `needs_restart`: log, /v1/profiles' restart_pending, the metric
+# broker_restart_pending and systemd's STATUS). Every field of ServerSettings has a line (a
+# test holds them equal). To be replaced by a flag per setting in the config schema.
+LIVE, RESTART = "live", "restart"
+SERVER_SETTINGS: dict[str, str] = {
+    "listen": RESTART,  # the daemon binds its sockets once
+    "required_header": LIVE,  # the snapshot's origin guard
+    "allowed_hosts": LIVE,
+    "log_format": RESTART,  # the logger is built once
+    "log_level": RESTART,
+    "allow_remote": RESTART,  # checked when binding
+    "socket_mode": RESTART,  # set when binding
+    "socket_group": RESTART,
+    "max_connections": LIVE,  # the connection gate reads it at every accept
+    "read_timeout": LIVE,  # per request; aiohttp's lingering time per new connection
+    "max_header_bytes": LIVE,  # per request head; aiohttp's line limits per new connection
+    "audit": LIVE,
+    "refresh_min_interval": LIVE,  # per forced refresh or invalidation
+    "shutdown_timeout": RESTART,  # aiohttp's runner takes it when it is built
+    "event_loop": RESTART,  # chosen before the loop starts
+    "upstream_proxy": RESTART,  # the upstream session is built once
+    "upstream_proxy_credentials": RESTART,
+}
+# What a reload can report as pending a restart: those settings, and the [shared] section (the
+# Redis connection is opened once).
+RESTART_ONLY = (*(k for k, v in SERVER_SETTINGS.items() if v == RESTART), "shared")
+
+
+def needs_restart(
+    new: Settings, server: ServerSettings, shared: SharedSettings | None
+) -> tuple[str, ...]:
+    """The restart-only settings of `new` that differ from what the process runs (`server`,
+    `shared`: what it started with), not from the file read last."""
+    pending = [k for k in RESTART_ONLY[:-1] if getattr(new.server, k) != getattr(server, k)]
+    if new.shared != shared:
+        pending.append("shared")
+    return tuple(pending)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRuntime:
+    """One profile as it runs: never changed in place; a reload that changes the profile
+    builds a new one (a fresh fetch) and retires this one."""
+
+    settings: ProfileSettings
+    credential: Credential
+    entries: Mapping[str, Entry]  # by kind: "aad", "partner"
+    tenants: TenantCache | None = None  # with customer_tenants only
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def start(self) -> None:
+        for entry in self.entries.values():
+            entry.start()
+
+    def retire(self) -> None:
+        """Timers stop; a refresh in flight is left to land for the callers awaiting it."""
+        for entry in self.entries.values():
+            entry.retire()
+        if self.tenants is not None:
+            self.tenants.retire()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(e.close() for e in self.entries.values()))
+        if self.tenants is not None:
+            await self.tenants.close()
+        closing = getattr(self.credential, "close", None)  # a rotated refresh token held back
+        if closing is not None:
+            await closing()
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: Settings
+    profiles: Mapping[str, ProfileRuntime]
+    guard: OriginGuard
+    mirror: MirrorCache | None = None
+    msi_header: Secret | None = None  # what /msi callers must send as X-IDENTITY-HEADER
+    restart_pending: tuple[str, ...] = ()
+
+    def entries(self) -> Iterator[Entry]:
+        for profile in self.profiles.values():
+            yield from profile.entries.values()
+
+
+@dataclass(frozen=True, slots=True)
+class Builder:
+    """Builds a profile's runtime from its settings: what every profile shares (the upstream
+    session, the fleet cache, the clock and log) travels in here."""
+
+    factory: TokenCache  # makes entries with the broker's clock, log, metrics and jitter
+    upstream: Upstream
+    shared: SharedCache
+    clock: Any
+    log: Any
+    metrics: Any
+    rand: Callable[[], float]
+
+    def profile(self, profile: ProfileSettings) -> ProfileRuntime:
+        credential = make_credential(profile, self.log, self.shared)
+        built = profile_entries(
+            self.factory, profile, self.upstream, self.log, credential, shared=self.shared
+        )
+        tenants = None
+        if profile.serves_customers:
+            tenants = TenantCache(
+                profile,
+                credential,
+                self.upstream,
+                clock=self.clock,
+                log=self.log,
+                metrics=self.metrics,
+                rand=self.rand,
+                shared=self.shared,
+            )
+        return ProfileRuntime(profile, credential, {e.kind: e for e in built}, tenants)

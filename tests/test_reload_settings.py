@@ -1,0 +1,70 @@
+"""Which [server] settings a reload applies is decided in one place (`SERVER_SETTINGS`): the live
+ones take effect on the running server at once, the others are reported until a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from broker.config.settings import ServerSettings
+from broker.core.runtime import LIVE, RESTART, RESTART_ONLY, SERVER_SETTINGS
+from tests.conftest import make_settings
+from tests.test_hot_path import request_of_head_size
+from tests.test_security import raw, status_and_json
+
+
+async def all_closed(b) -> None:
+    """Until the server has seen every connection so far close (polled, with a deadline)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while b.client.server.gates.open:
+        assert loop.time() < deadline, "connections still open"
+        await asyncio.sleep(0.01)
+
+
+def test_every_server_setting_is_live_or_restart_only() -> None:
+    fields = [f.name for f in dataclasses.fields(ServerSettings)]
+    assert list(SERVER_SETTINGS) == fields
+    assert set(SERVER_SETTINGS.values()) == {LIVE, RESTART}
+    assert RESTART_ONLY[-1] == "shared"
+
+
+async def test_a_reload_applies_the_live_limits_to_the_running_server(
+    sandbox, secret, start_broker
+):
+    """max_connections, max_header_bytes and read_timeout lowered by a reload: the very next
+    connection, head and slow request are held to the new values, and nothing is reported as
+    needing a restart. shutdown_timeout, which the runner took at start, is reported."""
+    b = await start_broker(make_settings(sandbox, secret))
+    address = str(b.client.make_url("")).removeprefix("http://").rstrip("/")
+    assert (await raw(address, request_of_head_size(2000))).startswith(b"HTTP/1.1 200 ")
+    live = "max_connections = 2\nmax_header_bytes = 1024\nread_timeout = 0.3"
+    changes = b.broker.apply(make_settings(sandbox, secret, server=live))
+    assert changes["needs_restart"] == []
+
+    status, body = status_and_json(await raw(address, request_of_head_size(2000)))
+    assert status == 431 and body["error"]["code"] == "headers_too_large"
+    assert (await raw(address, request_of_head_size(1024))).startswith(b"HTTP/1.1 200 ")
+
+    host, port = address.rsplit(":", 1)
+    await all_closed(b)
+    held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
+    status, body = status_and_json(await raw(address, b""))
+    assert status == 429 and body["error"]["code"] == "too_many_connections"
+    for _, writer in held:
+        writer.close()
+        await writer.wait_closed()
+
+    await all_closed(b)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /v1/token HTTP/1.1\r\nHost: localhost\r\n")  # never finished
+    answer = await asyncio.wait_for(reader.read(), 5)  # 408 after 0.3 s, then closed
+    writer.close()
+    assert status_and_json(answer)[1]["error"]["code"] == "request_timeout"
+
+    later = make_settings(sandbox, secret, server=live + "\nshutdown_timeout = 3")
+    assert b.broker.apply(later)["needs_restart"] == ["shutdown_timeout"]
+    profiles = await (await b.get("/v1/profiles")).json()
+    assert profiles["restart_pending"] == ["shutdown_timeout"]
+    metrics = await (await b.client.get("/metrics")).text()
+    assert 'broker_restart_pending{setting="shutdown_timeout"} 1.0' in metrics
