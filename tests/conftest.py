@@ -6,7 +6,9 @@ import asyncio
 import heapq
 import io
 import itertools
+import os
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -340,3 +342,30 @@ def shared_key(tmp_path) -> str:
     path.write_bytes(secrets.token_bytes(32))
     path.chmod(0o600)
     return str(path)
+
+
+@pytest.fixture
+async def daemon(secret, tmp_path):
+    """`pc-token-broker serve` as a real process, started by `await daemon(config_text)`."""
+    from tests.support import Daemon  # support builds on this module's builders
+
+    started: list[Daemon] = []
+
+    async def start(config: str, *argv_prefix: str, env: dict[str, str] | None = None) -> Daemon:
+        path = tmp_path / "broker.toml"
+        path.write_text(config)
+        args = [*argv_prefix, sys.executable, "-m", "broker", "serve", "--config", str(path)]
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            env={**os.environ, "TEST_CLIENT_SECRET": secret, **(env or {})},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        d = Daemon(proc)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.returncode is None:
+            d.proc.kill()
+            await d.proc.wait()

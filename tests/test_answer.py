@@ -19,7 +19,7 @@ from broker.daemon.listeners import bind, bound_address
 from broker.http.app import create_app
 from broker.http.server import HttpServer
 from tests.conftest import make_settings
-from tests.test_security import raw
+from tests.support import raw
 
 BIG = b"x" * (16 * 2**20)  # far more than the socket buffers hold
 ASK = "Host: localhost\r\nMetadata: true\r\n"  # what every /v1 request carries

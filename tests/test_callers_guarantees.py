@@ -20,7 +20,7 @@ from broker.config.secret import Secret
 from broker.http.callers import Caller, caller_of, may_use, read_peer_credentials
 from tests.conftest import HEADERS, config_text
 from tests.hostile import Hostile
-from tests.test_security import raw, settings
+from tests.support import raw, settings
 
 
 def foreign_gid() -> int:

@@ -426,7 +426,7 @@ def test_check_config_says_how_to_convert_pkcs12_and_der(tmp_path: Path, check) 
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.serialization import pkcs12
 
-    from tests.test_credentials import make_certificate
+    from tests.support import make_certificate
 
     pem, cert_pem = make_certificate()
     key = serialization.load_pem_private_key(pem, None)

@@ -195,7 +195,7 @@ def test_example_config_documents_every_key_and_parses(tmp_path: Path) -> None:
 
     text = (ROOT / "config.example.toml").read_text()
     (tmp_path / "client-secret").write_text("example-secret-value")
-    from tests.test_credentials import make_certificate
+    from tests.support import make_certificate
 
     (tmp_path / "app.pem").write_bytes(make_certificate(password=b"example-pw")[0])
     text = text.replace("/var/lib/pc-token-broker", str(tmp_path))

@@ -2,57 +2,19 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import stat
 from pathlib import Path
 
 import jwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from broker.config.errors import ConfigError
 from broker.config.load import parse_settings
 from tests.conftest import CLIENT_ID, TENANT, FakeClock, config_text
+from tests.support import make_certificate, settings_for
 
 HEADERS = {"Metadata": "true"}
-
-
-def make_certificate(password: bytes | None = None) -> tuple[bytes, bytes]:
-    """A self-signed RSA certificate: (PEM with key and certificate, public certificate PEM)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pc-token-broker test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    encryption = (
-        serialization.BestAvailableEncryption(password)
-        if password
-        else serialization.NoEncryption()
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    return key_pem + cert_pem, cert_pem
-
-
-def settings_for(sandbox, profile: str, env: dict[str, str] | None = None):
-    text = config_text(sandbox, profiles=profile).replace(
-        'client_secret_env = "TEST_CLIENT_SECRET"\n', ""
-    )
-    return parse_settings(text, env=env or {})
 
 
 @pytest.mark.parametrize("algorithm", ["RS256", "PS256"])

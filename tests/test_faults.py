@@ -10,14 +10,9 @@ import pytest
 
 from broker.core import schedule
 from tests.conftest import make_settings
+from tests.support import settle
 
 COLD = "[profiles.default]\nwarm = false\n"
-
-
-async def settle(b) -> None:
-    """Wait for every in-flight refresh to land (the partner one may start the aad one)."""
-    while flights := [e.flight for e in b.broker.runtime.entries() if e.flight]:
-        await asyncio.gather(*flights, return_exceptions=True)
 
 
 def attempts_within(window: float, first_at: float) -> int:

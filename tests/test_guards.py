@@ -8,7 +8,7 @@ import pytest
 
 from broker.config.settings import ServerSettings
 from broker.core.guards import OriginGuard, Rejection, strip_port, target_host
-from tests.test_security import raw, settings, status_and_json
+from tests.support import raw, settings, status_and_json
 
 OK = {"Host": "localhost:8721", "Metadata": "true"}
 HOST_REJECTION = Rejection(

@@ -20,8 +20,7 @@ from broker.config.load import parse_settings
 from broker.sandbox.state import PARTNER_AUDIENCE
 from tests.conftest import HEADERS, config_text
 from tests.hostile import Hostile
-from tests.test_faults import settle
-from tests.test_security import raw, status_and_json
+from tests.support import raw, settle, status_and_json
 
 
 def settings_for(upstream, secret: str, **kwargs):

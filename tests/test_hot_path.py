@@ -6,14 +6,10 @@ from __future__ import annotations
 import json
 
 from tests.conftest import make_settings
-from tests.test_security import raw
-
-
-def request_of_head_size(size: int) -> bytes:
-    """A /v1/token request whose head, blank line included, is exactly `size` bytes."""
-    start = b"GET /v1/token HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\nX-Pad: "
-    end = b"\r\nConnection: close\r\n\r\n"
-    return start + b"a" * (size - len(start) - len(end)) + end
+from tests.support import (
+    raw,
+    request_of_head_size,
+)
 
 
 async def test_a_head_of_exactly_the_budget_passes_and_one_byte_more_is_431(

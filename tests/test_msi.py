@@ -18,21 +18,10 @@ from azure.identity.aio import ManagedIdentityCredential as AsyncManagedIdentity
 from broker.cli.main import main
 from broker.config.load import parse_settings
 from tests.conftest import CLIENT_ID, config_text
+from tests.support import AZURE_ENV
 
 SCOPE = "https://api.partnercenter.microsoft.com/.default"
 RESOURCE = "https://api.partnercenter.microsoft.com"
-AZURE_ENV = (
-    "AZURE_CLIENT_ID",
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_USERNAME",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "MSI_ENDPOINT",
-    "MSI_SECRET",
-    "IMDS_ENDPOINT",
-    "IDENTITY_SERVER_THUMBPRINT",
-    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-)
 
 
 def msi_settings(sandbox, secret, tmp_path, *, profiles=None, msi_extra=""):

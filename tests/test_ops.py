@@ -5,8 +5,6 @@ process; the sandbox runs in the test."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
 import shutil
 import signal
@@ -19,71 +17,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import HEADERS, config_text
+from tests.conftest import HEADERS
+from tests.support import Daemon, unix_config  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "pc-token-broker.service"
 SOCKET_UNIT = ROOT / "systemd" / "pc-token-broker.socket"
-
-
-class Daemon:
-    """`python -m broker serve` as a child process, its JSON log lines read as they come."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.events: list[dict] = []
-
-    async def wait_for(self, event: str, timeout: float = 20) -> dict:
-        """Read log lines until `event` appears (no sleeping: the next line is awaited)."""
-        for seen in self.events:
-            if seen.get("event") == event:
-                return seen
-        assert self.proc.stderr is not None
-        while True:
-            line = await asyncio.wait_for(self.proc.stderr.readline(), timeout)
-            assert line, f"the daemon exited before logging {event!r}: {self.events[-3:]}"
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            self.events.append(record)
-            if record.get("event") == event:
-                return record
-
-    async def stop(self) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), 20)
-
-
-@pytest.fixture
-async def daemon(secret, tmp_path):
-    started: list[Daemon] = []
-
-    async def start(config: str, *argv_prefix: str, env: dict[str, str] | None = None) -> Daemon:
-        path = tmp_path / "broker.toml"
-        path.write_text(config)
-        args = [*argv_prefix, sys.executable, "-m", "broker", "serve", "--config", str(path)]
-        proc = await asyncio.create_subprocess_exec(
-            *args,
-            env={**os.environ, "TEST_CLIENT_SECRET": secret, **(env or {})},
-            stderr=asyncio.subprocess.PIPE,
-        )
-        d = Daemon(proc)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.proc.returncode is None:
-            d.proc.kill()
-            await d.proc.wait()
-
-
-def unix_config(sandbox, sock: Path, profiles: str | None = None, server: str = "") -> str:
-    return config_text(sandbox, server=server, profiles=profiles).replace(
-        'listen = ["127.0.0.1:0"]', f'listen = ["unix:{sock}"]'
-    )
 
 
 async def get(sock: Path, path: str) -> tuple[int, dict]:

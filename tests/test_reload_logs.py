@@ -15,9 +15,7 @@ import aiohttp
 from broker.cli.main import main
 from broker.config.load import parse_settings
 from tests.conftest import CLIENT_ID, HEADERS, config_text
-from tests.test_ops import Daemon, daemon, unix_config
-
-__all__ = ["daemon"]
+from tests.support import Daemon, unix_config
 
 
 async def next_event(d: Daemon, event: str, timeout: float = 20) -> dict:

@@ -9,8 +9,7 @@ import dataclasses
 from broker.config.settings import ServerSettings
 from broker.core.runtime import LIVE, RESTART, RESTART_ONLY, SERVER_SETTINGS
 from tests.conftest import make_settings
-from tests.test_hot_path import request_of_head_size
-from tests.test_security import raw, status_and_json
+from tests.support import raw, request_of_head_size, status_and_json
 
 
 async def all_closed(b) -> None:

@@ -9,7 +9,7 @@ import asyncio
 import aiohttp
 
 from tests.conftest import HEADERS, make_settings
-from tests.test_security import raw, status_and_json
+from tests.support import raw, status_and_json
 
 # (method, path, status, error code or None for success)
 TABLE = [

@@ -14,56 +14,8 @@ import aiohttp
 import pytest
 
 from broker.config.errors import ConfigError
-from broker.config.load import parse_settings
-from tests.conftest import HEADERS, config_text
-
-
-def settings(
-    sandbox,
-    secret: str,
-    *,
-    server: str = "",
-    profiles: str | None = None,
-    listen: str = '"127.0.0.1:0"',
-    env: dict[str, str] | None = None,
-):
-    text = config_text(sandbox, server=server, profiles=profiles).replace(
-        'listen = ["127.0.0.1:0"]', f"listen = [{listen}]"
-    )
-    return parse_settings(text, env={"TEST_CLIENT_SECRET": secret, **(env or {})})
-
-
-async def raw(address: str, data: bytes) -> bytes:
-    """Send raw bytes to a TCP ("host:port") or unix ("unix:/path") listener and read one
-    answer: its head, then Content-Length bytes of body (or until the server closes)."""
-    if address.startswith("unix:"):
-        reader, writer = await asyncio.open_unix_connection(address[5:])
-    else:
-        host, port = address.rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(data)
-    await writer.drain()
-    try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = next(
-            (
-                int(line.split(b":")[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            ),
-            None,
-        )
-        body = await asyncio.wait_for(
-            reader.readexactly(length) if length is not None else reader.read(), 10
-        )
-    finally:
-        writer.close()
-    return head + body
-
-
-def status_and_json(answer: bytes) -> tuple[int, dict]:
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body)
+from tests.conftest import HEADERS
+from tests.support import raw, settings, status_and_json
 
 
 async def metric(address: str, reason: str) -> float:

@@ -608,7 +608,7 @@ async def test_azure_identity_gets_a_tenants_graph_token(
     from azure.core.exceptions import ClientAuthenticationError
     from azure.identity import CredentialUnavailableError, ManagedIdentityCredential
 
-    from tests.test_msi import AZURE_ENV
+    from tests.support import AZURE_ENV
 
     sandbox.state.register_customer(tenant_id(1))
     sandbox.state.register_customer(tenant_id(2))
@@ -1539,7 +1539,7 @@ async def test_an_app_only_profile_signs_its_assertion_for_the_customers_token_u
 ):
     """A certificate credential serving customer tenants: the client assertion's audience is
     the customer tenant's token endpoint (Azure AD refuses any other), not the profile's own."""
-    from tests.test_credentials import make_certificate, settings_for
+    from tests.support import make_certificate, settings_for
 
     sandbox.state.register_customer(tenant_id(1))
     pem, cert = make_certificate()

@@ -1,0 +1,162 @@
+"""Builders and helpers the test modules share (no test module imports another)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import signal
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from broker.config.load import parse_settings
+from tests.conftest import config_text
+
+
+def request_of_head_size(size: int) -> bytes:
+    """A /v1/token request whose head, blank line included, is exactly `size` bytes."""
+    start = b"GET /v1/token HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\nX-Pad: "
+    end = b"\r\nConnection: close\r\n\r\n"
+    return start + b"a" * (size - len(start) - len(end)) + end
+
+
+AZURE_ENV = (
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_USERNAME",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "IMDS_ENDPOINT",
+    "IDENTITY_SERVER_THUMBPRINT",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+)
+
+
+class Daemon:
+    """`python -m broker serve` as a child process, its JSON log lines read as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.events: list[dict] = []
+
+    async def wait_for(self, event: str, timeout: float = 20) -> dict:
+        """Read log lines until `event` appears (no sleeping: the next line is awaited)."""
+        for seen in self.events:
+            if seen.get("event") == event:
+                return seen
+        assert self.proc.stderr is not None
+        while True:
+            line = await asyncio.wait_for(self.proc.stderr.readline(), timeout)
+            assert line, f"the daemon exited before logging {event!r}: {self.events[-3:]}"
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            self.events.append(record)
+            if record.get("event") == event:
+                return record
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), 20)
+
+
+def unix_config(sandbox, sock: Path, profiles: str | None = None, server: str = "") -> str:
+    return config_text(sandbox, server=server, profiles=profiles).replace(
+        'listen = ["127.0.0.1:0"]', f'listen = ["unix:{sock}"]'
+    )
+
+
+async def settle(b) -> None:
+    """Wait for every in-flight refresh to land (the partner one may start the aad one)."""
+    while flights := [e.flight for e in b.broker.runtime.entries() if e.flight]:
+        await asyncio.gather(*flights, return_exceptions=True)
+
+
+def make_certificate(password: bytes | None = None) -> tuple[bytes, bytes]:
+    """A self-signed RSA certificate: (PEM with key and certificate, public certificate PEM)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pc-token-broker test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    encryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    return key_pem + cert_pem, cert_pem
+
+
+def settings_for(sandbox, profile: str, env: dict[str, str] | None = None):
+    text = config_text(sandbox, profiles=profile).replace(
+        'client_secret_env = "TEST_CLIENT_SECRET"\n', ""
+    )
+    return parse_settings(text, env=env or {})
+
+
+def settings(
+    sandbox,
+    secret: str,
+    *,
+    server: str = "",
+    profiles: str | None = None,
+    listen: str = '"127.0.0.1:0"',
+    env: dict[str, str] | None = None,
+):
+    text = config_text(sandbox, server=server, profiles=profiles).replace(
+        'listen = ["127.0.0.1:0"]', f"listen = [{listen}]"
+    )
+    return parse_settings(text, env={"TEST_CLIENT_SECRET": secret, **(env or {})})
+
+
+async def raw(address: str, data: bytes) -> bytes:
+    """Send raw bytes to a TCP ("host:port") or unix ("unix:/path") listener and read one
+    answer: its head, then Content-Length bytes of body (or until the server closes)."""
+    if address.startswith("unix:"):
+        reader, writer = await asyncio.open_unix_connection(address[5:])
+    else:
+        host, port = address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(data)
+    await writer.drain()
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = next(
+            (
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            None,
+        )
+        body = await asyncio.wait_for(
+            reader.readexactly(length) if length is not None else reader.read(), 10
+        )
+    finally:
+        writer.close()
+    return head + body
+
+
+def status_and_json(answer: bytes) -> tuple[int, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
