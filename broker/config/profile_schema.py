@@ -85,7 +85,7 @@ CredentialName = Literal[
 
 
 class ProfileCommon(Section):
-    """The keys every credential kind has."""
+    """The keys every credential kind has (`credential` itself: narrowed by each kind)."""
 
     tenant_id: Text | None = setting(
         None, "the partner tenant (name or GUID); optional only for static_token_file"
@@ -93,6 +93,9 @@ class ProfileCommon(Section):
     client_id: Text | None = setting(
         None, "the app registration's client id; optional only for static_token_file"
     )
+    credential: CredentialName = setting(
+        "client_secret", "how the Azure AD token is obtained (each kind has its own keys)"
+    )  # each kind of `Profile` narrows it to its own name
     cloud: Cloud = setting(
         "public", "sets authority, generatetoken_url and scope together; keys set still win"
     )
@@ -205,10 +208,6 @@ class ProfileKeys(
 ):
     """A [defaults] or [profiles.NAME] table: every profile key, each optional."""
 
-    credential: CredentialName = setting(
-        "client_secret", "how the Azure AD token is obtained (each kind has its own keys)"
-    )
-
 
 # -- the merged profile: one model per credential ----------------------------------------------
 
@@ -250,7 +249,7 @@ Profile = Annotated[
 ]
 
 CREDENTIALS: tuple[str, ...] = get_args(CredentialName)
-_COMMON = frozenset(ProfileCommon.model_fields) | {"credential"}
+_COMMON = frozenset(ProfileCommon.model_fields)
 # The keys each credential uses; set in a profile for another credential, they are errors.
 CREDENTIAL_KEYS: dict[str, frozenset[str]] = {
     get_args(kind.model_fields["credential"].annotation)[0]: frozenset(kind.model_fields) - _COMMON
