@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from broker.config.errors import ConfigError, Problem
 from broker.config.files import read_bounded
+from broker.config.paths import DEFAULT_PATH, resolve_path
 from broker.config.problems import report, salvage, valid_part
 from broker.config.profile_schema import PROFILE_KEYS, is_tenant
 from broker.config.profiles import read_profiles
@@ -40,7 +41,6 @@ __all__ = [
     "resolve_path",
 ]
 
-DEFAULT_PATH = "/etc/pc-token-broker/config.toml"
 CONFIG_LIMIT = 1 << 20  # bytes: a config is a few KiB; a huge one would stall a reload
 MODES = ("full", "offline", "msi")
 
@@ -146,12 +146,6 @@ def host_problems(settings: Settings) -> list[Problem]:
                 )
             )
     return problems
-
-
-def resolve_path(cli_value: str | None, env: Mapping[str, str] | None = None) -> str:
-    """The config path: --config, else $PC_TOKEN_BROKER_CONFIG, else the system default."""
-    env = os.environ if env is None else env
-    return cli_value or env.get("PC_TOKEN_BROKER_CONFIG") or DEFAULT_PATH
 
 
 def load_settings(
