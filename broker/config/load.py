@@ -1,8 +1,10 @@
-"""TOML configuration → frozen, typed settings. All validation lives here.
+"""TOML configuration → frozen, typed settings.
 
+The file is checked against the schema (`schema.py`: types, bounds, formats, unknown keys), then
+each table is read (`sections.py`, `profiles.py`: secrets, files, names, the checks across keys).
 Every problem is collected (not just the first) with its key path and, where the line scan finds
-it, file and line. Unknown keys are errors. Secrets are read from `*_file` (with `${VAR}`
-expansion, e.g. systemd's `$CREDENTIALS_DIRECTORY`) or `*_env`, held as `Secret`, never printed.
+it, file and line. Secrets are read from `*_file` (with `${VAR}` expansion, e.g. systemd's
+`$CREDENTIALS_DIRECTORY`) or `*_env`, held as `Secret`, never printed.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from broker.config.errors import ConfigError, Problem
 from broker.config.files import read_bounded
@@ -41,6 +43,7 @@ __all__ = [
     "resolve_path",
 ]
 
+M = TypeVar("M", bound=BaseModel)
 CONFIG_LIMIT = 1 << 20  # bytes: a config is a few KiB; a huge one would stall a reload
 MODES = ("full", "offline", "msi")
 
@@ -87,34 +90,32 @@ def parse_settings(
     except ValidationError as e:
         failed = report(r, e, ConfigFile)
 
-    def table(name: str) -> tuple[Any, set[str]]:
-        raw = data.get(name)
-        return raw, set(raw) if isinstance(raw, dict) else set()
+    def section(model: type[M], name: str) -> M | None:
+        """The table as validated, its failed keys at their defaults; None when absent."""
+        return salvage(model, data[name], (name,), failed) if name in data else None
 
-    r.offline = mode != "full"  # "msi": only [msi] is read in full, below
-    raw, written = table("server")
-    server = read_server(
-        r, salvage(ServerSection, raw, ("server",), failed) or ServerSection(), written
-    )
-    profiles = read_profiles(r, data, failed)
-    raw, written = table("mirror")
-    cloud = valid_part(data.get("defaults"), ("defaults",), failed).get("cloud")
-    mirror_section = salvage(MirrorSection, raw, ("mirror",), failed) or MirrorSection()
-    mirror = read_mirror(r, mirror_section, cloud, written)
-    r.offline = mode == "offline"
-    msi_section = salvage(MsiSection, data["msi"], ("msi",), failed) if "msi" in data else None
-    msi = read_msi(r, msi_section, profiles)
+    def written(name: str) -> set[str]:
+        raw = data.get(name)
+        return set(raw) if isinstance(raw, dict) else set()
+
     r.offline = mode != "full"
-    shared = read_shared(
-        r, salvage(SharedSection, data["shared"], ("shared",), failed) if "shared" in data else None
-    )
+    server = section(ServerSection, "server") or ServerSection()
+    server_settings = read_server(r, server, written("server"))
+    profiles = read_profiles(r, data, failed)
+    cloud = valid_part(data.get("defaults"), ("defaults",), failed).get("cloud")
+    mirror = section(MirrorSection, "mirror") or MirrorSection()
+    mirror_settings = read_mirror(r, mirror, cloud, written("mirror"))
+    r.offline = mode == "offline"  # "msi": [msi] is read in full
+    msi = read_msi(r, section(MsiSection, "msi"), profiles)
+    r.offline = mode != "full"
+    shared = read_shared(r, section(SharedSection, "shared"))
     if r.problems:
         # In the order of the file, as an editor shows it; problems with no line go last.
         raise ConfigError(sorted(r.problems, key=lambda p: (p.line is None, p.line or 0)))
     return Settings(
-        server=server,
+        server=server_settings,
         profiles=MappingProxyType(profiles),
-        mirror=mirror,
+        mirror=mirror_settings,
         msi=msi,
         shared=shared,
         source=file,

@@ -29,7 +29,7 @@ from broker.config.fields import (
     setting,
 )
 
-_PC = "https://api.partnercenter.microsoft.com"
+_PUBLIC = CLOUDS["public"]  # the defaults below: the public cloud's endpoints
 
 # A customer tenant: its GUID or one of its domains. Never "common", "organizations" or
 # "consumers" (they are not tenants: Azure AD would pick the user's home tenant).
@@ -100,12 +100,10 @@ class ProfileCommon(Section):
         "public", "sets authority, generatetoken_url and scope together; keys set still win"
     )
     generatetoken_url: Url = setting(
-        f"{_PC}/v3/generatetoken", "Partner Center's token exchange (default: the cloud's)"
+        _PUBLIC["generatetoken_url"], "Partner Center's token exchange (default: the cloud's)"
     )
-    authority: Url = setting(
-        "https://login.microsoftonline.com", "the Azure AD authority (default: the cloud's)"
-    )
-    scope: Text = setting(f"{_PC}/.default", "the Azure AD scope asked for (default: the cloud's)")
+    authority: Url = setting(_PUBLIC["authority"], "the Azure AD authority (default: the cloud's)")
+    scope: Text = setting(_PUBLIC["scope"], "the Azure AD scope asked for (default: the cloud's)")
     refresh_ahead: Number = setting(
         0.25, "refresh when this fraction of a token's lifetime remains", ge=0, le=0.5
     )

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from broker.config.clouds import CLOUDS
 from broker.config.fields import (
     Flag,
     GroupId,
@@ -117,7 +118,7 @@ class MirrorSection(Section):
 
     enabled: Flag = setting(True, "serve the drop-in /generatetoken endpoints")
     upstream_base: Url = setting(
-        "https://api.partnercenter.microsoft.com",
+        CLOUDS["public"]["mirror_upstream_base"],
         "where passthrough calls go (default: [defaults] cloud's Partner Center)",
     )
     max_entries: Whole = setting(10000, "bounded cache of passthrough tokens", ge=1, le=10_000_000)
