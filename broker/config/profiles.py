@@ -29,7 +29,7 @@ from broker.config.read import Reader
 from broker.config.settings import ProfileSettings
 
 TYPICAL_LIFETIME = 3600.0  # s: Azure AD's shortest usual token life, and Partner Center's
-_PROFILE: TypeAdapter[Any] = TypeAdapter(Profile)
+_PROFILE: TypeAdapter[ProfileCommon] = TypeAdapter(Profile)
 _KIND = {get_args(kind.model_fields["credential"].annotation)[0]: kind for kind in KINDS}
 _DEFAULT_CREDENTIAL = str(ProfileKeys.model_fields["credential"].default)
 
@@ -67,7 +67,7 @@ def _validate(r: Reader, merged: dict[str, Any], own: set[str], path: Path) -> P
     others = ALL_CREDENTIAL_KEYS - CREDENTIAL_KEYS[kind]
     mine = {k: v for k, v in merged.items() if k in own or k not in others}
     try:
-        return _PROFILE.validate_python({**mine, "credential": kind})  # type: ignore[no-any-return]
+        return _PROFILE.validate_python({**mine, "credential": kind})
     except ValidationError as e:
         refused = set()
         for item in e.errors():
@@ -79,7 +79,7 @@ def _validate(r: Reader, merged: dict[str, Any], own: set[str], path: Path) -> P
                 r.problem((*path, *key_path(loc)), text)
             refused.add(key_path(loc)[0])
     try:
-        return _PROFILE.validate_python(  # type: ignore[no-any-return]
+        return _PROFILE.validate_python(
             {**{k: v for k, v in mine.items() if k not in refused}, "credential": kind}
         )
     except ValidationError:

@@ -72,21 +72,20 @@ class Reader:
                 self.problem(path, f"no {kind} named {item!r} on this host")
         return ids
 
-    def url(self, text: str, path: tuple[str, ...], *, allow_insecure: bool) -> bool:
-        """Whether an upstream URL may be used. Plain http only to a loopback host, unless
-        `allow_insecure` (`allow_insecure_upstream = true`): it would carry secrets and bearers
+    def url(self, text: str, path: tuple[str, ...], *, allow_insecure: bool) -> None:
+        """An upstream URL: plain http only to a loopback host, unless `allow_insecure`
+        (`allow_insecure_upstream = true`; then a warning): it would carry secrets and bearers
         in clear."""
         if not text.startswith("http://") or is_loopback_url(text):
-            return True
+            return
         if not allow_insecure:
             self.problem(
                 path,
                 f"plain http to a non-loopback host ({text!r}) would carry secrets and "
                 "tokens in clear; use https, or set allow_insecure_upstream = true",
             )
-            return False
+            return
         self.warn(f"{'.'.join(path)}: plain http to a non-loopback host")
-        return True
 
     def expand(self, value: str, path: tuple[str, ...]) -> Path | None:
         missing = [m for m in _VAR.findall(value) if m not in self.env]

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from annotated_types import Ge, Le
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
@@ -54,8 +53,7 @@ def _keys(model: type[BaseModel], table: str) -> list[Key]:
     for name, field in model.model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         default = None if field.default is PydanticUndefined else field.default
-        low = [m.ge for m in field.metadata if isinstance(m, Ge)]
-        high = [m.le for m in field.metadata if isinstance(m, Le)]
+        prop = properties[name].get("anyOf", [properties[name]])[0]  # bounds: not on null
         kinds = tuple(k for k, keys in CREDENTIAL_KEYS.items() if name in keys)
         out.append(
             Key(
@@ -65,8 +63,8 @@ def _keys(model: type[BaseModel], table: str) -> list[Key]:
                 required=field.is_required(),
                 meaning=field.description or "",
                 reload="restart" if extra.get("reload") == "restart" else "live",
-                minimum=float(low[0]) if low else None,  # type: ignore[arg-type]
-                maximum=float(high[0]) if high else None,  # type: ignore[arg-type]
+                minimum=prop.get("minimum"),
+                maximum=prop.get("maximum"),
                 credentials=kinds if name in section_of else (),
             )
         )
