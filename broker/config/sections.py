@@ -28,7 +28,6 @@ from broker.config.settings import (
 SERVER_KEYS = frozenset(ServerSection.model_fields)
 MIRROR_KEYS = frozenset(MirrorSection.model_fields)
 MSI_KEYS = frozenset(MsiSection.model_fields)
-SHARED_KEYS = frozenset(SharedSection.model_fields)
 SHARED_KEY_BYTES = 32  # AES-256
 
 
