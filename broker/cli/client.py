@@ -9,9 +9,11 @@ Where the daemon is, first match wins:
   3. the first `listen` entry of the config's [server] table
   4. http://127.0.0.1:8721
 The required header comes from $PC_TOKEN_BROKER_HEADER, else the config, else `Metadata: true`.
-A config named explicitly (--config or $PC_TOKEN_BROKER_CONFIG) must be readable TOML, else
-`TargetError` (exit 2): never a silent fall-back to defaults that may point elsewhere. The
-default path may be missing or unreadable (most tools cannot read it): then the defaults apply.
+Only the config's [server] table is read, checked by the schema `serve` uses (the config's
+secrets are not read). A config named explicitly (--config or $PC_TOKEN_BROKER_CONFIG) must be
+readable TOML, else `TargetError` (exit 2): never a silent fall-back to defaults that may point
+elsewhere. The default path may be missing or unreadable (most tools cannot read it): then the
+defaults apply. A [server] table that `serve` would refuse is a `TargetError` too.
 """
 
 from __future__ import annotations
@@ -24,8 +26,13 @@ import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from broker.config.schema import ServerSection
+
+# Without a [server] table: the schema's defaults (a test holds them equal), kept here so that a
+# tool with no readable config never imports the schema.
 DEFAULT_URL = "http://127.0.0.1:8721"
 DEFAULT_HEADER = ("Metadata", "true")
 ENV_URL = "PC_TOKEN_BROKER_URL"
@@ -99,22 +106,29 @@ def _header(text: Any, origin: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def _read_server_table(config_path: str, explicit: bool) -> dict[str, Any]:
-    """The config's [server] table; {} when the default path cannot be read."""
+def _read_server(config_path: str, explicit: bool) -> ServerSection | None:
+    """The config's [server] table, checked; None when there is none or the default path
+    cannot be read."""
     try:
         with open(config_path, "rb") as f:
-            data = tomllib.load(f)
+            text = f.read().decode("utf-8")
+        data = tomllib.loads(text)
     except OSError as e:
         if not explicit:
-            return {}
+            return None
         raise TargetError(f"{config_path}: cannot read: {e.strerror or e}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         # A syntax error in the default file is the operator's, and it matters: say so too.
         raise TargetError(f"{config_path}: not valid TOML: {e}") from None
-    server = data.get("server", {})
-    if not isinstance(server, dict):
-        raise TargetError(f"{config_path}: server: must be a table")
-    return server
+    if "server" not in data:
+        return None
+    from broker.config.errors import ConfigError
+    from broker.config.server_table import server_section
+
+    try:
+        return server_section(data["server"], text, config_path)
+    except ConfigError as e:
+        raise TargetError("; ".join(str(p) for p in e.problems)) from None
 
 
 def target_from(
@@ -127,12 +141,12 @@ def target_from(
 ) -> Target:
     """Where the daemon is and which header it wants (see the module docstring)."""
     env = os.environ if env is None else env
-    server = _read_server_table(config_path, explicit)
+    server = _read_server(config_path, explicit)
     header = DEFAULT_HEADER
     if env.get(ENV_HEADER):
         header = _header(env[ENV_HEADER], f"${ENV_HEADER}")
-    elif "required_header" in server:
-        header = _header(server["required_header"], f"{config_path}: server.required_header")
+    elif server is not None:
+        header = server.header()
     if socket_path:
         return Target(None, socket_path, header)
     if url:
@@ -141,17 +155,15 @@ def target_from(
         return Target(None, env[ENV_SOCKET], header)
     if env.get(ENV_URL):
         return _with_header(normalise_url(env[ENV_URL], f"${ENV_URL}"), header)
-    listen = server.get("listen", [])
-    if not isinstance(listen, list) or not all(isinstance(x, str) for x in listen):
-        raise TargetError(f"{config_path}: server.listen: must be a list of strings")
-    if listen:
-        first = listen[0]
-        if first.startswith("unix:"):
-            return Target(None, first[5:], header)
-        host, _, port = first.rpartition(":")
-        host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
-        return _with_header(normalise_url(f"{host}:{port}", "server.listen"), header)
-    return Target(DEFAULT_URL, None, header)
+    if server is None:
+        return Target(DEFAULT_URL, None, header)
+    first = server.listeners()[0]
+    if first.kind == "unix":
+        return Target(None, first.path, header)
+    # A wildcard listener is reached on loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(first.host, first.host)
+    host = f"[{host}]" if ":" in host else host
+    return _with_header(normalise_url(f"{host}:{first.port}", "server.listen"), header)
 
 
 def _with_header(target: Target, header: tuple[str, str]) -> Target:

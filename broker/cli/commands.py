@@ -135,7 +135,7 @@ class _Failed(Exception):
 
 def _ask(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
     from broker.cli.client import DaemonUnreachable, TargetError, request, target_from
-    from broker.config.load import resolve_path
+    from broker.config.paths import resolve_path  # the schema only if [server] must be read
 
     explicit = bool(args.config or os.environ.get("PC_TOKEN_BROKER_CONFIG"))
     try:

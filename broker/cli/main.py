@@ -28,9 +28,10 @@ finding the daemon (token, refresh, exec, status, healthcheck), first match wins
   --url URL or --socket PATH; else $PC_TOKEN_BROKER_URL or $PC_TOKEN_BROKER_SOCKET; else the
   first `listen` entry of the config's [server] table; else http://127.0.0.1:8721. The
   required header comes from $PC_TOKEN_BROKER_HEADER, else the config, else "Metadata: true".
-  Only [server] is read from the config. A config named with --config or
-  $PC_TOKEN_BROKER_CONFIG must be readable TOML (else exit 2); the default path may be missing
-  or unreadable (tools usually cannot read the daemon's 0600 config: set the variables)."""
+  Only [server] is read from the config (checked as serve checks it; no secret is read). A
+  config named with --config or $PC_TOKEN_BROKER_CONFIG must be readable TOML (else exit 2),
+  and a [server] table serve would refuse is exit 2 wherever it is; the default path may be
+  missing or unreadable (tools usually cannot read the daemon's 0600 config: set the variables)."""
 
 MANUAL = f"""\
 Every command has --help with its options, their defaults and an example.

@@ -1,70 +1,65 @@
-"""Validation of each credential kind's keys: what it needs, what it refuses."""
+"""Each credential kind's keys, read: secrets from files or the environment, the certificate
+opened and checked, the token files' paths expanded. Which keys a kind has is its model's
+business (`profile_schema.py`); what is required of them is checked here."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
+from pydantic import BaseModel
+
 from broker.config.pem import load_certificate_key
+from broker.config.profile_schema import (
+    CertificateProfile,
+    ClientSecretProfile,
+    ProfileCommon,
+    RefreshTokenProfile,
+)
 from broker.config.read import Reader
 from broker.config.secret import Secret, UnreadSecret
 
-CREDENTIALS = (
-    "client_secret",
-    "certificate",
-    "refresh_token",
-    "federated_token_file",
-    "static_token_file",
-)
+Path = tuple[str, ...]
+_FILES = ("refresh_token_file", "federated_token_file", "static_token_file")
 
-_SECRET_KEYS = frozenset({"client_secret", "client_secret_file", "client_secret_env"})
-# The keys each credential uses; set in a profile for another credential, they are errors.
-CREDENTIAL_KEYS: dict[str, frozenset[str]] = {
-    "client_secret": _SECRET_KEYS,
-    "certificate": frozenset(
-        {
-            "certificate_file",
-            "certificate_password_file",
-            "certificate_password_env",
-            "signing_algorithm",
-        }
-    ),
-    "refresh_token": frozenset({"refresh_token_file", *_SECRET_KEYS}),
-    "federated_token_file": frozenset({"federated_token_file"}),
-    "static_token_file": frozenset({"static_token_file"}),
-}
-ALL_CREDENTIAL_KEYS = frozenset().union(*CREDENTIAL_KEYS.values())
+
+def set_values(model: BaseModel) -> dict[str, Any]:
+    """The keys a table set, with their validated values."""
+    return {k: getattr(model, k) for k in model.model_fields_set}
 
 
 def credential_fields(
     r: Reader,
-    credential: str,
-    merged: dict[str, Any],
-    own: dict[str, Any],
-    path: tuple[str, ...],
-    at: Any,
+    p: ProfileCommon,
+    kind: str,
+    path: Path,
+    at: Callable[[str], Path],
+    failed: set[str],
 ) -> dict[str, Any]:
-    """The fields of one credential kind; its keys checked, other kinds' keys refused."""
-    used = CREDENTIAL_KEYS[credential]
-    for key in sorted(set(own) & (ALL_CREDENTIAL_KEYS - used)):
-        r.problem((*path, key), f"not used by credential {credential!r}")
-    # Inherited [defaults] keys that belong to another credential are simply not used.
-    mine = {k: v for k, v in merged.items() if k in used}
+    """The settings fields of the profile's credential: `p` is the `Profile` kind `kind`.
+    `failed`: keys whose values were refused already (not "required" again)."""
+    values = set_values(p)
     v: dict[str, Any] = {}
-    if credential in ("client_secret", "refresh_token"):
+    if isinstance(p, ClientSecretProfile | RefreshTokenProfile):
+        given = bool({"client_secret", "client_secret_file", "client_secret_env"} & failed)
         v["client_secret"], v["secret_source"] = r.secret(
-            mine, path, "client_secret", required=credential == "client_secret"
+            values,
+            path,
+            "client_secret",
+            required=isinstance(p, ClientSecretProfile) and not given,
         )
-    if credential == "certificate":
-        v.update(_certificate(r, mine, path, at))
-    for key in ("refresh_token_file", "federated_token_file", "static_token_file"):
-        if key not in used:
+    if isinstance(p, CertificateProfile):
+        v.update(_certificate(r, p, values, path, at, failed))
+    for key in _FILES:
+        if key not in type(p).model_fields:
             continue
-        if key not in mine:
-            r.problem((*path, key), f"required by credential {credential!r}")
+        text = values.get(key)
+        if text is None:
+            if key not in failed:
+                r.problem((*path, key), f"required by credential {kind!r}")
             continue
-        text = r.string(mine[key], at(key))
-        file = r.expand(text, at(key)) if text else None
+        file = r.expand(text, at(key))
         if file is None:
             continue
         v[key] = str(file)
@@ -80,26 +75,25 @@ def credential_fields(
                 "(the rotated refresh token is written back)",
             )
         elif key != "refresh_token_file" and not file.is_file():
-            r.warnings.append(f"{'.'.join(at(key))}: {file} does not exist yet")
+            r.warn(f"{'.'.join(at(key))}: {file} does not exist yet")
     return v
 
 
-def _certificate(r: Reader, mine: dict[str, Any], path: tuple[str, ...], at: Any) -> dict[str, Any]:
-    v: dict[str, Any] = {}
-    v["signing_algorithm"] = (
-        r.string(
-            mine.get("signing_algorithm", "RS256"),
-            at("signing_algorithm"),
-            choices=("RS256", "PS256"),
-        )
-        or "RS256"
-    )
-    password, _ = r.secret(mine, path, "certificate_password", required=False)
-    if "certificate_file" not in mine:
-        r.problem((*path, "certificate_file"), "required by credential 'certificate'")
+def _certificate(
+    r: Reader,
+    p: CertificateProfile,
+    values: dict[str, Any],
+    path: Path,
+    at: Callable[[str], Path],
+    failed: set[str],
+) -> dict[str, Any]:
+    v: dict[str, Any] = {"signing_algorithm": p.signing_algorithm}
+    password, _ = r.secret(values, path, "certificate_password", required=False)
+    if p.certificate_file is None:
+        if "certificate_file" not in failed:
+            r.problem((*path, "certificate_file"), "required by credential 'certificate'")
         return v
-    text = r.string(mine["certificate_file"], at("certificate_file"))
-    file = r.expand(text, at("certificate_file")) if text else None
+    file = r.expand(p.certificate_file, at("certificate_file"))
     if file is None:
         return v
     if r.offline:

@@ -1,9 +1,9 @@
-"""Reading one TOML document while collecting problems: typed values or None, never an early
-exit, so `check-config` reports every problem at once with its key path and line."""
+"""What the schema cannot check alone: secrets from files and the environment, `${VAR}` in paths,
+user and group names, plain-http upstreams. `Reader` collects every problem (never an early exit)
+with its key path and line, so `check-config` reports them all at once."""
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
@@ -22,7 +22,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class Reader:
-    """Collects problems while reading one document; values come back typed or as None."""
+    """Collects problems and warnings while reading one document."""
 
     def __init__(
         self,
@@ -44,72 +44,21 @@ class Reader:
             line = self.lines.get(path[:n])
             if line:
                 break
-        self.problems.append(Problem(".".join(path), message, self.file, line))
+        problem = Problem(".".join(path), message, self.file, line)
+        if problem not in self.problems:  # a [defaults] key is checked for every profile
+            self.problems.append(problem)
 
-    def table(self, value: Any, path: tuple[str, ...], allowed: frozenset[str]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.problem(path, "must be a table")
-            return {}
-        for key in sorted(set(value) - allowed):
-            close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.75)
-            if close:
-                self.problem((*path, key), f"unknown key; did you mean {close[0]!r}?")
-            else:
-                self.problem((*path, key), f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        return value
+    def warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
 
-    def number(self, value: Any, path: tuple[str, ...], low: float, high: float) -> float | None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.problem(path, f"must be a number, not {type(value).__name__}")
-            return None
-        if not low <= value <= high:
-            self.problem(path, f"must be between {low:g} and {high:g}, not {value:g}")
-            return None
-        return float(value)
-
-    def string(
-        self, value: Any, path: tuple[str, ...], *, choices: tuple[str, ...] = ()
-    ) -> str | None:
-        if not isinstance(value, str) or not value.strip():
-            self.problem(path, "must be a non-empty string")
-            return None
-        if choices and value not in choices:
-            self.problem(path, f"must be one of {', '.join(choices)}, not {value!r}")
-            return None
-        return value
-
-    def whole(self, value: Any, path: tuple[str, ...], low: int, high: int) -> int | None:
-        number = self.number(value, path, low, high)
-        if number is not None and number != int(number):
-            self.problem(path, "must be a whole number")
-            return None
-        return None if number is None else int(number)
-
-    def mode(self, value: Any, path: tuple[str, ...]) -> int | None:
-        """A file mode written as an octal string ("0660"); never world-accessible."""
-        if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
-            self.problem(path, 'must be an octal mode string such as "0660"')
-            return None
-        mode = int(value, 8)
-        if mode & 0o007:
-            self.problem(path, f"{value} would let any local user in; others get no access")
-            return None
-        return mode
-
-    def ids(self, value: Any, path: tuple[str, ...], kind: str) -> list[int]:
+    def ids(self, values: tuple[int | str, ...], path: tuple[str, ...], kind: str) -> list[int]:
         """User or group ids from numbers or names (names resolved now, at load)."""
         import grp
         import pwd
 
-        if not isinstance(value, list) or not all(
-            isinstance(v, int | str) and not isinstance(v, bool) for v in value
-        ):
-            self.problem(path, f"must be a list of {kind} ids or names")
-            return []
         ids = []
-        for item in value:
+        for item in values:
             if isinstance(item, int):
                 ids.append(item)
                 continue
@@ -123,37 +72,20 @@ class Reader:
                 self.problem(path, f"no {kind} named {item!r} on this host")
         return ids
 
-    def boolean(self, value: Any, path: tuple[str, ...]) -> bool | None:
-        if not isinstance(value, bool):
-            self.problem(path, "must be true or false")
-            return None
-        return value
-
-    def strings(self, value: Any, path: tuple[str, ...]) -> list[str] | None:
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            self.problem(path, "must be a non-empty list of strings")
-            return None
-        return value
-
-    def url(self, value: Any, path: tuple[str, ...], *, allow_insecure: bool = False) -> str | None:
-        """An upstream URL. Plain http only to a loopback host, unless `allow_insecure`
-        (`allow_insecure_upstream = true`): it would carry secrets and bearers in clear."""
-        text = self.string(value, path)
-        if text is None:
-            return None
-        if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", text):
-            self.problem(path, f"must be an http(s) URL, not {text!r}")
-            return None
-        if text.startswith("http://") and not is_loopback_url(text):
-            if not allow_insecure:
-                self.problem(
-                    path,
-                    f"plain http to a non-loopback host ({text!r}) would carry secrets and "
-                    "tokens in clear; use https, or set allow_insecure_upstream = true",
-                )
-                return None
-            self.warnings.append(f"{'.'.join(path)}: plain http to a non-loopback host")
-        return text
+    def url(self, text: str, path: tuple[str, ...], *, allow_insecure: bool) -> None:
+        """An upstream URL: plain http only to a loopback host, unless `allow_insecure`
+        (`allow_insecure_upstream = true`; then a warning): it would carry secrets and bearers
+        in clear."""
+        if not text.startswith("http://") or is_loopback_url(text):
+            return
+        if not allow_insecure:
+            self.problem(
+                path,
+                f"plain http to a non-loopback host ({text!r}) would carry secrets and "
+                "tokens in clear; use https, or set allow_insecure_upstream = true",
+            )
+            return
+        self.warn(f"{'.'.join(path)}: plain http to a non-loopback host")
 
     def expand(self, value: str, path: tuple[str, ...]) -> Path | None:
         missing = [m for m in _VAR.findall(value) if m not in self.env]
@@ -166,10 +98,11 @@ class Reader:
         return expanded if expanded.is_absolute() else self.base_dir / expanded
 
     def secret(
-        self, table: dict[str, Any], path: tuple[str, ...], name: str, *, required: bool
+        self, values: Mapping[str, Any], path: tuple[str, ...], name: str, *, required: bool
     ) -> tuple[Secret | None, str]:
-        """The secret `name` from exactly one of `name`, `name_file`, `name_env`."""
-        given = [k for k in (name, f"{name}_file", f"{name}_env") if k in table]
+        """The secret `name` from exactly one of `name` (inline), `name_file`, `name_env`, of
+        the keys a table set (`values`, already checked to be non-empty strings)."""
+        given = [k for k in (name, f"{name}_file", f"{name}_env") if values.get(k) is not None]
         if len(given) > 1:
             self.problem((*path, given[1]), f"give only one of {', '.join(given)}")
             return None, ""
@@ -179,12 +112,10 @@ class Reader:
             return None, ""
         key = given[0]
         where = (*path, key)
-        raw = self.string(table[key], where)
-        if raw is None:
-            return None, ""
+        raw = values[key]
         if key == name:
             self._inline_secret_readable(where)
-            return Secret(raw), "inline"
+            return (raw if isinstance(raw, Secret) else Secret(str(raw))), "inline"
         if self.offline:
             if key.endswith("_env"):
                 return UnreadSecret(), f"env {raw}"
@@ -213,7 +144,7 @@ class Reader:
             return
         if mode & 0o044:
             who = "others" if mode & 0o004 else "its group"
-            self.warnings.append(
+            self.warn(
                 f"{'.'.join(path)}: {file} holds a secret and {who} can read it "
                 f"(mode {mode:04o}); chmod 600 {file}"
             )
@@ -226,7 +157,7 @@ class Reader:
         except OSError:
             return
         if mode & (stat.S_IRGRP | stat.S_IROTH):
-            self.warnings.append(
+            self.warn(
                 f"{'.'.join(path)}: inline secret in {self.file}, which others can read "
                 f"(mode {stat.S_IMODE(mode):04o}); use a *_file with mode 0600, or chmod 600"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import NoReturn
 
 
 class Secret:
@@ -31,7 +32,7 @@ class Secret:
     def __hash__(self) -> int:
         return hash(("Secret", len(self._value)))
 
-    def __reduce__(self):  # never pickled into a file or a subprocess by accident
+    def __reduce__(self) -> NoReturn:  # never pickled into a file or a subprocess by accident
         raise TypeError("a Secret cannot be pickled")
 
 

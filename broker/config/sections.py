@@ -1,18 +1,21 @@
-"""Readers for the [server], [mirror], [msi] and [shared] tables (profiles: `load.py`)."""
+"""[server], [mirror], [msi] and [shared] → their settings (profiles: `profiles.py`).
+
+Each reader gets its table as the schema validated it (`schema.py`; keys that failed are back at
+their defaults, so the checks across keys still run) and adds what needs the host or the
+environment: secrets, names, files, and the checks across keys.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import stat
-import urllib.parse
 from pathlib import Path
-from typing import Any
 
+from broker.config.clouds import CLOUDS
 from broker.config.errors import Problem
-from broker.config.listen import parse_listen
 from broker.config.read import Reader, read_secret_file
+from broker.config.schema import MirrorSection, MsiSection, ServerSection, SharedSection
 from broker.config.secret import Secret, UnreadSecret
 from broker.config.settings import (
     MirrorSettings,
@@ -22,178 +25,102 @@ from broker.config.settings import (
     SharedSettings,
 )
 
-SERVER_FIELDS = frozenset(ServerSettings.__dataclass_fields__)
-# The proxy's credentials come from a file only: never inline in the config, never in the URL.
-SERVER_KEYS = (SERVER_FIELDS - {"upstream_proxy_credentials"}) | {"upstream_proxy_credentials_file"}
-MIRROR_KEYS = frozenset(MirrorSettings.__dataclass_fields__)
-MSI_KEYS = frozenset(
-    {
-        "profile",
-        "identity_header_file",
-        "identity_header_env",
-        "generated_header_file",
-        "min_remaining",
-    }
-)
-_PROXY_URL = re.compile(
-    r"http://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?|http://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?/?"
-)
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+SERVER_KEYS = frozenset(ServerSection.model_fields)
+MIRROR_KEYS = frozenset(MirrorSection.model_fields)
+MSI_KEYS = frozenset(MsiSection.model_fields)
+SHARED_KEY_BYTES = 32  # AES-256
 
 
-def read_server(r: Reader, data: dict[str, Any]) -> ServerSettings:
-    t = r.table(data.get("server"), ("server",), SERVER_KEYS)
-    d = ServerSettings()
-    out: dict[str, Any] = {}
-
-    def at(key: str) -> tuple[str, ...]:
-        return ("server", key)
-
-    if "listen" in t:
-        parsed = []
-        for i, item in enumerate(r.strings(t["listen"], at("listen")) or ()):
-            try:
-                parsed.append(parse_listen(item))
-            except ValueError as e:
-                r.problem(at("listen"), f"entry {i + 1} ({item!r}): {e}")
-        out["listen"] = tuple(parsed) or None
-    if "required_header" in t:
-        text = r.string(t["required_header"], at("required_header")) or ""
-        name, sep, value = text.partition(":")
-        if text and (not sep or not _HEADER_NAME.fullmatch(name.strip()) or not value.strip()):
-            r.problem(at("required_header"), f"must look like 'Name: value', not {text!r}")
-        elif text:
-            out["required_header"] = (name.strip(), value.strip())
-    if "allowed_hosts" in t:
-        hosts = r.strings(t["allowed_hosts"], at("allowed_hosts"))
-        out["allowed_hosts"] = frozenset(h.lower() for h in hosts) if hosts else None
-    choices = {
-        "log_format": ("json", "console"),
-        "log_level": ("debug", "info", "warning", "error"),
-        "event_loop": ("auto", "asyncio", "uvloop"),
-    }
-    for key, allowed in choices.items():
-        if key in t:
-            out[key] = r.string(t[key], at(key), choices=allowed)
-    for key in ("allow_remote", "audit"):
-        if key in t:
-            out[key] = r.boolean(t[key], at(key))
-    for key, low, high in (("max_connections", 1, 1_000_000), ("max_header_bytes", 1024, 1 << 20)):
-        if key in t:
-            out[key] = r.whole(t[key], at(key), low, high)
-    for key, low, high in (
-        ("read_timeout", 0.1, 600),
-        ("refresh_min_interval", 0, 3600),
-        ("shutdown_timeout", 0, 600),
-    ):
-        if key in t:
-            out[key] = r.number(t[key], at(key), low, high)
-    if "socket_mode" in t:
-        out["socket_mode"] = r.mode(t["socket_mode"], at("socket_mode"))
-    if "socket_group" in t:
-        ids = r.ids([t["socket_group"]], at("socket_group"), "group")
-        out["socket_group"] = ids[0] if ids else None
-    _read_proxy(r, t, out)
+def read_server(r: Reader, s: ServerSection, written: set[str]) -> ServerSettings:
+    """`written`: the keys the table sets (some may have failed, and be at their defaults)."""
+    socket_group = None
+    if s.socket_group is not None:
+        ids = r.ids((s.socket_group,), ("server", "socket_group"), "group")
+        socket_group = ids[0] if ids else None
     server = ServerSettings(
-        **{k: getattr(d, k) if out.get(k) is None else out[k] for k in SERVER_FIELDS}
+        listen=s.listeners(),
+        required_header=s.header(),
+        allowed_hosts=s.hosts(),
+        log_format=s.log_format,
+        log_level=s.log_level,
+        allow_remote=s.allow_remote,
+        socket_mode=s.mode(),
+        socket_group=socket_group,
+        max_connections=s.max_connections,
+        read_timeout=s.read_timeout,
+        max_header_bytes=s.max_header_bytes,
+        audit=s.audit,
+        refresh_min_interval=s.refresh_min_interval,
+        shutdown_timeout=s.shutdown_timeout,
+        event_loop=s.event_loop,
+        upstream_proxy=s.upstream_proxy,
+        upstream_proxy_credentials=_proxy_credentials(r, s, written),
     )
     if r.offline:
         pass
     elif server.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        r.problem(at("event_loop"), "uvloop is not installed: pip install 'pc-token-broker[speed]'")
+        r.problem(
+            ("server", "event_loop"),
+            "uvloop is not installed: pip install 'pc-token-broker[speed]'",
+        )
     for listen in server.listen:
         if not listen.is_loopback and not server.allow_remote:
             r.problem(
-                at("listen"),
+                ("server", "listen"),
                 f"{listen} is not a loopback address: anything that can reach "
                 "it could act as the partner; set server.allow_remote = true "
                 "to allow it",
             )
         elif not listen.is_loopback:
-            r.warnings.append(f"server.listen: {listen} is reachable from other hosts")
+            r.warn(f"server.listen: {listen} is reachable from other hosts")
     return server
 
 
-def _read_proxy(r: Reader, t: dict[str, Any], out: dict[str, Any]) -> None:
-    """[server] upstream_proxy (an http:// URL without credentials) and the file holding its
-    "user:password"."""
-    at = ("server", "upstream_proxy")
-    if "upstream_proxy" in t:
-        text = r.string(t["upstream_proxy"], at)
-        parts = urllib.parse.urlsplit(text) if text else None
-        if parts is None:
-            pass
-        elif parts.username is not None or parts.password is not None:
-            r.problem(
-                at,
-                "no credentials in the URL: put user:password in a file named by "
-                "server.upstream_proxy_credentials_file",
-            )
-        elif not _PROXY_URL.fullmatch(text) or not parts.hostname:
-            r.problem(at, "must look like http://HOST:PORT (a forward proxy)")
-        else:
-            try:
-                parts.port  # noqa: B018 - raises on a bad port
-            except ValueError:
-                r.problem(at, "must look like http://HOST:PORT (a forward proxy)")
-            else:
-                out["upstream_proxy"] = text
-    if "upstream_proxy_credentials_file" in t:
-        where = ("server", "upstream_proxy_credentials_file")
-        secret, _ = r.secret(t, ("server",), "upstream_proxy_credentials", required=False)
-        unread = isinstance(secret, UnreadSecret)  # offline: not looked at
-        if secret is not None and not unread and ":" not in secret.reveal():
-            r.problem(where, "the file must hold user:password")
-        elif secret is not None:
-            out["upstream_proxy_credentials"] = secret
-        if "upstream_proxy" not in t:
-            r.problem(where, "set server.upstream_proxy too (credentials for which proxy?)")
+def _proxy_credentials(r: Reader, s: ServerSection, written: set[str]) -> Secret | None:
+    """The file holding the proxy's "user:password" (never inline, never in the URL)."""
+    if s.upstream_proxy_credentials_file is None:
+        return None
+    where = ("server", "upstream_proxy_credentials_file")
+    values = {"upstream_proxy_credentials_file": s.upstream_proxy_credentials_file}
+    secret, _ = r.secret(values, ("server",), "upstream_proxy_credentials", required=False)
+    if secret is not None and not isinstance(secret, UnreadSecret) and ":" not in secret.reveal():
+        r.problem(where, "the file must hold user:password")
+        secret = None
+    if "upstream_proxy" not in written:
+        r.problem(where, "set server.upstream_proxy too (credentials for which proxy?)")
+    return secret
 
 
-def read_mirror(r: Reader, data: dict[str, Any]) -> MirrorSettings:
-    t = r.table(data.get("mirror"), ("mirror",), MIRROR_KEYS)
-    d = MirrorSettings()
-    out: dict[str, Any] = {}
-    if "enabled" in t:
-        out["enabled"] = r.boolean(t["enabled"], ("mirror", "enabled"))
-    if "allow_insecure_upstream" in t:
-        out["allow_insecure_upstream"] = r.boolean(
-            t["allow_insecure_upstream"], ("mirror", "allow_insecure_upstream")
-        )
-    if "upstream_base" in t:
-        out["upstream_base"] = r.url(
-            t["upstream_base"],
-            ("mirror", "upstream_base"),
-            allow_insecure=bool(out.get("allow_insecure_upstream")),
-        )
-    if "max_entries" in t:
-        out["max_entries"] = r.whole(t["max_entries"], ("mirror", "max_entries"), 1, 10_000_000)
-    if "min_remaining" in t:
-        out["min_remaining"] = r.number(t["min_remaining"], ("mirror", "min_remaining"), 0, 3600)
-    if "upstream_timeout" in t:
-        out["upstream_timeout"] = r.number(
-            t["upstream_timeout"], ("mirror", "upstream_timeout"), 0.1, 300
-        )
+def read_mirror(r: Reader, s: MirrorSection, cloud: object, written: set[str]) -> MirrorSettings:
+    """`cloud`: [defaults]' cloud, which moves upstream_base unless [mirror] sets it."""
+    upstream_base = s.upstream_base
+    cloud_urls = CLOUDS.get(cloud) if isinstance(cloud, str) else None
+    if "upstream_base" in written:
+        r.url(upstream_base, ("mirror", "upstream_base"), allow_insecure=s.allow_insecure_upstream)
+    elif cloud_urls:
+        upstream_base = cloud_urls["mirror_upstream_base"]
     return MirrorSettings(
-        **{k: getattr(d, k) if out.get(k) is None else out[k] for k in MIRROR_KEYS}
+        enabled=s.enabled,
+        upstream_base=upstream_base,
+        max_entries=s.max_entries,
+        min_remaining=s.min_remaining,
+        upstream_timeout=s.upstream_timeout,
+        allow_insecure_upstream=s.allow_insecure_upstream,
     )
 
 
 def read_msi(
-    r: Reader, data: dict[str, Any], profiles: dict[str, ProfileSettings]
+    r: Reader, s: MsiSection | None, profiles: dict[str, ProfileSettings]
 ) -> MsiSettings | None:
-    if "msi" not in data:
+    if s is None:
         return None
-    t = r.table(data["msi"], ("msi",), MSI_KEYS)
-    d = MsiSettings()
-    profile = r.string(t.get("profile", d.profile), ("msi", "profile")) or d.profile
-    if profile not in profiles and not r.problems:
-        r.problem(("msi", "profile"), f"no profile named {profile!r}")
-    header, header_source = r.secret(t, ("msi",), "identity_header", required=False)
+    if s.profile not in profiles and not r.problems:
+        r.problem(("msi", "profile"), f"no profile named {s.profile!r}")
+    values = {k: getattr(s, k) for k in s.model_fields_set}
+    header, header_source = r.secret(values, ("msi",), "identity_header", required=False)
     generated = None
-    if "generated_header_file" in t:
-        text = r.string(t["generated_header_file"], ("msi", "generated_header_file"))
-        path = r.expand(text, ("msi", "generated_header_file")) if text else None
+    if s.generated_header_file is not None:
+        path = r.expand(s.generated_header_file, ("msi", "generated_header_file"))
         generated = str(path) if path else None
     if (header is None) == (generated is None) and not r.problems:
         r.problem(
@@ -201,66 +128,37 @@ def read_msi(
             "give the identity header (identity_header_file or _env) or where to write a "
             "generated one (generated_header_file), not both",
         )
-    minimum = d.min_remaining
-    if "min_remaining" in t:
-        minimum = r.number(t["min_remaining"], ("msi", "min_remaining"), 0, 3600) or minimum
     return MsiSettings(
-        profile=profile,
+        profile=s.profile,
         identity_header=header,
         generated_header_file=generated,
-        min_remaining=minimum,
+        min_remaining=s.min_remaining,
         header_source=header_source,
     )
 
 
-SHARED_KEYS = frozenset(
-    {"redis_url", "password_file", "key_file", "prefix", "lock_timeout", "timeout"}
-)
-SHARED_KEY_BYTES = 32  # AES-256
-_REDIS_URL = re.compile(r"(rediss?://[^\s/?#]+(/\d{1,2})?|unix:///[^\s?#]+)(\?[^\s#]*)?")
-_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
-
-
-def read_shared(r: Reader, data: dict[str, Any]) -> SharedSettings | None:
+def read_shared(r: Reader, s: SharedSection | None) -> SharedSettings | None:
     """[shared]: the Redis every broker of a fleet names. The key comes from a file only (32
     raw bytes, not readable by others); a password from a file only, never inline."""
-    if "shared" not in data:
+    if s is None:
         return None
-    t = r.table(data["shared"], ("shared",), SHARED_KEYS)
 
     def at(key: str) -> tuple[str, ...]:
         return ("shared", key)
 
     before = len(r.problems)
-    url = None
-    if "redis_url" not in t:
-        r.problem(at("redis_url"), "required, e.g. redis://127.0.0.1:6379/0")
-    else:
-        url = r.string(t["redis_url"], at("redis_url"))
-        if url is not None and not _REDIS_URL.fullmatch(url):
-            r.problem(
-                at("redis_url"),
-                "must be redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or "
-                "unix:///PATH (credentials go in password_file, not in the URL)",
-            )
-        elif url is not None and "@" in url.split("?")[0]:
-            r.problem(at("redis_url"), "put the password in password_file, not in the URL")
-    key, key_file = None, ""
-    if "key_file" not in t:
-        r.problem(at("key_file"), "required: a file of 32 random bytes, the same on every broker")
-    else:
-        text = r.string(t["key_file"], at("key_file"))
-        path = r.expand(text, at("key_file")) if text else None
-        if path is not None and r.offline:
-            key_file, key = str(path), UnreadSecret()
-        elif path is not None:
-            key_file = str(path)
-            raw = _read_key(r, path, at("key_file"))
-            key = Secret(raw.hex()) if raw is not None else None
-    password = username = password_file = None
-    if "password_file" in t:
-        text = r.string(t["password_file"], at("password_file"))
-        path = r.expand(text, at("password_file")) if text else None
+    key: Secret | None = None
+    path = r.expand(s.key_file, at("key_file"))
+    key_file = str(path) if path is not None else ""
+    if path is not None and r.offline:
+        key = UnreadSecret()
+    elif path is not None:
+        raw = _read_key(r, path, at("key_file"))
+        key = Secret(raw.hex()) if raw is not None else None
+    password: Secret | None = None
+    username = password_file = None
+    if s.password_file is not None:
+        path = r.expand(s.password_file, at("password_file"))
         if path is not None and r.offline:
             password_file, password = str(path), UnreadSecret()
         elif path is not None:
@@ -274,27 +172,18 @@ def read_shared(r: Reader, data: dict[str, Any]) -> SharedSettings | None:
                     username, password = user, Secret(rest)
                 else:
                     password = value
-    out: dict[str, Any] = {}
-    if "prefix" in t:
-        prefix = r.string(t["prefix"], at("prefix"))
-        if prefix is not None and not _PREFIX.fullmatch(prefix):
-            r.problem(at("prefix"), "letters, digits, '_', '.', ':', '-' (at most 64)")
-        elif prefix is not None:
-            out["prefix"] = prefix
-    if "lock_timeout" in t:
-        out["lock_timeout"] = r.number(t["lock_timeout"], at("lock_timeout"), 1, 600)
-    if "timeout" in t:
-        out["timeout"] = r.number(t["timeout"], at("timeout"), 0.01, 30)
-    if len(r.problems) > before or url is None or key is None:
+    if len(r.problems) > before or key is None:
         return None
     return SharedSettings(
-        redis_url=url,
+        redis_url=s.redis_url,
         key=key,
         key_file=key_file,
         password=password,
         username=username,
         password_file=password_file,
-        **{k: v for k, v in out.items() if v is not None},
+        prefix=s.prefix,
+        lock_timeout=s.lock_timeout,
+        timeout=s.timeout,
     )
 
 

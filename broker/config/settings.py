@@ -1,4 +1,8 @@
-"""The settings the broker runs on: frozen, typed, validated by `config.py`. Data only."""
+"""The settings the broker runs on: frozen, typed, built by `load.py`. Data only.
+
+What each key means, its default and bounds are declared once, in the schema (`schema.py`,
+`profile_schema.py`); the defaults here are the schema's, in the form the broker runs on.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from broker.config.listen import Listen
+from broker.config.profile_schema import ProfileKeys
+from broker.config.schema import MirrorSection, MsiSection, ServerSection, SharedSection
 from broker.config.secret import Secret
+
+_SERVER = ServerSection()
+_PROFILE = ProfileKeys()
+_MIRROR = MirrorSection()
+_MSI = MsiSection()
+_SHARED = SharedSection.model_fields
 
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    listen: tuple[Listen, ...] = (Listen.tcp("127.0.0.1", 8721),)
-    required_header: tuple[str, str] = ("Metadata", "true")
-    allowed_hosts: frozenset[str] = frozenset({"localhost", "127.0.0.1", "[::1]"})
-    log_format: str = "json"
-    log_level: str = "info"
-    allow_remote: bool = False  # binding a non-loopback address must be asked for
-    socket_mode: int = 0o660  # unix sockets: never world-accessible whatever is asked
+    listen: tuple[Listen, ...] = _SERVER.listeners()
+    required_header: tuple[str, str] = _SERVER.header()
+    allowed_hosts: frozenset[str] = _SERVER.hosts()
+    log_format: str = _SERVER.log_format
+    log_level: str = _SERVER.log_level
+    allow_remote: bool = _SERVER.allow_remote  # binding a non-loopback address must be asked for
+    socket_mode: int = _SERVER.mode()  # unix sockets: never world-accessible whatever is asked
     socket_group: int | None = None  # unix sockets: group (gid, from a name or number)
-    max_connections: int = 256
-    read_timeout: float = 10.0  # s to receive a request's head (and a mirror body)
-    max_header_bytes: int = 8192  # request line and headers together
-    audit: bool = True  # one line per token handed out
-    refresh_min_interval: float = 10.0  # s between forced refreshes of one profile
-    shutdown_timeout: float = 10.0  # s in-flight requests get to finish after SIGTERM
-    event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
+    max_connections: int = _SERVER.max_connections
+    read_timeout: float = _SERVER.read_timeout  # s to receive a request's head (and a body)
+    max_header_bytes: int = _SERVER.max_header_bytes  # request line and headers together
+    audit: bool = _SERVER.audit  # one line per token handed out
+    refresh_min_interval: float = _SERVER.refresh_min_interval
+    shutdown_timeout: float = _SERVER.shutdown_timeout
+    event_loop: str = _SERVER.event_loop  # auto (uvloop when installed) | asyncio | uvloop
     # A forward proxy for every upstream call (HTTPS_PROXY / NO_PROXY are honoured without it);
     # its "user:password" comes from upstream_proxy_credentials_file, never from the URL.
     upstream_proxy: str | None = None
@@ -46,12 +58,12 @@ class ProfileSettings:
     min_remaining: float
     upstream_timeout: float
     warm: bool
-    cloud: str = "public"  # public | usgov | china: where authority, URL and scope came from
+    cloud: str = _PROFILE.cloud  # public | usgov | china: where authority, URL and scope came from
     client_secret: Secret | None = None
     secret_source: str = ""  # where the credential comes from, for summaries: "file /x", "env X"
     certificate_pem: Secret | None = None  # key + certificate, validated at load
     certificate_password: Secret | None = None
-    signing_algorithm: str = "RS256"
+    signing_algorithm: str = _PROFILE.signing_algorithm
     refresh_token_file: str | None = None  # read at each refresh, rotated token written back
     federated_token_file: str | None = None  # re-read at each refresh (it rotates)
     static_token_file: str | None = None  # an AAD token placed by another system
@@ -60,12 +72,12 @@ class ProfileSettings:
     allowed_uids: tuple[int, ...] = ()  # unix-socket callers allowed (empty: any)
     allowed_gids: tuple[int, ...] = ()
     access_key: Secret | None = None  # callers must send it as X-Broker-Key
-    allow_insecure_upstream: bool = False  # plain http off loopback (secrets in clear)
+    allow_insecure_upstream: bool = _PROFILE.allow_insecure_upstream  # plain http off loopback
     # Customer tenants (GDAP): on when customer_tenants is non-empty. ("*",) means any tenant.
     customer_tenants: tuple[str, ...] = ()  # lower-case tenant ids / domains
     customer_scopes: tuple[str, ...] = ()  # the first is the default
-    max_customer_tokens: int = 50000  # bound on cached (tenant, scope) tokens
-    upstream_concurrency: int = 16  # Azure AD calls in flight for customer tenants
+    max_customer_tokens: int = _PROFILE.max_customer_tokens  # cached (tenant, scope) tokens
+    upstream_concurrency: int = _PROFILE.upstream_concurrency  # AAD calls for customer tenants
 
     @property
     def serves_customers(self) -> bool:
@@ -81,24 +93,24 @@ class ProfileSettings:
 
 @dataclass(frozen=True, slots=True)
 class MirrorSettings:
-    enabled: bool = True
-    upstream_base: str = "https://api.partnercenter.microsoft.com"
-    max_entries: int = 10000
-    min_remaining: float = 30.0
-    upstream_timeout: float = 10.0
-    allow_insecure_upstream: bool = False  # plain http off loopback (bearers in clear)
+    enabled: bool = _MIRROR.enabled
+    upstream_base: str = _MIRROR.upstream_base
+    max_entries: int = _MIRROR.max_entries
+    min_remaining: float = _MIRROR.min_remaining
+    upstream_timeout: float = _MIRROR.upstream_timeout
+    allow_insecure_upstream: bool = _MIRROR.allow_insecure_upstream  # plain http off loopback
 
 
 @dataclass(frozen=True, slots=True)
 class MsiSettings:
     """The App Service managed-identity endpoint (/msi/token), on when [msi] is present."""
 
-    profile: str = "default"
+    profile: str = _MSI.profile
     identity_header: Secret | None = None  # from identity_header_file / _env
     generated_header_file: str | None = None  # else: generate one at start-up, write it here
     # 420 s: the Azure SDKs treat a token with under 300 s left (minus up to 60 s of jitter)
     # as due for refresh and would come back on every call.
-    min_remaining: float = 420.0
+    min_remaining: float = _MSI.min_remaining
     header_source: str = ""  # where identity_header comes from, for summaries: "file /x"
 
 
@@ -112,9 +124,9 @@ class SharedSettings:
     password: Secret | None = None
     username: str | None = None  # from a "user:password" password_file (Redis ACL users)
     password_file: str | None = None
-    prefix: str = "pc-token-broker"
-    lock_timeout: float = 15.0  # s a fetch lease lives unless renewed (renewed every third)
-    timeout: float = 1.0  # s per Redis call: a slow Redis means fetching alone, not waiting
+    prefix: str = _SHARED["prefix"].default
+    lock_timeout: float = _SHARED["lock_timeout"].default  # s a fetch lease lives unless renewed
+    timeout: float = _SHARED["timeout"].default  # s per Redis call: a slow Redis: fetch alone
 
 
 @dataclass(frozen=True, slots=True)
