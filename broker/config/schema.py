@@ -71,15 +71,14 @@ class ServerSection(Section):
     max_connections: Whole = setting(
         256, "open connections at most; more get a 429 and are closed", ge=1, le=1_000_000
     )
-    # The parser's limits (and aiohttp's lingering_time, which follows read_timeout) are set
-    # when the server starts.
+    # Live: the connection gate reads both at each use (aiohttp's own line limits and lingering
+    # time follow them for the connections opened after a reload).
     read_timeout: Number = setting(
-        10.0, "seconds to send a request's head (slowloris guard)", ge=0.1, le=600, restart=True
+        10.0, "seconds to send a request's head (slowloris guard)", ge=0.1, le=600
     )
     max_header_bytes: Whole = setting(
-        8192, "request line and headers together; more gets a 431", ge=1024, le=1 << 20,
-        restart=True,
-    )  # fmt: skip
+        8192, "request line and headers together; more gets a 431", ge=1024, le=1 << 20
+    )
     refresh_min_interval: Number = setting(
         10.0, "seconds between forced refreshes of one profile (429)", ge=0, le=3600
     )

@@ -7,8 +7,8 @@ reload builds the new snapshot aside and swaps it in one assignment (`Broker.app
 holds a snapshot sees one configuration, whole, and whoever awaited reads the current one again
 (`broker.core.serve` does, after every wait).
 
-`SERVER_SETTINGS` says, once, which `[server]` settings a reload applies and which only a
-restart does.
+Which settings a reload applies and which only a restart does is declared once, with each
+setting, in the config schema (`broker.config.reference.restart_needed`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.config.secret import Secret
-from broker.config.settings import ProfileSettings, ServerSettings, Settings, SharedSettings
+from broker.config.settings import ProfileSettings, Settings
 from broker.core.cache import Entry, TokenCache
 from broker.core.credentials import Credential, make_credential
 from broker.core.guards import OriginGuard
@@ -28,46 +28,6 @@ from broker.core.shared import SharedCache
 from broker.core.sources import profile_entries
 from broker.core.tenants import TenantCache
 from broker.core.upstream import Upstream
-
-# Which [server] settings a reload applies ("live": read where they are used, from the snapshot
-# in force) and which need a restart ("restart": read once at start-up; a reload that changes
-# one reports it in `needs_restart`: log, /v1/profiles' restart_pending, the metric
-# broker_restart_pending and systemd's STATUS). Every field of ServerSettings has a line (a
-# test holds them equal). To be replaced by a flag per setting in the config schema.
-LIVE, RESTART = "live", "restart"
-SERVER_SETTINGS: dict[str, str] = {
-    "listen": RESTART,  # the daemon binds its sockets once
-    "required_header": LIVE,  # the snapshot's origin guard
-    "allowed_hosts": LIVE,
-    "log_format": RESTART,  # the logger is built once
-    "log_level": RESTART,
-    "allow_remote": RESTART,  # checked when binding
-    "socket_mode": RESTART,  # set when binding
-    "socket_group": RESTART,
-    "max_connections": LIVE,  # the connection gate reads it at every accept
-    "read_timeout": LIVE,  # per request; aiohttp's lingering time per new connection
-    "max_header_bytes": LIVE,  # per request head; aiohttp's line limits per new connection
-    "audit": LIVE,
-    "refresh_min_interval": LIVE,  # per forced refresh or invalidation
-    "shutdown_timeout": RESTART,  # aiohttp's runner takes it when it is built
-    "event_loop": RESTART,  # chosen before the loop starts
-    "upstream_proxy": RESTART,  # the upstream session is built once
-    "upstream_proxy_credentials": RESTART,
-}
-# What a reload can report as pending a restart: those settings, and the [shared] section (the
-# Redis connection is opened once).
-RESTART_ONLY = (*(k for k, v in SERVER_SETTINGS.items() if v == RESTART), "shared")
-
-
-def needs_restart(
-    new: Settings, server: ServerSettings, shared: SharedSettings | None
-) -> tuple[str, ...]:
-    """The restart-only settings of `new` that differ from what the process runs (`server`,
-    `shared`: what it started with), not from the file read last."""
-    pending = [k for k in RESTART_ONLY[:-1] if getattr(new.server, k) != getattr(server, k)]
-    if new.shared != shared:
-        pending.append("shared")
-    return tuple(pending)
 
 
 @dataclass(frozen=True, slots=True)

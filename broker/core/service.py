@@ -16,6 +16,7 @@ import aiohttp
 
 from broker import __version__
 from broker.config.files import write_private
+from broker.config.reference import RESTART_NAMES, restart_needed
 from broker.config.secret import Secret
 from broker.config.settings import Settings
 from broker.core.cache import Entry, EntryStatus, TokenCache
@@ -23,7 +24,7 @@ from broker.core.clock import Clock
 from broker.core.credentials import Credential
 from broker.core.guards import OriginGuard
 from broker.core.mirror import MirrorCache
-from broker.core.runtime import RESTART_ONLY, Builder, Runtime, needs_restart
+from broker.core.runtime import Builder, Runtime
 from broker.core.serve import Desk
 from broker.core.shared import SharedCache
 from broker.core.tenants import TenantCache
@@ -63,8 +64,8 @@ class Broker:
         self._owns_session = False
         self._background: set[asyncio.Task] = set()
         # What the process runs: compared with each reloaded file, not with the previous one.
-        self.running, self.running_shared = settings.server, settings.shared
-        for key in RESTART_ONLY:
+        self.running = settings
+        for key in RESTART_NAMES:
             metrics.restart_pending.labels(key).set(0)
         metrics.watch_entries(self.statuses)
         metrics.watch_profiles(self.profile_gauges)
@@ -203,7 +204,7 @@ class Broker:
         built = {name: build(new.profiles[name]) for name in added + changed}
         mirror = self._mirror_for(new) if new.mirror != old.settings.mirror else old.mirror
         msi_header = self._identity_header(new)
-        pending = needs_restart(new, self.running, self.running_shared)
+        pending = tuple(restart_needed(self.running, new))
         # -- the switch: no await from here on.
         self._remember_secrets(new)
         self.audit.enabled = new.server.audit
@@ -223,7 +224,7 @@ class Broker:
             task = asyncio.get_running_loop().create_task(old.mirror.close())
             self._background.add(task)  # held until done: a bare task may be collected
             task.add_done_callback(self._background.discard)
-        for key in RESTART_ONLY:
+        for key in RESTART_NAMES:
             self.metrics.restart_pending.labels(key).set(1 if key in pending else 0)
         return {
             "added": added,

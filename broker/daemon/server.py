@@ -120,8 +120,8 @@ async def _reload(path: str | None, broker: Broker, log: Any, notifier: Notifier
             note="the running configuration is kept",
         )
     else:
-        # The new snapshot is in force; the settings it cannot apply (SERVER_SETTINGS in
-        # broker/core/runtime.py says which) are in needs_restart.
+        # The new snapshot is in force; the settings it cannot apply (declared restart-only in
+        # the config schema, broker/config/schema.py) are in needs_restart.
         log.info("reloaded", config=path, **changes)
         if changes["needs_restart"]:
             log.warning(
