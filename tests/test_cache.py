@@ -17,8 +17,8 @@ import json
 
 import pytest
 
-from broker.config.errors import UpstreamFailing, UpstreamRefused, UpstreamTimeout
 from broker.core.cache import IDLE_AFTER, Policy, TokenCache
+from broker.core.errors import UpstreamFailing, UpstreamRefused, UpstreamTimeout
 from broker.core.tokens import Token
 from broker.observe.logs import make_logger
 from broker.observe.metrics import Metrics
@@ -831,6 +831,45 @@ async def test_a_closed_entry_never_arms_a_timer_again(clock: FakeClock) -> None
 # -- a remembered failure, and a token too short-lived to serve ----------------------------------
 
 
+def test_an_upstream_error_is_immutable_and_copied_with_another_retry_after() -> None:
+    """One error is remembered and told to many callers: nobody may change it under the others;
+    `with_retry_after` gives a copy (the same error in every other respect)."""
+    error = UpstreamFailing("busy", endpoint="aad", retry_after=100, correlation_id="c-1")
+    with pytest.raises(AttributeError, match="immutable"):
+        error.retry_after = 5
+    with pytest.raises(AttributeError, match="immutable"):
+        error.message = "other"
+    copy = error.with_retry_after(5)
+    assert copy is not error and type(copy) is UpstreamFailing
+    assert (copy.retry_after, error.retry_after) == (5, 100)
+    assert (str(copy), copy.message, copy.correlation_id, copy.code, copy.status) == (
+        "busy",
+        "busy",
+        "c-1",
+        "upstream_failing",
+        503,
+    )
+
+
+async def test_the_callers_of_one_failed_flight_each_get_their_own_error(
+    clock: FakeClock,
+) -> None:
+    """Three callers wait on one refresh that fails: each is told the failure (the delay used
+    as its Retry-After) with an error object of its own; the one upstream raised is unchanged."""
+    upstream = Upstream(clock)
+    _, entry = entry_with(clock, upstream)
+    entry._closed = True  # no timer: only callers drive it here
+    upstream.gate = asyncio.Event()
+    upstream.fail_with = UpstreamFailing("busy", endpoint="aad", retry_after=100)
+    callers = [asyncio.ensure_future(entry.get()) for _ in range(3)]
+    await upstream.started.wait()
+    upstream.gate.set()
+    told = await asyncio.gather(*callers, return_exceptions=True)
+    assert upstream.calls == 1
+    assert all(type(e) is UpstreamFailing and e.retry_after == 100 for e in told)
+    assert len({id(e) for e in told}) == 3 and upstream.fail_with not in told
+
+
 async def test_a_remembered_failure_is_answered_until_retry_at_with_the_time_left(
     clock: FakeClock,
 ) -> None:
@@ -847,8 +886,15 @@ async def test_a_remembered_failure_is_answered_until_retry_at_with_the_time_lef
     clock.advance(60)
     with pytest.raises(UpstreamFailing) as remembered:
         await entry.get()
-    assert remembered.value is upstream.fail_with
-    assert remembered.value.retry_after == pytest.approx(40)  # what is left of it
+    told, original = remembered.value, upstream.fail_with
+    assert (type(told), told.message, told.endpoint, told.code) == (
+        type(original),
+        original.message,
+        original.endpoint,
+        original.code,
+    )
+    assert told.retry_after == pytest.approx(40)  # what is left of it, on a copy:
+    assert original.retry_after == 100  # the error upstream raised is never changed
     assert upstream.calls == 1
     clock.advance(40)  # exactly retry_at: asked again
     upstream.fail_with = None

@@ -203,7 +203,7 @@ async def test_refresh_ahead_only_while_the_bearer_is_valid(
     assert (await (await post(b, long_lived)).json())["access_token"] == first  # served, and...
     answer = await (await post(b, short_lived)).json()
     assert answer["access_token"] == first_short and int(answer["expires_in"]) in (899, 900)
-    await asyncio.gather(*b.broker.runtime.mirror._flights.values())
+    await asyncio.gather(*b.broker.runtime.mirror.in_flight())
     assert fake_sandbox.state.counts["partner"] == 3  # ...one refresh: the valid bearer's
     fresh = (await (await post(b, long_lived)).json())["access_token"]
     assert fresh != first

@@ -57,7 +57,7 @@ class Equivalent:
 
 
 EQUIVALENT: list[Equivalent] = [
-    # -- broker/core/cache.py --------------------------------------------------------------------
+    # -- broker/core/cache/ ------------------------------------------------------------------------
     Equivalent(
         "Entry.__init__",
         "self.token_correlation_id: str | None = None  # of the refresh that produced `token`",

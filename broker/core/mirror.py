@@ -17,10 +17,11 @@ from typing import Any
 
 from cachetools import TLRUCache
 
-from broker.config.errors import UpstreamError, UpstreamTimeout
 from broker.config.settings import MirrorSettings
 from broker.core import pcformat, schedule
 from broker.core.clock import Clock
+from broker.core.errors import UpstreamError, UpstreamTimeout
+from broker.core.singleflight import SingleFlight
 from broker.core.tokens import Token, TokenRejected, jwt_seconds_left
 from broker.core.upstream import Answer, Upstream
 
@@ -82,7 +83,7 @@ class MirrorCache:
             ttu=lambda _key, value, _now: value.token.expires_mono - min_remaining,
             timer=clock.monotonic,
         )
-        self._flights: dict[bytes, asyncio.Task[Cached]] = {}  # one upstream call per key
+        self._flights: SingleFlight[bytes, Cached] = SingleFlight()  # one upstream call per key
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -106,20 +107,22 @@ class MirrorCache:
                 ):
                     self._launch(key, path, forward)  # refresh ahead with this caller's bearer
                 return cached, True
-        flight = self._flights.get(key) or self._launch(key, path, forward)
-        try:
-            cached = await asyncio.wait_for(asyncio.shield(flight), self.settings.upstream_timeout)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"no answer within {self.settings.upstream_timeout:g} s", endpoint="mirror"
-            ) from None
+        flight = self._launch(key, path, forward)
+        timeout = self.settings.upstream_timeout
+        cached = await SingleFlight.wait(
+            flight,
+            timeout,
+            lambda: UpstreamTimeout(f"no answer within {timeout:g} s", endpoint="mirror"),
+        )
         return cached, False
 
+    def in_flight(self) -> list[asyncio.Task[Cached]]:
+        """The exchanges in progress (refreshes ahead included)."""
+        return self._flights.tasks()
+
     def _launch(self, key: bytes, path: str, forward: dict[str, Any]) -> asyncio.Task[Cached]:
-        task = asyncio.get_running_loop().create_task(self._fetch(key, path, forward))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self._flights[key] = task
-        return task
+        """The exchange in flight for this bearer, or a new one."""
+        return self._flights.join(key, lambda: self._fetch(key, path, forward))
 
     async def _fetch(self, key: bytes, path: str, forward: dict[str, Any]) -> Cached:
         started = self._clock.monotonic()
@@ -149,7 +152,6 @@ class MirrorCache:
             outcome = e.code.removeprefix("upstream_")  # timeout, unreachable, bad_token
             raise
         finally:
-            del self._flights[key]
             # A refusal must not look like a success: status and outcome on every line, and
             # anything but a token at warning level.
             (self._log.info if outcome == "ok" else self._log.warning)(
@@ -175,7 +177,7 @@ class MirrorCache:
         return Cached(token, str(body.get("token_type") or "bearer"), at, correlation_id)
 
     async def close(self) -> None:
-        tasks = list(self._flights.values())
+        tasks = self._flights.tasks()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from broker.config.errors import UpstreamError
 from broker.config.load import is_tenant
 from broker.config.settings import ProfileSettings
 from broker.core.cache import Entry, EntryStatus
+from broker.core.errors import UpstreamError
 from broker.core.runtime import ProfileRuntime, Runtime
 from broker.core.tenants import KIND as TENANT_KIND
 from broker.core.tenants import TenantCache

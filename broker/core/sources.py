@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.config.errors import UpstreamRefused
 from broker.config.settings import ProfileSettings
 from broker.core.cache import Entry, Fetch, Policy, TokenCache
 from broker.core.credentials import Credential, make_credential
+from broker.core.errors import UpstreamRefused
 from broker.core.shared import SharedCache, shared_key
 from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds, Upstream

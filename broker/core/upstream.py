@@ -18,7 +18,11 @@ from typing import Any
 
 import aiohttp
 
-from broker.config.errors import (
+from broker.config.secret import Secret
+from broker.core import schedule
+from broker.core.clock import Clock
+from broker.core.details import parse_details
+from broker.core.errors import (
     TokenFormatError,
     UpstreamError,
     UpstreamFailing,
@@ -26,10 +30,6 @@ from broker.config.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from broker.config.secret import Secret
-from broker.core import schedule
-from broker.core.clock import Clock
-from broker.core.details import parse_details
 from broker.core.streams import load_json, read_limited
 from broker.core.tokens import Token, token_from_response
 from broker.observe.redact import Redactor

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from broker.config.errors import UpstreamError
+from broker.core.errors import UpstreamError
 from broker.core.render import JSON, TEXT, json_body
 from broker.core.schedule import MAX_RETRY_AFTER
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.config.errors import UpstreamError, UpstreamTimeout
 from broker.core import pcformat
+from broker.core.errors import UpstreamError, UpstreamTimeout
 from broker.core.mirror import Relay
 from broker.http import access
 from broker.http.callers import identify

@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.config.errors import UpstreamError
 from broker.config.settings import ProfileSettings
+from broker.core.errors import UpstreamError
 from broker.core.render import JSON
 from broker.core.runtime import Runtime
 from broker.core.serve import (

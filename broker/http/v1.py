@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.config.errors import UpstreamError
+from broker.core.errors import UpstreamError
 from broker.core.render import (
     JSON,
     Negotiator,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar, Protocol
 
-from broker.config.errors import LocalCredentialFailed
 from broker.config.files import read_text
 from broker.config.settings import ProfileSettings
+from broker.core.errors import LocalCredentialFailed
 from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds, Upstream
 

@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 
 import jwt
 
-from broker.config.errors import LocalCredentialFailed
 from broker.config.pem import load_certificate_key
 from broker.config.settings import ProfileSettings
 from broker.core.credentials.base import CredentialBase, read_file, read_off_loop
+from broker.core.errors import LocalCredentialFailed
 from broker.core.streams import load_json
 from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds, Upstream

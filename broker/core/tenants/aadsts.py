@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from broker.config.errors import UpstreamError
+from broker.core.errors import UpstreamError
 from broker.core.upstream import Answer, RefreshIds, Upstream
 
 # Throttled without a Retry-After: wait this long; a Retry-After is honoured up to the cap.
@@ -92,10 +92,12 @@ class TenantRefused(UpstreamError):
 
     def __init__(self, refusal: Refusal, message: str, **kwargs: Any):
         super().__init__(message, **kwargs)
-        self.refusal = refusal
-        self.code = refusal.state
-        self.status = refusal.status
-        self.retryable = refusal.retryable
+        self._fields(
+            refusal=refusal,
+            code=refusal.state,
+            status=refusal.status,
+            retryable=refusal.retryable,
+        )
 
     def again(self, retry_after: float) -> TenantRefused:
         """The remembered refusal, told again with the time still left."""

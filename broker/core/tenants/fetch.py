@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.config.errors import UpstreamError
 from broker.config.settings import ProfileSettings
 from broker.core.credentials import Credential
+from broker.core.errors import UpstreamError
 from broker.core.tenants.aadsts import refusal_error
 from broker.core.tenants.limiter import FifoLimiter
 from broker.core.tenants.memory import FailureMemory, TenantState

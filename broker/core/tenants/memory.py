@@ -17,9 +17,9 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from broker.config.errors import UpstreamError
 from broker.config.settings import ProfileSettings
 from broker.core.clock import Clock
+from broker.core.errors import UpstreamError
 from broker.core.tenants.aadsts import REFRESH_TOKEN_INVALID, TenantRefused
 
 if TYPE_CHECKING:

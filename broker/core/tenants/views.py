@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from broker.config.errors import UpstreamError
+from broker.core.errors import UpstreamError
 from broker.core.tenants.aadsts import STATES
 from broker.core.tenants.memory import FailureMemory, TenantState
 

@@ -1,65 +1,22 @@
-"""The token cache: the only mutable token state in the broker.
-
-One `Entry` per (profile, kind). Everything runs on the event loop, so no locks: what would be
-guarded by a mutex is guarded by "only the loop touches it", and upstream calls are guarded by
-the single in-flight task (`Entry.flight`): every caller who needs a token while one is being
-fetched awaits that same task, shielded, so a caller that goes away never cancels it.
-
-Timeline of an entry:
-    cold → flight → token (FRESH) → timer at refresh_at → flight → new token ...
-                  ↘ failure: remembered until retry_at (backoff); callers get the error at once
-"""
+"""One cache entry: the token of one (profile, kind), its refresh in flight, its timer and its
+failure memory. See the package's docstring for the timeline."""
 
 from __future__ import annotations
 
 import asyncio
-import math
-import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-from broker.config.errors import UpstreamError, UpstreamFailing, UpstreamTimeout
 from broker.core import schedule
+from broker.core.cache.policy import EntryStatus, Fetch, Policy
+from broker.core.cache.status import entry_status
 from broker.core.clock import Clock, TimerHandle
+from broker.core.errors import UpstreamError, UpstreamFailing, UpstreamTimeout
+from broker.core.singleflight import SingleFlight
 from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds
 from broker.observe.logs import iso_time
-
-Fetch = Callable[[RefreshIds], Awaitable[Token]]
-
-# A profile nobody asked for in this long stops being refreshed in the background (unless warm);
-# the next caller fetches it cold.
-IDLE_AFTER = 3600.0
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    refresh_ahead: float
-    min_refresh_margin: float
-    min_remaining: float
-    wait_timeout: float  # how long a caller waits on a flight: the upstream timeout
-    warm: bool
-    poll_interval: float | None = None  # re-fetch at least this often (a file-based source)
-    idle_after: float = IDLE_AFTER  # not asked for in this long: no background refresh
-
-
-@dataclass(frozen=True, slots=True)
-class EntryStatus:
-    """What /v1/profiles, /readyz, `status` and metrics show. Never the token."""
-
-    profile: str
-    kind: str
-    state: str  # empty | fresh | refreshing | stale | failing
-    expires_on: int | None
-    expires_in: int | None
-    next_attempt_in: int | None
-    failures: int
-    waiters: int
-    last_error: dict[str, Any] | None
-    calls: dict[str, int]
-    servable: bool
 
 
 class Entry:
@@ -68,6 +25,7 @@ class Entry:
         "_clock",
         "_closed",
         "_fetch",
+        "_flights",
         "_ids",
         "_log",
         "_metrics",
@@ -75,7 +33,6 @@ class Entry:
         "_timer",
         "calls",
         "failures",
-        "flight",
         "kind",
         "last_error",
         "last_used",
@@ -109,7 +66,7 @@ class Entry:
         self._rand = rand
         self.token: Token | None = None
         self.token_correlation_id: str | None = None  # of the refresh that produced `token`
-        self.flight: asyncio.Task[Token] | None = None  # the one refresh in progress
+        self._flights: SingleFlight[None, Token] = SingleFlight()  # the one refresh, if any
         self._ids: RefreshIds | None = None  # kept across the retries of one refresh
         self.last_error: UpstreamError | None = None
         self.failures = 0  # in a row
@@ -148,9 +105,10 @@ class Entry:
         if flight is None:
             error = self.last_error
             if error is not None and now < self.retry_at:
-                if error.retry_after is not None:  # what is left of the delay in use
-                    error.retry_after = self.retry_at - now
-                raise error.with_traceback(None)  # remembered: no upstream call
+                # Remembered: no upstream call. Each caller gets a copy, told what is left of
+                # the delay in use (when upstream gave one).
+                left = None if error.retry_after is None else self.retry_at - now
+                raise error.with_retry_after(left)
             flight = self._launch()
         token = await self._wait(flight)
         if not token.servable(self._clock.monotonic(), need):
@@ -163,42 +121,49 @@ class Entry:
     async def refresh(self) -> Token:
         """A forced refresh: joins the flight in progress, or starts one now."""
         self.last_used = self._clock.monotonic()
-        return await self._wait(self.flight or self._launch())
+        return await self._wait(self._launch())
 
     def invalidate(self, token: Token) -> None:
         """Drop `token` (upstream rejected it) so the next caller fetches a new one."""
         if self.token is token:
             self.token = None
 
+    @property
+    def flight(self) -> asyncio.Task[Token] | None:
+        """The one refresh in progress, if any."""
+        return self._flights.get(None)
+
     async def _wait(self, flight: asyncio.Task[Token]) -> Token:
         self.waiters += 1
         try:
-            return await asyncio.wait_for(asyncio.shield(flight), self.policy.wait_timeout)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"no token within {self.policy.wait_timeout:g} s; the refresh goes on",
-                endpoint=self.kind,
-            ) from None
+            return await SingleFlight.wait(flight, self.policy.wait_timeout, self._timed_out)
+        except UpstreamError as e:  # the flight's error, told to each waiter as its own copy
+            raise e.with_retry_after(e.retry_after) from None
         finally:
             self.waiters -= 1
+
+    def _timed_out(self) -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"no token within {self.policy.wait_timeout:g} s; the refresh goes on",
+            endpoint=self.kind,
+        )
 
     # -- the flight -----------------------------------------------------------------------
 
     def _launch(self) -> asyncio.Task[Token]:
+        """The refresh in progress, or a new one (its ids kept across the retries of one
+        refresh)."""
         if self._ids is None:
             self._ids = RefreshIds.new()
-        task = asyncio.get_running_loop().create_task(self._attempt(self._ids))
-        task.add_done_callback(_retrieve)
-        self.flight = task
-        return task
+        ids = self._ids
+        return self._flights.join(None, lambda: self._attempt(ids))
 
     async def _attempt(self, ids: RefreshIds) -> Token:
         started = self._clock.monotonic()
         try:
             token = await self._fetch(ids)
         except UpstreamError as e:
-            self._failed(e, started)
-            raise
+            raise self._failed(e, started) from None
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug or an unmapped error: log it, never leak it to callers
@@ -208,8 +173,7 @@ class Entry:
                 endpoint=self.kind,
                 correlation_id=ids.correlation_id,
             )
-            self._failed(error, started)
-            raise error from None
+            raise self._failed(error, started) from None
         else:
             now = self._clock.monotonic()
             if not token.servable(now, self.policy.min_remaining):
@@ -221,12 +185,9 @@ class Entry:
                     endpoint=self.kind,
                     correlation_id=ids.correlation_id,
                 )
-                self._failed(error, started)
-                raise error
+                raise self._failed(error, started)
             self._succeeded(token, started, ids)
             return token
-        finally:
-            self.flight = None
 
     def _succeeded(self, token: Token, started: float, ids: RefreshIds) -> None:
         unchanged = token is self.token  # a file-based source that has not changed
@@ -263,9 +224,10 @@ class Entry:
             next_refresh_in_s=round((self.next_at or now) - now, 1),
         )
 
-    def _failed(self, error: UpstreamError, started: float) -> None:
+    def _failed(self, error: UpstreamError, started: float) -> UpstreamError:
+        """Remember the failure and back off; returns the error as callers are told it (with
+        the delay actually used as its Retry-After, when upstream gave one)."""
         self.failures += 1
-        self.last_error = error
         self.calls[error.code] += 1
         self._metrics.refreshes.labels(self.profile, self.kind, error.code).inc()
         delay = schedule.retry_delay(
@@ -273,8 +235,9 @@ class Entry:
         )
         now = self._clock.monotonic()
         self.retry_at = now + delay
-        if error.retry_after is not None:
-            error.retry_after = delay  # callers are told the delay used, not what was asked
+        if error.retry_after is not None:  # callers are told the delay used, not what was asked
+            error = error.with_retry_after(delay)
+        self.last_error = error
         self._arm(self.retry_at)
         servable = self.token is not None and self.token.servable(now, self.policy.min_remaining)
         self._log.warning(
@@ -291,6 +254,7 @@ class Entry:
             serving_cached=servable,
             duration_ms=round((now - started) * 1000, 1),
         )
+        return error
 
     # -- the timer: refresh ahead, retry after backoff ---------------------------------------
 
@@ -326,107 +290,12 @@ class Entry:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.flight is not None:
-            self.flight.cancel()
-            await asyncio.gather(self.flight, return_exceptions=True)
+        flight = self.flight
+        if flight is not None:
+            flight.cancel()
+            await asyncio.gather(flight, return_exceptions=True)
 
     # -- status -----------------------------------------------------------------------------
 
     def status(self) -> EntryStatus:
-        now = self._clock.monotonic()
-        token = self.token
-        servable = token is not None and token.servable(now, self.policy.min_remaining)
-        if self.flight is not None:
-            state = "refreshing"
-        elif self.last_error is not None:
-            state = "stale" if servable else "failing"
-        elif servable:
-            state = "fresh"
-        else:
-            state = "empty"
-        error = self.last_error
-        return EntryStatus(
-            profile=self.profile,
-            kind=self.kind,
-            state=state,
-            expires_on=token.expires_on if token else None,
-            # Whole seconds everywhere (as /v1/token): left rounds down, a wait rounds up.
-            expires_in=int(token.remaining(now)) if token else None,
-            next_attempt_in=math.ceil(max(0.0, self.next_at - now)) if self.next_at else None,
-            failures=self.failures,
-            waiters=self.waiters,
-            last_error=None
-            if error is None
-            else {
-                "code": error.code,
-                "message": error.message,
-                "upstream_status": error.upstream_status,
-                "endpoint": error.endpoint,
-                "aadsts": error.aadsts,
-                "trace_id": error.trace_id,
-                "correlation_id": error.correlation_id,
-            },
-            calls=dict(self.calls),
-            servable=servable,
-        )
-
-
-def _retrieve(task: asyncio.Task) -> None:
-    """A flight nobody awaited (a background refresh) must not log 'exception never retrieved'."""
-    if not task.cancelled():
-        task.exception()
-
-
-class TokenCache:
-    """The entries, by (profile, kind)."""
-
-    def __init__(
-        self, *, clock: Clock, log: Any, metrics: Any, rand: Callable[[], float] = random.random
-    ) -> None:
-        self._clock = clock
-        self._log = log
-        self._metrics = metrics
-        self._rand = rand
-        self.entries: dict[tuple[str, str], Entry] = {}
-
-    def make_entry(self, profile: str, kind: str, fetch: Fetch, policy: Policy) -> Entry:
-        """A new entry sharing this cache's clock, log and metrics; not yet installed."""
-        return Entry(
-            profile,
-            kind,
-            fetch,
-            policy,
-            clock=self._clock,
-            log=self._log,
-            metrics=self._metrics,
-            rand=self._rand,
-        )
-
-    def install(self, entries: Iterable[Entry]) -> None:
-        for entry in entries:
-            self.entries[(entry.profile, entry.kind)] = entry
-
-    def add(self, profile: str, kind: str, fetch: Fetch, policy: Policy) -> Entry:
-        entry = self.make_entry(profile, kind, fetch, policy)
-        self.install([entry])
-        return entry
-
-    def entry(self, profile: str, kind: str) -> Entry | None:
-        return self.entries.get((profile, kind))
-
-    def start(self, profile: str | None = None) -> None:
-        for (name, _), entry in self.entries.items():
-            if profile is None or name == profile:
-                entry.start()
-
-    def retire(self, profile: str) -> None:
-        """Drop a profile's entries now. Their timers stop; a refresh already in flight is left
-        to finish for the callers awaiting it (nobody else can reach the entry any more)."""
-        for key in [k for k in self.entries if k[0] == profile]:
-            self.entries.pop(key).retire()
-
-    async def close(self) -> None:
-        await asyncio.gather(*(e.close() for e in self.entries.values()))
-
-    def snapshot(self) -> Iterable[EntryStatus]:
-        return [e.status() for e in self.entries.values()]
+        return entry_status(self)

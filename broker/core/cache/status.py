@@ -1,0 +1,51 @@
+"""An entry's state in words and whole seconds, for the operators' views."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from broker.core.cache.policy import EntryStatus
+
+if TYPE_CHECKING:
+    from broker.core.cache.entry import Entry
+
+
+def entry_status(entry: Entry) -> EntryStatus:
+    """What /v1/profiles, /readyz, `status` and the metrics show of an entry: never its token."""
+    now = entry._clock.monotonic()
+    token = entry.token
+    servable = token is not None and token.servable(now, entry.policy.min_remaining)
+    if entry.flight is not None:
+        state = "refreshing"
+    elif entry.last_error is not None:
+        state = "stale" if servable else "failing"
+    elif servable:
+        state = "fresh"
+    else:
+        state = "empty"
+    error = entry.last_error
+    return EntryStatus(
+        profile=entry.profile,
+        kind=entry.kind,
+        state=state,
+        expires_on=token.expires_on if token else None,
+        # Whole seconds everywhere (as /v1/token): left rounds down, a wait rounds up.
+        expires_in=int(token.remaining(now)) if token else None,
+        next_attempt_in=math.ceil(max(0.0, entry.next_at - now)) if entry.next_at else None,
+        failures=entry.failures,
+        waiters=entry.waiters,
+        last_error=None
+        if error is None
+        else {
+            "code": error.code,
+            "message": error.message,
+            "upstream_status": error.upstream_status,
+            "endpoint": error.endpoint,
+            "aadsts": error.aadsts,
+            "trace_id": error.trace_id,
+            "correlation_id": error.correlation_id,
+        },
+        calls=dict(entry.calls),
+        servable=servable,
+    )
