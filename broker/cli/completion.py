@@ -42,7 +42,7 @@ def bash_function(parser: argparse.ArgumentParser) -> str:
         for option, values in choices.items():
             prev_cases[option] = f'COMPREPLY=($(compgen -W "{_words(values)}" -- "$cur"))'
         positional = [a for a in sub._actions if not a.option_strings and a.choices]
-        words = options + [str(c) for a in positional for c in a.choices]
+        words = options + [str(c) for a in positional for c in (a.choices or ())]
         command_cases.append(f'        {name}) words="{_words(words)}" ;;')
     for option in _FILE_OPTIONS:
         prev_cases[option] = 'COMPREPLY=($(compgen -f -- "$cur"))'

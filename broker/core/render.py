@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 from xml.sax.saxutils import escape
 
 from broker.core.tokens import Token
@@ -117,7 +118,9 @@ def render(token: Token, profile: str, kind: str) -> Rendered:
     )
 
 
-def render_tenant(token: Token, profile: str, tenant: str, scope: str, expires_in: int) -> dict:
+def render_tenant(
+    token: Token, profile: str, tenant: str, scope: str, expires_in: int
+) -> dict[str, Any]:
     """The fields of a customer-tenant token answer (kind aad), for `tenant_body`."""
     return {
         "access_token": token.value,
@@ -131,13 +134,13 @@ def render_tenant(token: Token, profile: str, tenant: str, scope: str, expires_i
     }
 
 
-def tenant_body(fields: dict, media: str) -> bytes:
+def tenant_body(fields: dict[str, Any], media: str) -> bytes:
     """A customer-tenant token answer in `media` (built per request: these are not prebuilt,
     so a hundred thousand cached tokens do not carry a second copy each)."""
     if media == JSON:
         return json_body(fields)
     if media == TEXT:
-        return fields["access_token"].encode("ascii")
+        return str(fields["access_token"]).encode("ascii")
     inner = "".join(f"<{k}>{escape(str(v))}</{k}>" for k, v in fields.items())
     return f'<?xml version="1.0" encoding="utf-8"?><token>{inner}</token>'.encode()
 

@@ -74,4 +74,4 @@ def retry_delay(
     if retry_after is not None:
         # Honour the server, but a hostile or buggy Retry-After must not park us for a day.
         delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-    return max(delay, FAILURE_MEMORY)
+    return float(max(delay, FAILURE_MEMORY))

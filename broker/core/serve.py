@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from broker.config.load import is_tenant
 from broker.config.settings import ProfileSettings
 from broker.core.cache import Entry, EntryStatus
+from broker.core.clock import Clock
 from broker.core.errors import UpstreamError
 from broker.core.runtime import ProfileRuntime, Runtime
 from broker.core.tenants import KIND as TENANT_KIND
@@ -117,7 +118,7 @@ class RateLimit:
     """At most one action per key every `interval` s (the interval in force when asked);
     remembers at most `memory` keys, forgetting those whose interval has passed."""
 
-    def __init__(self, clock: Any, memory: int = 4096) -> None:
+    def __init__(self, clock: Clock, memory: int = 4096) -> None:
         self._clock = clock
         self._memory = memory
         self._last: dict[Any, float] = {}

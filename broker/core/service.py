@@ -62,7 +62,7 @@ class Broker:
         self._rand = rand
         self._session: aiohttp.ClientSession | None = None
         self._owns_session = False
-        self._background: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task[None]] = set()
         # What the process runs: compared with each reloaded file, not with the previous one.
         self.running = settings
         for key in RESTART_NAMES:

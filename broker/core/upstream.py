@@ -80,6 +80,11 @@ def _proxy_authorization(userinfo: str) -> dict[str, str]:
     return {"Proxy-Authorization": f"Basic {encoded}"}
 
 
+# The standard library's NO_PROXY matcher (urllib.request, used by its own proxy handling): not
+# in typeshed's stubs, so named here once with its type.
+_bypass: Callable[[str, dict[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+
+
 class Proxies:
     """Which forward proxy an upstream URL goes through: none for a NO_PROXY host, else
     `[server] upstream_proxy` when set, else HTTPS_PROXY / HTTP_PROXY (by the URL's scheme).
@@ -111,7 +116,7 @@ class Proxies:
     def for_url(self, url: str) -> tuple[str | None, dict[str, str] | None]:
         """The proxy URL for `url` and the headers for it (Proxy-Authorization), or Nones."""
         parts = urllib.parse.urlsplit(url)
-        if self._env.get("no") and urllib.request.proxy_bypass_environment(parts.netloc, self._env):
+        if self._env.get("no") and _bypass(parts.netloc, self._env):
             return None, None
         if self.configured:
             return self.configured, self._auth
@@ -267,19 +272,18 @@ class Upstream:
         detail = details.description
         message = f"{_NAMES[endpoint]} answered {status}" + (f": {detail}" if detail else "")
         retry_after = retry_after_seconds(answer.headers.get("Retry-After"), self._clock.time())
-        kwargs = dict(
+        retry = status >= 500 or status in _RETRYABLE_4XX
+        self.count(endpoint, "failing" if retry else "refused")
+        return (UpstreamFailing if retry else UpstreamRefused)(
+            message,
             endpoint=endpoint,
             upstream_status=status,
+            retry_after=retry_after,
             # Upstream's own id when it names one (what its support looks up), else ours.
             correlation_id=details.correlation_id or correlation_id,
             aadsts=details.aadsts,
             trace_id=details.trace_id,
         )
-        if status >= 500 or status in _RETRYABLE_4XX:
-            self.count(endpoint, "failing")
-            return UpstreamFailing(message, retry_after=retry_after, **kwargs)
-        self.count(endpoint, "refused")
-        return UpstreamRefused(message, retry_after=retry_after, **kwargs)
 
     async def azure_ad_answer(
         self, url: str, form: dict[str, str], *, timeout: float, ids: RefreshIds
@@ -307,7 +311,7 @@ class Upstream:
         timeout: float,
         ids: RefreshIds,
         refused: Callable[[Answer], UpstreamError] | None = None,
-    ) -> tuple[Token, dict]:
+    ) -> tuple[Token, dict[str, Any]]:
         """POST {authority}/{tenant}/oauth2/v2.0/token. Returns the token and the whole answer
         (a refresh-token credential needs the rotated refresh token from it). A non-200 answer
         raises `refused(answer)` when given (customer tenants classify Azure AD's refusals),

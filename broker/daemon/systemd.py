@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 SD_LISTEN_FDS_START = 3
@@ -76,10 +76,12 @@ def _watchdog_interval(env: Mapping[str, str]) -> float | None:
     return int(usec) / 1_000_000
 
 
-def listen_fds(env: dict[str, str] | None = None, *, unset: bool = True) -> list[socket.socket]:
+def listen_fds(
+    env: MutableMapping[str, str] | None = None, *, unset: bool = True
+) -> list[socket.socket]:
     """Sockets passed by socket activation ($LISTEN_FDS for this $LISTEN_PID), or none.
     The variables are removed so that nothing started later inherits them."""
-    env = os.environ if env is None else env  # type: ignore[assignment]
+    env = os.environ if env is None else env
     pid, count = env.get("LISTEN_PID", ""), env.get("LISTEN_FDS", "")
     if not count.isdigit() or (pid and pid != str(os.getpid())):
         return []

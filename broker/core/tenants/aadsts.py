@@ -90,6 +90,8 @@ def classify(status: int, codes: list[int]) -> Refusal | None:
 class TenantRefused(UpstreamError):
     """An Azure AD refusal of a known class; `code` is the class, `aadsts` Azure AD's code."""
 
+    refusal: Refusal
+
     def __init__(self, refusal: Refusal, message: str, **kwargs: Any):
         super().__init__(message, **kwargs)
         self._fields(
