@@ -6,6 +6,17 @@ import ipaddress
 from dataclasses import dataclass
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (a name or an address, no port, no brackets) is this machine: localhost,
+    127.0.0.0/8 or ::1. The one loopback check: listen addresses and upstream URLs use it."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class Listen:
     kind: str  # "tcp" | "unix"
@@ -23,14 +34,7 @@ class Listen:
 
     @property
     def is_loopback(self) -> bool:
-        if self.kind == "unix":
-            return True
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return self.kind == "unix" or is_loopback_host(self.host or "")
 
     def __str__(self) -> str:
         if self.kind == "unix":

@@ -230,7 +230,7 @@ class StaticTokenProfile(StaticTokenKeys, ProfileCommon):
     credential: Literal["static_token_file"]
 
 
-KINDS: tuple[type[ProfileCommon], ...] = (
+CREDENTIAL_MODELS: tuple[type[ProfileCommon], ...] = (
     ClientSecretProfile,
     CertificateProfile,
     RefreshTokenProfile,
@@ -251,7 +251,7 @@ _COMMON = frozenset(ProfileCommon.model_fields)
 # The keys each credential uses; set in a profile for another credential, they are errors.
 CREDENTIAL_KEYS: dict[str, frozenset[str]] = {
     get_args(kind.model_fields["credential"].annotation)[0]: frozenset(kind.model_fields) - _COMMON
-    for kind in KINDS
+    for kind in CREDENTIAL_MODELS
 }
 ALL_CREDENTIAL_KEYS = frozenset().union(*CREDENTIAL_KEYS.values())
 PROFILE_KEYS = frozenset(ProfileKeys.model_fields)

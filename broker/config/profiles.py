@@ -20,7 +20,7 @@ from broker.config.problems import Path, key_path, message
 from broker.config.profile_schema import (
     ALL_CREDENTIAL_KEYS,
     CREDENTIAL_KEYS,
-    KINDS,
+    CREDENTIAL_MODELS,
     Profile,
     ProfileCommon,
     ProfileKeys,
@@ -30,7 +30,9 @@ from broker.config.settings import ProfileSettings
 
 TYPICAL_LIFETIME = 3600.0  # s: Azure AD's shortest usual token life, and Partner Center's
 _PROFILE: TypeAdapter[ProfileCommon] = TypeAdapter(Profile)
-_KIND = {get_args(kind.model_fields["credential"].annotation)[0]: kind for kind in KINDS}
+_KIND = {
+    get_args(kind.model_fields["credential"].annotation)[0]: kind for kind in CREDENTIAL_MODELS
+}
 _DEFAULT_CREDENTIAL = str(ProfileKeys.model_fields["credential"].default)
 
 

@@ -4,7 +4,6 @@ with its key path and line, so `check-config` reports them all at once."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import stat
@@ -15,6 +14,7 @@ from typing import Any
 
 from broker.config.errors import Problem
 from broker.config.files import read_bounded
+from broker.config.listen import is_loopback_host
 from broker.config.secret import Secret, UnreadSecret
 
 SECRET_FILE_LIMIT = 64 * 1024  # bytes; a secret file larger than this is a mistake
@@ -170,12 +170,7 @@ def is_loopback_url(url: str) -> bool:
         host = urllib.parse.urlsplit(url).hostname or ""
     except ValueError:
         return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host)
 
 
 def read_secret_file(path: Path) -> Secret | Problem:

@@ -4,7 +4,7 @@ Keyed by SHA-256(bearer, path): never the bearer itself. Bounded by `max_entries
 expiry-aware cachetools TLRUCache (an entry leaves when it stops being servable, or when the
 least recently used one must make room), so a flood of distinct bearers cannot grow memory.
 Concurrent identical requests share one upstream call. No HTTP request handling here: see
-`mirror_http.py`.
+`broker/http/mirror.py`.
 """
 
 from __future__ import annotations

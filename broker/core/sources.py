@@ -12,10 +12,10 @@ from broker.core.cache import Entry, Fetch, Policy, TokenCache
 from broker.core.credentials import Credential, make_credential
 from broker.core.errors import UpstreamRefused
 from broker.core.shared import SharedCache, shared_key
-from broker.core.tokens import Token
+from broker.core.tokens import Kind, Token
 from broker.core.upstream import RefreshIds, Upstream
 
-KINDS = ("partner", "aad")
+KINDS = tuple(Kind)  # what `?kind=` may name
 # How often a static token file is checked for a new token placed by another system.
 STATIC_POLL = 10.0
 
@@ -58,7 +58,7 @@ def profile_entries(
                 upstream.credential_refused(profile.name, profile.credential)
             raise
 
-    aad = cache.make_entry(profile.name, "aad", share(fetch_aad, "aad"), policy)
+    aad = cache.make_entry(profile.name, Kind.AAD, share(fetch_aad, Kind.AAD), policy)
 
     async def fetch_partner(ids: RefreshIds) -> Token:
         aad_token, _ = await aad.get()
@@ -74,7 +74,9 @@ def profile_entries(
                 aad.invalidate(aad_token)
             raise
 
-    partner = cache.make_entry(profile.name, "partner", share(fetch_partner, "partner"), policy)
+    partner = cache.make_entry(
+        profile.name, Kind.PARTNER, share(fetch_partner, Kind.PARTNER), policy
+    )
     return [aad, partner]
 
 
@@ -84,14 +86,4 @@ def shared_keys(profile: ProfileSettings) -> dict[str, tuple[str, str, str]] | N
     shared."""
     if profile.credential == "static_token_file":
         return None
-    return {"aad": shared_key(profile, "aad"), "partner": shared_key(profile, "partner")}
-
-
-def add_profile(
-    cache: TokenCache,
-    profile: ProfileSettings,
-    upstream: Upstream,
-    log: Any,
-    shared: SharedCache | None = None,
-) -> None:
-    cache.install(profile_entries(cache, profile, upstream, log, shared=shared))
+    return {kind: shared_key(profile, kind) for kind in (Kind.AAD, Kind.PARTNER)}

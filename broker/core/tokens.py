@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import jwt
@@ -23,6 +24,14 @@ MAX_LIFETIME = 24 * 3600.0
 # Printable ASCII, no spaces: a token goes into Authorization headers, so CR/LF or controls
 # in one could inject headers downstream. 16 KiB is far above any real Azure AD token (~2-3 KiB).
 _TOKEN_SHAPE = re.compile(r"[\x21-\x7e]{1,16384}")
+
+
+class Kind(StrEnum):
+    """A profile's two tokens: its Azure AD token, and the Partner Center token exchanged for
+    it. (A StrEnum: equal to its value, and written as it in JSON, logs and metric labels.)"""
+
+    PARTNER = "partner"
+    AAD = "aad"
 
 
 class TokenRejected(ValueError):

@@ -11,7 +11,7 @@ Timeline of an entry:
 """
 
 from broker.core.cache.entry import Entry
-from broker.core.cache.policy import IDLE_AFTER, EntryStatus, Fetch, Policy
+from broker.core.cache.policy import IDLE_AFTER, EntryState, EntryStatus, Fetch, Policy
 from broker.core.cache.table import TokenCache
 
-__all__ = ["IDLE_AFTER", "Entry", "EntryStatus", "Fetch", "Policy", "TokenCache"]
+__all__ = ["IDLE_AFTER", "Entry", "EntryState", "EntryStatus", "Fetch", "Policy", "TokenCache"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from broker.core.tokens import Token
@@ -27,13 +28,23 @@ class Policy:
     idle_after: float = IDLE_AFTER  # not asked for in this long: no background refresh
 
 
+class EntryState(StrEnum):
+    """An entry's state, as /v1/profiles, `status` and the logs name it."""
+
+    EMPTY = "empty"  # no token, no failure: nobody asked yet (or it was retired)
+    FRESH = "fresh"  # a servable token
+    REFRESHING = "refreshing"  # a refresh in flight
+    STALE = "stale"  # the last refresh failed; the token is still servable
+    FAILING = "failing"  # the last refresh failed and there is no servable token
+
+
 @dataclass(frozen=True, slots=True)
 class EntryStatus:
     """What /v1/profiles, /readyz, `status` and metrics show. Never the token."""
 
     profile: str
     kind: str
-    state: str  # empty | fresh | refreshing | stale | failing
+    state: EntryState
     expires_on: int | None
     expires_in: int | None
     next_attempt_in: int | None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from broker.core.cache.policy import EntryStatus
+from broker.core.cache.policy import EntryState, EntryStatus
 
 if TYPE_CHECKING:
     from broker.core.cache.entry import Entry
@@ -17,13 +17,13 @@ def entry_status(entry: Entry) -> EntryStatus:
     token = entry.token
     servable = token is not None and token.servable(now, entry.policy.min_remaining)
     if entry.flight is not None:
-        state = "refreshing"
+        state = EntryState.REFRESHING
     elif entry.last_error is not None:
-        state = "stale" if servable else "failing"
+        state = EntryState.STALE if servable else EntryState.FAILING
     elif servable:
-        state = "fresh"
+        state = EntryState.FRESH
     else:
-        state = "empty"
+        state = EntryState.EMPTY
     error = entry.last_error
     return EntryStatus(
         profile=entry.profile,

@@ -36,8 +36,8 @@ from broker.core.shared import SharedCache
 __all__ = [
     "ASSERTION_LIFETIME",
     "ASSERTION_TYPE",
+    "CREDENTIALS",
     "FILE_TIMEOUT",
-    "KINDS",
     "WRITE_BACK_EVERY",
     "AzureADGrant",
     "CertificateCredential",
@@ -52,7 +52,7 @@ __all__ = [
     "shows_mfa",
 ]
 
-KINDS: dict[str, type[CredentialBase]] = {
+CREDENTIALS: dict[str, type[CredentialBase]] = {
     c.kind: c
     for c in (
         ClientSecretCredential,
@@ -71,4 +71,4 @@ def make_credential(
     log = log.bind(profile=profile.name)
     if profile.credential == "refresh_token":
         return RefreshTokenCredential(profile, log, shared)
-    return KINDS[profile.credential](profile, log)
+    return CREDENTIALS[profile.credential](profile, log)

@@ -24,7 +24,7 @@ FORMAT = b"\x01"  # value layout version: FORMAT + 12-byte nonce + ciphertext (w
 NONCE_BYTES = 12
 TAG_BYTES = 16
 NAME_LABEL = b"pc-token-broker redis key names"  # derives the key-naming key from the fleet's
-KINDS = ("aad", "partner", "refresh_token")
+SHARED_KINDS = ("aad", "partner", "refresh_token")  # what a shared key may name
 
 
 def shared_key(
@@ -44,7 +44,7 @@ def shared_key(
       keyed with the generatetoken URL.
     - "refresh_token": the profile's rotated refresh token.
     """
-    if kind not in KINDS:
+    if kind not in SHARED_KINDS:
         raise ValueError(f"no shared key for {kind!r}")
     tenant = profile.tenant_id if tenant is None else tenant
     scope = profile.scope if scope is None else scope

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from broker.core.errors import UpstreamError
@@ -18,6 +19,15 @@ THROTTLE_DEFAULT = 60.0
 THROTTLE_CAP = 600.0
 
 
+class Reach(StrEnum):
+    """How far a refusal blocks: the one (tenant, scope) entry, the whole tenant, or every
+    tenant of the profile (its refresh token, or Azure AD throttling the app)."""
+
+    ENTRY = "entry"
+    TENANT = "tenant"
+    PROFILE = "profile"
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """A class of Azure AD refusal: the broker's error code (and tenant state), how long to
@@ -25,16 +35,16 @@ class Refusal:
 
     state: str
     cooldown: float
-    reach: str  # entry | tenant | profile
+    reach: Reach
     status: int = 502
     retryable: bool = False
 
 
-CONSENT_REQUIRED = Refusal("consent_required", 300.0, "entry")
-INTERACTION_REQUIRED = Refusal("interaction_required", 600.0, "tenant")
-REFRESH_TOKEN_INVALID = Refusal("refresh_token_invalid", 600.0, "profile")
-TENANT_NOT_FOUND = Refusal("tenant_not_found", 900.0, "tenant")
-THROTTLED = Refusal("throttled", THROTTLE_DEFAULT, "profile", status=503, retryable=True)
+CONSENT_REQUIRED = Refusal("consent_required", 300.0, Reach.ENTRY)
+INTERACTION_REQUIRED = Refusal("interaction_required", 600.0, Reach.TENANT)
+REFRESH_TOKEN_INVALID = Refusal("refresh_token_invalid", 600.0, Reach.PROFILE)
+TENANT_NOT_FOUND = Refusal("tenant_not_found", 900.0, Reach.TENANT)
+THROTTLED = Refusal("throttled", THROTTLE_DEFAULT, Reach.PROFILE, status=503, retryable=True)
 
 AADSTS: dict[int, Refusal] = {
     65001: CONSENT_REQUIRED,  # the user or administrator has not consented

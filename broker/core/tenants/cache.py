@@ -22,7 +22,7 @@ from broker.core.tenants import views
 from broker.core.tenants.fetch import EntryFetch, EntryLog, Fetcher
 from broker.core.tenants.limiter import FifoLimiter
 from broker.core.tenants.memory import FailureMemory, TenantState
-from broker.core.tokens import Token
+from broker.core.tokens import Kind, Token
 from broker.core.upstream import Upstream
 
 KIND = "tenant"  # the `kind` of tenant entries: a fixed metrics label, never the tenant id
@@ -134,7 +134,7 @@ class TenantCache:
         fetch = EntryFetch(self._fetcher, state, scope)
         if self._shared is None or not self._shared.enabled:
             return fetch
-        key = shared_key(self.profile, "aad", tenant=tenant, scope=scope)
+        key = shared_key(self.profile, Kind.AAD, tenant=tenant, scope=scope)
         return self._shared.wrap(fetch, key, self._policy)
 
     # -- bounds -----------------------------------------------------------------------------

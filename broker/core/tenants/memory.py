@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from broker.config.settings import ProfileSettings
 from broker.core.clock import Clock
 from broker.core.errors import UpstreamError
-from broker.core.tenants.aadsts import REFRESH_TOKEN_INVALID, TenantRefused
+from broker.core.tenants.aadsts import REFRESH_TOKEN_INVALID, Reach, TenantRefused
 
 if TYPE_CHECKING:
     from broker.core.cache import Entry
@@ -93,9 +93,9 @@ class FailureMemory:
             return
         until = self._clock.monotonic() + (error.retry_after or error.refusal.cooldown)
         reach = error.refusal.reach
-        if reach == "tenant":
+        if reach is Reach.TENANT:
             state.block = Block(error, until)
-        elif reach == "profile":
+        elif reach is Reach.PROFILE:
             stamp = (
                 file_stamp(self.profile.refresh_token_file)
                 if error.refusal is REFRESH_TOKEN_INVALID
