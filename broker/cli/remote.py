@@ -1,14 +1,12 @@
-"""What each command does, once `main.py` has parsed its arguments. Returns the exit code.
-
-Exit codes: 0 ok; 1 the daemon answered with an error (or, for `status`, a profile is failing;
-for `healthcheck`, not ready); 2 bad configuration or usage; 3 the daemon could not be reached.
+"""The commands that ask the running daemon: token, refresh, exec, status, tenants and
+healthcheck. Exit codes: 0 ok; 1 the daemon answered with an error (or, for `status`, a profile
+is failing; for `healthcheck`, not ready); 2 bad usage; 3 the daemon could not be reached.
 Every failure is one line on stderr; stdout carries only what was asked for.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -16,113 +14,7 @@ import sys
 import urllib.parse
 from typing import Any
 
-PROG = "pc-token-broker"
-
-
-def _fail(message: str, code: int) -> int:
-    """One line on stderr: whitespace collapsed, control characters (a hostile answer's
-    terminal escapes) shown as '?'."""
-    line = "".join(c if c.isprintable() else "?" for c in " ".join(message.split()))
-    print(f"{PROG}: {line}", file=sys.stderr)
-    return code
-
-
-# -- commands that read the whole config ---------------------------------------------------
-
-
-def _load(path_arg: str | None, *, mode: str = "full"):
-    from broker.config.load import ConfigError, load_settings, resolve_path
-
-    path = resolve_path(path_arg)
-    try:
-        return load_settings(path, mode=mode), path
-    except ConfigError as e:
-        print(f"{path}: {len(e.problems)} problem(s):", file=sys.stderr)
-        for problem in e.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return None, path
-
-
-def _host_problems(settings, path: str) -> bool:
-    """Print what this host lacks for the config (a socket's missing directory); True if any."""
-    from broker.config.load import host_problems
-
-    problems = host_problems(settings)
-    if problems:
-        print(f"{path}: {len(problems)} problem(s):", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
-    return bool(problems)
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    settings, path = _load(args.config)
-    if settings is None:
-        return 2
-    activated = os.environ.get("LISTEN_FDS") and os.environ.get("LISTEN_PID") in (
-        None,
-        str(os.getpid()),
-    )
-    if not activated and _host_problems(settings, path):  # systemd's sockets need no folder
-        return 2
-    from broker.daemon.server import serve
-    from broker.observe.logs import make_logger
-    from broker.observe.redact import Redactor
-
-    redactor = Redactor()
-    log = make_logger(
-        fmt=settings.server.log_format,
-        level=args.log_level or settings.server.log_level,
-        redactor=redactor,
-    )
-    with asyncio.Runner(loop_factory=_loop_factory(settings.server.event_loop)) as runner:
-        return runner.run(serve(settings, config_path=path, log=log, redactor=redactor))
-
-
-def _loop_factory(choice: str):
-    """uvloop when asked for, or when "auto" and installed (the `speed` extra); else asyncio's."""
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    settings, path = _load(args.config, mode="offline" if args.offline else "full")
-    if settings is None:
-        return 2
-    from broker.cli.summary import describe
-
-    if not args.offline and _host_problems(settings, path):
-        return 2
-
-    print(describe(settings, path))
-    if args.online and settings.shared is not None:
-        from broker.core.shared import ping
-
-        problem = asyncio.run(ping(settings.shared))
-        if problem is not None:
-            return _fail(f"{path}: shared.redis_url: {problem}", 1)
-        print("  shared cache:    Redis answered PING")
-    return 0
-
-
-def cmd_msi_env(args: argparse.Namespace) -> int:
-    # Profiles' secrets are not read: a tool's user needs only [server], [msi] and the header.
-    settings, _ = _load(args.config, mode="msi")
-    if settings is None:
-        return 2
-    from broker.cli.msi_env import export_lines
-
-    try:
-        print(export_lines(settings, args.profile, args.tenant))
-    except ValueError as e:
-        return _fail(f"msi-env: {e}", 2)
-    return 0
-
+from broker.cli.out import fail
 
 # -- commands that ask the running daemon --------------------------------------------------
 
@@ -181,7 +73,7 @@ def _client(run):
         try:
             return run(args)
         except _Failed as e:
-            return _fail(str(e), e.code)
+            return fail(str(e), e.code)
 
     wrapper.__name__ = run.__name__
     return wrapper
@@ -235,9 +127,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
     try:
         os.execvpe(args.argv[0], args.argv, env)  # noqa: S606 - running it is the point
     except FileNotFoundError:
-        return _fail(f"exec: {args.argv[0]}: command not found", 127)
+        return fail(f"exec: {args.argv[0]}: command not found", 127)
     except OSError as e:
-        return _fail(f"exec: {args.argv[0]}: {e.strerror or e}", 126)
+        return fail(f"exec: {args.argv[0]}: {e.strerror or e}", 126)
     raise AssertionError("unreachable: execvpe returned")
 
 
@@ -268,7 +160,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(line)
     bad = troubles(profiles)
     if bad:
-        return _fail(
+        return fail(
             f"status: {len(bad)} of {len(profiles)} profile(s) in trouble: " + "; ".join(bad), 1
         )
     return 0
@@ -318,27 +210,7 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
         )
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         pass
-    return _fail(f"not {'alive' if args.live else 'ready'} (HTTP {status} from {path}){detail}", 1)
+    return fail(f"not {'alive' if args.live else 'ready'} (HTTP {status} from {path}){detail}", 1)
 
 
 # -- the rest ------------------------------------------------------------------------------
-
-
-def cmd_completion(args: argparse.Namespace) -> int:
-    from broker.cli.completion import script
-    from broker.cli.main import parser
-
-    sys.stdout.write(script(parser(), args.shell))
-    return 0
-
-
-def cmd_demo(_args: argparse.Namespace) -> int:
-    from broker.cli.demo import run_demo
-
-    return asyncio.run(run_demo())
-
-
-def cmd_sandbox(args: argparse.Namespace) -> int:
-    from broker.sandbox.cli import run_sandbox
-
-    return asyncio.run(run_sandbox(args.host, args.port))

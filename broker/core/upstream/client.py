@@ -1,4 +1,4 @@
-"""The Azure AD and Partner Center clients: requests, bounded reads, error mapping. No caching.
+"""The Azure AD and Partner Center client: requests, bounded reads, error mapping. No caching.
 
 Both ride on one shared aiohttp ClientSession (passed in). Redirects are never followed: a
 bearer or a client secret must not travel to wherever a 302 points.
@@ -6,20 +6,12 @@ bearer or a client secret must not travel to wherever a 302 points.
 
 from __future__ import annotations
 
-import base64
-import email.utils
 import time
-import urllib.parse
-import urllib.request
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
-from broker.config.secret import Secret
-from broker.core import schedule
 from broker.core.clock import Clock
 from broker.core.details import parse_details
 from broker.core.errors import (
@@ -32,118 +24,11 @@ from broker.core.errors import (
 )
 from broker.core.streams import load_json, read_limited
 from broker.core.tokens import Token, token_from_response
+from broker.core.upstream.proxies import Proxies
+from broker.core.upstream.wire import MAX_BODY, Answer, RefreshIds, retry_after_seconds
 from broker.observe.redact import Redactor
 
-MAX_BODY = 1 << 20  # bytes read from any upstream answer; a token answer is ~3 KiB
 _RETRYABLE_4XX = frozenset({408, 425, 429})
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshIds:
-    """Made once per refresh, kept across its retries: `ms-correlationid` and `ms-requestid`."""
-
-    correlation_id: str
-    request_id: str
-
-    @classmethod
-    def new(cls) -> RefreshIds:
-        return cls(str(uuid.uuid4()), str(uuid.uuid4()))
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    status: int
-    content_type: str
-    headers: dict[str, str]
-    body: bytes
-
-
-def retry_after_seconds(value: str | None, now_wall: float) -> float | None:
-    """Retry-After as delta-seconds or an HTTP date, at most MAX_RETRY_AFTER (the broker
-    never waits longer, whatever upstream asks); None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        seconds = float(value) if len(value) <= 9 else schedule.MAX_RETRY_AFTER
-    else:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - now_wall
-        except (TypeError, ValueError, OverflowError, IndexError):
-            return None
-    return min(max(0.0, seconds), schedule.MAX_RETRY_AFTER)
-
-
-def _proxy_authorization(userinfo: str) -> dict[str, str]:
-    """Basic credentials for the proxy, from "user:password"."""
-    encoded = base64.b64encode(userinfo.encode("utf-8")).decode("ascii")
-    return {"Proxy-Authorization": f"Basic {encoded}"}
-
-
-# The standard library's NO_PROXY matcher (urllib.request, used by its own proxy handling): not
-# in typeshed's stubs, so named here once with its type.
-_bypass: Callable[[str, dict[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-
-
-class Proxies:
-    """Which forward proxy an upstream URL goes through: none for a NO_PROXY host, else
-    `[server] upstream_proxy` when set, else HTTPS_PROXY / HTTP_PROXY (by the URL's scheme).
-
-    The environment is read once, at start-up, as curl and requests read it (lower case first).
-    Unlike aiohttp's trust_env, ~/.netrc is never read: no credential reaches upstream by
-    accident.
-    """
-
-    def __init__(
-        self,
-        configured: str | None = None,
-        credentials: Secret | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.configured = configured
-        self._auth: dict[str, str] | None = None
-        if credentials is not None:
-            self._auth = _proxy_authorization(credentials.reveal())
-        if env is None:
-            self._env = urllib.request.getproxies_environment()
-        else:  # the same rules, from a given mapping (tests)
-            self._env = {
-                k.lower()[: -len("_proxy")]: v
-                for k, v in sorted(env.items(), key=lambda kv: kv[0].islower())
-                if k.lower().endswith("_proxy") and v
-            }
-
-    def for_url(self, url: str) -> tuple[str | None, dict[str, str] | None]:
-        """The proxy URL for `url` and the headers for it (Proxy-Authorization), or Nones."""
-        parts = urllib.parse.urlsplit(url)
-        if self._env.get("no") and _bypass(parts.netloc, self._env):
-            return None, None
-        if self.configured:
-            return self.configured, self._auth
-        proxy = self._env.get(parts.scheme)
-        if not proxy:
-            return None, None
-        bare = urllib.parse.urlsplit(proxy)  # HTTPS_PROXY=http://user:password@host:port
-        if bare.username is None:
-            return proxy, None
-        userinfo = (
-            f"{urllib.parse.unquote(bare.username)}:{urllib.parse.unquote(bare.password or '')}"
-        )
-        plain = bare._replace(netloc=bare.netloc.rpartition("@")[2]).geturl()
-        return plain, _proxy_authorization(userinfo)
-
-    def describe(self) -> str:
-        """For the start-up banner: where proxies come from, without any credentials."""
-        parts = []
-        if self.configured:
-            parts.append(f"upstream_proxy {self.configured}")
-        for scheme in ("https", "http"):
-            if self._env.get(scheme):
-                bare = urllib.parse.urlsplit(self._env[scheme])
-                parts.append(f"{scheme.upper()}_PROXY {bare.hostname}:{bare.port or ''}")
-        if self._env.get("no"):
-            parts.append(f"NO_PROXY {self._env['no']}")
-        return "; ".join(parts) or "none"
 
 
 class Upstream:

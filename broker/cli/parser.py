@@ -1,0 +1,297 @@
+"""The command line's parser: every command and option, with its default, an example per
+command, the environment, the files and the exit codes (`pc-token-broker --help` and
+`pc-token-broker COMMAND --help` are the manual, and the docs' CLI reference is made from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from broker import __version__
+from broker.cli.manual import MANUAL, WHERE
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the hand-written layout of descriptions and examples."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=100)
+
+
+def _sub(
+    sub, name: str, summary: str, example: str, description: str = ""
+) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary}.\n\n{description}".rstrip(),
+        epilog=f"example:\n  {example}",
+        formatter_class=_Formatter,
+    )
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--url",
+        metavar="URL",
+        help="the broker's base URL: http://HOST:PORT, HOST:PORT or unix:/PATH "
+        "(default: $PC_TOKEN_BROKER_URL, else the config's first listener)",
+    )
+    where.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="the broker's unix socket (default: $PC_TOKEN_BROKER_SOCKET)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config to read the address and required header from, [server] only "
+        "(default: $PC_TOKEN_BROKER_CONFIG, else /etc/pc-token-broker/config.toml if readable)",
+    )
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="the config file (default: $PC_TOKEN_BROKER_CONFIG, "
+        "else /etc/pc-token-broker/config.toml)",
+    )
+
+
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "profile", nargs="?", default="default", metavar="PROFILE", help="(default: default)"
+    )
+    p.add_argument(
+        "--kind",
+        choices=("partner", "aad"),
+        default=None,
+        help="the Partner Center token, or the Azure AD token behind it (default: partner)",
+    )
+
+
+def _tenant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tenant",
+        metavar="TENANT",
+        help="a customer tenant (id or domain) of a profile with customer_tenants: its Azure "
+        "AD token instead (default: none)",
+    )
+    p.add_argument(
+        "--scope",
+        metavar="SCOPE",
+        help="with --tenant: one of the profile's customer_scopes (default: the first)",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="pc-token-broker",
+        description="pc-token-broker: hands Microsoft Partner Center access tokens to local "
+        "tools,\ncached, refreshed ahead of expiry, and fetched once however many ask.",
+        epilog=MANUAL,
+        formatter_class=_Formatter,
+    )
+    top.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _sub(
+        sub,
+        "serve",
+        "run the daemon",
+        "pc-token-broker serve --config /etc/pc-token-broker/config.toml --log-level debug",
+        "Runs until SIGTERM or SIGINT (in-flight requests finish; exit 0). SIGHUP re-reads the\n"
+        "config; a broken one is refused and the running one kept. Logs go to stderr.",
+    )
+    _config_arg(p)
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="overrides [server] log_level for this run (default: the config's, else info)",
+    )
+
+    p = _sub(
+        sub,
+        "check-config",
+        "validate a config: a summary and exit 0, or every problem and exit 2",
+        "pc-token-broker check-config --offline --config ./config.toml",
+        "Problems are listed in file order with FILE:LINE and the key path. Secrets are read\n"
+        "(to check them) but never printed. --offline checks syntax, types and keys only,\n"
+        "without reading secret files, the environment or the host's users: for the CI of a\n"
+        "config repository.",
+    )
+    _config_arg(p)
+    checks = p.add_mutually_exclusive_group()
+    checks.add_argument(
+        "--offline",
+        action="store_true",
+        help="no secret files, environment variables or host lookups (default: off)",
+    )
+    checks.add_argument(
+        "--online",
+        action="store_true",
+        help="also reach what the config names (Redis: PING) (default: off)",
+    )
+
+    p = _sub(
+        sub,
+        "token",
+        "print a token from the running daemon",
+        'curl -H "Authorization: Bearer $(pc-token-broker token)" https://api.partnercenter...',
+        "Prints the bare token and a newline, for $(...). On failure: nothing on stdout, one\n"
+        "line on stderr, a non-zero exit.\n\n" + WHERE,
+    )
+    _profile_args(p)
+    _tenant_args(p)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"access_token", "token_type", "expires_on", "expires_in", "profile", '
+        '"kind"} instead of the bare token (default: off)',
+    )
+    _target_args(p)
+
+    p = _sub(
+        sub,
+        "tenants",
+        "the customer tenants of a profile with customer_tenants",
+        "pc-token-broker tenants gdap",
+        "A table of the customer tenants the broker has seen: state (ok, idle, consent_required,\n"
+        "interaction_required, refresh_token_invalid, tenant_not_found, throttled, failing),\n"
+        "tokens cached, failures in a row, the last error with its AADSTS code, and when the\n"
+        "next attempt may go upstream. Never a token.",
+    )
+    p.add_argument("profile", metavar="PROFILE")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="at most this many tenants, in name order (default: 1000)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the broker's JSON pages (default: off)"
+    )
+    _target_args(p)
+
+    p = _sub(
+        sub,
+        "refresh",
+        "force a refresh of a profile's tokens",
+        "pc-token-broker refresh billing --json",
+        "Fetches a new Azure AD token and, for --kind partner, a new Partner Center token,\n"
+        "joining a refresh already in flight. The broker allows one forced refresh per profile\n"
+        "every refresh_min_interval seconds (else exit 1, HTTP 429). Prints the new expiry,\n"
+        "never the token.",
+    )
+    _profile_args(p)
+    p.add_argument("--json", action="store_true", help="print the answer as JSON (default: off)")
+    _target_args(p)
+
+    p = _sub(
+        sub,
+        "exec",
+        "run a command with the token in its environment",
+        "pc-token-broker exec billing -- sh -c 'curl -H \"Authorization: Bearer "
+        "$PC_ACCESS_TOKEN\" ...'",
+        "Like aws-vault exec: asks the daemon for a token, then replaces itself with COMMAND,\n"
+        "whose environment has the token in $PC_ACCESS_TOKEN (or --var NAME) and its expiry\n"
+        "as Unix seconds in $PC_ACCESS_TOKEN_EXPIRES_ON. The exit code is COMMAND's. The token\n"
+        "never appears on a command line. Everything after -- is the command. Exit 127 when\n"
+        "COMMAND is not found, 126 when it cannot be run, 1-3 as the other commands when no\n"
+        "token could be had (COMMAND is then not run).",
+    )
+    p.usage = (
+        "%(prog)s [-h] [--kind {partner,aad}] [--var NAME] [--url URL | --socket PATH]\n"
+        "       [--config PATH] [PROFILE] -- COMMAND [ARG ...]"
+    )
+    _profile_args(p)
+    p.add_argument(
+        "--var",
+        default="PC_ACCESS_TOKEN",
+        metavar="NAME",
+        help="the variable to put the token in (default: PC_ACCESS_TOKEN)",
+    )
+    _target_args(p)
+
+    p = _sub(
+        sub,
+        "status",
+        "every profile's state",
+        "pc-token-broker status --json | jq '.profiles.default.partner.expires_in'",
+        "A table per profile and kind: state (fresh, refreshing, stale, failing, empty), expires\n"
+        "in, next refresh attempt, failures in a row, last error, upstream calls. Exit 1 (and\n"
+        "one line on stderr) while any profile is failing or stale, so it can be a check.",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the broker's /v1/profiles JSON (default: off)"
+    )
+    _target_args(p)
+
+    p = _sub(
+        sub,
+        "healthcheck",
+        "exit 0 when the daemon is ready",
+        "HEALTHCHECK CMD pc-token-broker healthcheck --socket /run/pc-token-broker/broker.sock",
+        "Asks /readyz: ready when every warm profile holds a servable token. Not ready: exit 1\n"
+        "and one line on stderr naming the profiles that are not. For container HEALTHCHECKs\n"
+        "and Kubernetes exec probes (images need no curl).",
+    )
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="only check that it is alive (/healthz), for liveness probes (default: off)",
+    )
+    _target_args(p)
+
+    p = _sub(
+        sub,
+        "msi-env",
+        "print the export lines that point Azure SDKs here",
+        'eval "$(pc-token-broker msi-env)"',
+        "Prints IDENTITY_ENDPOINT and IDENTITY_HEADER (and AZURE_CLIENT_ID for another profile)\n"
+        "for the managed-identity endpoint. Reads [server], [msi] and the identity header file\n"
+        "only: no profile's secret, so it works as any user who may read the header file.",
+    )
+    p.add_argument(
+        "profile", nargs="?", metavar="PROFILE", help="another profile than [msi] profile"
+    )
+    p.add_argument(
+        "--tenant",
+        metavar="TENANT",
+        help="a customer tenant: IDENTITY_ENDPOINT becomes /msi/tenants/TENANT/token "
+        "(default: none)",
+    )
+    _config_arg(p)
+
+    p = _sub(
+        sub,
+        "completion",
+        "print the shell completion script",
+        "pc-token-broker completion bash > /etc/bash_completion.d/pc-token-broker",
+        "bash: source the output (or install it in /etc/bash_completion.d/). zsh: source the\n"
+        "output from ~/.zshrc (it uses zsh's bashcompinit).",
+    )
+    p.add_argument("shell", choices=("bash", "zsh"))
+
+    p = _sub(
+        sub,
+        "demo",
+        "sandbox + broker + 300 clients; prints what happened",
+        "pc-token-broker demo",
+        "Runs for about 25 s and exits 0 only if the guarantees held.",
+    )
+
+    p = _sub(
+        sub,
+        "sandbox",
+        "run only the fake Azure AD and Partner Center",
+        "pc-token-broker sandbox --port 8780",
+        "For your own integration tests; prints a throwaway app registration and a matching\n"
+        "broker profile. Stop it with Ctrl-C.",
+    )
+    p.add_argument("--port", type=int, default=8780, help="(default: 8780; 0 for any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="(default: 127.0.0.1)")
+    return top
