@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from broker.config.listen import Listen
-from broker.core.render import JSON, TEXT
+from broker.core.tokens.render import JSON, TEXT
 from broker.daemon.listeners import bind, bound_address
 from broker.http.app import create_app
 from broker.http.server import HttpServer

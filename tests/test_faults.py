@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from broker.core import schedule
+from broker.core.tokens import schedule
 from tests.conftest import make_settings
 from tests.support import settle
 

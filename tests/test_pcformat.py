@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from broker.core import pcformat
-from broker.core.pcformat import BadRequest, grant_type, parse_token_answer
+from broker.core.upstream import pcformat
+from broker.core.upstream.pcformat import BadRequest, grant_type, parse_token_answer
 
 UTF16_DECL = '<?xml version="1.0" encoding="utf-16"?>'
 

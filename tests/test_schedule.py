@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.core import schedule
-from broker.core.tokens import Token
+from broker.core.tokens import Token, schedule
 
 
 def token(lifetime: float, received: float = 100.0) -> Token:

@@ -17,7 +17,7 @@ import pytest
 
 from broker.config.errors import ConfigError
 from broker.config.load import parse_settings
-from broker.core.shared import SharedCache
+from broker.core.cache.shared import SharedCache
 from tests.conftest import CLIENT_ID, HEADERS, TENANT, FakeClock, config_text
 from tests.redisd import HOSTILE_REPLIES, HostileRedis
 
@@ -231,7 +231,7 @@ async def test_a_tampered_or_moved_entry_is_ignored_and_logged_once(
 
 
 def _keys(settings):
-    from broker.core.sources import shared_keys
+    from broker.core.cache.sources import shared_keys
 
     keys = shared_keys(settings.profiles["default"])
     assert keys is not None

@@ -28,10 +28,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from broker.config.secret import Secret
 from broker.config.settings import SharedSettings
-from broker.core import schedule
 from broker.core.cache import Policy
-from broker.core.shared import SharedCache, describe, ping, where
-from broker.core.tokens import Token
+from broker.core.cache.shared import SharedCache, describe, ping, where
+from broker.core.tokens import Token, schedule
 from broker.core.upstream import RefreshIds
 from broker.observe.logs import make_logger
 from broker.observe.metrics import Metrics
@@ -256,7 +255,7 @@ def test_what_each_token_is_shared_under_is_the_fleets_published_format() -> Non
     of two versions in one fleet must name the same keys. A user's token (refresh_token grant)
     is keyed apart from the app's; its rotated refresh token under its own name."""
     from broker.config.settings import ProfileSettings
-    from broker.core.shared import shared_key
+    from broker.core.cache.shared import shared_key
 
     scope, url = "https://api.partnercenter.microsoft.com/.default", "https://pc.example/v3/gt"
     app = ProfileSettings(
@@ -375,7 +374,7 @@ def test_a_broker_without_shared_never_loads_redis_py_or_the_aead() -> None:
     configured: they would be a fifth of every broker's start-up time."""
     code = (
         "import sys, broker.cli.main, broker.http.app, broker.core.service\n"
-        "from broker.core.shared import SharedCache\n"
+        "from broker.core.cache.shared import SharedCache\n"
         "from broker.observe.metrics import Metrics\n"
         "from broker.observe.logs import make_logger\n"
         "from tests.conftest import FakeClock\n"

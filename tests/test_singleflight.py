@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from broker.core.singleflight import SingleFlight
+from broker.core.cache.singleflight import SingleFlight
 
 
 class Gate:

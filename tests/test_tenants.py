@@ -27,7 +27,7 @@ from aiohttp import web
 
 from broker.config.errors import ConfigError
 from broker.config.load import parse_settings
-from broker.core.shared import shared_key
+from broker.core.cache.shared import shared_key
 from broker.core.tenants import (
     THROTTLED,
     FifoLimiter,

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from broker.config.load import parse_settings
-from broker.core.details import DESCRIPTION_MAX, bounded, parse_details
+from broker.core.upstream.details import DESCRIPTION_MAX, bounded, parse_details
 from tests.conftest import HEADERS, config_text
 
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -290,7 +290,7 @@ EQUIVALENT: list[Equivalent] = [
             "origin(), which gives the same answer"
         ),
     ),
-    # -- broker/core/pcformat.py -----------------------------------------------------------------
+    # -- broker/core/upstream/pcformat.py ----------------------------------------------------------
     Equivalent(
         "_xml_grant",
         'if element.tag.rsplit("}", 1)[-1] == "grant_type":',
@@ -411,7 +411,7 @@ EQUIVALENT: list[Equivalent] = [
             "reached"
         ),
     ),
-    # -- broker/core/schedule.py -----------------------------------------------------------------
+    # -- broker/core/tokens/schedule.py ------------------------------------------------------------
     Equivalent(
         "retry_delay",
         "exponent = min(max(failures - 1, 0), 16)",
@@ -421,14 +421,14 @@ EQUIVALENT: list[Equivalent] = [
             "cap only stops float overflow at thousands of failures"
         ),
     ),
-    # -- broker/core/shared/cache.py -------------------------------------------------------------
+    # -- broker/core/cache/shared/cache.py ---------------------------------------------------------
     Equivalent(
         "SharedCache._wait_for_lease",
         "waited = False",
         "waited = None",
         ("waited = None instead of False: only ever tested with 'not'"),
     ),
-    # -- broker/core/shared/link.py --------------------------------------------------------------
+    # -- broker/core/cache/shared/link.py ----------------------------------------------------------
     Equivalent(
         "make_client",
         "decode_responses=False,",
@@ -483,14 +483,14 @@ EQUIVALENT: list[Equivalent] = [
             "finished when close() returns either way"
         ),
     ),
-    # -- broker/core/shared/sealer.py ------------------------------------------------------------
+    # -- broker/core/cache/shared/sealer.py --------------------------------------------------------
     Equivalent(
         "Sealer.__init__",
         'self._name_key = hmac.new(key, NAME_LABEL, "sha256").digest()',
         'self._name_key = hmac.new(key, NAME_LABEL, "SHA256").digest()',
         ("hmac digest 'sha256' -> 'SHA256': hashlib looks digest names up case-insensitively"),
     ),
-    # -- broker/core/shared/store.py -------------------------------------------------------------
+    # -- broker/core/cache/shared/store.py ---------------------------------------------------------
     Equivalent(
         "TokenStore.read",
         "token = None if plain is None else self.token(plain)",
@@ -616,7 +616,7 @@ EQUIVALENT: list[Equivalent] = [
         "failing += 2",
         ("failing += 1 -> += 2: the count is only read as a truth value (non-zero either way)"),
     ),
-    # -- broker/core/tokens.py -------------------------------------------------------------------
+    # -- broker/core/tokens/token.py ---------------------------------------------------------------
     Equivalent(
         "jwt_seconds_left",
         "if at is not None and at > start:",

@@ -85,7 +85,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     print(describe(settings, path))
     if args.online and settings.shared is not None:
-        from broker.core.shared import ping
+        from broker.core.cache.shared import ping
 
         problem = asyncio.run(ping(settings.shared))
         if problem is not None:

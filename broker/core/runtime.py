@@ -21,13 +21,13 @@ from typing import Any
 from broker.config.secret import Secret
 from broker.config.settings import ProfileSettings, Settings
 from broker.core.cache import Entry, TokenCache
-from broker.core.credentials import Credential, make_credential
+from broker.core.cache.mirror import MirrorCache
+from broker.core.cache.shared import SharedCache
+from broker.core.cache.sources import profile_entries
 from broker.core.guards import OriginGuard
-from broker.core.mirror import MirrorCache
-from broker.core.shared import SharedCache
-from broker.core.sources import profile_entries
 from broker.core.tenants import TenantCache
 from broker.core.upstream import Upstream
+from broker.core.upstream.credentials import Credential, make_credential
 
 
 @dataclass(frozen=True, slots=True)

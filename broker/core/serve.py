@@ -20,12 +20,12 @@ from typing import Any, Protocol
 from broker.config.load import is_tenant
 from broker.config.settings import ProfileSettings
 from broker.core.cache import Entry, EntryStatus
-from broker.core.clock import Clock
 from broker.core.errors import UpstreamError
 from broker.core.runtime import ProfileRuntime, Runtime
 from broker.core.tenants import KIND as TENANT_KIND
 from broker.core.tenants import TenantCache
 from broker.core.tokens import Token
+from broker.core.tokens.clock import Clock
 from broker.observe.audit import Audit
 
 # -- refusals: each carries its status and code; the HTTP side renders it in its own shape ------

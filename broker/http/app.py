@@ -17,8 +17,8 @@ import aiohttp
 from aiohttp import web
 
 from broker.config.settings import Settings
-from broker.core.clock import Clock, SystemClock
 from broker.core.service import Broker
+from broker.core.tokens.clock import Clock, SystemClock
 from broker.http.common import MAX_BODY
 from broker.http.protocol import track
 from broker.http.routes import add_routes

@@ -11,8 +11,8 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 
 from broker.core.errors import UpstreamError
-from broker.core.render import JSON, TEXT, json_body
-from broker.core.schedule import MAX_RETRY_AFTER
+from broker.core.tokens.render import JSON, TEXT, json_body
+from broker.core.tokens.schedule import MAX_RETRY_AFTER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.core import pcformat
+from broker.core.cache.mirror import Relay
 from broker.core.errors import UpstreamError, UpstreamTimeout
-from broker.core.mirror import Relay
+from broker.core.upstream import pcformat
 from broker.http import access
 from broker.http.callers import identify
 from broker.http.common import REASON, BodyTimeout

@@ -19,7 +19,6 @@ from aiohttp import web
 
 from broker.config.settings import ProfileSettings
 from broker.core.errors import UpstreamError
-from broker.core.render import JSON
 from broker.core.runtime import Runtime
 from broker.core.serve import (
     BadTenant,
@@ -32,6 +31,7 @@ from broker.core.serve import (
     TenantNotAllowed,
     UnknownProfile,
 )
+from broker.core.tokens.render import JSON
 from broker.http.access import SdkCaller, refuse
 from broker.http.callers import identify
 from broker.http.common import HEADERS, NO_STORE, REASON, path_param, retry_after

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.core.render import JSON, json_body
+from broker.core.tokens.render import JSON, json_body
 from broker.http.access import hidden, operator_guard, refuse
 from broker.http.common import HEADERS, error_response
 from broker.observe.metrics import CONTENT_TYPE

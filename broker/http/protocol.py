@@ -40,7 +40,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.config.settings import ServerSettings
-from broker.core.streams import read_limited
+from broker.core.upstream.streams import read_limited
 from broker.http.callers import PEER, Caller, caller_of
 from broker.http.common import BodyTimeout
 

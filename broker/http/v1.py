@@ -12,8 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
+from broker.core.cache.sources import KINDS
 from broker.core.errors import UpstreamError
-from broker.core.render import (
+from broker.core.runtime import Runtime
+from broker.core.serve import Customer, Own, Refused
+from broker.core.tokens.render import (
     JSON,
     Negotiator,
     Rendered,
@@ -22,9 +25,6 @@ from broker.core.render import (
     render_tenant,
     tenant_body,
 )
-from broker.core.runtime import Runtime
-from broker.core.serve import Customer, Own, Refused
-from broker.core.sources import KINDS
 from broker.http.access import guard, refusal, requester
 from broker.http.common import (
     HEADERS,

@@ -15,8 +15,8 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from broker.core import pcformat
-from broker.core.streams import read_limited
+from broker.core.upstream import pcformat
+from broker.core.upstream.streams import read_limited
 from broker.sandbox import faults
 from broker.sandbox.state import PARTNER_AUDIENCE, Call, SandboxState
 

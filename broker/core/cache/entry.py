@@ -8,13 +8,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from broker.core import schedule
 from broker.core.cache.policy import EntryStatus, Fetch, Policy
+from broker.core.cache.singleflight import SingleFlight
 from broker.core.cache.status import entry_status
-from broker.core.clock import Clock, TimerHandle
 from broker.core.errors import UpstreamError, UpstreamFailing, UpstreamTimeout
-from broker.core.singleflight import SingleFlight
-from broker.core.tokens import Token
+from broker.core.tokens import Token, schedule
+from broker.core.tokens.clock import Clock, TimerHandle
 from broker.core.upstream import RefreshIds
 from broker.observe.logs import iso_time
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from broker.core.cache.entry import Entry
 from broker.core.cache.policy import EntryStatus, Fetch, Policy
-from broker.core.clock import Clock
+from broker.core.tokens.clock import Clock
 
 
 class TokenCache:

@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from broker.config.settings import ProfileSettings
-from broker.core.credentials import Credential
 from broker.core.errors import UpstreamError
 from broker.core.tenants.aadsts import refusal_error
 from broker.core.tenants.limiter import FifoLimiter
 from broker.core.tenants.memory import FailureMemory, TenantState
 from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds, Upstream
+from broker.core.upstream.credentials import Credential
 
 
 async def fetch_tenant_token(
@@ -26,7 +26,7 @@ async def fetch_tenant_token(
     """THE place a customer-tenant token is fetched: the profile's grant at
     `{authority}/{tenant}/oauth2/v2.0/token` for `scope`. Raises `TenantRefused` for a
     classified refusal. (With [shared], `TenantCache` puts the fleet's cache in front of it,
-    keyed (client_id, tenant, scope): see `broker.core.shared.shared_key`.)"""
+    keyed (client_id, tenant, scope): see `broker.core.cache.shared.shared_key`.)"""
     url = profile.customer_token_url(tenant)
     await credential.before(upstream)
     form = credential.form(upstream, url, scope)

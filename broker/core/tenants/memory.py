@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.config.settings import ProfileSettings
-from broker.core.clock import Clock
 from broker.core.errors import UpstreamError
 from broker.core.tenants.aadsts import REFRESH_TOKEN_INVALID, Reach, TenantRefused
+from broker.core.tokens.clock import Clock
 
 if TYPE_CHECKING:
     from broker.core.cache import Entry

@@ -12,8 +12,6 @@ from typing import Any
 
 import aiohttp
 
-from broker.core.clock import Clock
-from broker.core.details import parse_details
 from broker.core.errors import (
     TokenFormatError,
     UpstreamError,
@@ -22,9 +20,11 @@ from broker.core.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from broker.core.streams import load_json, read_limited
 from broker.core.tokens import Token, token_from_response
+from broker.core.tokens.clock import Clock
+from broker.core.upstream.details import parse_details
 from broker.core.upstream.proxies import Proxies
+from broker.core.upstream.streams import load_json, read_limited
 from broker.core.upstream.wire import MAX_BODY, Answer, RefreshIds, retry_after_seconds
 from broker.observe.redact import Redactor
 

@@ -7,7 +7,7 @@ import email.utils
 import uuid
 from dataclasses import dataclass
 
-from broker.core import schedule
+from broker.core.tokens import schedule
 
 MAX_BODY = 1 << 20  # bytes read from any upstream answer; a token answer is ~3 KiB
 

@@ -15,17 +15,17 @@ identity.
 
 from __future__ import annotations
 
-from broker.core.shared.cache import (
+from broker.core.cache.shared.cache import (
     LEASE_WAIT_SHARE,
     POLL_FIRST,
     POLL_MAX,
     SharedCache,
     SharedStatus,
 )
-from broker.core.shared.lease import Lease
-from broker.core.shared.link import NotRedis, RedisLink, Unavailable, describe, ping, where
-from broker.core.shared.sealer import FORMAT, NONCE_BYTES, Sealer, shared_key
-from broker.core.shared.store import TokenStore
+from broker.core.cache.shared.lease import Lease
+from broker.core.cache.shared.link import NotRedis, RedisLink, Unavailable, describe, ping, where
+from broker.core.cache.shared.sealer import FORMAT, NONCE_BYTES, Sealer, shared_key
+from broker.core.cache.shared.store import TokenStore
 
 __all__ = [
     "FORMAT",

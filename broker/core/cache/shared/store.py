@@ -11,12 +11,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from broker.core import schedule
 from broker.core.cache import Policy
-from broker.core.clock import Clock
-from broker.core.shared.link import RedisLink, Unavailable
-from broker.core.shared.sealer import Sealer
-from broker.core.tokens import Token
+from broker.core.cache.shared.link import RedisLink, Unavailable
+from broker.core.cache.shared.sealer import Sealer
+from broker.core.tokens import Token, schedule
+from broker.core.tokens.clock import Clock
 
 # Undecryptable keys remembered (to log each once), at most this many.
 UNDECRYPTABLE_MEMORY = 1024

@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from broker.config.settings import ProfileSettings
-from broker.core.credentials.base import FILE_TIMEOUT, Credential, CredentialBase
-from broker.core.credentials.grants import (
+from broker.core.cache.shared import SharedCache
+from broker.core.upstream.credentials.base import FILE_TIMEOUT, Credential, CredentialBase
+from broker.core.upstream.credentials.grants import (
     ASSERTION_LIFETIME,
     ASSERTION_TYPE,
     AzureADGrant,
@@ -25,13 +26,12 @@ from broker.core.credentials.grants import (
     FederatedTokenCredential,
     StaticTokenCredential,
 )
-from broker.core.credentials.refresh_token import (
+from broker.core.upstream.credentials.refresh_token import (
     WRITE_BACK_EVERY,
     RefreshTokenCredential,
     RotatingRefreshToken,
     shows_mfa,
 )
-from broker.core.shared import SharedCache
 
 __all__ = [
     "ASSERTION_LIFETIME",

@@ -19,12 +19,12 @@ from typing import Any
 
 from broker.config.settings import SharedSettings
 from broker.core.cache import Fetch, Policy
-from broker.core.clock import Clock
-from broker.core.shared.lease import Lease
-from broker.core.shared.link import RedisLink, Unavailable, where
-from broker.core.shared.sealer import Sealer
-from broker.core.shared.store import TokenStore
+from broker.core.cache.shared.lease import Lease
+from broker.core.cache.shared.link import RedisLink, Unavailable, where
+from broker.core.cache.shared.sealer import Sealer
+from broker.core.cache.shared.store import TokenStore
 from broker.core.tokens import Token
+from broker.core.tokens.clock import Clock
 from broker.core.upstream import RefreshIds
 
 # Waiting on another broker's fetch: poll Redis from every 10 ms up to every 100 ms.

@@ -1,6 +1,6 @@
 """The fleet's published format: what a token is shared under (`shared_key`), the Redis key
 named from it (`Sealer.name`) and the sealed value (`Sealer.seal` / `open`). Brokers of two
-versions in one fleet must agree byte for byte (tests/test_shared_guarantees.py pins it).
+versions in one fleet must agree byte for byte (tests/test_shared.py pins it).
 
 Keys: the prefix and an HMAC-SHA256 of (client id, tenant, kind or scope), lower-cased ids,
 under a key derived from the fleet's key: Redis never holds a tenant id or a client id, and a

@@ -18,12 +18,11 @@ from typing import Any
 from cachetools import TLRUCache
 
 from broker.config.settings import MirrorSettings
-from broker.core import pcformat, schedule
-from broker.core.clock import Clock
+from broker.core.cache.singleflight import SingleFlight
 from broker.core.errors import UpstreamError, UpstreamTimeout
-from broker.core.singleflight import SingleFlight
-from broker.core.tokens import Token, TokenRejected, jwt_seconds_left
-from broker.core.upstream import Answer, Upstream
+from broker.core.tokens import Token, TokenRejected, jwt_seconds_left, schedule
+from broker.core.tokens.clock import Clock
+from broker.core.upstream import Answer, Upstream, pcformat
 
 # Refresh ahead as for profiles: 25 % of the lifetime, at least 60 s, before expiry.
 REFRESH_AHEAD, MIN_REFRESH_MARGIN = 0.25, 60.0

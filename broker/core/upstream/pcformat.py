@@ -17,8 +17,8 @@ from xml.sax.saxutils import escape
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as xml_fromstring
 
-from broker.core.render import negotiate
-from broker.core.streams import load_json
+from broker.core.tokens.render import negotiate
+from broker.core.upstream.streams import load_json
 
 GRANT = "jwt_token"
 BODY_TYPES = (

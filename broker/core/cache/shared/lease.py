@@ -17,7 +17,7 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from broker.core.shared.link import RedisLink, Unavailable
+from broker.core.cache.shared.link import RedisLink, Unavailable
 
 LEASE_SUFFIX = ":lease"
 TOKEN_BYTES = 16  # the lease's random value: 128 bits, written as 32 hex digits
