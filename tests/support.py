@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import inspect
 import json
 import signal
+import socket
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -72,6 +75,28 @@ def unix_config(sandbox, sock: Path, profiles: str | None = None, server: str = 
     return config_text(sandbox, server=server, profiles=profiles).replace(
         'listen = ["127.0.0.1:0"]', f'listen = ["unix:{sock}"]'
     )
+
+
+async def until(condition, what: str, timeout: float = 10.0, every: float = 0.01) -> None:
+    """Wait for something another task or process does (a lease taken, Redis back), with a
+    deadline: `condition`, a function or a coroutine function, is asked every `every` seconds
+    (a poll with a deadline, never a bare sleep in hope)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = condition()
+        if inspect.isawaitable(done):
+            done = await done
+        if done:
+            return
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(every)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 async def settle(b) -> None:
