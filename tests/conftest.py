@@ -173,8 +173,21 @@ upstream_base = "{sandbox.url}"
 """
 
 
-def make_settings(sandbox: Sandbox, secret: str, **kwargs: Any) -> Settings:
-    return parse_settings(config_text(sandbox, **kwargs), env={"TEST_CLIENT_SECRET": secret})
+def make_settings(
+    sandbox: Sandbox,
+    secret: str,
+    *,
+    listen: str | None = None,
+    env: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> Settings:
+    """The broker's settings from `config_text(sandbox, **kwargs)`, the client secret in the
+    environment (with `env`). `listen`: the TOML list's items in place of the one loopback
+    listener, e.g. '"unix:/path", "127.0.0.1:0"'."""
+    text = config_text(sandbox, **kwargs)
+    if listen is not None:
+        text = text.replace('listen = ["127.0.0.1:0"]', f"listen = [{listen}]")
+    return parse_settings(text, env={"TEST_CLIENT_SECRET": secret, **(env or {})})
 
 
 class Client:

@@ -139,21 +139,6 @@ def settings_for(sandbox, profile: str, env: dict[str, str] | None = None):
     return parse_settings(text, env=env or {})
 
 
-def settings(
-    sandbox,
-    secret: str,
-    *,
-    server: str = "",
-    profiles: str | None = None,
-    listen: str = '"127.0.0.1:0"',
-    env: dict[str, str] | None = None,
-):
-    text = config_text(sandbox, server=server, profiles=profiles).replace(
-        'listen = ["127.0.0.1:0"]', f"listen = [{listen}]"
-    )
-    return parse_settings(text, env={"TEST_CLIENT_SECRET": secret, **(env or {})})
-
-
 async def raw(address: str, data: bytes) -> bytes:
     """Send raw bytes to a TCP ("host:port") or unix ("unix:/path") listener and read one
     answer: its head, then Content-Length bytes of body (or until the server closes)."""

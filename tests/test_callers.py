@@ -18,9 +18,9 @@ from aiohttp import web
 from broker.config.load import parse_settings
 from broker.config.secret import Secret
 from broker.http.callers import Caller, caller_of, may_use, read_peer_credentials
-from tests.conftest import HEADERS, config_text
+from tests.conftest import HEADERS, config_text, make_settings
 from tests.hostile import Hostile
-from tests.support import raw, settings
+from tests.support import raw
 
 
 def foreign_gid() -> int:
@@ -61,7 +61,7 @@ allowed_gids = [{gid}]
 allowed_uids = [{uid + 4242}]
 allowed_gids = [{other}]
 """
-    await run_server(settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    await run_server(make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
     got = await statuses(path, ["ours", "foreign", "either_uid", "either_gid", "neither"])
     assert got == {
         "ours": 200,
@@ -86,7 +86,7 @@ access_key_file = "{tmp_path}/key"
 access_key_file = "{tmp_path}/key"
 """
     addresses, _ = await run_server(
-        settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}", "127.0.0.1:0"')
+        make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}", "127.0.0.1:0"')
     )
     conn = aiohttp.UnixConnector(path=str(path))
     async with aiohttp.ClientSession(connector=conn) as s:
@@ -109,7 +109,7 @@ async def test_unrestricted_profiles_serve_any_caller_and_are_listed(
 ):
     path = tmp_path / "b.sock"
     addresses, _ = await run_server(
-        settings(sandbox, secret, listen=f'"unix:{path}", "127.0.0.1:0"')
+        make_settings(sandbox, secret, listen=f'"unix:{path}", "127.0.0.1:0"')
     )
     assert (await statuses(path, ["default"])) == {"default": 200}
     async with aiohttp.ClientSession() as s:
@@ -121,7 +121,9 @@ async def test_unrestricted_profiles_serve_any_caller_and_are_listed(
 
 
 async def test_the_audit_line_names_tcp_callers_by_address_and_port(sandbox, secret, run_server):
-    addresses, logs = await run_server(settings(sandbox, secret, listen='"127.0.0.1:0", "[::1]:0"'))
+    addresses, logs = await run_server(
+        make_settings(sandbox, secret, listen='"127.0.0.1:0", "[::1]:0"')
+    )
     async with aiohttp.ClientSession() as s:
         for address in addresses:
             async with s.get(f"http://{address}/v1/token", headers=HEADERS) as r:
@@ -162,7 +164,7 @@ async def test_a_caller_that_hung_up_mid_fetch_is_still_named_in_the_audit_line(
         path = tmp_path / "b.sock"
         profiles = "[profiles.default]\nwarm = false\n"
         _, logs = await run_server(
-            settings(upstream, secret, profiles=profiles, listen=f'"unix:{path}"')
+            make_settings(upstream, secret, profiles=profiles, listen=f'"unix:{path}"')
         )
         _, writer = await asyncio.open_unix_connection(str(path))
         writer.write(MIRROR_ASK)
@@ -236,7 +238,7 @@ async def test_a_caller_in_64_groups_is_known_by_every_one_of_them(
     does not."""
     path = tmp_path / "b.sock"
     profiles = group_profiles(5000, 5063, 5064)
-    await run_server(settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    await run_server(make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
     got = await ask_in_groups(path, 5000, 64, ["g5000", "g5063", "g5064"])
     assert got == ["200", "200", "403"]
 
@@ -254,7 +256,7 @@ async def test_a_caller_in_more_groups_than_the_first_read_holds_is_known_by_all
         f"[profiles.byuid]\nallowed_uids = [{uid}]\nwarm = false\n"
         + group_profiles(5000, 5099, 5100)
     )
-    await run_server(settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    await run_server(make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
     got = await ask_in_groups(path, 5000, 100, ["primary", "byuid", "g5000", "g5099", "g5100"])
     assert got == ["200", "200", "200", "200", "403"]
 
@@ -271,7 +273,7 @@ async def test_a_caller_in_more_than_256_groups_is_known_by_uid_and_primary_grou
         f"[profiles.primary]\nallowed_gids = [{gid}]\nwarm = false\n"
         f"[profiles.byuid]\nallowed_uids = [{uid}]\nwarm = false\n" + group_profiles(5000)
     )
-    await run_server(settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    await run_server(make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
     got = await ask_in_groups(path, 5000, 300, ["primary", "byuid", "g5000"])
     assert got == ["200", "200", "403"]
 
@@ -302,7 +304,7 @@ def test_a_request_without_a_key_header_never_matches_the_profiles_key(configure
 async def test_a_tcp_caller_is_named_by_its_address(sandbox, secret, start_broker):
     """A TCP caller (no peer credentials to read) is named in the audit line by its address,
     worked out from the request's transport."""
-    b = await start_broker(settings(sandbox, secret))
+    b = await start_broker(make_settings(sandbox, secret))
     r = await b.get("/v1/token")
     assert r.status == 200
     await r.read()

@@ -8,7 +8,8 @@ import pytest
 
 from broker.config.settings import ServerSettings
 from broker.core.guards import OriginGuard, Rejection, strip_port, target_host
-from tests.support import raw, settings, status_and_json
+from tests.conftest import make_settings
+from tests.support import raw, status_and_json
 
 OK = {"Host": "localhost:8721", "Metadata": "true"}
 HOST_REJECTION = Rejection(
@@ -116,7 +117,7 @@ def test_the_host_memory_is_bounded_and_answers_stay_right() -> None:
     ],
 )
 async def test_raw_requests_by_host(sandbox, secret, run_server, host_line, status):
-    (address,), _ = await run_server(settings(sandbox, secret))
+    (address,), _ = await run_server(make_settings(sandbox, secret))
     head = b"GET /v1/token HTTP/1.0\r\n" + host_line + b"Metadata: true\r\n\r\n"
     got, body = status_and_json(await raw(address, head))
     assert got == status

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from broker.config.errors import ConfigError
-from tests.conftest import HEADERS
-from tests.support import raw, settings, status_and_json
+from tests.conftest import HEADERS, make_settings
+from tests.support import raw, status_and_json
 
 
 async def metric(address: str, reason: str) -> float:
@@ -42,7 +42,7 @@ async def test_ssrf_and_rebinding_guards(
     sandbox, secret, run_server, name, headers, status, reason
 ):
     """Each guard answers its 4xx JSON, counts it in metrics, and sends no CORS header."""
-    (address,), _ = await run_server(settings(sandbox, secret))
+    (address,), _ = await run_server(make_settings(sandbox, secret))
     async with aiohttp.ClientSession() as s:
         async with s.get(f"http://{address}/v1/token", headers=headers) as r:
             body = await r.json()
@@ -54,7 +54,7 @@ async def test_ssrf_and_rebinding_guards(
 
 async def test_cors_preflight_is_refused(sandbox, secret, run_server):
     """An OPTIONS preflight gets 403 and no Access-Control-* header, on any path."""
-    (address,), _ = await run_server(settings(sandbox, secret))
+    (address,), _ = await run_server(make_settings(sandbox, secret))
     async with aiohttp.ClientSession() as s:
         for path in ("/v1/token", "/v1/token/default", "/generatetoken", "/anything"):
             async with s.options(
@@ -69,7 +69,7 @@ async def test_cors_preflight_is_refused(sandbox, secret, run_server):
 
 async def test_oversized_body_is_413(sandbox, secret, run_server):
     """A body over 64 KiB on a /v1 route: 413 JSON, counted."""
-    (address,), _ = await run_server(settings(sandbox, secret))
+    (address,), _ = await run_server(make_settings(sandbox, secret))
     # Declared, not sent: the broker answers from the headers without reading 65 KiB.
     head = (
         b"POST /v1/token/default/refresh HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\n"
@@ -82,7 +82,7 @@ async def test_oversized_body_is_413(sandbox, secret, run_server):
 
 async def test_oversized_headers_are_431_and_long_urls_414(sandbox, secret, run_server):
     """Headers over 8 KiB: 431; a request line over it: 414; both JSON, never echoing input."""
-    (address,), _ = await run_server(settings(sandbox, secret))
+    (address,), _ = await run_server(make_settings(sandbox, secret))
     big = b"GET /v1/token HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n"
     status, body = status_and_json(await raw(address, big))
     assert status == 431 and body["error"]["code"] == "headers_too_large"
@@ -98,7 +98,7 @@ async def test_oversized_headers_are_431_and_long_urls_414(sandbox, secret, run_
 async def test_slow_client_is_cut_off_with_408(sandbox, secret, run_server):
     """A slowloris client trickling its headers gets a 408 after read_timeout, then the
     connection closes; a well-behaved request on another connection is served meanwhile."""
-    (address,), _ = await run_server(settings(sandbox, secret, server="read_timeout = 0.5"))
+    (address,), _ = await run_server(make_settings(sandbox, secret, server="read_timeout = 0.5"))
     host, port = address.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     started = time.monotonic()
@@ -121,7 +121,7 @@ async def test_slow_client_is_cut_off_with_408(sandbox, secret, run_server):
 
 async def test_connection_cap(sandbox, secret, run_server):
     """With max_connections = 3, a fourth open connection gets 429 and is closed."""
-    (address,), _ = await run_server(settings(sandbox, secret, server="max_connections = 3"))
+    (address,), _ = await run_server(make_settings(sandbox, secret, server="max_connections = 3"))
     host, port = address.rsplit(":", 1)
     held = [await asyncio.open_connection(host, int(port)) for _ in range(3)]
     answer = await raw(address, b"")
@@ -141,26 +141,26 @@ async def test_unix_socket_is_never_world_accessible(sandbox, secret, run_server
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(path))
     stale.close()  # a crash leftover: the file exists, nobody listens
-    await run_server(settings(sandbox, secret, listen=f'"unix:{path}"'))
+    await run_server(make_settings(sandbox, secret, listen=f'"unix:{path}"'))
     mode = stat.S_IMODE(os.stat(path).st_mode)
     assert mode == 0o660 and not mode & 0o007
     with pytest.raises(ConfigError, match="would let any local user in"):
-        settings(sandbox, secret, listen=f'"unix:{path}"', server='socket_mode = "0666"')
+        make_settings(sandbox, secret, listen=f'"unix:{path}"', server='socket_mode = "0666"')
 
 
 async def test_a_live_socket_is_not_stolen(sandbox, secret, run_server, tmp_path):
     """A second broker on the same socket path refuses to start instead of replacing it."""
     path = tmp_path / "b.sock"
-    await run_server(settings(sandbox, secret, listen=f'"unix:{path}"'))
+    await run_server(make_settings(sandbox, secret, listen=f'"unix:{path}"'))
     with pytest.raises(RuntimeError, match="another process is listening"):
-        await run_server(settings(sandbox, secret, listen=f'"unix:{path}"'))
+        await run_server(make_settings(sandbox, secret, listen=f'"unix:{path}"'))
 
 
 def test_remote_listeners_need_allow_remote(sandbox, secret):
     """0.0.0.0 without allow_remote is a config error; with it, a warning."""
     with pytest.raises(ConfigError, match="is not a loopback address"):
-        settings(sandbox, secret, listen='"0.0.0.0:8721"')
-    allowed = settings(sandbox, secret, listen='"0.0.0.0:8721"', server="allow_remote = true")
+        make_settings(sandbox, secret, listen='"0.0.0.0:8721"')
+    allowed = make_settings(sandbox, secret, listen='"0.0.0.0:8721"', server="allow_remote = true")
     assert any("reachable from other hosts" in w for w in allowed.warnings)
 
 
@@ -177,7 +177,7 @@ allowed_uids = [{uid + 4242}]
 allowed_gids = [{os.getgid()}]
 """
     addresses, _ = await run_server(
-        settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}", "127.0.0.1:0"')
+        make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}", "127.0.0.1:0"')
     )
     conn = aiohttp.UnixConnector(path=str(path))
     async with aiohttp.ClientSession(connector=conn) as s:
@@ -201,7 +201,7 @@ async def test_access_key(sandbox, secret, run_server, tmp_path, witness):
     witness.secrets.add(key)
     (tmp_path / "key").write_text(key)
     profiles = f'[profiles.default]\naccess_key_file = "{tmp_path}/key"\n'
-    (address,), _ = await run_server(settings(sandbox, secret, profiles=profiles))
+    (address,), _ = await run_server(make_settings(sandbox, secret, profiles=profiles))
     async with aiohttp.ClientSession() as s:
         for sent, expected in ((None, 403), ("wrong-key-value", 403), (key, 200)):
             headers = {**HEADERS, **({"X-Broker-Key": sent} if sent else {})}
@@ -214,7 +214,7 @@ async def test_audit_line_per_token(sandbox, secret, run_server, tmp_path):
     refresh's correlation id; never the token. audit = false writes none."""
     path = tmp_path / "b.sock"
     addresses, logs = await run_server(
-        settings(sandbox, secret, listen=f'"unix:{path}", "127.0.0.1:0"')
+        make_settings(sandbox, secret, listen=f'"unix:{path}", "127.0.0.1:0"')
     )
     tokens = []
     conn = aiohttp.UnixConnector(path=str(path))
@@ -237,7 +237,7 @@ async def test_audit_line_per_token(sandbox, secret, run_server, tmp_path):
 
 async def test_audit_can_be_switched_off(sandbox, secret, run_server):
     """audit = false: tokens are served with no audit line."""
-    (address,), logs = await run_server(settings(sandbox, secret, server="audit = false"))
+    (address,), logs = await run_server(make_settings(sandbox, secret, server="audit = false"))
     async with aiohttp.ClientSession() as s:
         async with s.get(f"http://{address}/v1/token", headers=HEADERS) as r:
             assert r.status == 200
