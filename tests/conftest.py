@@ -150,6 +150,16 @@ async def fake_sandbox(secret: str, clock: FakeClock, witness: Witness):
         yield sb
 
 
+@pytest.fixture
+async def hostile():
+    """The misbehaving Azure AD and Partner Center of tests/hostile.py, on loopback: each test
+    sets what the two answer."""
+    from tests.hostile import Hostile
+
+    async with Hostile() as h:
+        yield h
+
+
 def config_text(
     sandbox: Sandbox, *, defaults: str = "", profiles: str | None = None, server: str = ""
 ) -> str:

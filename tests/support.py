@@ -27,6 +27,15 @@ def request_of_head_size(size: int) -> bytes:
     return start + b"a" * (size - len(start) - len(end)) + end
 
 
+def mirror_head(length: int, bearer: str = "x", extra: str = "") -> bytes:
+    """The head of a JSON POST to the /generatetoken mirror announcing a `length`-byte body."""
+    return (
+        f"POST /generatetoken HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {bearer}\r\n"
+        f"Content-Type: application/json\r\nAccept: application/json\r\n{extra}"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
 AZURE_ENV = (
     "AZURE_CLIENT_ID",
     "AZURE_TENANT_ID",

@@ -1,6 +1,7 @@
 """Caller identity and profile restrictions, through the real server: a unix-socket caller
-outside every allowed uid and group is refused, both rules of a profile must hold, and the
-audit line names the caller exactly."""
+outside every allowed uid and group is refused, its groups are the ones the kernel recorded
+when it connected, both rules of a profile must hold, and the audit line names the caller
+exactly."""
 
 from __future__ import annotations
 
@@ -276,6 +277,61 @@ async def test_a_caller_in_more_than_256_groups_is_known_by_uid_and_primary_grou
     await run_server(make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
     got = await ask_in_groups(path, 5000, 300, ["primary", "byuid", "g5000"])
     assert got == ["200", "200", "403"]
+
+
+# -- groups are the ones the kernel recorded at connect(), whoever holds the pid later ---------
+
+
+GROUP = 4242  # a group the test process is not in
+
+# A caller in a child process: it sets its supplementary groups, connects, then (per mode)
+# changes them and asks twice more on the same connection. Prints the three statuses.
+CALLER = r"""
+import os, socket, sys
+path, group, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+os.setgroups([group] if mode == "leaves" else [])
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+f = s.makefile("rb")
+def ask():
+    s.sendall(b"GET /v1/token/grp HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\n\r\n")
+    status = int(f.readline().split()[1])
+    length = 0
+    while (line := f.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    f.read(length)
+    return status
+first = ask()
+# After connect(): the process with this pid now is (or no longer is) in the group, as a
+# process that took over the pid of an exited one would be.
+os.setgroups([group] if mode == "joins" else [])
+print(first, ask(), ask())
+"""
+
+
+async def ask_as_child(path, mode: str) -> list[int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CALLER, str(path), str(GROUP), mode, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    return [int(x) for x in out.split()]
+
+
+async def test_groups_come_from_connect_time_not_from_the_pid(
+    sandbox, secret, run_server, tmp_path
+):
+    """allowed_gids: a caller outside the group at connect() stays refused after the process
+    holding its pid joins the group (the PID-reuse bypass); a caller inside the group at
+    connect() (SO_PEERGROUPS) stays served after it leaves. Needs root for setgroups."""
+    assert os.geteuid() == 0, "this attack test changes a child's groups: run the suite as root"
+    assert GROUP not in os.getgroups() and os.getgid() != GROUP
+    path = tmp_path / "b.sock"
+    profiles = f"[profiles.grp]\nallowed_gids = [{GROUP}]\n"
+    await run_server(make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    assert await ask_as_child(path, "joins") == [403, 403, 403]
+    assert await ask_as_child(path, "leaves") == [200, 200, 200]
 
 
 # -- an access key is never presumed ------------------------------------------------------------

@@ -127,6 +127,22 @@ async def test_raw_requests_by_host(sandbox, secret, run_server, host_line, stat
         assert body["error"]["code"] == "host_not_allowed"
 
 
+async def test_host_edge_cases(sandbox, secret, run_server):
+    """`[::1].evil.example` is not `[::1]`; the authority of an absolute-form request target
+    wins over Host (RFC 9112), both ways."""
+    (address,), _ = await run_server(make_settings(sandbox, secret))
+    cases = [
+        (b"GET /v1/token HTTP/1.1\r\nHost: [::1].evil.example", 403),
+        (b"GET /v1/token HTTP/1.1\r\nHost: [::1]:8721", 200),
+        (b"GET http://evil.example/v1/token HTTP/1.1\r\nHost: localhost", 403),
+        (b"GET http://localhost:8721/v1/token HTTP/1.1\r\nHost: evil.example", 200),
+        (b"GET http://evil.example/metrics HTTP/1.1\r\nHost: localhost", 403),
+    ]
+    for head, expected in cases:
+        answer = await raw(address, head + b"\r\nMetadata: true\r\nConnection: close\r\n\r\n")
+        assert status_and_json(answer)[0] == expected, head
+
+
 @pytest.mark.parametrize(
     "host",
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import stat
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from broker.config.errors import ConfigError
 from tests.conftest import HEADERS, make_settings
-from tests.support import raw, status_and_json
+from tests.support import mirror_head, raw, status_and_json
 
 
 async def metric(address: str, reason: str) -> float:
@@ -119,6 +120,108 @@ async def test_slow_client_is_cut_off_with_408(sandbox, secret, run_server):
     assert await metric(address, "request_timeout") == 1
 
 
+async def exchange(address: str, *chunks: bytes, pause: float = 0.0) -> bytes:
+    """Send `chunks` on one connection (with `pause` between them), then read until the
+    broker closes it (at most 10 s)."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    answer = asyncio.ensure_future(reader.read())
+    try:
+        for chunk in chunks:
+            if answer.done():
+                break
+            writer.write(chunk)
+            await writer.drain()
+            if pause:
+                await asyncio.wait([answer], timeout=pause)
+        return await asyncio.wait_for(answer, 10)
+    finally:
+        writer.close()
+
+
+def statuses(answer: bytes) -> list[int]:
+    """The status of every answer in `answer` (bodies are JSON: no status line inside)."""
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+
+
+async def test_a_stalled_or_dripping_body_is_cut_off_with_408(sandbox, secret, run_server):
+    """A body that stalls, or drips a byte every 50 ms, is cut off read_timeout after its head
+    began: 408 in Partner Center's shape, connection closed. Two of them at the connection cap
+    do not lock other callers out for longer than that."""
+    settings = make_settings(sandbox, secret, server="read_timeout = 0.5\nmax_connections = 2")
+    (address,), _ = await run_server(settings)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stalled, dripping = await asyncio.gather(
+        exchange(address, mirror_head(100) + b'{"grant_type"'),
+        exchange(address, mirror_head(100), *[b" "] * 60, pause=0.05),
+    )
+    elapsed = loop.time() - started
+    for answer in (stalled, dripping):
+        assert statuses(answer) == [408], answer[:200]
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == 408
+    assert elapsed < 2.5
+    async with aiohttp.ClientSession() as s, s.get(f"http://{address}/healthz") as r:
+        assert r.status == 200
+
+
+async def test_body_bytes_are_not_head_bytes(sandbox, secret, run_server):
+    """A 20 KiB mirror body sent with its head is served (not 431); a 70 KiB one is 413 (not
+    431) and nothing follows it (no stray 414 for its unread body); 200 pipelined requests in
+    one packet are each answered."""
+    (address,), _ = await run_server(make_settings(sandbox, secret))
+    async with aiohttp.ClientSession() as s:
+        url = f"http://{address}/v1/token?kind=aad"
+        async with s.get(url, headers={**HEADERS, "Accept": "text/plain"}) as r:
+            bearer = await r.text()
+    body = json.dumps({"grant_type": "jwt_token"}).encode() + b" " * 20000
+    answer = await exchange(address, mirror_head(len(body), bearer, "Connection: close\r\n") + body)
+    assert statuses(answer) == [200]
+    big = b" " * 70000
+    answer = await exchange(
+        address, mirror_head(len(big), bearer) + big + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert statuses(answer) == [413]
+    pipelined = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n" * 199
+    answer = await exchange(
+        address, pipelined + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert statuses(answer) == [200] * 200
+
+
+async def test_each_head_on_a_kept_alive_connection_is_held_to_the_budget_and_deadline(
+    sandbox, secret, run_server
+):
+    """After a request with a 20 KiB body on a kept-alive connection, the next head is counted
+    from its own first byte: one within the budget is served, one over it is 431; and a head
+    that then never completes is 408 after read_timeout."""
+    (address,), _ = await run_server(make_settings(sandbox, secret, server="read_timeout = 0.5"))
+    host, port = address.rsplit(":", 1)
+    body = json.dumps({"grant_type": "jwt_token"}).encode() + b" " * 20000
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(mirror_head(len(body)) + body)  # a bearer that is no JWT: upstream's answer
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+    await reader.readexactly(length)
+    pad = b"X-Pad: " + b"a" * 7000 + b"\r\n"
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + pad + b"\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    await reader.readexactly(int(re.search(rb"Content-Length: (\d+)", head).group(1)))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + pad * 2 + b"\r\n")
+    assert statuses(await asyncio.wait_for(reader.read(), 10)) == [431]
+    writer.close()
+
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    await reader.readexactly(int(re.search(rb"Content-Length: (\d+)", head).group(1)))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")  # never finished
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert statuses(answer) == [408]
+
+
 async def test_connection_cap(sandbox, secret, run_server):
     """With max_connections = 3, a fourth open connection gets 429 and is closed."""
     (address,), _ = await run_server(make_settings(sandbox, secret, server="max_connections = 3"))
@@ -207,6 +310,27 @@ async def test_access_key(sandbox, secret, run_server, tmp_path, witness):
             headers = {**HEADERS, **({"X-Broker-Key": sent} if sent else {})}
             async with s.get(f"http://{address}/v1/token", headers=headers) as r:
                 assert r.status == expected, sent
+
+
+async def test_metrics_and_readyz_refuse_foreign_hosts_and_hide_restricted_profiles(
+    sandbox, secret, run_server
+):
+    """A DNS-rebound page (foreign Host) or a proxied request cannot read /metrics or /readyz;
+    an allowed caller's scrape never names a profile restricted to someone else."""
+    profiles = f"[profiles.default]\n[profiles.hidden]\nallowed_uids = [{os.getuid() + 4242}]\n"
+    (address,), _ = await run_server(make_settings(sandbox, secret, profiles=profiles))
+    async with aiohttp.ClientSession() as s:
+        for path in ("/metrics", "/readyz"):
+            for headers in ({"Host": "rebound.evil.example"}, {"X-Forwarded-For": "10.0.0.1"}):
+                async with s.get(f"http://{address}{path}", headers=headers) as r:
+                    assert r.status == 403, (path, headers)
+        async with s.get(f"http://{address}/metrics") as r:
+            metrics = await r.text()
+            assert r.status == 200
+        async with s.get(f"http://{address}/readyz") as r:
+            ready = await r.json()
+    assert 'profile="default"' in metrics and 'profile="hidden"' not in metrics
+    assert "hidden" not in ready["profiles"] and "default" in ready["profiles"]
 
 
 async def test_audit_line_per_token(sandbox, secret, run_server, tmp_path):

@@ -759,12 +759,6 @@ def gdap_fake(fake_sandbox, secret, tmp_path):
     return settings
 
 
-@pytest.fixture
-async def hostile():
-    async with Hostile() as h:
-        yield h
-
-
 def hostile_settings(h: Hostile, secret: str, tmp_path, extra: str = ""):
     from broker.config.load import parse_settings
 

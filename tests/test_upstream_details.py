@@ -1,6 +1,7 @@
-"""Upstream error details (finding 7): the AADSTS code as its own field, Azure AD's trace and
-correlation ids, and a bounded description never cut mid-GUID; in the /v1 error JSON, the
-logs, /v1/profiles and the CLI's error line. Hostile error bodies never become a 500."""
+"""Upstream error details: the AADSTS code as its own field, Azure AD's trace and correlation
+ids, and a bounded description never cut mid-GUID; in the /v1 error JSON, the logs,
+/v1/profiles and the CLI's error line. Hostile error bodies never become a 500, nor freeze the
+daemon while it reads them."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from broker.config.load import parse_settings
 from broker.core.details import DESCRIPTION_MAX, bounded, parse_details
-from tests.conftest import HEADERS, config_text
+from tests.conftest import HEADERS, config_text, make_settings
 
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -159,3 +160,32 @@ def test_the_description_is_redacted():
     d = parse_details(b'{"error_description": "secret-value-123 leaked"}', {}, lambda t: t.replace(
         "secret-value-123", "[redacted]"))  # fmt: skip
     assert d.description == "[redacted] leaked"
+
+
+async def test_a_huge_adversarial_error_does_not_freeze_the_daemon(hostile, secret, run_server):
+    """Azure AD answers 400 with a 160 KB `error` of `eyJeyJeyJ...` (quadratic for the old JWT
+    pattern: seconds of event loop): /healthz keeps answering while the broker handles it,
+    and the caller gets a short 502."""
+
+    async def aad(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": "eyJ" * 54000, "error_description": "eyJ" * 54000}, status=400
+        )
+
+    hostile.aad = aad
+    settings = make_settings(hostile, secret, profiles="[profiles.default]\nwarm = false\n")
+    (address,), _ = await run_server(settings)
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as s:
+        token = asyncio.ensure_future(s.get(f"http://{address}/v1/token", headers=HEADERS))
+        slowest = 0.0
+        while not token.done():
+            started = loop.time()
+            async with s.get(f"http://{address}/healthz") as r:
+                assert r.status == 200
+            slowest = max(slowest, loop.time() - started)
+        response = await token
+        body = await response.json()
+    assert response.status == 502 and len(body["error"]["message"]) <= 400
+    assert hostile.calls["aad"] == 1
+    assert slowest < 1.0, f"/healthz waited {slowest:.2f} s"
