@@ -1,4 +1,4 @@
-"""The READMEs' shell blocks, run as written (issue 13, finding 10).
+"""The READMEs' shell blocks, run as written.
 
 Every ```sh block of README.md and systemd/README.md is either marked `<!-- doc-test: NAME -->`
 (run here, in order, by `test_readme_blocks_run_as_written`) or preceded by a paragraph that

@@ -1,5 +1,6 @@
-"""The issue's done-when, with real processes: four `pc-token-broker serve` processes, one
-real Redis, the sandbox upstream in this process counting every call."""
+"""The shared cache across real processes: four `pc-token-broker serve` processes, one real
+Redis, the sandbox upstream in this process counting every call (tests/test_shared.py runs the
+brokers of a fleet in one process)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
 """Customer tenants (GDAP, Secure Application Model): tokens per (tenant, scope) from one
 refresh token, against the sandbox's customer tenants.
 
-Guarantees of the customer-tenant cache (broker/core/tenants/), each pinned by what a caller,
-an operator reading the tenant listing, the logs or /metrics sees: which refusals are remembered
-how long and how far, what the listing says about a tenant, what is logged, what is evicted.
-
-Time is a fake clock with a fixed wall-clock fraction (so cool-downs from an HTTP-date
-Retry-After come out as 119.75 s and their rounding shows); upstreams are the sandbox, or the
-hostile fake for answers the sandbox never gives.
+The customer-tenant cache (broker/core/tenants/), one behaviour at a time, each pinned by what
+a caller, an operator reading the tenant listing, the logs or /metrics sees: which refusals are
+remembered how long and how far, what the listing says about a tenant, what is logged, what is
+evicted. There, time is a fake clock with a fixed wall-clock fraction (so cool-downs from an
+HTTP-date Retry-After come out as 119.75 s and their rounding shows); upstreams are the
+sandbox, or the hostile fake for answers the sandbox never gives.
 """
 
 from __future__ import annotations
@@ -86,7 +85,7 @@ async def token(b, tenant: str, scope: str | None = None, **params):
     return await b.get("/v1/token/gdap", params=query)
 
 
-# -- the done-when tests ---------------------------------------------------------------------
+# -- a crowd over many tenants; consent refusals remembered ------------------------------------
 
 
 async def test_thousand_callers_hundred_tenants_three_scopes(sandbox, gdap, start_broker):
@@ -727,7 +726,7 @@ async def test_a_held_back_refresh_token_is_written_at_shutdown(
     assert newest != held and gdap_fake.app.refresh_tokens == {newest}
 
 
-# -- guarantees, each pinned against the mutants that would break it --------
+# -- the cache, one behaviour at a time: a fake clock, the sandbox or the hostile fake ---------
 
 
 WALL = 1_800_000_000.25  # the fake wall clock's start: a quarter second past a whole second
