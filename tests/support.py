@@ -5,19 +5,26 @@ from __future__ import annotations
 import asyncio
 import datetime
 import inspect
+import ipaddress
 import json
 import signal
 import socket
 import time
 from pathlib import Path
 
+import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from broker.config.load import parse_settings
-from tests.conftest import config_text
+from tests.conftest import HEADERS, config_text
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository (mutants/ during a mutation run)
+
+# A token-shaped value (header, payload, signature) that is no token anyone issued.
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
 
 
 def request_of_head_size(size: int) -> bytes:
@@ -58,10 +65,15 @@ class Daemon:
         self.events: list[dict] = []
 
     async def wait_for(self, event: str, timeout: float = 20) -> dict:
-        """Read log lines until `event` appears (no sleeping: the next line is awaited)."""
+        """The first `event` ever logged: read log lines until it appears (no sleeping: the next
+        line is awaited)."""
         for seen in self.events:
             if seen.get("event") == event:
                 return seen
+        return await self.next_event(event, timeout)
+
+    async def next_event(self, event: str, timeout: float = 20) -> dict:
+        """The next `event` logged from now on (wait_for returns the first ever)."""
         assert self.proc.stderr is not None
         while True:
             line = await asyncio.wait_for(self.proc.stderr.readline(), timeout)
@@ -114,12 +126,13 @@ async def settle(b) -> None:
         await asyncio.gather(*flights, return_exceptions=True)
 
 
-def make_certificate(password: bytes | None = None) -> tuple[bytes, bytes]:
-    """A self-signed RSA certificate: (PEM with key and certificate, public certificate PEM)."""
+def make_certificate(password: bytes | None = None, ip: str | None = None) -> tuple[bytes, bytes]:
+    """A self-signed RSA certificate: (PEM with key and certificate, public certificate PEM).
+    With `ip`, it is that address's (its name and subjectAltName), for a TLS server."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pc-token-broker test")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip or "pc-token-broker test")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -127,8 +140,11 @@ def make_certificate(password: bytes | None = None) -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
     )
+    if ip is not None:
+        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))])
+        builder = builder.add_extension(san, critical=False)
+    cert = builder.sign(key, hashes.SHA256())
     encryption = (
         serialization.BestAvailableEncryption(password)
         if password
@@ -179,3 +195,12 @@ async def raw(address: str, data: bytes) -> bytes:
 def status_and_json(answer: bytes) -> tuple[int, dict]:
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
+
+
+async def request_json(address: str, path: str, method: str = "GET", **kwargs) -> tuple[int, dict]:
+    """One request to a TCP listener ("host:port") with the required header (and `headers`):
+    the status and the JSON body, whatever its Content-Type."""
+    async with aiohttp.ClientSession() as s:
+        headers = {**HEADERS, **kwargs.pop("headers", {})}
+        async with s.request(method, f"http://{address}{path}", headers=headers, **kwargs) as r:
+            return r.status, await r.json(content_type=None)

@@ -26,8 +26,7 @@ from broker.cli.main import main, parser
 from broker.config.load import parse_settings
 from broker.daemon.server import serve
 from tests.conftest import config_text
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 
 async def cli(*argv: str) -> int:
@@ -726,7 +725,7 @@ def test_make_prints_no_noise_from_python_shims(tmp_path: Path) -> None:
     real = shims / "python3.11"
     real.symlink_to(sys.executable)
     done = subprocess.run(
-        [make, "-n", "-C", str(REPO), "demo", f"VENV={tmp_path / 'venv'}"],
+        [make, "-n", "-C", str(ROOT), "demo", f"VENV={tmp_path / 'venv'}"],
         capture_output=True,
         text=True,
         env={**os.environ, "PATH": f"{shims}:/usr/bin:/bin"},
@@ -887,7 +886,7 @@ async def test_hostile_answers_never_reach_stdout_or_the_terminal(impostor, caps
 
 def test_readme_command_table_names_every_command() -> None:
     """The README's Command line table and the parser cannot drift apart."""
-    readme = (REPO / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     table = readme.split("## Command line")[1].split("**Finding the daemon**")[0]
     commands = next(a for a in parser()._actions if a.dest == "command").choices
     for name in commands:

@@ -13,8 +13,8 @@ import pytest
 from broker.cli.main import main
 from broker.config.listen import Listen
 from broker.config.load import ConfigError, load_settings, parse_settings
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 VALID = """
 [server]
 listen = ["127.0.0.1:8721", "[::1]:8722", "unix:/run/pcb/broker.sock"]

@@ -20,9 +20,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import HEADERS, config_text
-from tests.support import Daemon, unix_config  # noqa: F401
+from tests.support import ROOT, Daemon, unix_config  # noqa: F401
 
-ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "pc-token-broker.service"
 SOCKET_UNIT = ROOT / "systemd" / "pc-token-broker.socket"
 

@@ -14,8 +14,7 @@ from broker.config.load import parse_settings
 from broker.observe.logs import make_logger
 from broker.observe.redact import REDACTED, Redactor
 from tests.conftest import HEADERS, config_text, make_settings
-
-JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+from tests.support import JWT
 
 
 def test_redactor_catches_shapes_keys_and_known_values() -> None:

@@ -45,7 +45,7 @@ from broker.observe.logs import make_logger
 from broker.observe.metrics import Metrics
 from tests.conftest import CLIENT_ID, HEADERS, TENANT, FakeClock, config_text
 from tests.redisd import HOSTILE_REPLIES, HostileRedis, LoopbackServer, resp_commands
-from tests.support import until
+from tests.support import ROOT, until
 
 # -- brokers of a fleet, in this process -------------------------------------------------------
 
@@ -90,7 +90,6 @@ async def _shared_state(b) -> dict:
 
 
 KEY = bytes(range(32))
-ROOT = Path(__file__).resolve().parent.parent
 IDS = RefreshIds("corr", "req")
 KEYS = (CLIENT_ID, TENANT, "https://api.partnercenter.microsoft.com/.default")
 POLICY = Policy(

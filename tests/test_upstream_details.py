@@ -18,14 +18,9 @@ from aiohttp import web
 from broker.config.load import parse_settings
 from broker.core.details import DESCRIPTION_MAX, bounded, parse_details
 from tests.conftest import HEADERS, config_text, make_settings
+from tests.support import request_json
 
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-async def _get(address: str, path: str) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://{address}{path}", headers=HEADERS) as r:
-            return r.status, await r.json(content_type=None)
 
 
 async def test_an_azure_ad_refusal_keeps_what_support_asks_for(sandbox, run_server):
@@ -33,7 +28,7 @@ async def test_an_azure_ad_refusal_keeps_what_support_asks_for(sandbox, run_serv
     Correlation ID in the description and as fields)."""
     settings = parse_settings(config_text(sandbox), env={"TEST_CLIENT_SECRET": "not-the-secret"})
     (address,), logs = await run_server(settings)
-    status, body = await _get(address, "/v1/token")
+    status, body = await request_json(address, "/v1/token")
     assert status == 502, body
     error = body["error"]
     assert error["aadsts"] == 7000215 and error["upstream_status"] == 401
@@ -47,7 +42,7 @@ async def test_an_azure_ad_refusal_keeps_what_support_asks_for(sandbox, run_serv
     ]
     assert failed and failed[0]["aadsts"] == 7000215
     assert failed[0]["trace_id"] == error["trace_id"]
-    _, profiles = await _get(address, "/v1/profiles")
+    _, profiles = await request_json(address, "/v1/profiles")
     last = profiles["profiles"]["default"]["aad"]["last_error"]
     assert (last["aadsts"], last["trace_id"]) == (7000215, error["trace_id"])
     assert last["correlation_id"] == error["correlation_id"]
@@ -113,7 +108,7 @@ async def test_hostile_error_bodies_give_a_clean_bounded_error(
         f'authority = "{sandbox.url}"', f'authority = "http://127.0.0.1:{fake.port}"'
     )
     (address,), _ = await run_server(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
-    got, answer = await _get(address, "/v1/token")
+    got, answer = await request_json(address, "/v1/token")
     assert got in (502, 503), (name, answer)
     error = answer["error"]
     assert len(error["message"]) <= DESCRIPTION_MAX + 40, name
