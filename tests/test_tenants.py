@@ -60,24 +60,33 @@ customer_scopes = [{scopes}]
 """
 
 
-@pytest.fixture
-def gdap(sandbox, secret, tmp_path):
-    """A refresh token for the sandbox app, in a file; returns a settings maker."""
+def gdap_settings(sandbox, secret: str, tmp_path: Path):
+    """A refresh token for the sandbox app, in a file; returns a settings maker: the gdap
+    profile (gdap_profile's keyword arguments), then `profile_extra`. It knows the file
+    (`rt_file`) and the app (`app`)."""
     app = sandbox.state.apps[CLIENT_ID]
     rt_file = tmp_path / "refresh-token"
     rt_file.write_text(sandbox.state.issue_refresh_token(app) + "\n")
     rt_file.chmod(0o600)
 
-    def settings(**kwargs):
+    def settings(profile_extra: str = "", **kwargs):
         return make_settings(
             sandbox,
             secret,
-            profiles="[profiles.default]\nwarm = false\n" + gdap_profile(rt_file, **kwargs),
+            profiles="[profiles.default]\nwarm = false\n"
+            + gdap_profile(rt_file, **kwargs)
+            + profile_extra,
         )
 
     settings.rt_file = rt_file  # type: ignore[attr-defined]
     settings.app = app  # type: ignore[attr-defined]
     return settings
+
+
+@pytest.fixture
+def gdap(sandbox, secret, tmp_path):
+    """gdap_settings against the sandbox on the real clock."""
+    return gdap_settings(sandbox, secret, tmp_path)
 
 
 async def token(b, tenant: str, scope: str | None = None, **params):
@@ -739,23 +748,8 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def gdap_fake(fake_sandbox, secret, tmp_path):
-    app = fake_sandbox.state.apps[CLIENT_ID]
-    rt_file = tmp_path / "refresh-token"
-    rt_file.write_text(fake_sandbox.state.issue_refresh_token(app) + "\n")
-    rt_file.chmod(0o600)
-
-    def settings(profile_extra: str = "", **kwargs):
-        return make_settings(
-            fake_sandbox,
-            secret,
-            profiles="[profiles.default]\nwarm = false\n"
-            + gdap_profile(rt_file, **kwargs)
-            + profile_extra,
-        )
-
-    settings.rt_file = rt_file  # type: ignore[attr-defined]
-    settings.app = app  # type: ignore[attr-defined]
-    return settings
+    """gdap_settings against the sandbox on the fake clock."""
+    return gdap_settings(fake_sandbox, secret, tmp_path)
 
 
 def hostile_settings(h: Hostile, secret: str, tmp_path, extra: str = ""):
