@@ -258,8 +258,9 @@ class Cache:
         return [e for e in lines if e["event"] == name]
 
     def counted(self, kind: str, outcome: str) -> float:
-        value = self.metrics.refreshes.labels("p", kind, outcome)._value.get()
-        return float(value)
+        labels = {"profile": "p", "kind": kind, "outcome": outcome}
+        value = self.metrics.registry.get_sample_value("broker_refreshes_total", labels)
+        return float(value or 0.0)
 
 
 def entry_with(clock: FakeClock, upstream: Upstream, policy: Policy = POLICY, rand: float = 0.0):

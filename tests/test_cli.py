@@ -840,7 +840,7 @@ async def impostor():
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     yield answer, f"127.0.0.1:{port}"
     await runner.cleanup()
 

@@ -342,7 +342,7 @@ async def test_https_upstreams_are_tunnelled_with_the_proxy_credentials(
     await tls.setup()
     site = web.TCPSite(tls, "127.0.0.1", 0, ssl_context=_self_signed(tmp_path))
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = tls.addresses[0][1]
     try:
         user = f"{PROXY_USER}:{password if credentials == 'right' else 'nope'}"
         no_proxy_env.setenv("HTTPS_PROXY", url.replace("//", f"//{user}@"))

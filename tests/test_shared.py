@@ -718,7 +718,8 @@ async def test_a_cold_fetch_takes_a_random_expiring_lease_writes_with_the_ttl_an
             assert re.fullmatch(rb"[0-9a-f]{32}", value)  # 128 random bits
             assert 3_500_000 < pttl <= 3_600_000
             (set_lease,) = [c for c in proxy.named(b"SET") if c[1] == lease.encode()]
-            assert set_lease[3:] == [b"NX", b"PX", b"3600000"]
+            options = [o.upper() for o in set_lease[3:]]  # in the order the client writes them
+            assert b"NX" in options and options[options.index(b"PX") + 1] == b"3600000"
             (write,) = [c for c in proxy.named(b"SET") if c[1] == a.name.encode()]
             assert write[3:] == [b"PX", b"3600000"]  # the token's time left, in ms
             assert not client.exists(lease)  # released at once
@@ -902,9 +903,12 @@ async def test_the_lease_is_extended_every_third_of_lock_timeout_by_lock_timeout
     async with Proxy(str(redis_db.socket)) as proxy:
         a = await started(proxy.url, lock_timeout=1.2)
         release = asyncio.Event()
-        extends = lambda: [  # noqa: E731
-            (t, c) for t, c in proxy.seen if c[0].upper() == b"EVALSHA" and len(c) == 6
-        ]
+        lease = (a.name + ":lease").encode()
+
+        def extends() -> list[tuple[float, list[bytes]]]:
+            """The renewals: every command on the lease but its SET until the fetch ends (then
+            comes the release), whatever command and argument order the client uses."""
+            return [(t, c) for t, c in proxy.seen if lease in c[1:] and c[0].upper() != b"SET"]
 
         async def slow() -> None:
             await until(lambda: len(extends()) >= 2, "two renewals")
@@ -919,7 +923,7 @@ async def test_the_lease_is_extended_every_third_of_lock_timeout_by_lock_timeout
             (set_at,) = [
                 t for t, c in proxy.seen if c[0].upper() == b"SET" and c[1].endswith(b":lease")
             ]
-            assert first[3] == (a.name + ":lease").encode() and first[5] == b"1200"
+            assert b"1200" in first[1:]  # extended by lock_timeout, in ms
             assert t1 - set_at >= 0.39 and t2 - t1 >= 0.39
             assert not a.lines("shared_lease_lost")
         finally:
@@ -1204,8 +1208,11 @@ async def test_redis_dying_mid_fetch_fails_no_caller_and_is_used_again_when_back
         # degraded: straight upstream, no Redis call at all
         assert (await b.wrapped()(IDS)).value == "token-2"
         assert b.cache.status().errors == 1
-        # the first reconnect attempt fails (Redis is still down) and says why
-        await until(lambda: "No such file" in (b.cache.status().last_error or ""), "a retry")
+        # the first reconnect attempt fails (Redis is still down) and says why: its own error,
+        # named by class, in place of the first one
+        first = s.last_error
+        await until(lambda: b.cache.status().last_error not in (first, None), "a retry")
+        assert (b.cache.status().last_error or "").startswith("ConnectionError: ")
         own_redis.start()
         await until(lambda: b.cache.state == "connected", "reconnected")
         assert b.connected_gauge() == 1
@@ -1424,9 +1431,15 @@ async def test_a_dropped_connection_is_not_retried_but_degrades(redis_db) -> Non
         try:
             assert b.cache.state == "degraded" and proxy.accepted == 1
             assert len(proxy.named(b"PING")) == 1
-            assert b.cache.status().last_error == "ConnectionError: Connection closed by server."
+            # the error's class, then redis-py's own words (which vary between its releases)
+            assert (b.cache.status().last_error or "").startswith("ConnectionError: ")
         finally:
             await b.cache.close()
+
+
+# check-config's answer when the client's own socket timeout (max(timeout, 2 s)) ends the PING:
+# the error's class, then redis-py's words (which vary between its releases).
+CLIENT_TIMED_OUT = "Redis did not answer PING: TimeoutError: "
 
 
 async def test_check_config_ping_gives_up_after_two_seconds_at_least(redis_db) -> None:
@@ -1434,9 +1447,8 @@ async def test_check_config_ping_gives_up_after_two_seconds_at_least(redis_db) -
     assert await ping(shared_settings(redis_db.url, timeout=0.2)) is None
     async with Misbehaving(delay=2.5) as server:
         message = await ping(shared_settings(server.url, timeout=0.2))
-    assert message == (
-        f"Redis did not answer PING: TimeoutError: Timeout reading from 127.0.0.1:{server.port}"
-    )
+    # the client's read timeout, named by its class (the overall bound would say "timed out")
+    assert message is not None and message.startswith(CLIENT_TIMED_OUT), message
 
 
 async def test_check_config_ping_gives_up_after_three_seconds_in_all() -> None:
@@ -1467,7 +1479,8 @@ async def test_check_config_ping_gives_up_connecting_after_two_seconds() -> None
         for filler in fillers:
             filler.close()
         listener.close()
-    assert message == "Redis did not answer PING: TimeoutError: Timeout connecting to server"
+    # the client's connect timeout, named by its class (nothing was read or written)
+    assert message is not None and message.startswith(CLIENT_TIMED_OUT), message
 
 
 # -- the status line ---------------------------------------------------------------------------
