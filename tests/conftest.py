@@ -150,6 +150,16 @@ async def fake_sandbox(secret: str, clock: FakeClock, witness: Witness):
         yield sb
 
 
+@pytest.fixture
+async def hostile():
+    """The misbehaving Azure AD and Partner Center of tests/hostile.py, on loopback: each test
+    sets what the two answer."""
+    from tests.hostile import Hostile
+
+    async with Hostile() as h:
+        yield h
+
+
 def config_text(
     sandbox: Sandbox, *, defaults: str = "", profiles: str | None = None, server: str = ""
 ) -> str:
@@ -173,8 +183,21 @@ upstream_base = "{sandbox.url}"
 """
 
 
-def make_settings(sandbox: Sandbox, secret: str, **kwargs: Any) -> Settings:
-    return parse_settings(config_text(sandbox, **kwargs), env={"TEST_CLIENT_SECRET": secret})
+def make_settings(
+    sandbox: Sandbox,
+    secret: str,
+    *,
+    listen: str | None = None,
+    env: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> Settings:
+    """The broker's settings from `config_text(sandbox, **kwargs)`, the client secret in the
+    environment (with `env`). `listen`: the TOML list's items in place of the one loopback
+    listener, e.g. '"unix:/path", "127.0.0.1:0"'."""
+    text = config_text(sandbox, **kwargs)
+    if listen is not None:
+        text = text.replace('listen = ["127.0.0.1:0"]', f"listen = [{listen}]")
+    return parse_settings(text, env={"TEST_CLIENT_SECRET": secret, **(env or {})})
 
 
 class Client:

@@ -51,3 +51,10 @@ class Hostile:
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         await self._server.close()
+
+
+def raw_json(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """An answer sent as written: any text (NaN, Infinity, deep nesting), labelled JSON."""
+    return web.Response(
+        status=status, text=text, content_type="application/json", headers=headers or {}
+    )

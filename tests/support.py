@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import inspect
+import ipaddress
 import json
 import signal
+import socket
+import time
 from pathlib import Path
 
+import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from broker.config.load import parse_settings
-from tests.conftest import config_text
+from tests.conftest import HEADERS, config_text
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository (mutants/ during a mutation run)
+
+# A token-shaped value (header, payload, signature) that is no token anyone issued.
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
 
 
 def request_of_head_size(size: int) -> bytes:
@@ -22,6 +32,15 @@ def request_of_head_size(size: int) -> bytes:
     start = b"GET /v1/token HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\nX-Pad: "
     end = b"\r\nConnection: close\r\n\r\n"
     return start + b"a" * (size - len(start) - len(end)) + end
+
+
+def mirror_head(length: int, bearer: str = "x", extra: str = "") -> bytes:
+    """The head of a JSON POST to the /generatetoken mirror announcing a `length`-byte body."""
+    return (
+        f"POST /generatetoken HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {bearer}\r\n"
+        f"Content-Type: application/json\r\nAccept: application/json\r\n{extra}"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 AZURE_ENV = (
@@ -46,10 +65,15 @@ class Daemon:
         self.events: list[dict] = []
 
     async def wait_for(self, event: str, timeout: float = 20) -> dict:
-        """Read log lines until `event` appears (no sleeping: the next line is awaited)."""
+        """The first `event` ever logged: read log lines until it appears (no sleeping: the next
+        line is awaited)."""
         for seen in self.events:
             if seen.get("event") == event:
                 return seen
+        return await self.next_event(event, timeout)
+
+    async def next_event(self, event: str, timeout: float = 20) -> dict:
+        """The next `event` logged from now on (wait_for returns the first ever)."""
         assert self.proc.stderr is not None
         while True:
             line = await asyncio.wait_for(self.proc.stderr.readline(), timeout)
@@ -74,18 +98,41 @@ def unix_config(sandbox, sock: Path, profiles: str | None = None, server: str = 
     )
 
 
+async def until(condition, what: str, timeout: float = 10.0, every: float = 0.01) -> None:
+    """Wait for something another task or process does (a lease taken, Redis back), with a
+    deadline: `condition`, a function or a coroutine function, is asked every `every` seconds
+    (a poll with a deadline, never a bare sleep in hope)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = condition()
+        if inspect.isawaitable(done):
+            done = await done
+        if done:
+            return
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(every)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 async def settle(b) -> None:
     """Wait for every in-flight refresh to land (the partner one may start the aad one)."""
     while flights := [e.flight for e in b.broker.runtime.entries() if e.flight]:
         await asyncio.gather(*flights, return_exceptions=True)
 
 
-def make_certificate(password: bytes | None = None) -> tuple[bytes, bytes]:
-    """A self-signed RSA certificate: (PEM with key and certificate, public certificate PEM)."""
+def make_certificate(password: bytes | None = None, ip: str | None = None) -> tuple[bytes, bytes]:
+    """A self-signed RSA certificate: (PEM with key and certificate, public certificate PEM).
+    With `ip`, it is that address's (its name and subjectAltName), for a TLS server."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pc-token-broker test")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip or "pc-token-broker test")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -93,8 +140,11 @@ def make_certificate(password: bytes | None = None) -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
     )
+    if ip is not None:
+        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))])
+        builder = builder.add_extension(san, critical=False)
+    cert = builder.sign(key, hashes.SHA256())
     encryption = (
         serialization.BestAvailableEncryption(password)
         if password
@@ -112,21 +162,6 @@ def settings_for(sandbox, profile: str, env: dict[str, str] | None = None):
         'client_secret_env = "TEST_CLIENT_SECRET"\n', ""
     )
     return parse_settings(text, env=env or {})
-
-
-def settings(
-    sandbox,
-    secret: str,
-    *,
-    server: str = "",
-    profiles: str | None = None,
-    listen: str = '"127.0.0.1:0"',
-    env: dict[str, str] | None = None,
-):
-    text = config_text(sandbox, server=server, profiles=profiles).replace(
-        'listen = ["127.0.0.1:0"]', f"listen = [{listen}]"
-    )
-    return parse_settings(text, env={"TEST_CLIENT_SECRET": secret, **(env or {})})
 
 
 async def raw(address: str, data: bytes) -> bytes:
@@ -160,3 +195,12 @@ async def raw(address: str, data: bytes) -> bytes:
 def status_and_json(answer: bytes) -> tuple[int, dict]:
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
+
+
+async def request_json(address: str, path: str, method: str = "GET", **kwargs) -> tuple[int, dict]:
+    """One request to a TCP listener ("host:port") with the required header (and `headers`):
+    the status and the JSON body, whatever its Content-Type."""
+    async with aiohttp.ClientSession() as s:
+        headers = {**HEADERS, **kwargs.pop("headers", {})}
+        async with s.request(method, f"http://{address}{path}", headers=headers, **kwargs) as r:
+            return r.status, await r.json(content_type=None)

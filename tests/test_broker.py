@@ -7,6 +7,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 
+import aiohttp
 import jwt
 import pytest
 
@@ -278,3 +279,12 @@ async def test_reloaded_guards_apply_to_every_endpoint(sandbox, secret, start_br
         assert r.status == 200, path
     mirror = await b.client.post("/v3/generatetoken", headers={"Authorization": "Bearer x"})
     assert mirror.status == 403  # the Host 127.0.0.1 is no longer allowed there either
+
+
+async def test_accept_q_nan_does_not_outrank_q_1(sandbox, secret, run_server):
+    """`*/*;q=nan, text/plain;q=1` asks for text/plain."""
+    (address,), _ = await run_server(make_settings(sandbox, secret))
+    async with aiohttp.ClientSession() as s:
+        headers = {**HEADERS, "Accept": "*/*;q=nan, text/plain;q=1"}
+        async with s.get(f"http://{address}/v1/token", headers=headers) as r:
+            assert r.status == 200 and r.content_type == "text/plain"

@@ -1,11 +1,9 @@
-"""The token cache on its own: single flight, refresh ahead, failure memory, the clock injected.
+"""The token cache on its own: single flight, refresh ahead, failure memory, the clock injected;
+and, beyond get(), the peek() hit path (what /v1 serves through), forced refreshes, idleness,
+the refresh_failed / token_refreshed log events and the status a caller sees.
 
 The fetch function here is a plain coroutine gated by events (the upstream's HTTP side is
 covered against the sandbox in test_broker.py).
-
-The cache's guarantees that test_cache.py reaches only through get(): the peek() hit path
-(what /v1 serves through), forced refreshes, idleness, the refresh_failed / token_refreshed log
-events and the status a caller sees.
 """
 
 from __future__ import annotations
@@ -234,7 +232,7 @@ async def test_close_cancels_timers_and_flights(clock: FakeClock) -> None:
     assert clock.next_timer() is None
 
 
-# -- guarantees, each pinned against the mutants that would break it --------
+# -- beyond get(): peek() hits, forced refreshes, idleness, the log events, status -------------
 
 
 EXACT = Policy(
@@ -260,8 +258,9 @@ class Cache:
         return [e for e in lines if e["event"] == name]
 
     def counted(self, kind: str, outcome: str) -> float:
-        value = self.metrics.refreshes.labels("p", kind, outcome)._value.get()
-        return float(value)
+        labels = {"profile": "p", "kind": kind, "outcome": outcome}
+        value = self.metrics.registry.get_sample_value("broker_refreshes_total", labels)
+        return float(value or 0.0)
 
 
 def entry_with(clock: FakeClock, upstream: Upstream, policy: Policy = POLICY, rand: float = 0.0):

@@ -21,6 +21,7 @@ from broker.config.clouds import CLOUDS
 from broker.config.load import ConfigError, parse_settings
 from broker.core.upstream import Proxies
 from tests.conftest import HEADERS, config_text
+from tests.support import make_certificate
 
 PROXY_USER = "broker"
 
@@ -316,41 +317,10 @@ def test_example_config_mentions_the_clouds():
 
 def _self_signed(where: Path) -> ssl.SSLContext:
     """A TLS server context with a throwaway self-signed certificate for 127.0.0.1."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    (where / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (where / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    pem, _ = make_certificate(ip="127.0.0.1")
+    (where / "server.pem").write_bytes(pem)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(where / "cert.pem", where / "key.pem")
+    ctx.load_cert_chain(where / "server.pem")
     return ctx
 
 
@@ -372,7 +342,7 @@ async def test_https_upstreams_are_tunnelled_with_the_proxy_credentials(
     await tls.setup()
     site = web.TCPSite(tls, "127.0.0.1", 0, ssl_context=_self_signed(tmp_path))
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = tls.addresses[0][1]
     try:
         user = f"{PROXY_USER}:{password if credentials == 'right' else 'nope'}"
         no_proxy_env.setenv("HTTPS_PROXY", url.replace("//", f"//{user}@"))

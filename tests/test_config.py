@@ -1,8 +1,11 @@
-"""Configuration: every problem named by key path and line; secrets from files and env only."""
+"""Configuration: every problem named by key path and line; secrets from files and env only;
+no plain http to an upstream off loopback unless the profile allows it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +13,8 @@ import pytest
 from broker.cli.main import main
 from broker.config.listen import Listen
 from broker.config.load import ConfigError, load_settings, parse_settings
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 VALID = """
 [server]
 listen = ["127.0.0.1:8721", "[::1]:8722", "unix:/run/pcb/broker.sock"]
@@ -268,3 +271,58 @@ def test_config_path_comes_from_the_environment(tmp_path: Path, capsys, monkeypa
     monkeypatch.setenv("SECRET", "x" * 20)
     assert main(["check-config"]) == 0
     assert str(config) in capsys.readouterr().out
+
+
+async def test_serve_refuses_plain_http_upstreams(tmp_path, secret):
+    """`serve` with a non-loopback http:// upstream exits 2 naming the key; a lookalike of
+    loopback is not loopback; allow_insecure_upstream = true lets it through, with a warning."""
+    config = tmp_path / "broker.toml"
+    config.write_text("""[server]
+listen = ["127.0.0.1:0"]
+[defaults]
+generatetoken_url = "http://pc.example.com/v3/generatetoken"
+[profiles.default]
+tenant_id = "t"
+client_id = "c"
+client_secret_env = "S"
+authority = "http://127.0.0.1.evil.example"
+[mirror]
+upstream_base = "http://localhost.evil.example"
+""")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "broker",
+        "serve",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "S": secret},
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 2
+    for key in ("defaults.generatetoken_url", "profiles.default.authority", "mirror.upstream_base"):
+        assert f"{key}: plain http to a non-loopback host".encode() in err, key
+    assert b"Traceback" not in err
+
+    allowed = (
+        config.read_text().replace(
+            "[profiles.default]\n", "allow_insecure_upstream = true\n[profiles.default]\n", 1
+        )
+        + "allow_insecure_upstream = true\n"
+    )
+    settings = parse_settings(allowed, env={"S": secret})
+    assert settings.profiles["default"].allow_insecure_upstream
+    assert sum("plain http" in w for w in settings.warnings) == 3
+    loopback = allowed.replace("http://pc.example.com", "http://[::1]:9").replace(
+        "allow_insecure_upstream = true\n", ""
+    )
+    loopback = loopback.replace("127.0.0.1.evil.example", "127.0.0.2:8").replace(
+        "localhost.evil.example", "localhost:9"
+    )
+    assert parse_settings(loopback, env={"S": secret}).warnings == ()

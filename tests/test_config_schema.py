@@ -19,8 +19,8 @@ from broker.config.reference import RESTART_NAMES, keys, restart_needed
 from broker.config.schema import SECTIONS, ConfigFile, ServerSection
 from broker.config.settings import MirrorSettings, MsiSettings, ServerSettings
 from broker.config.tomlpos import key_lines
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = (ROOT / "config.example.toml").read_text()
 _KEY_LINE = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
 

@@ -1,20 +1,22 @@
-"""Every credential type obtains a token from the sandbox, checked the way Azure AD checks it."""
+"""Every credential type obtains a token from the sandbox, checked the way Azure AD checks it;
+a credential file that would block (a FIFO) never blocks the daemon."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
+import threading
 from pathlib import Path
 
+import aiohttp
 import jwt
 import pytest
 
 from broker.config.errors import ConfigError
 from broker.config.load import parse_settings
-from tests.conftest import CLIENT_ID, TENANT, FakeClock, config_text
+from tests.conftest import CLIENT_ID, HEADERS, TENANT, FakeClock, config_text
 from tests.support import make_certificate, settings_for
-
-HEADERS = {"Metadata": "true"}
 
 
 @pytest.mark.parametrize("algorithm", ["RS256", "PS256"])
@@ -262,3 +264,51 @@ certificate_file = "/x.pem"
     assert "profiles.default.certificate_file: not used by credential 'federated_token_file'" in (
         str(info.value)
     )
+
+
+async def test_a_fifo_as_federated_token_file_does_not_hang_the_daemon(
+    sandbox, secret, run_server, tmp_path
+):
+    """A FIFO as `federated_token_file` used to block the event loop in open() until a writer
+    came: the daemon answered nothing. Now the refresh fails (503 credential_unavailable) and
+    /healthz answers at once. (A writer is sent after 3 s so the old code fails, not hangs.)"""
+    fifo = tmp_path / "federated-token"
+    os.mkfifo(fifo)
+    done = threading.Event()
+
+    def unblock() -> None:  # only matters for a broker that blocks on the FIFO
+        if done.wait(3):
+            return
+        while not done.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # no reader yet
+                done.wait(0.05)
+                continue
+            os.write(fd, b"not-a-token")
+            os.close(fd)
+            return
+
+    threading.Thread(target=unblock, daemon=True).start()
+    profiles = (
+        '[profiles.default]\nwarm = false\ncredential = "federated_token_file"\n'
+        f'federated_token_file = "{fifo}"\n'
+    )
+    text = config_text(sandbox, profiles=profiles).replace(
+        'client_secret_env = "TEST_CLIENT_SECRET"\n', ""
+    )
+    (address,), _ = await run_server(parse_settings(text, env={}))
+    loop = asyncio.get_running_loop()
+    try:
+        async with aiohttp.ClientSession() as s:
+            token = asyncio.ensure_future(s.get(f"http://{address}/v1/token", headers=HEADERS))
+            started = loop.time()
+            async with s.get(f"http://{address}/healthz") as r:
+                assert r.status == 200
+            waited = loop.time() - started
+            response = await token
+            body = await response.json()
+    finally:
+        done.set()
+    assert waited < 1.0, f"/healthz waited {waited:.2f} s"
+    assert response.status == 503 and body["error"]["code"] == "credential_unavailable"

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -18,8 +17,8 @@ import yaml
 
 from broker.config.load import parse_settings
 from tests.conftest import HEADERS, config_text
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana").glob("*.json"))
 RULES = sorted((ROOT / "deploy" / "prometheus").glob("*.yml"))
 NAME = re.compile(r"\bbroker_[a-z0-9_]+\b")

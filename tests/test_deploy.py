@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import yaml
 
 from broker.config.load import DEFAULT_PATH, parse_settings
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 
 def dockerfile_stages() -> list[list[tuple[str, str]]]:

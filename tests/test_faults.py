@@ -1,15 +1,23 @@
-"""Upstream faults: the broker keeps serving while it can, never serves an expired token, and
-cannot be turned into a flood against upstream. Sandbox fault knobs plus an injected clock."""
+"""Upstream faults: the broker keeps serving while it can, never serves an expired token (nor
+one whose expiry cannot be read), and cannot be turned into a flood against upstream, whatever
+Retry-After it is told. Sandbox fault knobs, or the hostile fake for answers the sandbox never
+gives, plus an injected clock."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
+import aiohttp
+import jwt
 import pytest
+from aiohttp import web
 
+from broker.config.load import parse_settings
 from broker.core.tokens import schedule
-from tests.conftest import make_settings
+from tests.conftest import HEADERS, config_text, make_settings
+from tests.hostile import raw_json
 from tests.support import settle
 
 COLD = "[profiles.default]\nwarm = false\n"
@@ -191,3 +199,115 @@ async def test_profiles_show_failure_detail(fake_sandbox, secret, start_broker, 
     assert partner["last_error"]["upstream_status"] == 503
     assert partner["next_attempt_in"] == schedule.FAILURE_MEMORY
     assert partner["upstream_calls"] == {"upstream_failing": 2}
+
+
+async def test_nan_expiries_are_bad_tokens(hostile, secret, run_server):
+    """Azure AD says `expires_in: "NaN"`; Partner Center (through the mirror) sends a JWT whose
+    `exp` is NaN, or `expires_in: Infinity`: each is a 502 upstream_bad_token, never cached,
+    and /v1/profiles, /readyz and /metrics keep answering."""
+    nan_jwt = jwt.encode({"exp": float("nan"), "aud": "x"}, "k" * 32, algorithm="HS256")
+    partner_answers = [
+        json.dumps({"access_token": nan_jwt, "expires_in": 3600}),
+        '{"access_token": "opaque-partner-0001", "expires_in": Infinity}',
+    ]
+
+    async def aad(request: web.Request) -> web.Response:
+        return raw_json('{"access_token": "opaque-aad-token-0001", "expires_in": "NaN"}')
+
+    async def partner(request: web.Request) -> web.Response:
+        return raw_json(partner_answers.pop(0))
+
+    hostile.aad, hostile.partner = aad, partner
+    (address,), logs = await run_server(make_settings(hostile, secret))
+    base = f"http://{address}"
+    async with aiohttp.ClientSession() as s:
+        for _ in range(2):
+            async with s.get(f"{base}/v1/token?kind=aad", headers=HEADERS) as r:
+                assert r.status == 502
+                assert (await r.json())["error"]["code"] == "upstream_bad_token"
+        for path, status in (("/v1/profiles", 200), ("/readyz", 503), ("/metrics", 200)):
+            async with s.get(base + path, headers=HEADERS) as r:
+                assert r.status == status, path
+        for i in range(2):
+            async with s.post(
+                f"{base}/generatetoken",
+                data="grant_type=jwt_token",
+                headers={
+                    "Authorization": f"Bearer caller-{i}",
+                    "Content-Type": "application/x-www-form-urlencoded",
+                },
+            ) as r:
+                assert r.status == 502
+    assert "Traceback" not in logs.getvalue()
+
+
+RETRY_AFTERS = {
+    "huge": "9" * 400,
+    "big": "999999999",
+    "date": "Fri, 31 Dec 9999 23:59:59 GMT",
+}
+
+
+async def test_absurd_retry_after_is_clamped(hostile, secret, run_server):
+    """Azure AD answers 503 with a 400-digit Retry-After, 999999999, or a date in 9999: /v1 and
+    /msi answer 503 (not 500) and tell the caller the delay the broker actually uses (at most
+    600 s), which is when its own next attempt is due."""
+
+    async def aad(request: web.Request) -> web.Response:
+        form = await request.post()
+        return raw_json(
+            '{"error": "temporarily_unavailable"}',
+            status=503,
+            headers={"Retry-After": RETRY_AFTERS[str(form["client_id"])]},
+        )
+
+    hostile.aad = aad
+    profiles = "".join(
+        f'[profiles.{name}]\nclient_id = "{name}"\nwarm = false\n' for name in RETRY_AFTERS
+    )
+    text = config_text(hostile, profiles=profiles) + (
+        '[msi]\nprofile = "huge"\nidentity_header_env = "MSI_HEADER"\n'
+    )
+    settings = parse_settings(text, env={"TEST_CLIENT_SECRET": secret, "MSI_HEADER": "h" * 32})
+    (address,), logs = await run_server(settings)
+    async with aiohttp.ClientSession() as s:
+        for name in RETRY_AFTERS:
+            told = []
+            for _ in range(2):  # the failure, then the remembered failure
+                url = f"http://{address}/v1/token/{name}?kind=aad"
+                async with s.get(url, headers=HEADERS) as r:
+                    assert r.status == 503, name
+                    told.append(int(r.headers["Retry-After"]))
+            assert 0 < told[1] <= told[0] <= 600, (name, told)
+        async with s.get(
+            f"http://{address}/msi/token",
+            params={
+                "api-version": "2019-08-01",
+                "resource": "https://api.partnercenter.microsoft.com",
+            },
+            headers={"X-IDENTITY-HEADER": "h" * 32},
+        ) as r:
+            assert r.status == 503
+            assert 0 < int(r.headers["Retry-After"]) <= 600
+    assert hostile.calls["aad"] == 3
+    assert "Traceback" not in logs.getvalue()
+
+
+async def test_min_remaining_longer_than_the_token_life_backs_off(
+    fake_sandbox, secret, start_broker, clock
+):
+    """min_remaining = 3600 with 3599 s tokens: each new token can never be served. Callers
+    get a clean 503 and Azure AD is called on the backoff schedule, not every second; and
+    check-config warns about such a min_remaining."""
+    fake_sandbox.state.lifetimes.update(aad=3599, partner=3599)
+    settings = make_settings(fake_sandbox, secret, defaults="min_remaining = 3600")
+    assert any("defaults.min_remaining: 3600 s" in w for w in settings.warnings)
+    b = await start_broker(settings, clock=clock)
+    await settle(b)
+    response = await b.get("/v1/token")
+    assert response.status == 503
+    assert "never be served" in (await response.json())["error"]["message"]
+    for _ in range(120):  # two minutes, a second at a time
+        clock.advance(1)
+        await settle(b)
+    assert fake_sandbox.state.counts["aad"] <= 12, fake_sandbox.state.counts

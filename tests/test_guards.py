@@ -8,7 +8,8 @@ import pytest
 
 from broker.config.settings import ServerSettings
 from broker.core.guards import OriginGuard, Rejection, strip_port, target_host
-from tests.support import raw, settings, status_and_json
+from tests.conftest import make_settings
+from tests.support import raw, status_and_json
 
 OK = {"Host": "localhost:8721", "Metadata": "true"}
 HOST_REJECTION = Rejection(
@@ -116,7 +117,7 @@ def test_the_host_memory_is_bounded_and_answers_stay_right() -> None:
     ],
 )
 async def test_raw_requests_by_host(sandbox, secret, run_server, host_line, status):
-    (address,), _ = await run_server(settings(sandbox, secret))
+    (address,), _ = await run_server(make_settings(sandbox, secret))
     head = b"GET /v1/token HTTP/1.0\r\n" + host_line + b"Metadata: true\r\n\r\n"
     got, body = status_and_json(await raw(address, head))
     assert got == status
@@ -124,6 +125,22 @@ async def test_raw_requests_by_host(sandbox, secret, run_server, host_line, stat
         assert body["access_token"]
     else:
         assert body["error"]["code"] == "host_not_allowed"
+
+
+async def test_host_edge_cases(sandbox, secret, run_server):
+    """`[::1].evil.example` is not `[::1]`; the authority of an absolute-form request target
+    wins over Host (RFC 9112), both ways."""
+    (address,), _ = await run_server(make_settings(sandbox, secret))
+    cases = [
+        (b"GET /v1/token HTTP/1.1\r\nHost: [::1].evil.example", 403),
+        (b"GET /v1/token HTTP/1.1\r\nHost: [::1]:8721", 200),
+        (b"GET http://evil.example/v1/token HTTP/1.1\r\nHost: localhost", 403),
+        (b"GET http://localhost:8721/v1/token HTTP/1.1\r\nHost: evil.example", 200),
+        (b"GET http://evil.example/metrics HTTP/1.1\r\nHost: localhost", 403),
+    ]
+    for head, expected in cases:
+        answer = await raw(address, head + b"\r\nMetadata: true\r\nConnection: close\r\n\r\n")
+        assert status_and_json(answer)[0] == expected, head
 
 
 @pytest.mark.parametrize(

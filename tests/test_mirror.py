@@ -1,14 +1,19 @@
-"""The drop-in /generatetoken mirror against the sandbox: the upstream contract, cached."""
+"""The drop-in /generatetoken mirror against the sandbox: the upstream contract, cached, and
+only while the caller's bearer is valid; the bodies it refuses (a DTD in any encoding, deep
+nesting) and Microsoft's generated SDK as a caller."""
 
 from __future__ import annotations
 
 import asyncio
 import xml.etree.ElementTree as ET
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from broker.sandbox.state import PARTNER_AUDIENCE
 from tests.conftest import FakeClock, make_settings
+from tests.hostile import raw_json
 
 JSON_BODY = ("application/json", b'{"grant_type": "jwt_token"}')
 BODIES = [
@@ -243,3 +248,100 @@ async def test_bearers_and_tokens_never_logged_and_counted_in_metrics(
     assert '"mirror_exchange"' in logs and "log-me" in logs
     for text in (logs, metrics):
         assert token not in text and answer["access_token"] not in text
+
+
+async def test_deeply_nested_json_is_a_400_not_a_500(hostile, secret, run_server):
+    """1,100 `[` in a 2 KB mirror body: 400 in Partner Center's shape; the same nesting in an
+    upstream answer: 502 upstream_bad_token. No traceback in the log."""
+
+    async def partner(request: web.Request) -> web.Response:
+        return raw_json("[" * 1100 + "]" * 1100)
+
+    hostile.partner = partner
+    (address,), logs = await run_server(make_settings(hostile, secret))
+    async with aiohttp.ClientSession() as s:
+        for body, status in (("[" * 1100 + "]" * 1100, 400), ('{"grant_type": "jwt_token"}', 502)):
+            async with s.post(
+                f"http://{address}/generatetoken",
+                data=body,
+                headers={"Authorization": "Bearer caller", "Content-Type": "application/json"},
+            ) as r:
+                answer = await r.json()
+                assert r.status == status
+                assert answer["code"] == status and answer["source"] == "PartnerFD"
+    assert "Traceback" not in logs.getvalue()
+    assert "handler_crashed" not in logs.getvalue()
+
+
+async def test_a_dtd_hidden_in_utf16_is_refused(sandbox, secret, run_server):
+    """A UTF-16LE XML body without BOM hides `<!DOCTYPE` from a byte search; its internal
+    entity would expand to the grant. The mirror refuses it with 400, without an upstream call."""
+    (address,), _ = await run_server(make_settings(sandbox, secret, profiles=""))
+    bearer = sandbox.state.mint({"aud": PARTNER_AUDIENCE, "tid": "t", "appid": "a"}, 3600)
+    document = (
+        '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE r [<!ENTITY g "jwt_token">]>'
+        "<r><grant_type>&g;</grant_type></r>"
+    )
+    for body in (document.encode("utf-16-le"), document.replace("UTF-16", "UTF-8").encode()):
+        async with aiohttp.ClientSession() as s:
+            async with s.post(
+                f"http://{address}/v3/generatetoken",
+                data=body,
+                headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/xml"},
+            ) as r:
+                assert r.status == 400
+                assert "DOCTYPE" in (await r.json())["description"]
+    assert sandbox.state.counts["partner"] == 0
+
+
+async def test_an_expired_bearer_is_not_served_from_the_mirror_cache(
+    fake_sandbox, secret, start_broker, clock
+):
+    """A bearer whose exp passed more than 5 minutes ago gets Partner Center's 401, not the
+    token cached for it while it was valid (which still has most of its life)."""
+    fake_sandbox.state.lifetimes["partner"] = 3600
+    bearer = fake_sandbox.state.mint({"aud": PARTNER_AUDIENCE, "tid": "t", "appid": "a"}, 600)
+    b = await start_broker(make_settings(fake_sandbox, secret, profiles=""), clock=clock)
+
+    async def mirror():
+        return await b.client.post(
+            "/v3/generatetoken",
+            data='{"grant_type": "jwt_token"}',
+            headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
+        )
+
+    assert (await mirror()).status == 200
+    clock.advance(600 + 290)  # expired, but within Azure AD's 5 minutes of skew
+    assert (await mirror()).status == 200
+    assert fake_sandbox.state.counts["partner"] == 1
+    clock.advance(20)
+    r = await mirror()
+    assert r.status == 401
+    assert fake_sandbox.state.counts["partner"] == 2
+
+
+async def test_partnercenterservices_sdk_gets_a_token_from_the_mirror(sandbox, secret, run_server):
+    """Microsoft's generated Python SDK sends the grant as a bare JSON string, "jwt_token",
+    with Content-Type application/json. Pointed at the mirror (and at the sandbox itself) its
+    postgeneratetoken gets a token: the same one on the second call, from the cache."""
+    from microsoft.store.partnercenterservices import MicrosoftPartnerStoreApis
+    from msrest.authentication import BasicTokenAuthentication
+
+    (address,), _ = await run_server(make_settings(sandbox, secret, profiles=""))
+    bearer = sandbox.state.mint({"aud": PARTNER_AUDIENCE, "tid": "t", "appid": "a"}, 3600)
+
+    def generate(base_url: str) -> tuple[int, dict]:
+        client = MicrosoftPartnerStoreApis(
+            BasicTokenAuthentication({"access_token": bearer}), base_url=base_url
+        )
+        client.config.retry_policy.retries = 0
+        response = client.postgeneratetoken("jwt_token", raw=True).response
+        return response.status_code, response.json()
+
+    answers = [await asyncio.to_thread(generate, f"http://{address}") for _ in range(2)]
+    assert [status for status, _ in answers] == [200, 200]
+    assert answers[0][1]["access_token"] == answers[1][1]["access_token"]
+    assert int(answers[0][1]["expires_in"]) > 3000
+    status, direct = await asyncio.to_thread(generate, sandbox.url)
+    assert status == 200 and direct["access_token"]
+    assert sandbox.state.counts["partner"] == 2  # one through the mirror, one direct

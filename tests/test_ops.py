@@ -1,10 +1,12 @@
-"""Operations: systemd notify and watchdog, socket activation, SIGHUP reload, SIGTERM during a
-slow refresh, and the unit files' verification and hardening score. The daemon runs as a real
-process; the sandbox runs in the test."""
+"""Operations: systemd notify and watchdog, socket activation, SIGHUP reload (and the configs
+it refuses), SIGTERM during a slow refresh, and the unit files' verification and hardening
+score. The daemon runs as a real process; the sandbox runs in the test."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import shutil
 import signal
@@ -17,10 +19,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import HEADERS
-from tests.support import Daemon, unix_config  # noqa: F401
+from tests.conftest import HEADERS, config_text
+from tests.support import ROOT, Daemon, unix_config  # noqa: F401
 
-ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "pc-token-broker.service"
 SOCKET_UNIT = ROOT / "systemd" / "pc-token-broker.socket"
 
@@ -184,3 +185,48 @@ def test_service_hardening_score_is_at_most_1_3():
         "MemoryDenyWriteExecute=yes",
     ):
         assert setting in UNIT.read_text(), setting
+
+
+async def test_a_huge_or_fifo_config_is_refused_on_reload(sandbox, secret, tmp_path):
+    """SIGHUP with a config over 1 MiB (a 47 MB one stalled the loop for seconds), or with a
+    FIFO in its place: the reload is refused in one log line, the running config kept."""
+    sock = tmp_path / "b.sock"
+    config = tmp_path / "broker.toml"
+    text = config_text(sandbox).replace('listen = ["127.0.0.1:0"]', f'listen = ["unix:{sock}"]')
+    config.write_text(text)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "broker",
+        "serve",
+        "--config",
+        str(config),
+        env={**os.environ, "TEST_CLIENT_SECRET": secret},
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+    async def wait_for(event: str) -> dict:
+        assert proc.stderr is not None
+        while line := await asyncio.wait_for(proc.stderr.readline(), 20):
+            if f'"event": "{event}"' in line.decode():
+                return json.loads(line)
+        raise AssertionError(f"the daemon exited before {event}")
+
+    try:
+        await wait_for("listening")
+        config.write_text(text + "#" * (2 << 20) + "\n")
+        proc.send_signal(signal.SIGHUP)
+        refused = await wait_for("reload_refused")
+        assert "larger than 1048576 bytes" in refused["problems"]
+        config.unlink()
+        os.mkfifo(config)
+        proc.send_signal(signal.SIGHUP)
+        refused = await wait_for("reload_refused")
+        assert "not a regular file" in refused["problems"]
+        connector = aiohttp.UnixConnector(path=str(sock))
+        async with aiohttp.ClientSession(connector=connector) as s:
+            async with s.get("http://localhost/v1/token", headers=HEADERS) as r:
+                assert r.status == 200
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -1,4 +1,4 @@
-"""The READMEs' shell blocks, run as written (issue 13, finding 10).
+"""The READMEs' shell blocks, run as written.
 
 Every ```sh block of README.md and systemd/README.md is either marked `<!-- doc-test: NAME -->`
 (run here, in order, by `test_readme_blocks_run_as_written`) or preceded by a paragraph that
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT, free_port
+
 DOCS = ("README.md", "systemd/README.md")
 RUN_ORDER = ("install", "serve", "tokens", "mirror", "msi")  # the marked blocks, in run order
 README_TENANT = "contoso.onmicrosoft.com"
@@ -82,12 +83,6 @@ def test_config_example_passes_its_own_validation_command(capsys, monkeypatch) -
     assert "config.example.toml: OK" in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # What the run changes, and why (the README lists the same): paths under a temporary root, a
 # free port, the test environment's packages instead of a download, the sandbox as upstream.
 _PRELUDE = """\
@@ -139,7 +134,7 @@ async def test_readme_blocks_run_as_written(sandbox, secret, tmp_path: Path) -> 
 
     blocks = {b.name: b for b in shell_blocks("README.md") if b.name}
     sandbox.state.register(README_TENANT, README_CLIENT, client_secret=secret)
-    root, port = tmp_path / "root", _free_port()
+    root, port = tmp_path / "root", free_port()
     (root / "usr/local/bin").mkdir(parents=True)
     env = {
         k: v

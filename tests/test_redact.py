@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from broker.observe.redact import LOG_LIMIT, REDACTED, SENSITIVE_KEYS, Redactor
-
-JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+from tests.support import JWT
 
 
 def opaque(i: int) -> str:

@@ -15,22 +15,7 @@ import aiohttp
 from broker.cli.main import main
 from broker.config.load import parse_settings
 from tests.conftest import CLIENT_ID, HEADERS, config_text
-from tests.support import Daemon, unix_config
-
-
-async def next_event(d: Daemon, event: str, timeout: float = 20) -> dict:
-    """The next `event` logged from now on (Daemon.wait_for returns the first ever)."""
-    assert d.proc.stderr is not None
-    while True:
-        line = await asyncio.wait_for(d.proc.stderr.readline(), timeout)
-        assert line, f"the daemon exited before logging {event!r}: {d.events[-3:]}"
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        d.events.append(record)
-        if record.get("event") == event:
-            return record
+from tests.support import Daemon, request_json, unix_config
 
 
 async def fetch(sock: Path, path: str) -> tuple[int, str]:
@@ -41,7 +26,7 @@ async def fetch(sock: Path, path: str) -> tuple[int, str]:
 
 async def reload(d: Daemon) -> dict:
     d.proc.send_signal(signal.SIGHUP)
-    return await next_event(d, "reloaded")
+    return await d.next_event("reloaded")
 
 
 async def test_a_pending_restart_is_reported_until_the_process_restarts(sandbox, daemon, tmp_path):
@@ -85,28 +70,21 @@ async def test_a_pending_restart_is_reported_until_the_process_restarts(sandbox,
 # -- numbers: whole seconds everywhere ---------------------------------------------------------
 
 
-async def _get(address: str, path: str, method: str = "GET", **kwargs) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as s:
-        headers = {**HEADERS, **kwargs.pop("headers", {})}
-        async with s.request(method, f"http://{address}{path}", headers=headers, **kwargs) as r:
-            return r.status, await r.json(content_type=None)
-
-
 async def test_one_number_convention_whole_seconds_and_iso_expiry(sandbox, secret, run_server):
     """refresh, /v1/profiles and /v1/token all answer whole seconds (JSON integers, never
     3600.0); /v1/profiles and the refresh log line carry the expiry as ISO time too."""
     (address,), logs = await run_server(
         parse_settings(config_text(sandbox), env={"TEST_CLIENT_SECRET": secret})
     )
-    status, token = await _get(address, "/v1/token")
+    status, token = await request_json(address, "/v1/token")
     assert status == 200 and type(token["expires_in"]) is int
-    status, refreshed = await _get(address, "/v1/token/default/refresh", "POST")
+    status, refreshed = await request_json(address, "/v1/token/default/refresh", "POST")
     assert status == 200, refreshed
     assert type(refreshed["expires_in"]) is int and type(refreshed["expires_on"]) is int
     assert refreshed["expires_at"] == time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(refreshed["expires_on"])
     )
-    _, profiles = await _get(address, "/v1/profiles")
+    _, profiles = await request_json(address, "/v1/profiles")
     for kind in ("partner", "aad"):
         row = profiles["profiles"]["default"][kind]
         assert type(row["expires_in"]) is int and type(row["next_attempt_in"]) is int, row
@@ -137,19 +115,19 @@ async def test_a_client_id_naming_several_profiles_is_a_400_naming_the_choice(
     witness.secrets.add(header)
     query = {"api-version": "2019-08-01", "resource": "https://api.partnercenter.microsoft.com"}
     msi = {"X-IDENTITY-HEADER": header}
-    status, body = await _get(
+    status, body = await request_json(
         address, "/msi/token", headers=msi, params={**query, "client_id": CLIENT_ID}
     )
     assert status == 400 and body["statusCode"] == 400
     assert "default, second" in body["message"] and "object_id or mi_res_id" in body["message"]
-    status, body = await _get(
+    status, body = await request_json(
         address,
         "/msi/token",
         headers=msi,
         params={**query, "object_id": "aaaaaaaa-0000-4000-8000-00000000000a"},
     )
     assert status == 200 and body["client_id"] == CLIENT_ID
-    status, _ = await _get(address, "/msi/token", headers=msi, params=query)
+    status, _ = await request_json(address, "/msi/token", headers=msi, params=query)
     assert status == 200  # no selector: [msi] profile, as before
 
 
@@ -209,22 +187,22 @@ async def test_mirror_deliveries_refusals_and_audit_are_logged(sandbox, daemon, 
     witness.secrets.add(good)
     ok_id, bad_id = "11111111-aaaa-4bbb-8ccc-000000000001", "11111111-aaaa-4bbb-8ccc-000000000002"
     assert await post_mirror(sock, good, ok_id) == 200
-    exchange = await next_event(d, "mirror_exchange")
+    exchange = await d.next_event("mirror_exchange")
     assert (exchange["status"], exchange["outcome"], exchange["level"]) == (200, "ok", "info")
     assert exchange["correlation_id"] == ok_id
-    served = await next_event(d, "token_served")
+    served = await d.next_event("token_served")
     assert served["route"] == "mirror" and served["cache"] == "miss"
     assert served["correlation_id"] == ok_id and served["kind"] == "partner"
 
     assert await post_mirror(sock, "not-a-token-" + "x" * 20, bad_id) == 401
-    exchange = await next_event(d, "mirror_exchange")
+    exchange = await d.next_event("mirror_exchange")
     assert (exchange["status"], exchange["outcome"]) == (401, "refused")
     assert exchange["level"] == "warning" and exchange["correlation_id"] == bad_id
-    refused = await next_event(d, "request_refused")
+    refused = await d.next_event("request_refused")
     assert (refused["route"], refused["status"]) == ("mirror", 401)
 
     assert (await fetch(sock, "/v1/token/nope"))[0] == 404
-    refused = await next_event(d, "request_refused")
+    refused = await d.next_event("request_refused")
     assert (refused["route"], refused["status"], refused["reason"]) == (
         "token",
         404,
@@ -234,7 +212,7 @@ async def test_mirror_deliveries_refusals_and_audit_are_logged(sandbox, daemon, 
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s:
         async with s.get("http://localhost/v1/token") as r:  # no Metadata header
             assert r.status == 400
-    refused = await next_event(d, "request_refused")
+    refused = await d.next_event("request_refused")
     assert refused["status"] == 400 and refused["reason"]
     assert await d.stop() == 0
     assert sum(e.get("event") == "token_served" for e in d.events) == 1
@@ -244,7 +222,7 @@ async def test_refusals_are_not_logged_at_info(sandbox, secret, run_server):
     (address,), logs = await run_server(
         parse_settings(config_text(sandbox), env={"TEST_CLIENT_SECRET": secret})
     )
-    assert (await _get(address, "/v1/token/nope"))[0] == 404
+    assert (await request_json(address, "/v1/token/nope"))[0] == 404
     assert "request_refused" not in logs.getvalue()
 
 

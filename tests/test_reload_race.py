@@ -15,7 +15,7 @@ import os
 import pytest
 
 from broker.config.load import parse_settings
-from tests.conftest import HEADERS, config_text
+from tests.conftest import HEADERS, config_text, make_settings
 
 CUSTOMER = "7a1c0e4e-3c8b-4b4e-9c55-0d8d5c3f2a10"
 GRAPH = "https://graph.microsoft.com/.default"
@@ -126,3 +126,19 @@ async def test_a_caller_whose_profile_a_reload_rebuilt_gets_the_new_configuratio
     new = b.broker.tenants["p"].lookup(CUSTOMER, GRAPH) if "tenant" in route else None
     entry = new if new is not None else b.broker.entry("p", "aad")
     assert served == entry.token.value
+
+
+async def test_waiters_of_a_profile_a_reload_restricts_get_no_token(sandbox, secret, start_broker):
+    """Callers already waiting on a cold profile when a reload restricts it to another uid get
+    403 when the token arrives, not the token."""
+    sandbox.state.latency["aad"] = 0.3
+    cold = "[profiles.default]\nwarm = false\n"
+    b = await start_broker(make_settings(sandbox, secret, profiles=cold))
+    waiting = [asyncio.ensure_future(b.get("/v1/token")) for _ in range(3)]
+    entry = b.broker.entry("default", "partner")
+    while entry.waiters < 3:
+        await asyncio.sleep(0)  # until the three callers wait on the flight
+    restricted = cold + f"allowed_uids = [{os.getuid() + 4242}]\n"
+    b.broker.apply(make_settings(sandbox, secret, profiles=restricted))
+    statuses = [(await r).status for r in waiting]
+    assert statuses == [403, 403, 403]

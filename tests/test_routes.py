@@ -1,6 +1,6 @@
 """The routes on aiohttp's router: every path and method answered as the dispatch table used to
-(the daemon and the test fixture run the same server), 404/405 in the JSON error shape, and
-`Expect: 100-continue` works."""
+(the daemon and the test fixture run the same server), 404/405 in the JSON error shape,
+`Expect: 100-continue` works, and a caller gone mid-body is a disconnect, not a crash."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import asyncio
 import aiohttp
 
 from tests.conftest import HEADERS, make_settings
-from tests.support import raw, status_and_json
+from tests.support import mirror_head, raw, status_and_json
 
 # (method, path, status, error code or None for success)
 TABLE = [
@@ -143,3 +143,23 @@ async def test_hostile_paths_get_a_json_4xx(sandbox, secret, run_server):
         # the broker's shape, or the managed-identity protocol's on /msi
         assert body.get("error", {}).get("code") or body.get("statusCode") == status, target[:40]
     assert "handler_crashed" not in logs.getvalue()
+
+
+async def test_a_client_gone_mid_body_is_not_a_crash(sandbox, secret, run_server):
+    """A mirror caller that sends part of its body and disconnects is logged as a disconnect
+    at info level: no handler_crashed, no traceback."""
+    (address,), logs = await run_server(make_settings(sandbox, secret))
+    host, port = address.rsplit(":", 1)
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(mirror_head(100) + b'{"grant_type"')
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    deadline = asyncio.get_running_loop().time() + 10
+    while '"client_disconnected"' not in logs.getvalue() and '"handler_crashed"' not in (
+        logs.getvalue()
+    ):
+        assert asyncio.get_running_loop().time() < deadline, logs.getvalue()[-2000:]
+        await asyncio.sleep(0.01)  # polling the broker's log for the event, with a deadline
+    assert '"handler_crashed"' not in logs.getvalue()
+    assert "Traceback" not in logs.getvalue()

@@ -1,7 +1,6 @@
-"""The pure scheduling math: when to refresh, how long to back off.
-
-The schedule's exact figures, pinned where the property tests in test_schedule.py only bound
-them: the jitter's size, the refusal cool-down ladder, the failure memory, the 80 % fallback.
+"""The pure scheduling math: when to refresh, how long to back off. Properties first, then the
+exact figures where a property only bounds them: the jitter's size, the refusal cool-down
+ladder, the failure memory, the 80 % fallback.
 """
 
 from __future__ import annotations
@@ -87,7 +86,7 @@ def test_refusals_cool_down_longer() -> None:
     assert schedule.retry_delay(5, retryable=False, retry_after=None, rand=lambda: 0.0) == 60
 
 
-# -- guarantees, each pinned against the mutants that would break it --------
+# -- the exact figures: jitter, the cool-down ladder, failure memory, the 80 % fallback --------
 
 
 def at(t: Token, r: float, *, ahead=0.25, margin=60.0, min_remaining=30.0) -> float:

@@ -3,15 +3,18 @@ real values the test used."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+
+import aiohttp
+from aiohttp import web
 
 from broker.config.load import parse_settings
 from broker.observe.logs import make_logger
 from broker.observe.redact import REDACTED, Redactor
-from tests.conftest import config_text
-
-JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+from tests.conftest import HEADERS, config_text, make_settings
+from tests.support import JWT
 
 
 def test_redactor_catches_shapes_keys_and_known_values() -> None:
@@ -90,3 +93,52 @@ async def test_no_secret_or_token_anywhere_after_success_and_failures(
     assert "eyJ" not in everything
     for line in logs.splitlines():
         json.loads(line)  # every log line is one JSON object
+
+
+async def test_the_client_secret_stays_redacted_after_600_opaque_tokens(
+    hostile, secret, run_server
+):
+    """600 opaque mirror tokens go through the redactor; then Azure AD answers with an error
+    that echoes the client secret: the /v1 error body, /v1/profiles and the log redact it."""
+    issued = 0
+
+    async def partner(request: web.Request) -> web.Response:
+        nonlocal issued
+        issued += 1
+        return web.json_response({"access_token": f"opaque-{issued:05d}-tok", "expires_in": 3600})
+
+    async def aad(request: web.Request) -> web.Response:
+        description = f"AADSTS7000215: Invalid client secret provided: {secret} is not valid"
+        return web.json_response(
+            {"error": "invalid_client", "error_description": description}, status=401
+        )
+
+    hostile.partner, hostile.aad = partner, aad
+    settings = make_settings(hostile, secret, profiles="[profiles.default]\nwarm = false\n")
+    (address,), logs = await run_server(settings)
+    gate = asyncio.Semaphore(16)
+
+    async def mirror(s: aiohttp.ClientSession, i: int) -> None:
+        async with gate:
+            async with s.post(
+                f"http://{address}/generatetoken",
+                data="grant_type=jwt_token",
+                headers={
+                    "Authorization": f"Bearer caller-bearer-{i}",
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "Accept": "application/json",
+                },
+            ) as r:
+                assert r.status == 200
+
+    async with aiohttp.ClientSession() as s:
+        await asyncio.gather(*(mirror(s, i) for i in range(600)))
+        assert issued == 600
+        async with s.get(f"http://{address}/v1/token", headers=HEADERS) as r:
+            error = await r.text()
+            assert r.status == 502
+        async with s.get(f"http://{address}/v1/profiles", headers=HEADERS) as r:
+            profiles = await r.text()
+    assert "[redacted]" in error and "[redacted]" in profiles
+    for text in (error, profiles, logs.getvalue()):
+        assert secret not in text

@@ -1,5 +1,6 @@
-"""The issue's done-when, with real processes: four `pc-token-broker serve` processes, one
-real Redis, the sandbox upstream in this process counting every call."""
+"""The shared cache across real processes: four `pc-token-broker serve` processes, one real
+Redis, the sandbox upstream in this process counting every call (tests/test_shared.py runs the
+brokers of a fleet in one process)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +16,12 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import HEADERS, config_text
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import free_port, until
 
 
 class BrokerProcess:
     def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         text = config.read_text().replace(
             'listen = ["127.0.0.1:0"]', f'listen = ["127.0.0.1:{self.port}"]'
         )
@@ -73,14 +68,6 @@ class BrokerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
-
-
-async def _until(condition, timeout: float, what: str) -> None:
-    """Poll a condition about other processes (Redis coming back) with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_four_broker_processes_share_one_redis(
@@ -160,7 +147,7 @@ async def _redis_killed_under_load(session, live, redis, sandbox, one) -> None:
         async def connected() -> bool:
             return [await shared_state(b) for b in live[:2]] == ["connected", "connected"]
 
-        await _until(connected, 10, "the brokers use Redis again")
+        await until(connected, "the brokers use Redis again", 10, every=0.05)
         assert await refresh(live[0]) == 200  # written to the new Redis
         before = dict(sandbox.state.counts)
         assert await refresh(live[1]) == 200  # and read from it by another broker

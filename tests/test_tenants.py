@@ -1,13 +1,12 @@
 """Customer tenants (GDAP, Secure Application Model): tokens per (tenant, scope) from one
 refresh token, against the sandbox's customer tenants.
 
-Guarantees of the customer-tenant cache (broker/core/tenants/), each pinned by what a caller,
-an operator reading the tenant listing, the logs or /metrics sees: which refusals are remembered
-how long and how far, what the listing says about a tenant, what is logged, what is evicted.
-
-Time is a fake clock with a fixed wall-clock fraction (so cool-downs from an HTTP-date
-Retry-After come out as 119.75 s and their rounding shows); upstreams are the sandbox, or the
-hostile fake for answers the sandbox never gives.
+The customer-tenant cache (broker/core/tenants/), one behaviour at a time, each pinned by what
+a caller, an operator reading the tenant listing, the logs or /metrics sees: which refusals are
+remembered how long and how far, what the listing says about a tenant, what is logged, what is
+evicted. There, time is a fake clock with a fixed wall-clock fraction (so cool-downs from an
+HTTP-date Retry-After come out as 119.75 s and their rounding shows); upstreams are the
+sandbox, or the hostile fake for answers the sandbox never gives.
 """
 
 from __future__ import annotations
@@ -61,19 +60,22 @@ customer_scopes = [{scopes}]
 """
 
 
-@pytest.fixture
-def gdap(sandbox, secret, tmp_path):
-    """A refresh token for the sandbox app, in a file; returns a settings maker."""
+def gdap_settings(sandbox, secret: str, tmp_path: Path):
+    """A refresh token for the sandbox app, in a file; returns a settings maker: the gdap
+    profile (gdap_profile's keyword arguments), then `profile_extra`. It knows the file
+    (`rt_file`) and the app (`app`)."""
     app = sandbox.state.apps[CLIENT_ID]
     rt_file = tmp_path / "refresh-token"
     rt_file.write_text(sandbox.state.issue_refresh_token(app) + "\n")
     rt_file.chmod(0o600)
 
-    def settings(**kwargs):
+    def settings(profile_extra: str = "", **kwargs):
         return make_settings(
             sandbox,
             secret,
-            profiles="[profiles.default]\nwarm = false\n" + gdap_profile(rt_file, **kwargs),
+            profiles="[profiles.default]\nwarm = false\n"
+            + gdap_profile(rt_file, **kwargs)
+            + profile_extra,
         )
 
     settings.rt_file = rt_file  # type: ignore[attr-defined]
@@ -81,12 +83,18 @@ def gdap(sandbox, secret, tmp_path):
     return settings
 
 
+@pytest.fixture
+def gdap(sandbox, secret, tmp_path):
+    """gdap_settings against the sandbox on the real clock."""
+    return gdap_settings(sandbox, secret, tmp_path)
+
+
 async def token(b, tenant: str, scope: str | None = None, **params):
     query = {"tenant": tenant, **({"scope": scope} if scope else {}), **params}
     return await b.get("/v1/token/gdap", params=query)
 
 
-# -- the done-when tests ---------------------------------------------------------------------
+# -- a crowd over many tenants; consent refusals remembered ------------------------------------
 
 
 async def test_thousand_callers_hundred_tenants_three_scopes(sandbox, gdap, start_broker):
@@ -727,7 +735,7 @@ async def test_a_held_back_refresh_token_is_written_at_shutdown(
     assert newest != held and gdap_fake.app.refresh_tokens == {newest}
 
 
-# -- guarantees, each pinned against the mutants that would break it --------
+# -- the cache, one behaviour at a time: a fake clock, the sandbox or the hostile fake ---------
 
 
 WALL = 1_800_000_000.25  # the fake wall clock's start: a quarter second past a whole second
@@ -740,29 +748,8 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def gdap_fake(fake_sandbox, secret, tmp_path):
-    app = fake_sandbox.state.apps[CLIENT_ID]
-    rt_file = tmp_path / "refresh-token"
-    rt_file.write_text(fake_sandbox.state.issue_refresh_token(app) + "\n")
-    rt_file.chmod(0o600)
-
-    def settings(profile_extra: str = "", **kwargs):
-        return make_settings(
-            fake_sandbox,
-            secret,
-            profiles="[profiles.default]\nwarm = false\n"
-            + gdap_profile(rt_file, **kwargs)
-            + profile_extra,
-        )
-
-    settings.rt_file = rt_file  # type: ignore[attr-defined]
-    settings.app = app  # type: ignore[attr-defined]
-    return settings
-
-
-@pytest.fixture
-async def hostile():
-    async with Hostile() as h:
-        yield h
+    """gdap_settings against the sandbox on the fake clock."""
+    return gdap_settings(fake_sandbox, secret, tmp_path)
 
 
 def hostile_settings(h: Hostile, secret: str, tmp_path, extra: str = ""):

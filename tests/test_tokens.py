@@ -1,7 +1,6 @@
-"""Reading a token's expiry from an upstream answer: JWT exp, expires_in, expires_on.
-
-Token answers read to the letter: the default token type, each expiry source on its own,
-the boundaries of the lifetime checks and the values a Token reports.
+"""Reading a token's expiry from an upstream answer: JWT exp, expires_in, expires_on; and to the
+letter, the default token type, each expiry source on its own, the boundaries of the lifetime
+checks and the values a Token reports.
 """
 
 from __future__ import annotations
@@ -9,7 +8,7 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from broker.core.tokens import (
+from broker.core.tokens.token import (
     MAX_LIFETIME,
     Token,
     TokenRejected,
@@ -136,7 +135,7 @@ def test_servable_boundary_is_inclusive() -> None:
     assert token.expires_on == int(NOW + 100)
 
 
-# -- guarantees, each pinned against the mutants that would break it --------
+# -- to the letter: token type, each expiry source alone, lifetime bounds, a Token -------------
 
 
 def read(body: object, max_lifetime: float = MAX_LIFETIME) -> Token:

@@ -1,6 +1,7 @@
-"""Upstream error details (finding 7): the AADSTS code as its own field, Azure AD's trace and
-correlation ids, and a bounded description never cut mid-GUID; in the /v1 error JSON, the
-logs, /v1/profiles and the CLI's error line. Hostile error bodies never become a 500."""
+"""Upstream error details: the AADSTS code as its own field, Azure AD's trace and correlation
+ids, and a bounded description never cut mid-GUID; in the /v1 error JSON, the logs,
+/v1/profiles and the CLI's error line. Hostile error bodies never become a 500, nor freeze the
+daemon while it reads them."""
 
 from __future__ import annotations
 
@@ -16,15 +17,10 @@ from aiohttp import web
 
 from broker.config.load import parse_settings
 from broker.core.upstream.details import DESCRIPTION_MAX, bounded, parse_details
-from tests.conftest import HEADERS, config_text
+from tests.conftest import HEADERS, config_text, make_settings
+from tests.support import request_json
 
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-async def _get(address: str, path: str) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://{address}{path}", headers=HEADERS) as r:
-            return r.status, await r.json(content_type=None)
 
 
 async def test_an_azure_ad_refusal_keeps_what_support_asks_for(sandbox, run_server):
@@ -32,7 +28,7 @@ async def test_an_azure_ad_refusal_keeps_what_support_asks_for(sandbox, run_serv
     Correlation ID in the description and as fields)."""
     settings = parse_settings(config_text(sandbox), env={"TEST_CLIENT_SECRET": "not-the-secret"})
     (address,), logs = await run_server(settings)
-    status, body = await _get(address, "/v1/token")
+    status, body = await request_json(address, "/v1/token")
     assert status == 502, body
     error = body["error"]
     assert error["aadsts"] == 7000215 and error["upstream_status"] == 401
@@ -46,7 +42,7 @@ async def test_an_azure_ad_refusal_keeps_what_support_asks_for(sandbox, run_serv
     ]
     assert failed and failed[0]["aadsts"] == 7000215
     assert failed[0]["trace_id"] == error["trace_id"]
-    _, profiles = await _get(address, "/v1/profiles")
+    _, profiles = await request_json(address, "/v1/profiles")
     last = profiles["profiles"]["default"]["aad"]["last_error"]
     assert (last["aadsts"], last["trace_id"]) == (7000215, error["trace_id"])
     assert last["correlation_id"] == error["correlation_id"]
@@ -112,7 +108,7 @@ async def test_hostile_error_bodies_give_a_clean_bounded_error(
         f'authority = "{sandbox.url}"', f'authority = "http://127.0.0.1:{fake.port}"'
     )
     (address,), _ = await run_server(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
-    got, answer = await _get(address, "/v1/token")
+    got, answer = await request_json(address, "/v1/token")
     assert got in (502, 503), (name, answer)
     error = answer["error"]
     assert len(error["message"]) <= DESCRIPTION_MAX + 40, name
@@ -159,3 +155,32 @@ def test_the_description_is_redacted():
     d = parse_details(b'{"error_description": "secret-value-123 leaked"}', {}, lambda t: t.replace(
         "secret-value-123", "[redacted]"))  # fmt: skip
     assert d.description == "[redacted] leaked"
+
+
+async def test_a_huge_adversarial_error_does_not_freeze_the_daemon(hostile, secret, run_server):
+    """Azure AD answers 400 with a 160 KB `error` of `eyJeyJeyJ...` (quadratic for the old JWT
+    pattern: seconds of event loop): /healthz keeps answering while the broker handles it,
+    and the caller gets a short 502."""
+
+    async def aad(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": "eyJ" * 54000, "error_description": "eyJ" * 54000}, status=400
+        )
+
+    hostile.aad = aad
+    settings = make_settings(hostile, secret, profiles="[profiles.default]\nwarm = false\n")
+    (address,), _ = await run_server(settings)
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as s:
+        token = asyncio.ensure_future(s.get(f"http://{address}/v1/token", headers=HEADERS))
+        slowest = 0.0
+        while not token.done():
+            started = loop.time()
+            async with s.get(f"http://{address}/healthz") as r:
+                assert r.status == 200
+            slowest = max(slowest, loop.time() - started)
+        response = await token
+        body = await response.json()
+    assert response.status == 502 and len(body["error"]["message"]) <= 400
+    assert hostile.calls["aad"] == 1
+    assert slowest < 1.0, f"/healthz waited {slowest:.2f} s"

@@ -1,6 +1,7 @@
 """Caller identity and profile restrictions, through the real server: a unix-socket caller
-outside every allowed uid and group is refused, both rules of a profile must hold, and the
-audit line names the caller exactly."""
+outside every allowed uid and group is refused, its groups are the ones the kernel recorded
+when it connected, both rules of a profile must hold, and the audit line names the caller
+exactly."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from aiohttp import web
 from broker.config.load import parse_settings
 from broker.config.secret import Secret
 from broker.http.callers import Caller, caller_of, may_use, read_peer_credentials
-from tests.conftest import HEADERS, config_text
+from tests.conftest import HEADERS, config_text, make_settings
 from tests.hostile import Hostile
-from tests.support import raw, settings
+from tests.support import raw
 
 
 def foreign_gid() -> int:
@@ -61,7 +62,7 @@ allowed_gids = [{gid}]
 allowed_uids = [{uid + 4242}]
 allowed_gids = [{other}]
 """
-    await run_server(settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    await run_server(make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
     got = await statuses(path, ["ours", "foreign", "either_uid", "either_gid", "neither"])
     assert got == {
         "ours": 200,
@@ -86,7 +87,7 @@ access_key_file = "{tmp_path}/key"
 access_key_file = "{tmp_path}/key"
 """
     addresses, _ = await run_server(
-        settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}", "127.0.0.1:0"')
+        make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}", "127.0.0.1:0"')
     )
     conn = aiohttp.UnixConnector(path=str(path))
     async with aiohttp.ClientSession(connector=conn) as s:
@@ -109,7 +110,7 @@ async def test_unrestricted_profiles_serve_any_caller_and_are_listed(
 ):
     path = tmp_path / "b.sock"
     addresses, _ = await run_server(
-        settings(sandbox, secret, listen=f'"unix:{path}", "127.0.0.1:0"')
+        make_settings(sandbox, secret, listen=f'"unix:{path}", "127.0.0.1:0"')
     )
     assert (await statuses(path, ["default"])) == {"default": 200}
     async with aiohttp.ClientSession() as s:
@@ -121,7 +122,9 @@ async def test_unrestricted_profiles_serve_any_caller_and_are_listed(
 
 
 async def test_the_audit_line_names_tcp_callers_by_address_and_port(sandbox, secret, run_server):
-    addresses, logs = await run_server(settings(sandbox, secret, listen='"127.0.0.1:0", "[::1]:0"'))
+    addresses, logs = await run_server(
+        make_settings(sandbox, secret, listen='"127.0.0.1:0", "[::1]:0"')
+    )
     async with aiohttp.ClientSession() as s:
         for address in addresses:
             async with s.get(f"http://{address}/v1/token", headers=HEADERS) as r:
@@ -162,7 +165,7 @@ async def test_a_caller_that_hung_up_mid_fetch_is_still_named_in_the_audit_line(
         path = tmp_path / "b.sock"
         profiles = "[profiles.default]\nwarm = false\n"
         _, logs = await run_server(
-            settings(upstream, secret, profiles=profiles, listen=f'"unix:{path}"')
+            make_settings(upstream, secret, profiles=profiles, listen=f'"unix:{path}"')
         )
         _, writer = await asyncio.open_unix_connection(str(path))
         writer.write(MIRROR_ASK)
@@ -236,7 +239,7 @@ async def test_a_caller_in_64_groups_is_known_by_every_one_of_them(
     does not."""
     path = tmp_path / "b.sock"
     profiles = group_profiles(5000, 5063, 5064)
-    await run_server(settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    await run_server(make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
     got = await ask_in_groups(path, 5000, 64, ["g5000", "g5063", "g5064"])
     assert got == ["200", "200", "403"]
 
@@ -254,7 +257,7 @@ async def test_a_caller_in_more_groups_than_the_first_read_holds_is_known_by_all
         f"[profiles.byuid]\nallowed_uids = [{uid}]\nwarm = false\n"
         + group_profiles(5000, 5099, 5100)
     )
-    await run_server(settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    await run_server(make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
     got = await ask_in_groups(path, 5000, 100, ["primary", "byuid", "g5000", "g5099", "g5100"])
     assert got == ["200", "200", "200", "200", "403"]
 
@@ -271,9 +274,64 @@ async def test_a_caller_in_more_than_256_groups_is_known_by_uid_and_primary_grou
         f"[profiles.primary]\nallowed_gids = [{gid}]\nwarm = false\n"
         f"[profiles.byuid]\nallowed_uids = [{uid}]\nwarm = false\n" + group_profiles(5000)
     )
-    await run_server(settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    await run_server(make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
     got = await ask_in_groups(path, 5000, 300, ["primary", "byuid", "g5000"])
     assert got == ["200", "200", "403"]
+
+
+# -- groups are the ones the kernel recorded at connect(), whoever holds the pid later ---------
+
+
+GROUP = 4242  # a group the test process is not in
+
+# A caller in a child process: it sets its supplementary groups, connects, then (per mode)
+# changes them and asks twice more on the same connection. Prints the three statuses.
+CALLER = r"""
+import os, socket, sys
+path, group, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+os.setgroups([group] if mode == "leaves" else [])
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+f = s.makefile("rb")
+def ask():
+    s.sendall(b"GET /v1/token/grp HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\n\r\n")
+    status = int(f.readline().split()[1])
+    length = 0
+    while (line := f.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    f.read(length)
+    return status
+first = ask()
+# After connect(): the process with this pid now is (or no longer is) in the group, as a
+# process that took over the pid of an exited one would be.
+os.setgroups([group] if mode == "joins" else [])
+print(first, ask(), ask())
+"""
+
+
+async def ask_as_child(path, mode: str) -> list[int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CALLER, str(path), str(GROUP), mode, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    return [int(x) for x in out.split()]
+
+
+async def test_groups_come_from_connect_time_not_from_the_pid(
+    sandbox, secret, run_server, tmp_path
+):
+    """allowed_gids: a caller outside the group at connect() stays refused after the process
+    holding its pid joins the group (the PID-reuse bypass); a caller inside the group at
+    connect() (SO_PEERGROUPS) stays served after it leaves. Needs root for setgroups."""
+    assert os.geteuid() == 0, "this attack test changes a child's groups: run the suite as root"
+    assert GROUP not in os.getgroups() and os.getgid() != GROUP
+    path = tmp_path / "b.sock"
+    profiles = f"[profiles.grp]\nallowed_gids = [{GROUP}]\n"
+    await run_server(make_settings(sandbox, secret, profiles=profiles, listen=f'"unix:{path}"'))
+    assert await ask_as_child(path, "joins") == [403, 403, 403]
+    assert await ask_as_child(path, "leaves") == [200, 200, 200]
 
 
 # -- an access key is never presumed ------------------------------------------------------------
@@ -302,7 +360,7 @@ def test_a_request_without_a_key_header_never_matches_the_profiles_key(configure
 async def test_a_tcp_caller_is_named_by_its_address(sandbox, secret, start_broker):
     """A TCP caller (no peer credentials to read) is named in the audit line by its address,
     worked out from the request's transport."""
-    b = await start_broker(settings(sandbox, secret))
+    b = await start_broker(make_settings(sandbox, secret))
     r = await b.get("/v1/token")
     assert r.status == 200
     await r.read()
