@@ -74,7 +74,7 @@ async def crowd(brokers, per_broker: int, path: str = "/v1/token") -> list[int]:
 
 
 def _keys(settings):
-    from broker.core.cache.sources import shared_keys
+    from broker.core.sources import shared_keys
 
     keys = shared_keys(settings.profiles["default"])
     assert keys is not None

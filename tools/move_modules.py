@@ -17,10 +17,10 @@ MOVES = {
     "broker.core.details": "broker.core.upstream.details",
     "broker.core.pcformat": "broker.core.upstream.pcformat",
     "broker.core.streams": "broker.core.upstream.streams",
-    "broker.core.credentials": "broker.core.upstream.credentials",
+    "broker.core.upstream.credentials": "broker.core.credentials",
     "broker.core.singleflight": "broker.core.cache.singleflight",
     "broker.core.mirror": "broker.core.cache.mirror",
-    "broker.core.sources": "broker.core.cache.sources",
+    "broker.core.cache.sources": "broker.core.sources",
     "broker.core.shared": "broker.core.cache.shared",
 }
 

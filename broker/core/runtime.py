@@ -23,11 +23,11 @@ from broker.config.settings import ProfileSettings, Settings
 from broker.core.cache import Entry, TokenCache
 from broker.core.cache.mirror import MirrorCache
 from broker.core.cache.shared import SharedCache
-from broker.core.cache.sources import profile_entries
+from broker.core.credentials import Credential, make_credential
 from broker.core.guards import OriginGuard
+from broker.core.sources import profile_entries
 from broker.core.tenants import TenantCache
 from broker.core.upstream import Upstream
-from broker.core.upstream.credentials import Credential, make_credential
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,13 +22,13 @@ from broker.config.settings import Settings
 from broker.core.cache import Entry, EntryStatus, TokenCache
 from broker.core.cache.mirror import MirrorCache
 from broker.core.cache.shared import SharedCache
+from broker.core.credentials import Credential
 from broker.core.guards import OriginGuard
 from broker.core.runtime import Builder, Runtime
 from broker.core.serve import Desk
 from broker.core.tenants import TenantCache
 from broker.core.tokens.clock import Clock
 from broker.core.upstream import Proxies, Upstream
-from broker.core.upstream.credentials import Credential
 from broker.observe.audit import Audit
 from broker.observe.redact import Redactor
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.core.cache.sources import KINDS
 from broker.core.errors import UpstreamError
 from broker.core.runtime import Runtime
 from broker.core.serve import Customer, Own, Refused
+from broker.core.sources import KINDS
 from broker.core.tokens.render import (
     JSON,
     Negotiator,

@@ -297,4 +297,4 @@ class Entry:
     # -- status -----------------------------------------------------------------------------
 
     def status(self) -> EntryStatus:
-        return entry_status(self)
+        return entry_status(self, self._clock.monotonic())

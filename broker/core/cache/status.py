@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import Protocol
 
-from broker.core.cache.policy import EntryState, EntryStatus
+from broker.core.cache.policy import EntryState, EntryStatus, Policy
+from broker.core.errors import UpstreamError
+from broker.core.tokens import Token
 
-if TYPE_CHECKING:
-    from broker.core.cache.entry import Entry
+
+class Reported(Protocol):
+    """What the report reads of an entry (an `Entry`; named here, not imported: no cycle)."""
+
+    profile: str
+    kind: str
+    token: Token | None
+    policy: Policy
+    last_error: UpstreamError | None
+    next_at: float | None
+    failures: int
+    waiters: int
+    calls: Counter[str]
+
+    @property
+    def flight(self) -> asyncio.Task[Token] | None: ...
 
 
-def entry_status(entry: Entry) -> EntryStatus:
-    """What /v1/profiles, /readyz, `status` and the metrics show of an entry: never its token."""
-    now = entry._clock.monotonic()
+def entry_status(entry: Reported, now: float) -> EntryStatus:
+    """What /v1/profiles, /readyz, `status` and the metrics show of an entry at `now` (the
+    monotonic clock): never its token."""
     token = entry.token
     servable = token is not None and token.servable(now, entry.policy.min_remaining)
     if entry.flight is not None:

@@ -15,7 +15,8 @@ from typing import Any
 from broker.config.settings import ProfileSettings
 from broker.core.cache import Entry, Fetch
 from broker.core.cache.shared import SharedCache, shared_key
-from broker.core.cache.sources import policy_for
+from broker.core.credentials import Credential
+from broker.core.sources import policy_for
 from broker.core.tenants import views
 from broker.core.tenants.fetch import EntryFetch, EntryLog, Fetcher
 from broker.core.tenants.limiter import FifoLimiter
@@ -23,7 +24,6 @@ from broker.core.tenants.memory import FailureMemory, TenantState
 from broker.core.tokens import Kind, Token
 from broker.core.tokens.clock import Clock
 from broker.core.upstream import Upstream
-from broker.core.upstream.credentials import Credential
 
 KIND = "tenant"  # the `kind` of tenant entries: a fixed metrics label, never the tenant id
 # An entry nobody asked for in this long is not refreshed ahead any more; it lapses.

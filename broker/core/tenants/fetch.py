@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from broker.config.settings import ProfileSettings
+from broker.core.credentials import Credential
 from broker.core.errors import UpstreamError
 from broker.core.tenants.aadsts import refusal_error
 from broker.core.tenants.limiter import FifoLimiter
 from broker.core.tenants.memory import FailureMemory, TenantState
 from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds, Upstream
-from broker.core.upstream.credentials import Credential
 
 
 async def fetch_tenant_token(

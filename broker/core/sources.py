@@ -10,10 +10,10 @@ from typing import Any
 from broker.config.settings import ProfileSettings
 from broker.core.cache import Entry, Fetch, Policy, TokenCache
 from broker.core.cache.shared import SharedCache, shared_key
+from broker.core.credentials import Credential, make_credential
 from broker.core.errors import UpstreamRefused
 from broker.core.tokens import Kind, Token
 from broker.core.upstream import RefreshIds, Upstream
-from broker.core.upstream.credentials import Credential, make_credential
 
 KINDS = tuple(Kind)  # what `?kind=` may name
 # How often a static token file is checked for a new token placed by another system.

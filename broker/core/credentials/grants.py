@@ -16,10 +16,10 @@ import jwt
 
 from broker.config.pem import load_certificate_key
 from broker.config.settings import ProfileSettings
+from broker.core.credentials.base import CredentialBase, read_file, read_off_loop
 from broker.core.errors import LocalCredentialFailed
 from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds, Upstream
-from broker.core.upstream.credentials.base import CredentialBase, read_file, read_off_loop
 from broker.core.upstream.streams import load_json
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

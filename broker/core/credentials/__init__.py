@@ -16,8 +16,8 @@ from typing import Any
 
 from broker.config.settings import ProfileSettings
 from broker.core.cache.shared import SharedCache
-from broker.core.upstream.credentials.base import FILE_TIMEOUT, Credential, CredentialBase
-from broker.core.upstream.credentials.grants import (
+from broker.core.credentials.base import FILE_TIMEOUT, Credential, CredentialBase
+from broker.core.credentials.grants import (
     ASSERTION_LIFETIME,
     ASSERTION_TYPE,
     AzureADGrant,
@@ -26,7 +26,7 @@ from broker.core.upstream.credentials.grants import (
     FederatedTokenCredential,
     StaticTokenCredential,
 )
-from broker.core.upstream.credentials.refresh_token import (
+from broker.core.credentials.refresh_token import (
     WRITE_BACK_EVERY,
     RefreshTokenCredential,
     RotatingRefreshToken,

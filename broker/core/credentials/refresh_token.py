@@ -13,10 +13,10 @@ import jwt
 from broker.config.files import write_atomically
 from broker.config.settings import ProfileSettings
 from broker.core.cache.shared import SharedCache, shared_key
+from broker.core.credentials.base import read_file, read_off_loop
+from broker.core.credentials.grants import AzureADGrant
 from broker.core.tokens.clock import TimerHandle
 from broker.core.upstream import RefreshIds, Upstream
-from broker.core.upstream.credentials.base import read_file, read_off_loop
-from broker.core.upstream.credentials.grants import AzureADGrant
 
 # A fan-out over customer tenants rotates the refresh token with every answer: write it back at
 # most this often (each write is an fsync on the event loop).
