@@ -9,7 +9,7 @@ ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY requirements.txt pyproject.toml README.md ./
+COPY requirements.txt pyproject.toml README.md LICENSE ./
 COPY broker ./broker
 # Installed from the lock: requirements.txt is uv.lock's export (runtime dependencies and the
 # build backend, each pinned with its hashes; `make lock` writes it, `make lint` checks it), so
