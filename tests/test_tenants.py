@@ -1595,3 +1595,42 @@ async def test_a_crash_in_a_tenant_fetch_is_logged_with_its_tenant_and_scope(
         "tenant",
     )
     assert line["correlation_id"] and "Traceback" in line["exception"]
+
+
+# -- single flight across an invalidation (issue 23 item 17) ---------------------------------------
+
+
+async def until(condition, limit: int = 10_000) -> None:
+    """Let the loop run until `condition()` holds (a bounded number of turns, no sleeping)."""
+    for _ in range(limit):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def test_invalidating_a_tenant_mid_fetch_keeps_one_azure_ad_call_per_key(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """A fetch of (t, Graph) is in flight; the operator invalidates t; four callers ask again.
+    The invalidated fetch lands for the caller who asked before (its answer is not kept); the
+    four share exactly one new Azure AD call, which starts only when the first has landed:
+    2 calls in all, never 2 at once for the key."""
+    aad = GatedAzureAD(hostile)
+    aad.gate(tenant_id(1))
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    first = asyncio.create_task(token(b, tenant_id(1)))
+    await asyncio.wait_for(aad.arrived[tenant_id(1)].wait(), 10)
+    r = await b.client.post(f"/v1/tenants/gdap/{tenant_id(1)}/invalidate", headers=HEADERS)
+    assert r.status == 200 and (await r.json())["tokens_dropped"] == 1
+    again = [asyncio.create_task(token(b, tenant_id(1))) for _ in range(4)]
+    await until(lambda: (e := cache.lookup(tenant_id(1), GRAPH)) is not None and e.waiters == 4)
+    await asyncio.sleep(0)  # the new flight's first step (queued before us) has run
+    assert cache.limiter.active == 1 and hostile.calls["aad"] == 1
+    aad.gates[tenant_id(1)].set()
+    answers = [await t for t in (first, *again)]
+    tokens = [(await r.json())["access_token"] for r in answers]
+    assert tokens == ["opaque-00001"] + ["opaque-00002"] * 4
+    assert hostile.calls["aad"] == 2 and cache.limiter.peak == 1
+    assert cache.lookup(tenant_id(1), GRAPH).token.value == "opaque-00002"

@@ -17,7 +17,7 @@ from broker.core.cache import Entry, Fetch
 from broker.core.cache.shared import SharedCache, shared_key
 from broker.core.cache.sources import policy_for
 from broker.core.tenants import views
-from broker.core.tenants.fetch import EntryFetch, EntryLog, Fetcher
+from broker.core.tenants.fetch import AfterLanding, EntryFetch, EntryLog, Fetcher
 from broker.core.tenants.limiter import FifoLimiter
 from broker.core.tenants.memory import FailureMemory, TenantState
 from broker.core.tokens import Kind, Token
@@ -65,6 +65,9 @@ class TenantCache:
         self.memory = FailureMemory(profile, clock=clock, log=self._log)
         self._fetcher = Fetcher(profile, credential, upstream, self.memory, self.limiter)
         self.evicted = 0
+        # Fetches of invalidated entries still in flight, by (tenant, scope): the entry made
+        # again starts its own when that one lands (single flight across an invalidation).
+        self._landing: dict[tuple[str, str], asyncio.Task[Token]] = {}
 
     # -- questions callers ask first ----------------------------------------------------------
 
@@ -131,11 +134,12 @@ class TenantCache:
     def _fetch(self, state: TenantState, tenant: str, scope: str) -> Fetch:
         """The entry's fetch: the fleet's shared cache (when [shared] is on) in front of the
         failure memory and fan-out limit, in front of Azure AD."""
-        fetch = EntryFetch(self._fetcher, state, scope)
-        if self._shared is None or not self._shared.enabled:
-            return fetch
-        key = shared_key(self.profile, Kind.AAD, tenant=tenant, scope=scope)
-        return self._shared.wrap(fetch, key, self._policy)
+        fetch: Fetch = EntryFetch(self._fetcher, state, scope)
+        if self._shared is not None and self._shared.enabled:
+            key = shared_key(self.profile, Kind.AAD, tenant=tenant, scope=scope)
+            fetch = self._shared.wrap(fetch, key, self._policy)
+        earlier = self._landing.get((tenant, scope))
+        return fetch if earlier is None else AfterLanding(fetch, earlier)
 
     # -- bounds -----------------------------------------------------------------------------
 
@@ -181,11 +185,24 @@ class TenantCache:
         state = self.tenants.pop(tenant, None)
         if state is None:
             return 0
+        state.forgotten = True
         dropped = len(state.entries)
-        for scope in list(state.entries):
+        for scope, entry in list(state.entries.items()):
+            flight = entry.flight
+            if flight is not None:
+                self._land_later((tenant, scope), flight)
             self._drop((tenant, scope))
         self._log.info("tenant_invalidated", tenant=tenant, tokens=dropped)
         return dropped
+
+    def _land_later(self, key: tuple[str, str], flight: asyncio.Task[Token]) -> None:
+        self._landing[key] = flight
+
+        def landed(_: object) -> None:
+            if self._landing.get(key) is flight:
+                del self._landing[key]
+
+        flight.add_done_callback(landed)
 
     def retire(self) -> None:
         for entry in self._lru.values():

@@ -3,9 +3,11 @@ refusals first, then the fan-out limit, then Azure AD (`fetch_tenant_token`)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from broker.config.settings import ProfileSettings
+from broker.core.cache import Fetch
 from broker.core.errors import UpstreamError
 from broker.core.tenants.aadsts import refusal_error
 from broker.core.tenants.limiter import FifoLimiter
@@ -83,6 +85,26 @@ class EntryFetch:
 
     async def __call__(self, ids: RefreshIds) -> Token:
         return await self.fetcher.fetch(self.state, self.scope, ids)
+
+
+class AfterLanding:
+    """The fetch of an entry made again after its tenant was invalidated while a fetch for the
+    same (tenant, scope) was in flight: it starts when that one has landed (its answer dropped
+    with the old entry), so one (tenant, scope) never has two Azure AD calls at once; callers
+    who ask meanwhile join this entry's one flight."""
+
+    __slots__ = ("earlier", "fetch")
+
+    def __init__(self, fetch: Fetch, earlier: asyncio.Future[Any]) -> None:
+        self.fetch = fetch
+        self.earlier: asyncio.Future[Any] | None = earlier
+
+    async def __call__(self, ids: RefreshIds) -> Token:
+        earlier = self.earlier
+        if earlier is not None:
+            await asyncio.wait({earlier})  # its outcome is not ours: never raised here
+            self.earlier = None
+        return await self.fetch(ids)
 
 
 class EntryLog:

@@ -41,7 +41,7 @@ class Block:
 class TenantState:
     """One customer tenant: its entries by scope, and what went wrong there last."""
 
-    __slots__ = ("block", "entries", "failures", "last_error", "name")
+    __slots__ = ("block", "entries", "failures", "forgotten", "last_error", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -49,6 +49,9 @@ class TenantState:
         self.block: Block | None = None
         self.last_error: UpstreamError | None = None
         self.failures = 0
+        # Invalidated: a fetch of it still in flight lands here, where nothing reads it, and
+        # its refusal reaches no further (see FailureMemory.remember).
+        self.forgotten = False
 
 
 def file_stamp(path: str | None) -> tuple[int, int, int] | None:
@@ -86,7 +89,10 @@ class FailureMemory:
             raise block.error.again(block.until - now)
 
     def remember(self, state: TenantState, error: UpstreamError) -> None:
-        """A fetch for `state` failed: count it, and block as far as its class reaches."""
+        """A fetch for `state` failed: count it, and block as far as its class reaches. The
+        answer to a fetch of a tenant invalidated meanwhile is dropped."""
+        if state.forgotten:
+            return
         state.last_error = error
         state.failures += 1
         if not isinstance(error, TenantRefused):
