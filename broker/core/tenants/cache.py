@@ -103,6 +103,10 @@ class TenantCache:
         """The entry for (tenant, scope), made (and room made for it) if new."""
         entry = self.lookup(tenant, scope)
         if entry is not None:
+            if entry.last_error is not None and self.memory.lifted(
+                self.tenants[tenant], entry.last_error
+            ):
+                entry.retry_at = 0.0  # what held it back is lifted: the next caller goes up
             return entry
         while len(self._lru) >= self.profile.max_customer_tokens:
             self._evict_one()
@@ -186,6 +190,7 @@ class TenantCache:
         if state is None:
             return 0
         state.forgotten = True
+        self.memory.forget(tenant)
         dropped = len(state.entries)
         for scope, entry in list(state.entries.items()):
             flight = entry.flight
