@@ -1793,3 +1793,102 @@ async def test_a_dead_token_verdict_confirmed_by_the_partners_tenant_reaches_the
     assert r.status == 502 and (await r.json())["error"]["code"] == "refresh_token_invalid"
     assert tenant_id(9) not in aad.calls
     assert (await listing(b))["profile_block"]["state"] == "refresh_token_invalid"
+
+
+# -- a slow customer never slows another (issue 23 item 8) ---------------------------------------
+
+
+class HungAzureAD:
+    """The hostile fake's Azure AD: `hung` tenants never answer (until the test ends), others
+    get a token at once. `arrived[t]` counts each tenant's calls that came in."""
+
+    def __init__(self, hostile: Hostile, *hung: str) -> None:
+        self.hung = set(hung)
+        self.release = asyncio.Event()
+        self.arrived: dict[str, int] = {}
+        self.came = asyncio.Condition()
+        hostile.aad = self.answer
+
+    async def answer(self, request: web.Request) -> web.Response:
+        tenant = request.match_info["tenant"]
+        async with self.came:
+            self.arrived[tenant] = self.arrived.get(tenant, 0) + 1
+            self.came.notify_all()
+        if tenant in self.hung:
+            await self.release.wait()
+        return web.json_response(
+            {"access_token": f"opaque-{tenant}", "token_type": "Bearer", "expires_in": 3600}
+        )
+
+    async def wait_for(self, count: int) -> None:
+        async with self.came:
+            await asyncio.wait_for(
+                self.came.wait_for(lambda: sum(self.arrived.values()) >= count), 10
+            )
+
+
+async def test_tenants_hanging_in_every_slot_do_not_time_out_a_healthy_tenant(
+    hostile, secret, tmp_path, start_broker
+):
+    """Azure AD hangs for as many tenants as upstream_concurrency (2): a healthy tenant's cold
+    fetch gets its slot when the hung calls pass their slot deadline (a quarter of the 2 s
+    upstream_timeout), so it is served, not queued into a 504. The hung ones time out alone."""
+    aad = HungAzureAD(hostile, tenant_id(1), tenant_id(2))
+    extra = "upstream_concurrency = 2\nupstream_timeout = 2\n"
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path, extra=extra))
+    try:
+        hung = [asyncio.create_task(token(b, tenant_id(i))) for i in (1, 2)]
+        await aad.wait_for(2)
+        r = await token(b, tenant_id(3))
+        assert r.status == 200 and (await r.json())["access_token"] == f"opaque-{tenant_id(3)}"
+        assert [(await t).status for t in hung] == [504, 504]
+    finally:
+        aad.release.set()
+
+
+async def test_one_tenant_holds_at_most_its_share_of_the_slots(
+    hostile, secret, tmp_path, start_broker
+):
+    """upstream_concurrency = 2, so one tenant's share is one slot: a tenant hanging on three
+    scopes has one call in flight, and another tenant is served from the other slot while the
+    hung call is well within its deadline."""
+    aad = HungAzureAD(hostile, tenant_id(1))
+    extra = "upstream_concurrency = 2\nupstream_timeout = 60\n"
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path, extra=extra))
+    cache = b.broker.tenants["gdap"]
+    try:
+        hung = [asyncio.create_task(token(b, tenant_id(1), s)) for s in SCOPES]
+        await aad.wait_for(1)
+        await until(lambda: cache.limiter.queued + cache.limiter.active == 3)
+        r = await token(b, tenant_id(2))
+        assert r.status == 200
+        assert aad.arrived == {tenant_id(1): 1, tenant_id(2): 1}
+        assert cache.limiter.share == 1 and cache.limiter.queued == 2
+    finally:
+        aad.release.set()
+    assert {(await t).status for t in hung} == {200}
+
+
+async def test_a_slot_past_its_deadline_goes_to_the_next_and_overdue_calls_are_bounded():
+    """limit 1: a holder past its deadline lets the next in; at most `limit` overdue at once,
+    so a second overdue holder keeps its slot; each holder's own end is counted once."""
+    limiter = FifoLimiter(1)
+    done = [asyncio.Event() for _ in range(3)]
+    inside: list[int] = []
+
+    async def hold(i: int) -> None:
+        async with limiter.slot(f"t{i}", deadline=0.01):
+            inside.append(i)
+            await done[i].wait()
+
+    tasks = [asyncio.create_task(hold(i)) for i in range(3)]
+    await until(lambda: inside == [0, 1], limit=10**7)  # 0 went overdue at 10 ms: 1 is in
+    assert (limiter.overdue, limiter.active, limiter.queued) == (1, 1, 1)
+    done[1].set()  # 1 ends, 2 comes in and stays past its deadline: no room overdue
+    await until(lambda: inside == [0, 1, 2])
+    done[0].set()
+    await tasks[0]
+    assert (limiter.overdue, limiter.active) == (0, 1)
+    done[2].set()
+    await asyncio.gather(*tasks)
+    assert (limiter.overdue, limiter.active, limiter.queued, limiter.peak) == (0, 0, 0, 1)

@@ -10,7 +10,7 @@ from broker.config.settings import ProfileSettings
 from broker.core.cache import Fetch
 from broker.core.errors import UpstreamError
 from broker.core.tenants.aadsts import REFRESH_TOKEN_INVALID, TenantRefused, refusal_error
-from broker.core.tenants.limiter import FifoLimiter
+from broker.core.tenants.limiter import SLOT_DEADLINE, FifoLimiter
 from broker.core.tenants.memory import FailureMemory, TenantState
 from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds, Upstream
@@ -60,10 +60,15 @@ class Fetcher:
         self.memory, self.limiter = memory, limiter
         self._confirming: asyncio.Task[None] | None = None
 
+    @property
+    def deadline(self) -> float:
+        """How long one call holds its slot: past it, the call goes on outside the limit."""
+        return self.profile.upstream_timeout * SLOT_DEADLINE
+
     async def fetch(self, state: TenantState, scope: str, ids: RefreshIds) -> Token:
         memory = self.memory
         memory.check(state)
-        async with self.limiter:
+        async with self.limiter.slot(state.name, self.deadline):
             memory.check(state)  # a refusal may have landed while this one queued
             try:
                 token = await fetch_tenant_token(
@@ -100,7 +105,7 @@ class Fetcher:
         if profile.tenant_id is None:
             return
         try:
-            async with self.limiter:
+            async with self.limiter.slot(profile.tenant_id, self.deadline):
                 await fetch_tenant_token(
                     profile, self.credential, self.upstream, profile.tenant_id, profile.scope, ids
                 )
