@@ -1892,3 +1892,50 @@ async def test_a_slot_past_its_deadline_goes_to_the_next_and_overdue_calls_are_b
     done[2].set()
     await asyncio.gather(*tasks)
     assert (limiter.overdue, limiter.active, limiter.queued, limiter.peak) == (0, 0, 0, 1)
+
+
+# -- the rate of cold fetches (issue 23 item 6) --------------------------------------------------
+
+
+async def test_a_flood_of_distinct_tenants_is_bound_by_the_cold_fetch_rate(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """One caller asks for 300 distinct tenants Azure AD does not know, 8 at a time, on the
+    fake clock: only customer_fetch_burst (20) go upstream; the rest get 429 with Retry-After
+    and are counted. Each second lets customer_fetch_rate (10) more through. Tenants already
+    cached are not cold: served as ever."""
+    fake_sandbox.state.register_customer(tenant_id(0))
+    extra = "customer_fetch_rate = 10\ncustomer_fetch_burst = 20\n"
+    b = await start_broker(gdap_fake(extra=extra), clock=clock)
+    assert (await token(b, tenant_id(0))).status == 200
+    statuses: list[int] = []
+    for start in range(1, 301, 8):
+        batch = [token(b, tenant_id(i)) for i in range(start, min(start + 8, 301))]
+        for r in await asyncio.gather(*batch):
+            statuses.append(r.status)
+            if r.status == 429:
+                assert (await r.json())["error"]["code"] == "customer_fetch_rate"
+                assert r.headers["Retry-After"] == "1"
+    assert statuses.count(502) == 19 and statuses.count(429) == 281  # 90002: unknown tenant
+    assert fake_sandbox.state.counts["aad"] == 20
+    assert await metric(b, "broker_customer_fetches_refused_total", profile="gdap") == 281
+    assert (await token(b, tenant_id(0))).status == 200  # a hit costs nothing
+    clock.advance(1)
+    answers = await asyncio.gather(*(token(b, tenant_id(i)) for i in range(400, 420)))
+    assert [r.status for r in answers].count(429) == 10
+    assert fake_sandbox.state.counts["aad"] == 30
+
+
+def test_the_cold_fetch_rate_is_configured_per_profile(sandbox, secret):
+    s = make_settings(
+        sandbox,
+        secret,
+        profiles='[profiles.p]\ncustomer_tenants = ["*"]\ncustomer_scopes = ["s"]\n'
+        "customer_fetch_rate = 2.5\ncustomer_fetch_burst = 7\n",
+    )
+    p = s.profiles["p"]
+    assert (p.customer_fetch_rate, p.customer_fetch_burst) == (2.5, 7)
+    assert make_settings(sandbox, secret).profiles["default"].customer_fetch_rate == 50
+    for bad in ("customer_fetch_rate = 0", "customer_fetch_burst = 0"):
+        with pytest.raises(ConfigError):
+            make_settings(sandbox, secret, profiles=f"[profiles.p]\n{bad}\n")

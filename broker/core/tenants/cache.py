@@ -18,7 +18,7 @@ from broker.core.cache.shared import SharedCache, shared_key
 from broker.core.cache.sources import policy_for
 from broker.core.tenants import views
 from broker.core.tenants.fetch import AfterLanding, EntryFetch, EntryLog, Fetcher
-from broker.core.tenants.limiter import FifoLimiter
+from broker.core.tenants.limiter import ColdFetchRate, FifoLimiter
 from broker.core.tenants.memory import FailureMemory, TenantState
 from broker.core.tokens import Kind, Token
 from broker.core.tokens.clock import Clock
@@ -62,6 +62,7 @@ class TenantCache:
         self.tenants: dict[str, TenantState] = {}
         self._lru: OrderedDict[tuple[str, str], Entry] = OrderedDict()
         self.limiter = FifoLimiter(profile.upstream_concurrency)
+        self.rate = ColdFetchRate(profile.customer_fetch_rate, profile.customer_fetch_burst, clock)
         self.memory = FailureMemory(profile, clock=clock, log=self._log)
         self._fetcher = Fetcher(profile, credential, upstream, self.memory, self.limiter)
         self.evicted = 0
@@ -100,7 +101,9 @@ class TenantCache:
         return entry
 
     def entry(self, tenant: str, scope: str) -> Entry:
-        """The entry for (tenant, scope), made (and room made for it) if new."""
+        """The entry for (tenant, scope), made (and room made for it) if new: a new entry that
+        would go to Azure AD is a cold fetch, at most `customer_fetch_rate` a second (else
+        `FetchRateExceeded`, 429, and nothing is made)."""
         entry = self.lookup(tenant, scope)
         if entry is not None:
             if entry.last_error is not None and self.memory.lifted(
@@ -108,6 +111,13 @@ class TenantCache:
             ):
                 entry.retry_at = 0.0  # what held it back is lifted: the next caller goes up
             return entry
+        state = self.tenants.get(tenant)
+        now = self._clock.monotonic()
+        if state is None or not self.memory.holding(state, now):
+            wait = self.rate.take()
+            if wait:
+                self._metrics.customer_fetch_refused.labels(self.profile.name).inc()
+                raise self.rate.refused(wait)
         while len(self._lru) >= self.profile.max_customer_tokens:
             self._evict_one()
         state = self.tenants.get(tenant)

@@ -1,5 +1,8 @@
-"""The fan-out limit of a profile's customer tenants: at most `upstream_concurrency` Azure AD
-calls in flight, the rest queued in arrival order, so that no broken customer slows another:
+"""The fan-out limits of a profile's customer tenants. `ColdFetchRate`: new (tenant, scope)
+entries at most `customer_fetch_rate` a second after a burst of `customer_fetch_burst`, so one
+caller cannot spend the partner's Azure AD budget on a flood of tenants. `FifoLimiter`: at most
+`upstream_concurrency` Azure AD calls in flight, the rest queued in arrival order, so that no
+broken customer slows another:
 
 - one tenant holds at most its share of the slots (`share`: a quarter of the limit, at least
   one); its other calls wait while other tenants' go ahead;
@@ -17,6 +20,9 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+
+from broker.core.errors import UpstreamError
+from broker.core.tokens.clock import Clock
 
 # One tenant holds at most this fraction of the profile's slots (at least one).
 TENANT_SHARE = 0.25
@@ -116,3 +122,40 @@ class FifoLimiter:
                 waiter.set_result(None)
                 return
             i += 1
+
+
+class FetchRateExceeded(UpstreamError):
+    """A new entry over the profile's cold-fetch rate: 429, come back after Retry-After."""
+
+    status = 429
+    code = "customer_fetch_rate"
+    retryable = True
+
+
+class ColdFetchRate:
+    """A token bucket on the broker's clock: `burst` at once, then `rate` a second."""
+
+    def __init__(self, rate: float, burst: int, clock: Clock) -> None:
+        self.rate, self.burst = rate, burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._at = clock.monotonic()
+
+    def take(self) -> float:
+        """0.0 when one more cold fetch may go now (and it is counted); else the seconds until
+        one may."""
+        now = self._clock.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate
+
+    def refused(self, wait: float) -> FetchRateExceeded:
+        return FetchRateExceeded(
+            f"more than {self.rate:g} new customer-tenant tokens a second (burst "
+            f"{self.burst}): try again later",
+            endpoint="aad",
+            retry_after=wait,
+        )
