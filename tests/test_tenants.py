@@ -443,8 +443,9 @@ async def test_unknown_tenant_and_no_relationship_are_tenant_not_found(sandbox, 
 async def test_invalid_refresh_token_stops_every_tenant_until_a_new_one(
     sandbox, gdap, start_broker, code
 ):
-    """A dead refresh token is the whole profile's problem: after one refusal no tenant goes
-    upstream, until a new refresh token is placed in the file."""
+    """A dead refresh token is the whole profile's problem: after one customer's refusal,
+    confirmed by the partner's own tenant (one call), no tenant goes upstream, until a new
+    refresh token is placed in the file."""
     for i in range(3):
         sandbox.state.register_customer(tenant_id(i))
     app = sandbox.state.apps[CLIENT_ID]
@@ -456,7 +457,7 @@ async def test_invalid_refresh_token_stops_every_tenant_until_a_new_one(
         error = (await r.json())["error"]
         assert r.status == 502 and error["code"] == "refresh_token_invalid"
         assert error["aadsts"] == code
-    assert sandbox.state.counts["aad"] == 1
+    assert sandbox.state.counts["aad"] == 2  # tenant 0's, and the partner tenant's
     page = await (await b.get("/v1/tenants/gdap")).json()
     assert page["profile_block"]["state"] == "refresh_token_invalid"
     # The operator signs in again and places a new refresh token.
@@ -467,19 +468,21 @@ async def test_invalid_refresh_token_stops_every_tenant_until_a_new_one(
 
 
 async def test_throttling_honours_retry_after_for_the_whole_app(sandbox, gdap, start_broker):
-    """A 429 with Retry-After (AADSTS50196) stops every tenant's fetches for that long."""
-    for i in range(3):
+    """A 429 with Retry-After (AADSTS50196) from three tenants (THROTTLE_SPREAD) within a
+    minute stops every tenant's fetches for that long."""
+    for i in range(4):
         sandbox.state.register_customer(tenant_id(i))
-    sandbox.state.fail("aad", 429, retry_after="120")
+    sandbox.state.fail("aad", 429, retry_after="120", times=3)
     b = await start_broker(gdap())
-    r = await token(b, tenant_id(0))
-    error = (await r.json())["error"]
-    assert r.status == 503 and error["code"] == "throttled" and error["aadsts"] == 50196
-    assert 115 <= int(r.headers["Retry-After"]) <= 121
-    r = await token(b, tenant_id(1), ARM)
+    for i in range(3):
+        r = await token(b, tenant_id(i))
+        error = (await r.json())["error"]
+        assert r.status == 503 and error["code"] == "throttled" and error["aadsts"] == 50196
+        assert 115 <= int(r.headers["Retry-After"]) <= 121
+    r = await token(b, tenant_id(3), ARM)
     assert r.status == 503 and (await r.json())["error"]["code"] == "throttled"
     assert 110 <= int(r.headers["Retry-After"]) <= 121
-    assert sandbox.state.counts["aad"] == 1
+    assert sandbox.state.counts["aad"] == 3
     page = await (await b.get("/v1/tenants/gdap")).json()
     assert page["profile_block"]["state"] == "throttled"
 
@@ -857,7 +860,7 @@ async def test_a_429_without_a_throttling_code_is_throttled_with_azure_ads_own_i
     hostile, secret, tmp_path, start_broker, clock
 ):
     """A 429 whose only code is one the broker does not classify: still throttled (503, the
-    whole profile), reported with that code, Azure AD's status, trace id and correlation id."""
+    whole tenant), reported with that code, Azure AD's status, trace id and correlation id."""
 
     async def aad(request: web.Request) -> web.Response:
         body = {
@@ -883,15 +886,15 @@ async def test_a_429_without_a_throttling_code_is_throttled_with_azure_ads_own_i
         "trace_id": TRACE,
     }
     assert "AADSTS90033" in error["message"]
-    # The whole profile waits: another tenant is answered from memory, the same ids.
-    r = await token(b, tenant_id(2), ARM)
+    # The whole tenant waits: another of its scopes is answered from memory, the same ids.
+    r = await token(b, tenant_id(1), ARM)
     again = (await r.json())["error"]
     assert r.status == 503 and hostile.calls["aad"] == 1
     assert {k: v for k, v in again.items()} == error
     failed = events(b, "refresh_failed")
     assert [(x["tenant"], x["scope"], x["endpoint"]) for x in failed] == [
         (tenant_id(1), GRAPH, "aad"),
-        (tenant_id(2), ARM, "aad"),
+        (tenant_id(1), ARM, "aad"),
     ]
     assert [x["trace_id"] for x in failed] == [TRACE, TRACE]
 
@@ -993,20 +996,28 @@ def http_date(wall: float) -> str:
 async def test_throttling_holds_the_whole_profile_for_its_retry_after_to_the_tenth(
     fake_sandbox, gdap_fake, start_broker, clock
 ):
-    """A 429 whose Retry-After is an HTTP date 119.75 s away: every tenant of the profile is
-    answered from memory for exactly that long; the log, the listing's profile block and each
-    tenant's next attempt say 119.8 s (tenths); at the end the entry's own retry goes upstream."""
-    for i in (1, 2):
+    """429s whose Retry-After is an HTTP date 119.75 s away, from three tenants (THROTTLE_SPREAD)
+    within a minute: every tenant of the profile is answered from memory for exactly that long;
+    the log, the listing's profile block and each tenant's next attempt say 119.8 s (tenths); at
+    the end the entries' own retries go upstream."""
+    for i in (1, 2, 3, 4):
         fake_sandbox.state.register_customer(tenant_id(i))
     b = await start_broker(gdap_fake(), clock=clock)
     cache = b.broker.tenants["gdap"]
     assert (await token(b, tenant_id(2))).status == 200
-    fake_sandbox.state.fail("aad", 429, retry_after=http_date(WALL - 0.25 + 120))
-    r = await token(b, tenant_id(1))
-    error = (await r.json())["error"]
-    assert r.status == 503 and r.headers["Retry-After"] == "120"
+    fake_sandbox.state.fail("aad", 429, retry_after=http_date(WALL - 0.25 + 120), times=3)
+    for i in (3, 4, 1):
+        r = await token(b, tenant_id(i))
+        error = (await r.json())["error"]
+        assert r.status == 503 and r.headers["Retry-After"] == "120"
     assert (error["code"], error["aadsts"], error["upstream_status"]) == ("throttled", 50196, 429)
-    (line,) = events(b, "customer_tenant_refused")
+    lines = events(b, "customer_tenant_refused")
+    assert [(x["tenant"], x["reach"]) for x in lines] == [
+        (tenant_id(3), "tenant"),
+        (tenant_id(4), "tenant"),
+        (tenant_id(1), "profile"),
+    ]
+    line = lines[-1]
     del line["timestamp"]
     assert line == {
         "tenant": tenant_id(1),
@@ -1046,7 +1057,7 @@ async def test_throttling_holds_the_whole_profile_for_its_retry_after_to_the_ten
         "last_error": detail,
         "next_attempt_in": 120,
     }
-    assert cache.states() == {"throttled": 2}
+    assert cache.states() == {"throttled": 4}
     clock.advance(100)
     page = await listing(b)
     assert page["profile_block"]["retry_in"] == 19.8
@@ -1059,26 +1070,29 @@ async def test_throttling_holds_the_whole_profile_for_its_retry_after_to_the_ten
     described = views.describe(cache.memory, state, until)
     assert (described["state"], described["next_attempt_in"]) == ("ok", None)
     r = await token(b, tenant_id(2), ARM)  # a new entry: held by the profile block
-    assert r.status == 503 and fake_sandbox.state.counts["aad"] == 2
+    assert r.status == 503 and fake_sandbox.state.counts["aad"] == 4
     clock.advance(until - clock.monotonic())
     assert clock.monotonic() == until
     assert cache.profile_block() is None
-    # What is left is each entry's own memory of the refusal, until its retry.
-    assert cache.states() == {"throttled": 2}
+    # What is left is each tenant's and entry's own memory of the refusal, until its retry.
+    assert cache.states() == {"throttled": 4}
     # The entries' own retries fire at the end of the cool-down: upstream at once.
-    await asyncio.wait_for(fake_sandbox.state.wait_calls("aad", 3), 10)
+    await asyncio.wait_for(fake_sandbox.state.wait_calls("aad", 5), 10)
 
 
 async def test_a_one_second_retry_after_is_one_second_and_retried_soon(
     fake_sandbox, gdap_fake, start_broker, clock
 ):
-    """Throttling is worth retrying: with Retry-After 1 the profile waits one second and the
-    caller is told to come back in 2 s (the shortest memory of a failure), not 15."""
-    fake_sandbox.state.register_customer(tenant_id(1))
+    """Throttling is worth retrying: with Retry-After 1 (three tenants: the profile) the profile
+    waits one second and the caller is told to come back in 2 s (the shortest memory of a
+    failure), not 15."""
+    for i in (1, 2, 3):
+        fake_sandbox.state.register_customer(tenant_id(i))
     b = await start_broker(gdap_fake(), clock=clock)
-    fake_sandbox.state.fail("aad", 429, retry_after="1")
-    r = await token(b, tenant_id(1))
-    assert r.status == 503 and r.headers["Retry-After"] == "2"
+    fake_sandbox.state.fail("aad", 429, retry_after="1", times=3)
+    for i in (1, 2, 3):
+        r = await token(b, tenant_id(i))
+        assert r.status == 503 and r.headers["Retry-After"] == "2"
     assert (await listing(b))["profile_block"]["retry_in"] == 1.0
 
 
@@ -1130,28 +1144,29 @@ async def test_a_new_refresh_token_lifts_a_dead_token_block_but_not_a_tenants_ow
     app.refresh_token_refusal = 700082
     r = await token(b, tenant_id(2))
     assert (await r.json())["error"]["code"] == "refresh_token_invalid"
-    assert fake_sandbox.state.counts["aad"] == 2
+    assert fake_sandbox.state.counts["aad"] == 3  # and the partner tenant's, confirming it
     app.refresh_token_refusal = None
     replace_file(gdap_fake.rt_file, fake_sandbox.state.issue_refresh_token(app) + "\n")
     r = await token(b, tenant_id(1), ARM)  # the tenant's own refusal still holds
     assert (await r.json())["error"]["code"] == "interaction_required"
-    assert fake_sandbox.state.counts["aad"] == 2
-    assert (await token(b, tenant_id(2), ARM)).status == 200  # the new token is tried
     assert fake_sandbox.state.counts["aad"] == 3
+    assert (await token(b, tenant_id(2), ARM)).status == 200  # the new token is tried
+    assert fake_sandbox.state.counts["aad"] == 4
 
 
 async def test_a_new_refresh_token_does_not_lift_throttling(
     fake_sandbox, gdap_fake, start_broker, clock
 ):
-    for i in (1, 2):
+    for i in (1, 2, 3, 4):
         fake_sandbox.state.register_customer(tenant_id(i))
     b = await start_broker(gdap_fake(), clock=clock)
-    fake_sandbox.state.fail("aad", 429, retry_after="120")
-    assert (await token(b, tenant_id(1))).status == 503
+    fake_sandbox.state.fail("aad", 429, retry_after="120", times=3)
+    for i in (1, 2, 3):
+        assert (await token(b, tenant_id(i))).status == 503
     replace_file(gdap_fake.rt_file, fake_sandbox.state.issue_refresh_token(gdap_fake.app) + "\n")
-    r = await token(b, tenant_id(2))
+    r = await token(b, tenant_id(4))
     assert r.status == 503 and (await r.json())["error"]["code"] == "throttled"
-    assert fake_sandbox.state.counts["aad"] == 1
+    assert fake_sandbox.state.counts["aad"] == 3
 
 
 def replace_file(path, text: str) -> None:
@@ -1595,3 +1610,332 @@ async def test_a_crash_in_a_tenant_fetch_is_logged_with_its_tenant_and_scope(
         "tenant",
     )
     assert line["correlation_id"] and "Traceback" in line["exception"]
+
+
+# -- single flight across an invalidation (issue 23 item 17) ---------------------------------------
+
+
+async def until(condition, limit: int = 10_000) -> None:
+    """Let the loop run until `condition()` holds (a bounded number of turns, no sleeping)."""
+    for _ in range(limit):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def test_invalidating_a_tenant_mid_fetch_keeps_one_azure_ad_call_per_key(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """A fetch of (t, Graph) is in flight; the operator invalidates t; four callers ask again.
+    The invalidated fetch lands for the caller who asked before (its answer is not kept); the
+    four share exactly one new Azure AD call, which starts only when the first has landed:
+    2 calls in all, never 2 at once for the key."""
+    aad = GatedAzureAD(hostile)
+    aad.gate(tenant_id(1))
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    first = asyncio.create_task(token(b, tenant_id(1)))
+    await asyncio.wait_for(aad.arrived[tenant_id(1)].wait(), 10)
+    r = await b.client.post(f"/v1/tenants/gdap/{tenant_id(1)}/invalidate", headers=HEADERS)
+    assert r.status == 200 and (await r.json())["tokens_dropped"] == 1
+    again = [asyncio.create_task(token(b, tenant_id(1))) for _ in range(4)]
+    await until(lambda: (e := cache.lookup(tenant_id(1), GRAPH)) is not None and e.waiters == 4)
+    await asyncio.sleep(0)  # the new flight's first step (queued before us) has run
+    assert cache.limiter.active == 1 and hostile.calls["aad"] == 1
+    aad.gates[tenant_id(1)].set()
+    answers = [await t for t in (first, *again)]
+    tokens = [(await r.json())["access_token"] for r in answers]
+    assert tokens == ["opaque-00001"] + ["opaque-00002"] * 4
+    assert hostile.calls["aad"] == 2 and cache.limiter.peak == 1
+    assert cache.lookup(tenant_id(1), GRAPH).token.value == "opaque-00002"
+
+
+# -- one tenant's refusal reaches that tenant (issue 23 item 7) ----------------------------------
+
+
+class OneBadTenant:
+    """The hostile fake's Azure AD: `bad` tenants get `refusal` (status, body, headers), every
+    other tenant (the partner's own too) a token. Calls are counted by tenant."""
+
+    def __init__(self, hostile: Hostile, refusal: tuple[int, dict, dict], *bad: str) -> None:
+        self.refusal, self.bad = refusal, set(bad)
+        self.calls: dict[str, int] = {}
+        hostile.aad = self.answer
+
+    async def answer(self, request: web.Request) -> web.Response:
+        tenant = request.match_info["tenant"]
+        self.calls[tenant] = self.calls.get(tenant, 0) + 1
+        if tenant in self.bad:
+            status, body, headers = self.refusal
+            return web.json_response(body, status=status, headers=headers)
+        return web.json_response(
+            {"access_token": f"opaque-{tenant}", "token_type": "Bearer", "expires_in": 3600}
+        )
+
+
+THROTTLING = {
+    "429, Retry-After 600": (429, {"error": "temporarily_unavailable"}, {"Retry-After": "600"}),
+    "error_codes [50196]": (400, {"error": "invalid_request", "error_codes": [50196]}, {}),
+}
+DEAD_TOKEN = {
+    "error_codes [700082]": (400, {"error": "invalid_grant", "error_codes": [700082]}, {}),
+    "text AADSTS50173": (
+        400,
+        {"error": "invalid_grant", "error_description": "AADSTS50173: The grant was revoked."},
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("refusal", THROTTLING.values(), ids=THROTTLING.keys())
+async def test_one_tenant_throttled_blocks_that_tenant_only(
+    hostile, secret, tmp_path, start_broker, clock, refusal
+):
+    """One customer tenant is throttled: it is answered from memory (all its scopes), while a
+    healthy tenant nobody fetched before is served from Azure AD at once."""
+    aad = OneBadTenant(hostile, refusal, tenant_id(1))
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    r = await token(b, tenant_id(1))
+    assert r.status == 503 and (await r.json())["error"]["code"] == "throttled"
+    r = await token(b, tenant_id(1), ARM)
+    assert r.status == 503 and aad.calls[tenant_id(1)] == 1
+    r = await token(b, tenant_id(2))
+    assert r.status == 200 and (await r.json())["access_token"] == f"opaque-{tenant_id(2)}"
+    page = await listing(b)
+    assert page["profile_block"] is None
+    assert {t: row["state"] for t, row in rows(page).items()} == {
+        tenant_id(1): "throttled",
+        tenant_id(2): "ok",
+    }
+
+
+async def test_throttling_spread_over_three_tenants_blocks_the_profile_until_one_is_invalidated(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """Two tenants throttled: the others are served. A third within the minute (THROTTLE_SPREAD,
+    THROTTLE_WINDOW): Azure AD is throttling the app, every tenant waits with no call. The
+    operator invalidates one of the three: what it caused is lifted, the others are served."""
+    aad = OneBadTenant(hostile, THROTTLING["429, Retry-After 600"], *map(tenant_id, (1, 2, 3)))
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    for i in (1, 2):
+        assert (await token(b, tenant_id(i))).status == 503
+    assert (await token(b, tenant_id(9))).status == 200
+    clock.advance(59)
+    assert (await token(b, tenant_id(3))).status == 503
+    r = await token(b, tenant_id(8))
+    assert r.status == 503 and int(r.headers["Retry-After"]) == 600
+    assert tenant_id(8) not in aad.calls
+    assert (await listing(b))["profile_block"]["state"] == "throttled"
+    r = await b.client.post(f"/v1/tenants/gdap/{tenant_id(3)}/invalidate", headers=HEADERS)
+    assert r.status == 200
+    assert (await listing(b))["profile_block"] is None
+    assert (await token(b, tenant_id(8))).status == 200
+    assert (await token(b, tenant_id(1), ARM)).status == 503  # still its own block
+    assert aad.calls[tenant_id(1)] == 1
+
+
+async def test_throttling_outside_the_window_stays_with_each_tenant(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    OneBadTenant(hostile, THROTTLING["429, Retry-After 600"], *map(tenant_id, (1, 2, 3)))
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
+    for i in (1, 2, 3):
+        assert (await token(b, tenant_id(i))).status == 503
+        clock.advance(61)  # three tenants, but never two within 60 s
+    assert (await token(b, tenant_id(9))).status == 200
+    assert (await listing(b))["profile_block"] is None
+
+
+@pytest.mark.parametrize("refusal", DEAD_TOKEN.values(), ids=DEAD_TOKEN.keys())
+async def test_one_tenants_dead_token_verdict_is_checked_with_the_partners_own_tenant(
+    hostile, secret, tmp_path, start_broker, clock, refusal
+):
+    """One customer tenant says the refresh token is dead; the partner's own tenant (one call)
+    gives a token with it: the verdict stays with that tenant, and a healthy tenant nobody
+    fetched before is served from Azure AD. Invalidating the tenant lifts its verdict."""
+    aad = OneBadTenant(hostile, refusal, tenant_id(1))
+    settings = hostile_settings(hostile, secret, tmp_path)
+    partner = settings.profiles["gdap"].tenant_id
+    b = await start_broker(settings, clock=clock)
+    r = await token(b, tenant_id(1))
+    assert r.status == 502 and (await r.json())["error"]["code"] == "refresh_token_invalid"
+    assert aad.calls == {tenant_id(1): 1, partner: 1}
+    (verdict,) = events(b, "refresh_token_verdict")
+    assert (verdict["verdict"], verdict["reach"]) == ("refuted", "tenant")
+    assert (await token(b, tenant_id(1), ARM)).status == 502  # the tenant remembers
+    r = await token(b, tenant_id(2))
+    assert r.status == 200 and (await r.json())["access_token"] == f"opaque-{tenant_id(2)}"
+    assert aad.calls == {tenant_id(1): 1, partner: 1, tenant_id(2): 1}
+    assert (await listing(b))["profile_block"] is None
+    aad.bad.clear()
+    r = await b.client.post(f"/v1/tenants/gdap/{tenant_id(1)}/invalidate", headers=HEADERS)
+    assert r.status == 200
+    assert (await token(b, tenant_id(1), ARM)).status == 200
+
+
+async def test_a_dead_token_verdict_confirmed_by_the_partners_tenant_reaches_the_profile(
+    hostile, secret, tmp_path, start_broker, clock
+):
+    """Five tenants say the refresh token is dead at once, and so does the partner's own
+    tenant: one confirming call for the five, then every tenant waits with no call."""
+    settings = hostile_settings(hostile, secret, tmp_path)
+    partner = settings.profiles["gdap"].tenant_id
+    bad = [tenant_id(i) for i in range(5)]
+    aad = OneBadTenant(hostile, DEAD_TOKEN["error_codes [700082]"], partner, *bad)
+    b = await start_broker(settings, clock=clock)
+    answers = await asyncio.gather(*(token(b, t) for t in bad))
+    assert {r.status for r in answers} == {502}
+    assert aad.calls == {partner: 1, **{t: 1 for t in bad}}
+    (verdict,) = events(b, "refresh_token_verdict")
+    assert (verdict["verdict"], verdict["reach"]) == ("confirmed", "profile")
+    r = await token(b, tenant_id(9))
+    assert r.status == 502 and (await r.json())["error"]["code"] == "refresh_token_invalid"
+    assert tenant_id(9) not in aad.calls
+    assert (await listing(b))["profile_block"]["state"] == "refresh_token_invalid"
+
+
+# -- a slow customer never slows another (issue 23 item 8) ---------------------------------------
+
+
+class HungAzureAD:
+    """The hostile fake's Azure AD: `hung` tenants never answer (until the test ends), others
+    get a token at once. `arrived[t]` counts each tenant's calls that came in."""
+
+    def __init__(self, hostile: Hostile, *hung: str) -> None:
+        self.hung = set(hung)
+        self.release = asyncio.Event()
+        self.arrived: dict[str, int] = {}
+        self.came = asyncio.Condition()
+        hostile.aad = self.answer
+
+    async def answer(self, request: web.Request) -> web.Response:
+        tenant = request.match_info["tenant"]
+        async with self.came:
+            self.arrived[tenant] = self.arrived.get(tenant, 0) + 1
+            self.came.notify_all()
+        if tenant in self.hung:
+            await self.release.wait()
+        return web.json_response(
+            {"access_token": f"opaque-{tenant}", "token_type": "Bearer", "expires_in": 3600}
+        )
+
+    async def wait_for(self, count: int) -> None:
+        async with self.came:
+            await asyncio.wait_for(
+                self.came.wait_for(lambda: sum(self.arrived.values()) >= count), 10
+            )
+
+
+async def test_tenants_hanging_in_every_slot_do_not_time_out_a_healthy_tenant(
+    hostile, secret, tmp_path, start_broker
+):
+    """Azure AD hangs for as many tenants as upstream_concurrency (2): a healthy tenant's cold
+    fetch gets its slot when the hung calls pass their slot deadline (a quarter of the 2 s
+    upstream_timeout), so it is served, not queued into a 504. The hung ones time out alone."""
+    aad = HungAzureAD(hostile, tenant_id(1), tenant_id(2))
+    extra = "upstream_concurrency = 2\nupstream_timeout = 2\n"
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path, extra=extra))
+    try:
+        hung = [asyncio.create_task(token(b, tenant_id(i))) for i in (1, 2)]
+        await aad.wait_for(2)
+        r = await token(b, tenant_id(3))
+        assert r.status == 200 and (await r.json())["access_token"] == f"opaque-{tenant_id(3)}"
+        assert [(await t).status for t in hung] == [504, 504]
+    finally:
+        aad.release.set()
+
+
+async def test_one_tenant_holds_at_most_its_share_of_the_slots(
+    hostile, secret, tmp_path, start_broker
+):
+    """upstream_concurrency = 2, so one tenant's share is one slot: a tenant hanging on three
+    scopes has one call in flight, and another tenant is served from the other slot while the
+    hung call is well within its deadline."""
+    aad = HungAzureAD(hostile, tenant_id(1))
+    extra = "upstream_concurrency = 2\nupstream_timeout = 60\n"
+    b = await start_broker(hostile_settings(hostile, secret, tmp_path, extra=extra))
+    cache = b.broker.tenants["gdap"]
+    try:
+        hung = [asyncio.create_task(token(b, tenant_id(1), s)) for s in SCOPES]
+        await aad.wait_for(1)
+        await until(lambda: cache.limiter.queued + cache.limiter.active == 3)
+        r = await token(b, tenant_id(2))
+        assert r.status == 200
+        assert aad.arrived == {tenant_id(1): 1, tenant_id(2): 1}
+        assert cache.limiter.share == 1 and cache.limiter.queued == 2
+    finally:
+        aad.release.set()
+    assert {(await t).status for t in hung} == {200}
+
+
+async def test_a_slot_past_its_deadline_goes_to_the_next_and_overdue_calls_are_bounded():
+    """limit 1: a holder past its deadline lets the next in; at most `limit` overdue at once,
+    so a second overdue holder keeps its slot; each holder's own end is counted once."""
+    limiter = FifoLimiter(1)
+    done = [asyncio.Event() for _ in range(3)]
+    inside: list[int] = []
+
+    async def hold(i: int) -> None:
+        async with limiter.slot(f"t{i}", deadline=0.01):
+            inside.append(i)
+            await done[i].wait()
+
+    tasks = [asyncio.create_task(hold(i)) for i in range(3)]
+    await until(lambda: inside == [0, 1], limit=10**7)  # 0 went overdue at 10 ms: 1 is in
+    assert (limiter.overdue, limiter.active, limiter.queued) == (1, 1, 1)
+    done[1].set()  # 1 ends, 2 comes in and stays past its deadline: no room overdue
+    await until(lambda: inside == [0, 1, 2])
+    done[0].set()
+    await tasks[0]
+    assert (limiter.overdue, limiter.active) == (0, 1)
+    done[2].set()
+    await asyncio.gather(*tasks)
+    assert (limiter.overdue, limiter.active, limiter.queued, limiter.peak) == (0, 0, 0, 1)
+
+
+# -- the rate of cold fetches (issue 23 item 6) --------------------------------------------------
+
+
+async def test_a_flood_of_distinct_tenants_is_bound_by_the_cold_fetch_rate(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """One caller asks for 300 distinct tenants Azure AD does not know, 8 at a time, on the
+    fake clock: only customer_fetch_burst (20) go upstream; the rest get 429 with Retry-After
+    and are counted. Each second lets customer_fetch_rate (10) more through. Tenants already
+    cached are not cold: served as ever."""
+    fake_sandbox.state.register_customer(tenant_id(0))
+    extra = "customer_fetch_rate = 10\ncustomer_fetch_burst = 20\n"
+    b = await start_broker(gdap_fake(extra=extra), clock=clock)
+    assert (await token(b, tenant_id(0))).status == 200
+    statuses: list[int] = []
+    for start in range(1, 301, 8):
+        batch = [token(b, tenant_id(i)) for i in range(start, min(start + 8, 301))]
+        for r in await asyncio.gather(*batch):
+            statuses.append(r.status)
+            if r.status == 429:
+                assert (await r.json())["error"]["code"] == "customer_fetch_rate"
+                assert r.headers["Retry-After"] == "1"
+    assert statuses.count(502) == 19 and statuses.count(429) == 281  # 90002: unknown tenant
+    assert fake_sandbox.state.counts["aad"] == 20
+    assert await metric(b, "broker_customer_fetches_refused_total", profile="gdap") == 281
+    assert (await token(b, tenant_id(0))).status == 200  # a hit costs nothing
+    clock.advance(1)
+    answers = await asyncio.gather(*(token(b, tenant_id(i)) for i in range(400, 420)))
+    assert [r.status for r in answers].count(429) == 10
+    assert fake_sandbox.state.counts["aad"] == 30
+
+
+def test_the_cold_fetch_rate_is_configured_per_profile(sandbox, secret):
+    s = make_settings(
+        sandbox,
+        secret,
+        profiles='[profiles.p]\ncustomer_tenants = ["*"]\ncustomer_scopes = ["s"]\n'
+        "customer_fetch_rate = 2.5\ncustomer_fetch_burst = 7\n",
+    )
+    p = s.profiles["p"]
+    assert (p.customer_fetch_rate, p.customer_fetch_burst) == (2.5, 7)
+    assert make_settings(sandbox, secret).profiles["default"].customer_fetch_rate == 50
+    for bad in ("customer_fetch_rate = 0", "customer_fetch_burst = 0"):
+        with pytest.raises(ConfigError):
+            make_settings(sandbox, secret, profiles=f"[profiles.p]\n{bad}\n")

@@ -146,6 +146,15 @@ class ProfileCommon(Section):
     upstream_concurrency: Whole = setting(
         16, "Azure AD calls in flight for customer tenants; others queue", ge=1, le=1024
     )
+    customer_fetch_rate: Number = setting(
+        50.0,
+        "new (tenant, scope) entries fetched per second, sustained; beyond it callers get 429",
+        ge=0.01, le=100_000,
+    )  # fmt: skip
+    customer_fetch_burst: Whole = setting(
+        500, "new (tenant, scope) entries fetched at once before customer_fetch_rate applies",
+        ge=1, le=1_000_000,
+    )  # fmt: skip
 
 
 # -- each credential's own keys ----------------------------------------------------------------

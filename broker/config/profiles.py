@@ -155,6 +155,8 @@ def _profile(
         resource_id=p.resource_id or "",
         max_customer_tokens=p.max_customer_tokens,
         upstream_concurrency=p.upstream_concurrency,
+        customer_fetch_rate=p.customer_fetch_rate,
+        customer_fetch_burst=p.customer_fetch_burst,
         **v,
     )
 

@@ -78,6 +78,8 @@ class ProfileSettings:
     customer_scopes: tuple[str, ...] = ()  # the first is the default
     max_customer_tokens: int = _PROFILE.max_customer_tokens  # cached (tenant, scope) tokens
     upstream_concurrency: int = _PROFILE.upstream_concurrency  # AAD calls for customer tenants
+    customer_fetch_rate: float = _PROFILE.customer_fetch_rate  # new entries per second
+    customer_fetch_burst: int = _PROFILE.customer_fetch_burst  # new entries at once
 
     @property
     def serves_customers(self) -> bool:

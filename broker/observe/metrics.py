@@ -184,6 +184,12 @@ class Metrics:
             "broker_mirror_cache_entries", "Tokens held by the mirror cache", registry=r
         )
 
+        self.customer_fetch_refused = Counter(
+            "broker_customer_fetches_refused",
+            "New customer-tenant entries refused (429) over customer_fetch_rate, by profile",
+            ["profile"],
+            registry=r,
+        )
         self.shared = Counter(
             "broker_shared_cache",
             "Shared (Redis) cache events: hit, miss, lease_wait, error, undecryptable",

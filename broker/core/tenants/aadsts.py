@@ -17,11 +17,17 @@ from broker.core.upstream import Answer, RefreshIds, Upstream
 # Throttled without a Retry-After: wait this long; a Retry-After is honoured up to the cap.
 THROTTLE_DEFAULT = 60.0
 THROTTLE_CAP = 600.0
+# Throttling reaches the tenant Azure AD throttled; the whole profile only when this many
+# tenants were throttled within this many seconds (Azure AD throttling the app, not a tenant).
+THROTTLE_SPREAD = 3
+THROTTLE_WINDOW = 60.0
 
 
 class Reach(StrEnum):
     """How far a refusal blocks: the one (tenant, scope) entry, the whole tenant, or every
-    tenant of the profile (its refresh token, or Azure AD throttling the app)."""
+    tenant of the profile. No single customer tenant's answer reaches the profile: throttling
+    does when THROTTLE_SPREAD tenants are throttled within THROTTLE_WINDOW, a dead refresh
+    token when the partner's own tenant confirms it (see memory.py)."""
 
     ENTRY = "entry"
     TENANT = "tenant"
@@ -42,9 +48,9 @@ class Refusal:
 
 CONSENT_REQUIRED = Refusal("consent_required", 300.0, Reach.ENTRY)
 INTERACTION_REQUIRED = Refusal("interaction_required", 600.0, Reach.TENANT)
-REFRESH_TOKEN_INVALID = Refusal("refresh_token_invalid", 600.0, Reach.PROFILE)
+REFRESH_TOKEN_INVALID = Refusal("refresh_token_invalid", 600.0, Reach.TENANT)
 TENANT_NOT_FOUND = Refusal("tenant_not_found", 900.0, Reach.TENANT)
-THROTTLED = Refusal("throttled", THROTTLE_DEFAULT, Reach.PROFILE, status=503, retryable=True)
+THROTTLED = Refusal("throttled", THROTTLE_DEFAULT, Reach.TENANT, status=503, retryable=True)
 
 AADSTS: dict[int, Refusal] = {
     65001: CONSENT_REQUIRED,  # the user or administrator has not consented
@@ -111,9 +117,13 @@ class TenantRefused(UpstreamError):
             retryable=refusal.retryable,
         )
 
-    def again(self, retry_after: float) -> TenantRefused:
+    # The block (memory.Block) this refusal was told again from, if it was: an entry that
+    # remembers it may go upstream again as soon as that block is lifted.
+    block: object | None = None
+
+    def again(self, retry_after: float, block: object | None = None) -> TenantRefused:
         """The remembered refusal, told again with the time still left."""
-        return TenantRefused(
+        told = TenantRefused(
             self.refusal,
             self.message,
             aadsts=self.aadsts,
@@ -123,6 +133,8 @@ class TenantRefused(UpstreamError):
             correlation_id=self.correlation_id,
             trace_id=self.trace_id,
         )
+        told._fields(block=block)
+        return told
 
 
 def refusal_error(upstream: Upstream, answer: Answer, ids: RefreshIds) -> UpstreamError:

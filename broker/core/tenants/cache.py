@@ -18,8 +18,8 @@ from broker.core.cache.shared import SharedCache, shared_key
 from broker.core.credentials import Credential
 from broker.core.sources import policy_for
 from broker.core.tenants import views
-from broker.core.tenants.fetch import EntryFetch, EntryLog, Fetcher
-from broker.core.tenants.limiter import FifoLimiter
+from broker.core.tenants.fetch import AfterLanding, EntryFetch, EntryLog, Fetcher
+from broker.core.tenants.limiter import ColdFetchRate, FifoLimiter
 from broker.core.tenants.memory import FailureMemory, TenantState
 from broker.core.tokens import Kind, Token
 from broker.core.tokens.clock import Clock
@@ -62,9 +62,13 @@ class TenantCache:
         self.tenants: dict[str, TenantState] = {}
         self._lru: OrderedDict[tuple[str, str], Entry] = OrderedDict()
         self.limiter = FifoLimiter(profile.upstream_concurrency)
+        self.rate = ColdFetchRate(profile.customer_fetch_rate, profile.customer_fetch_burst, clock)
         self.memory = FailureMemory(profile, clock=clock, log=self._log)
         self._fetcher = Fetcher(profile, credential, upstream, self.memory, self.limiter)
         self.evicted = 0
+        # Fetches of invalidated entries still in flight, by (tenant, scope): the entry made
+        # again starts its own when that one lands (single flight across an invalidation).
+        self._landing: dict[tuple[str, str], asyncio.Task[Token]] = {}
 
     # -- questions callers ask first ----------------------------------------------------------
 
@@ -97,10 +101,23 @@ class TenantCache:
         return entry
 
     def entry(self, tenant: str, scope: str) -> Entry:
-        """The entry for (tenant, scope), made (and room made for it) if new."""
+        """The entry for (tenant, scope), made (and room made for it) if new: a new entry that
+        would go to Azure AD is a cold fetch, at most `customer_fetch_rate` a second (else
+        `FetchRateExceeded`, 429, and nothing is made)."""
         entry = self.lookup(tenant, scope)
         if entry is not None:
+            if entry.last_error is not None and self.memory.lifted(
+                self.tenants[tenant], entry.last_error
+            ):
+                entry.retry_at = 0.0  # what held it back is lifted: the next caller goes up
             return entry
+        state = self.tenants.get(tenant)
+        now = self._clock.monotonic()
+        if state is None or not self.memory.holding(state, now):
+            wait = self.rate.take()
+            if wait:
+                self._metrics.customer_fetch_refused.labels(self.profile.name).inc()
+                raise self.rate.refused(wait)
         while len(self._lru) >= self.profile.max_customer_tokens:
             self._evict_one()
         state = self.tenants.get(tenant)
@@ -131,11 +148,12 @@ class TenantCache:
     def _fetch(self, state: TenantState, tenant: str, scope: str) -> Fetch:
         """The entry's fetch: the fleet's shared cache (when [shared] is on) in front of the
         failure memory and fan-out limit, in front of Azure AD."""
-        fetch = EntryFetch(self._fetcher, state, scope)
-        if self._shared is None or not self._shared.enabled:
-            return fetch
-        key = shared_key(self.profile, Kind.AAD, tenant=tenant, scope=scope)
-        return self._shared.wrap(fetch, key, self._policy)
+        fetch: Fetch = EntryFetch(self._fetcher, state, scope)
+        if self._shared is not None and self._shared.enabled:
+            key = shared_key(self.profile, Kind.AAD, tenant=tenant, scope=scope)
+            fetch = self._shared.wrap(fetch, key, self._policy)
+        earlier = self._landing.get((tenant, scope))
+        return fetch if earlier is None else AfterLanding(fetch, earlier)
 
     # -- bounds -----------------------------------------------------------------------------
 
@@ -181,11 +199,25 @@ class TenantCache:
         state = self.tenants.pop(tenant, None)
         if state is None:
             return 0
+        state.forgotten = True
+        self.memory.forget(tenant)
         dropped = len(state.entries)
-        for scope in list(state.entries):
+        for scope, entry in list(state.entries.items()):
+            flight = entry.flight
+            if flight is not None:
+                self._land_later((tenant, scope), flight)
             self._drop((tenant, scope))
         self._log.info("tenant_invalidated", tenant=tenant, tokens=dropped)
         return dropped
+
+    def _land_later(self, key: tuple[str, str], flight: asyncio.Task[Token]) -> None:
+        self._landing[key] = flight
+
+        def landed(_: object) -> None:
+            if self._landing.get(key) is flight:
+                del self._landing[key]
+
+        flight.add_done_callback(landed)
 
     def retire(self) -> None:
         for entry in self._lru.values():

@@ -3,13 +3,15 @@ refusals first, then the fan-out limit, then Azure AD (`fetch_tenant_token`)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from broker.config.settings import ProfileSettings
+from broker.core.cache import Fetch
 from broker.core.credentials import Credential
 from broker.core.errors import UpstreamError
-from broker.core.tenants.aadsts import refusal_error
-from broker.core.tenants.limiter import FifoLimiter
+from broker.core.tenants.aadsts import REFRESH_TOKEN_INVALID, TenantRefused, refusal_error
+from broker.core.tenants.limiter import SLOT_DEADLINE, FifoLimiter
 from broker.core.tenants.memory import FailureMemory, TenantState
 from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds, Upstream
@@ -44,7 +46,7 @@ async def fetch_tenant_token(
 class Fetcher:
     """One profile's way to its customer tenants' tokens, shared by all their entries."""
 
-    __slots__ = ("credential", "limiter", "memory", "profile", "upstream")
+    __slots__ = ("_confirming", "credential", "limiter", "memory", "profile", "upstream")
 
     def __init__(
         self,
@@ -56,11 +58,17 @@ class Fetcher:
     ) -> None:
         self.profile, self.credential, self.upstream = profile, credential, upstream
         self.memory, self.limiter = memory, limiter
+        self._confirming: asyncio.Task[None] | None = None
+
+    @property
+    def deadline(self) -> float:
+        """How long one call holds its slot: past it, the call goes on outside the limit."""
+        return self.profile.upstream_timeout * SLOT_DEADLINE
 
     async def fetch(self, state: TenantState, scope: str, ids: RefreshIds) -> Token:
         memory = self.memory
         memory.check(state)
-        async with self.limiter:
+        async with self.limiter.slot(state.name, self.deadline):
             memory.check(state)  # a refusal may have landed while this one queued
             try:
                 token = await fetch_tenant_token(
@@ -68,9 +76,49 @@ class Fetcher:
                 )
             except UpstreamError as e:
                 memory.remember(state, e)
-                raise
-        memory.succeeded(state, scope)
-        return token
+                refused = e
+            else:
+                memory.succeeded(state, scope)
+                return token
+        dead = isinstance(refused, TenantRefused) and refused.refusal is REFRESH_TOKEN_INVALID
+        if dead and not state.forgotten:
+            await self.confirm()
+        raise refused
+
+    async def confirm(self) -> None:
+        """One customer tenant says the refresh token is dead: ask the partner's own tenant
+        (one Azure AD call, shared by every tenant saying so meanwhile) before the verdict
+        reaches the whole profile."""
+        if self._confirming is None:
+            task = asyncio.get_running_loop().create_task(self._ask_partner_tenant())
+            self._confirming = task
+
+            def done(_: object) -> None:
+                if self._confirming is task:
+                    self._confirming = None
+
+            task.add_done_callback(done)
+        await asyncio.shield(self._confirming)
+
+    async def _ask_partner_tenant(self) -> None:
+        profile, ids = self.profile, RefreshIds.new()
+        if profile.tenant_id is None:
+            return
+        try:
+            async with self.limiter.slot(profile.tenant_id, self.deadline):
+                await fetch_tenant_token(
+                    profile, self.credential, self.upstream, profile.tenant_id, profile.scope, ids
+                )
+        except TenantRefused as e:
+            if e.refusal is REFRESH_TOKEN_INVALID:
+                self.memory.confirmed(e)
+                return
+            verdict = "unconfirmed"
+        except UpstreamError:
+            verdict = "unconfirmed"  # no answer either way: the verdict stays with its tenant
+        else:
+            verdict = "refuted"
+        self.memory.not_confirmed(verdict, ids.correlation_id)
 
 
 class EntryFetch:
@@ -83,6 +131,26 @@ class EntryFetch:
 
     async def __call__(self, ids: RefreshIds) -> Token:
         return await self.fetcher.fetch(self.state, self.scope, ids)
+
+
+class AfterLanding:
+    """The fetch of an entry made again after its tenant was invalidated while a fetch for the
+    same (tenant, scope) was in flight: it starts when that one has landed (its answer dropped
+    with the old entry), so one (tenant, scope) never has two Azure AD calls at once; callers
+    who ask meanwhile join this entry's one flight."""
+
+    __slots__ = ("earlier", "fetch")
+
+    def __init__(self, fetch: Fetch, earlier: asyncio.Future[Any]) -> None:
+        self.fetch = fetch
+        self.earlier: asyncio.Future[Any] | None = earlier
+
+    async def __call__(self, ids: RefreshIds) -> Token:
+        earlier = self.earlier
+        if earlier is not None:
+            await asyncio.wait({earlier})  # its outcome is not ours: never raised here
+            self.earlier = None
+        return await self.fetch(ids)
 
 
 class EntryLog:
