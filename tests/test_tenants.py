@@ -838,8 +838,12 @@ def test_a_users_tenant_token_is_shared_apart_from_the_apps(sandbox, secret, tmp
     )
     user, app = settings.profiles["gdap"], settings.profiles["app"]
     t = tenant_id(1)
-    assert shared_key(user, tenant=t, scope=GRAPH) == (CLIENT_ID, t, f"user {GRAPH}")
-    assert shared_key(app, tenant=t, scope=GRAPH) == (CLIENT_ID, t, GRAPH)
+    assert shared_key(user, credential="c", tenant=t, scope=GRAPH)[:3] == (
+        CLIENT_ID,
+        t,
+        f"user {GRAPH}",
+    )
+    assert shared_key(app, credential="c", tenant=t, scope=GRAPH)[:3] == (CLIENT_ID, t, GRAPH)
 
 
 def test_a_new_limiter_has_no_holders_and_no_peak():

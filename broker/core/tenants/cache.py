@@ -134,7 +134,8 @@ class TenantCache:
         fetch = EntryFetch(self._fetcher, state, scope)
         if self._shared is None or not self._shared.enabled:
             return fetch
-        key = shared_key(self.profile, Kind.AAD, tenant=tenant, scope=scope)
+        credential = self._shared.credential_of(self._fetcher.credential)
+        key = shared_key(self.profile, Kind.AAD, credential=credential, tenant=tenant, scope=scope)
         return self._shared.wrap(fetch, key, self._policy)
 
     # -- bounds -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from broker.core.tokens.clock import TimerHandle
 from broker.core.upstream import RefreshIds, Upstream
 from broker.core.upstream.credentials.base import read_file, read_off_loop
 from broker.core.upstream.credentials.grants import AzureADGrant
+from broker.core.upstream.credentials.lineage import load_lineage, record_lineage
 
 # A fan-out over customer tenants rotates the refresh token with every answer: write it back at
 # most this often (each write is an fsync on the event loop).
@@ -62,9 +63,14 @@ class RotatingRefreshToken:
         self._flushing: asyncio.Task[None] | None = None  # that write-back, running
         # With [shared]: the fleet's newest rotated token, by version (newest wins).
         self._shared = shared if shared is not None and shared.enabled else None
-        self._shared_name = (
-            self._shared.name(*shared_key(profile, "refresh_token")) if self._shared else ""
-        )
+        # With [shared]: the token's lineage names it (and the profile's tokens) in Redis.
+        self.lineage = ""
+        self.shared_name = ""
+        if self._shared is not None:
+            self.lineage = load_lineage(self.path, self._fingerprint, log)
+            credential = self._shared.credential_id("refresh_token", self.lineage)
+            key = shared_key(profile, "refresh_token", credential=credential)
+            self.shared_name = self._shared.name(*key)
         self._version = 0  # of the refresh token we hold; 0: the file's own
 
     def current(self, upstream: Upstream) -> str:
@@ -107,14 +113,14 @@ class RotatingRefreshToken:
         if self._shared is not None:  # newest wins: an older version never overwrites
             self._version += 1
             await self._shared.put_versioned(
-                self._shared_name, self._version, rotated, self.SHARED_TTL
+                self.shared_name, self._version, rotated, self.SHARED_TTL
             )
 
     async def _adopt_shared(self, upstream: Upstream) -> None:
         """Use the fleet's newest refresh token when it is newer than ours: another broker
         rotated it, and the one in our file may already be spent."""
         assert self._shared is not None
-        found = await self._shared.get_versioned(self._shared_name)
+        found = await self._shared.get_versioned(self.shared_name)
         if found is None or found[0] <= self._version:
             return
         self.current(upstream)  # note the file's content: a new file still wins over Redis
@@ -144,9 +150,19 @@ class RotatingRefreshToken:
         if unsaved is not None and unsaved != self._seen_in_file:
             await self._save(unsaved, None)
 
+    def _fingerprint(self, token: str) -> str:
+        assert self._shared is not None
+        return self._shared.credential_id("refresh token held", token)
+
+    def _write(self, rotated: str) -> None:
+        """The token file, then its lineage record (see lineage.py). In a worker thread."""
+        write_atomically(self.path, rotated + "\n")
+        if self._shared is not None:
+            record_lineage(self.path, self.lineage, self._fingerprint(rotated), self.log)
+
     async def _save(self, rotated: str, ids: RefreshIds | None) -> None:
         try:  # fsync and rename: off the event loop
-            await asyncio.to_thread(write_atomically, self.path, rotated + "\n")
+            await asyncio.to_thread(self._write, rotated)
         except OSError as e:
             self._unsaved = rotated
             self.log.error(
@@ -172,6 +188,10 @@ class RefreshTokenCredential(AzureADGrant):
         super().__init__(profile, log)
         self.refresh_token = RotatingRefreshToken(profile, log, shared)
         self.mfa = None  # whether the profile's own token shows MFA in `amr`
+
+    def identity(self) -> str:
+        """The refresh token's lineage: what the fleet shares this user's tokens under."""
+        return self.refresh_token.lineage
 
     def grant(self, upstream: Upstream, token_url: str, scope: str) -> dict[str, str]:
         if "offline_access" not in scope.split():
