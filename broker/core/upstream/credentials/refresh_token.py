@@ -13,6 +13,7 @@ import jwt
 from broker.config.files import write_atomically
 from broker.config.settings import ProfileSettings
 from broker.core.cache.shared import SharedCache, shared_key
+from broker.core.errors import TokenFormatError
 from broker.core.tokens.clock import TimerHandle
 from broker.core.upstream import RefreshIds, Upstream
 from broker.core.upstream.credentials.base import read_file, read_off_loop
@@ -22,6 +23,20 @@ from broker.core.upstream.credentials.lineage import load_lineage, record_lineag
 # A fan-out over customer tenants rotates the refresh token with every answer: write it back at
 # most this often (each write is an fsync on the event loop).
 WRITE_BACK_EVERY = 1.0
+# A refresh token the broker will redeem and write back: printable ASCII, 1 to this many
+# characters (Azure AD's are about 1-2 KiB). Anything else is refused like a bad token answer.
+REFRESH_TOKEN_LIMIT = 16 * 1024
+_PRINTABLE = frozenset(chr(c) for c in range(0x21, 0x7F))
+
+
+def usable_refresh_token(value: object) -> bool:
+    """A string of 1 to REFRESH_TOKEN_LIMIT printable ASCII characters (no space, no control
+    character, no lone surrogate): what a form can carry and a file can hold."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= REFRESH_TOKEN_LIMIT
+        and _PRINTABLE.issuperset(value)
+    )
 
 
 def shows_mfa(token: Any) -> bool | None:
@@ -98,8 +113,18 @@ class RotatingRefreshToken:
         WRITE_BACK_EVERY seconds; newer ones in between are used from memory (Azure AD keeps
         the earlier ones valid, so the file always holds a working token)."""
         rotated = body.get("refresh_token")
-        if not isinstance(rotated, str) or not rotated or rotated == self._seen_in_file:
+        if rotated is None or rotated == self._seen_in_file:
             return
+        if not usable_refresh_token(rotated):
+            # Never redeemed, written or shared: the last good refresh token stays.
+            raise TokenFormatError(
+                "Azure AD answered with a rotated refresh token that cannot be used (not 1 to "
+                f"{REFRESH_TOKEN_LIMIT} printable ASCII characters); the last good one is kept",
+                endpoint="aad",
+                upstream_status=200,
+                correlation_id=ids.correlation_id,
+            )
+        assert isinstance(rotated, str)
         upstream.redactor.pin(f"refresh_token_file:{self.profile.name}", [rotated])
         now = upstream.clock.monotonic()
         if coalesce and now - self._written_at < WRITE_BACK_EVERY:
@@ -121,7 +146,7 @@ class RotatingRefreshToken:
         rotated it, and the one in our file may already be spent."""
         assert self._shared is not None
         found = await self._shared.get_versioned(self.shared_name)
-        if found is None or found[0] <= self._version:
+        if found is None or found[0] <= self._version or not usable_refresh_token(found[1]):
             return
         self.current(upstream)  # note the file's content: a new file still wins over Redis
         self._version, self._unsaved = found
@@ -163,12 +188,12 @@ class RotatingRefreshToken:
     async def _save(self, rotated: str, ids: RefreshIds | None) -> None:
         try:  # fsync and rename: off the event loop
             await asyncio.to_thread(self._write, rotated)
-        except OSError as e:
+        except (OSError, UnicodeError) as e:
             self._unsaved = rotated
             self.log.error(
                 "refresh_token_not_saved",
                 file=self.path,
-                error=e.strerror,
+                error=e.strerror if isinstance(e, OSError) else type(e).__name__,
                 correlation_id=ids.correlation_id if ids else None,
                 note="kept in memory; fix the file's permissions before the broker restarts",
             )
