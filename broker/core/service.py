@@ -161,6 +161,7 @@ class Broker:
             self._owns_session = True
         self._session = session
         settings = self.runtime.settings
+        self._pin_shared_secrets(settings)
         server = settings.server
         self.upstream = Upstream(
             session,
@@ -185,6 +186,17 @@ class Broker:
             profiles=sorted(settings.profiles),
             warm=sorted(p.name for p in settings.profiles.values() if p.warm),
         )
+
+    def _pin_shared_secrets(self, settings: Settings) -> None:
+        """[shared]'s Redis password and the fleet's key (as the hex its file is read into,
+        either case) are secrets like the config's: redacted wherever an upstream echoes
+        them. [shared] changes only with a restart, so they are pinned once, here."""
+        shared = settings.shared
+        if shared is None:
+            return
+        key = shared.key.reveal()
+        password = shared.password.reveal() if shared.password is not None else None
+        self.redactor.pin("shared", [key.lower(), key.upper(), password])
 
     def apply(self, new: Settings) -> dict[str, list[str]]:
         """Switch to `new` settings (a SIGHUP reload). Everything that can fail is built first;
