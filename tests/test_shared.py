@@ -73,10 +73,12 @@ async def crowd(brokers, per_broker: int, path: str = "/v1/token") -> list[int]:
     return await asyncio.gather(*(one(b) for b in brokers for _ in range(per_broker)))
 
 
-def _keys(settings):
+def _keys(b, name: str = "default"):
     from broker.core.sources import shared_keys
 
-    keys = shared_keys(settings.profiles["default"])
+    shared = b.broker.shared
+    credential = shared.credential_of(b.broker.credentials[name])
+    keys = shared_keys(b.broker.settings.profiles[name], credential)
     assert keys is not None
     return keys
 
@@ -381,9 +383,13 @@ def test_key_names_and_sealed_values_are_the_fleets_published_format() -> None:
 
 
 def test_what_each_token_is_shared_under_is_the_fleets_published_format() -> None:
-    """The (client id, tenant, what) a key name is made from, for every kind of token: brokers
-    of two versions in one fleet must name the same keys. A user's token (refresh_token grant)
-    is keyed apart from the app's; its rotated refresh token under its own name."""
+    """The (client id, tenant, what, profile, credential id) a key name is made from, for every
+    kind of token: brokers of two versions in one fleet must name the same keys. A user's token
+    (refresh_token grant) is keyed apart from the app's; its rotated refresh token under its
+    own name. Changed on purpose by issue 23 item 1: the profile and its credential id (an
+    HMAC of the secret, the certificate's thumbprint or the refresh token's lineage under
+    HMAC(key, "pc-token-broker credential ids")) are part of every key, so no token crosses to
+    another profile."""
     from broker.config.settings import ProfileSettings
     from broker.core.cache.shared import shared_key
 
@@ -403,18 +409,51 @@ def test_what_each_token_is_shared_under_is_the_fleets_published_format() -> Non
         warm=False,
     )
     user = dataclasses.replace(app, credential="refresh_token")
-    assert shared_key(app) == shared_key(app, "aad") == (CLIENT_ID, TENANT, scope)
-    assert shared_key(app, "partner") == (CLIENT_ID, TENANT, f"{scope} > {url}")
-    assert shared_key(user) == (CLIENT_ID, TENANT, f"user {scope}")
-    assert shared_key(user, "partner") == (CLIENT_ID, TENANT, f"user {scope} > {url}")
-    assert shared_key(user, "refresh_token") == (CLIENT_ID, TENANT, f"refresh_token {scope}")
-    assert shared_key(app, tenant="fabrikam.example", scope="g/.default") == (
+    c = "cred-id"
+    assert shared_key(app, credential=c) == shared_key(app, "aad", credential=c)
+    assert shared_key(app, credential=c) == (CLIENT_ID, TENANT, scope, "p", c)
+    assert shared_key(app, "partner", credential=c) == (
+        CLIENT_ID,
+        TENANT,
+        f"{scope} > {url}",
+        "p",
+        c,
+    )
+    assert shared_key(user, credential=c) == (CLIENT_ID, TENANT, f"user {scope}", "p", c)
+    assert shared_key(user, "partner", credential=c) == (
+        CLIENT_ID,
+        TENANT,
+        f"user {scope} > {url}",
+        "p",
+        c,
+    )
+    assert shared_key(user, "refresh_token", credential=c) == (
+        CLIENT_ID,
+        TENANT,
+        f"refresh_token {scope}",
+        "p",
+        c,
+    )
+    assert shared_key(app, credential=c, tenant="fabrikam.example", scope="g/.default") == (
         CLIENT_ID,
         "fabrikam.example",
         "g/.default",
+        "p",
+        c,
     )
     with pytest.raises(ValueError, match="no shared key for 'mirror'"):
-        shared_key(app, "mirror")
+        shared_key(app, "mirror", credential=c)
+    # the credential id and the key name of such a tuple, byte for byte
+    b = Broker(shared_settings("redis://h:1/0"))
+    id_key = hmac.new(KEY, b"pc-token-broker credential ids", hashlib.sha256).digest()
+    material = json.dumps(["client_secret", "s3cret-value"]).encode()
+    expected = hmac.new(id_key, material, hashlib.sha256).hexdigest()
+    assert b.cache.credential_id("client_secret", "s3cret-value") == expected
+    assert b.cache.credential_id("client_secret", "another-secret") != expected
+    name_key = hmac.new(KEY, b"pc-token-broker redis key names", hashlib.sha256).digest()
+    parts = json.dumps([CLIENT_ID.lower(), TENANT.lower(), scope, "p", expected]).encode()
+    digest = hmac.new(name_key, parts, hashlib.sha256).hexdigest()
+    assert b.cache.name(*shared_key(app, credential=expected)) == f"pc-token-broker:tok:{digest}"
 
 
 def test_an_undecryptable_entry_is_logged_once_per_key_for_at_most_1024_keys() -> None:
@@ -674,7 +713,7 @@ async def test_a_tampered_or_moved_entry_is_ignored_and_logged_once(
     (a,) = await fleet(start_broker, settings, 1)
     token_a = (await (await a.get("/v1/token")).json())["access_token"]
     c = redis_db.client()
-    keys = _keys(settings)
+    keys = _keys(a)
     partner = a.broker.shared.name(*keys["partner"])
     aad = a.broker.shared.name(*keys["aad"])
     assert c.exists(partner) and c.exists(aad)
@@ -962,7 +1001,7 @@ async def test_the_lease_is_renewed_while_a_slow_fetch_runs(
     )
     a, b = await fleet(start_broker, settings, 2)
     sandbox.state.latency = {"aad": 0.0, "partner": 1.6}
-    lease = a.broker.shared.name(*_keys(settings)["partner"]) + ":lease"
+    lease = a.broker.shared.name(*_keys(a)["partner"]) + ":lease"
     first = asyncio.create_task(a.get("/v1/token"))
     client = redis_db.client()
 
@@ -985,7 +1024,7 @@ async def test_a_waiter_fetches_alone_after_upstream_timeout_on_the_injected_clo
         fake_sandbox, secret, redis_db.url, shared_key, defaults="warm = false"
     )
     (b,) = await fleet(start_broker, settings, 1, clock=clock)
-    lease = b.broker.shared.name(*_keys(settings)["partner"]) + ":lease"
+    lease = b.broker.shared.name(*_keys(b)["partner"]) + ":lease"
     client = redis_db.client()
     client.set(lease, "another-broker", px=60_000)
     answer = asyncio.create_task(b.get("/v1/token"))
@@ -1333,7 +1372,8 @@ async def test_a_rotated_refresh_token_is_shared_and_newest_wins(
     second = files[0].read_text().strip()
     assert second != first and first not in app.refresh_tokens
     shared = a.broker.shared
-    name = shared.name(app.client_id, TENANT, "refresh_token " + settings.profiles["default"].scope)
+    name = a.broker.credentials["default"].refresh_token.shared_name
+    assert name == b.broker.credentials["default"].refresh_token.shared_name  # one lineage
     assert (await shared.get_versioned(name)) == (1, second)
     client = redis_db.client()
     for key in list(client.scan_iter()):  # drop the shared access tokens, keep the refresh token

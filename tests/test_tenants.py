@@ -841,8 +841,12 @@ def test_a_users_tenant_token_is_shared_apart_from_the_apps(sandbox, secret, tmp
     )
     user, app = settings.profiles["gdap"], settings.profiles["app"]
     t = tenant_id(1)
-    assert shared_key(user, tenant=t, scope=GRAPH) == (CLIENT_ID, t, f"user {GRAPH}")
-    assert shared_key(app, tenant=t, scope=GRAPH) == (CLIENT_ID, t, GRAPH)
+    assert shared_key(user, credential="c", tenant=t, scope=GRAPH)[:3] == (
+        CLIENT_ID,
+        t,
+        f"user {GRAPH}",
+    )
+    assert shared_key(app, credential="c", tenant=t, scope=GRAPH)[:3] == (CLIENT_ID, t, GRAPH)
 
 
 def test_a_new_limiter_has_no_holders_and_no_peak():
@@ -1588,16 +1592,22 @@ async def test_a_rotated_token_that_cannot_be_saved_is_logged_with_the_fetchs_co
 
 
 async def test_a_crash_in_a_tenant_fetch_is_logged_with_its_tenant_and_scope(
-    hostile, secret, tmp_path, start_broker, clock
+    hostile, secret, tmp_path, start_broker, clock, monkeypatch
 ):
-    """Something the broker did not expect goes wrong inside a tenant fetch (here: a rotated
-    refresh token that is not valid Unicode cannot be written back): the caller gets a clean
-    503, and the log line with the traceback says which tenant and scope."""
+    """Something the broker did not expect goes wrong inside a tenant fetch (here: handling
+    the rotated refresh token raises; a lone surrogate no longer does, it is refused: see
+    tests/test_refresh_token_bounds.py): the caller gets a clean 503, and the log line with
+    the traceback says which tenant and scope."""
+    from broker.core.credentials import RotatingRefreshToken
 
     async def aad(request: web.Request) -> web.Response:
-        text = '{"access_token": "opaque-1", "expires_in": 3600, "refresh_token": "x\\ud800"}'
+        text = '{"access_token": "opaque-1", "expires_in": 3600, "refresh_token": "rt-2"}'
         return web.Response(text=text, content_type="application/json")
 
+    async def unexpected(*args: object, **kwargs: object) -> None:
+        raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr(RotatingRefreshToken, "rotated", unexpected)
     hostile.aad = aad
     b = await start_broker(hostile_settings(hostile, secret, tmp_path), clock=clock)
     r = await token(b, tenant_id(1), ARM)

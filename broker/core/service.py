@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -161,6 +161,7 @@ class Broker:
             self._owns_session = True
         self._session = session
         settings = self.runtime.settings
+        self._pin_shared_secrets(settings)
         server = settings.server
         self.upstream = Upstream(
             session,
@@ -185,6 +186,17 @@ class Broker:
             profiles=sorted(settings.profiles),
             warm=sorted(p.name for p in settings.profiles.values() if p.warm),
         )
+
+    def _pin_shared_secrets(self, settings: Settings) -> None:
+        """[shared]'s Redis password and the fleet's key (as the hex its file is read into,
+        either case) are secrets like the config's: redacted wherever an upstream echoes
+        them. [shared] changes only with a restart, so they are pinned once, here."""
+        shared = settings.shared
+        if shared is None:
+            return
+        key = shared.key.reveal()
+        password = shared.password.reveal() if shared.password is not None else None
+        self.redactor.pin("shared", [key.lower(), key.upper(), password])
 
     def apply(self, new: Settings) -> dict[str, list[str]]:
         """Switch to `new` settings (a SIGHUP reload). Everything that can fail is built first;
@@ -234,14 +246,45 @@ class Broker:
         }
 
     async def close(self) -> None:
-        self.audit.flush()
+        """Close every part, whatever one part raises: each failure is logged and the rest
+        still close (every profile's held-back refresh token written, Redis and the upstream
+        session closed)."""
+        try:
+            self.audit.flush()
+        except Exception as e:
+            self._close_failed("audit", e)
         runtime = self.runtime
-        await asyncio.gather(*(p.close() for p in runtime.profiles.values()))
-        await self.shared.close()
+        parts: list[tuple[str, str | None, Awaitable[Any]]] = []
+        for name, profile in runtime.profiles.items():
+            # A profile's parts one by one: an entry that raises must not keep its
+            # credential's held-back refresh token from reaching the file.
+            parts += [(f"entry {e.kind}", name, e.close()) for e in profile.entries.values()]
+            if profile.tenants is not None:
+                parts.append(("customer tenants", name, profile.tenants.close()))
+            parts.append(("credential", name, profile.credential.close()))
+        outcomes = await asyncio.gather(*(p for _, _, p in parts), return_exceptions=True)
+        for (part, profile_name, _), outcome in zip(parts, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self._close_failed(part, outcome, profile_name)
+        last: list[tuple[str, Callable[[], Awaitable[Any]]]] = [("shared cache", self.shared.close)]
         if runtime.mirror is not None:
-            await runtime.mirror.close()
+            last.append(("mirror", runtime.mirror.close))
         if self._owns_session and self._session is not None:
-            await self._session.close()
+            last.append(("upstream session", self._session.close))
+        for part, closing in last:
+            try:
+                await closing()
+            except Exception as e:
+                self._close_failed(part, e)
+
+    def _close_failed(self, part: str, error: BaseException, profile: str | None = None) -> None:
+        self.log.error(
+            "close_failed",
+            part=part,
+            profile=profile,
+            error=f"{type(error).__name__}: {error}",
+            note="the other parts were closed all the same",
+        )
 
     # -- status -------------------------------------------------------------------------------
 

@@ -43,7 +43,9 @@ def profile_entries(
     With a shared cache both fetches go through it (see `shared_keys`)."""
     credential = credential or make_credential(profile, log, shared)
     policy = policy_for(profile)
-    keys = shared_keys(profile) if shared is not None else None
+    keys = None
+    if shared is not None and shared.enabled:
+        keys = shared_keys(profile, shared.credential_of(credential))
 
     def share(fetch: Fetch, kind: str) -> Fetch:
         if shared is None or keys is None:
@@ -80,10 +82,12 @@ def profile_entries(
     return [aad, partner]
 
 
-def shared_keys(profile: ProfileSettings) -> dict[str, tuple[str, str, str]] | None:
+def shared_keys(profile: ProfileSettings, credential: str) -> dict[str, tuple[str, ...]] | None:
     """What a profile's tokens are shared under (see `shared_key`): its Azure AD token and
-    the Partner Center token it is exchanged for. A static token file is local and never
-    shared."""
+    the Partner Center token it is exchanged for, named with the profile and its credential
+    id. A static token file is local and never shared."""
     if profile.credential == "static_token_file":
         return None
-    return {kind: shared_key(profile, kind) for kind in (Kind.AAD, Kind.PARTNER)}
+    return {
+        kind: shared_key(profile, kind, credential=credential) for kind in (Kind.AAD, Kind.PARTNER)
+    }

@@ -33,6 +33,12 @@ class Credential(Protocol):
         """An Azure AD token for the profile's own tenant and scope."""
         ...
 
+    def identity(self) -> str:
+        """What identifies this credential among the app's (a secret, a certificate's
+        thumbprint, a refresh token's lineage). May be secret: only ever handed to
+        `SharedCache.credential_id`, which names it by an HMAC."""
+        ...
+
     async def before(self, upstream: Upstream) -> None:
         """Called before every token request (files are read here, off the event loop)."""
         ...
@@ -66,6 +72,10 @@ class CredentialBase:
 
     async def acquire(self, upstream: Upstream, ids: RefreshIds) -> Token:
         raise NotImplementedError  # every kind has its own
+
+    def identity(self) -> str:
+        """Nothing beyond the app (client id, tenant) and the profile: a federated token."""
+        return ""
 
     def form(self, upstream: Upstream, token_url: str, scope: str) -> dict[str, str]:
         raise NotImplementedError  # every kind has its own

@@ -55,6 +55,10 @@ class ClientSecretCredential(AzureADGrant):
 
     kind = "client_secret"
 
+    def identity(self) -> str:
+        assert self.profile.client_secret is not None  # config guarantees it
+        return self.profile.client_secret.reveal()
+
     def grant(self, upstream: Upstream, token_url: str, scope: str) -> dict[str, str]:
         assert self.profile.client_secret is not None  # config guarantees it
         return {
@@ -76,6 +80,9 @@ class CertificateCredential(AzureADGrant):
             profile.certificate_pem.reveal().encode("ascii"),
             password.reveal().encode() if password else None,
         )
+
+    def identity(self) -> str:
+        return self._key.thumbprint_s256
 
     def assertion(self, now: float, token_url: str | None = None) -> str:
         p = self.profile

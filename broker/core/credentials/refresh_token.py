@@ -15,12 +15,28 @@ from broker.config.settings import ProfileSettings
 from broker.core.cache.shared import SharedCache, shared_key
 from broker.core.credentials.base import read_file, read_off_loop
 from broker.core.credentials.grants import AzureADGrant
+from broker.core.credentials.lineage import load_lineage, record_lineage
+from broker.core.errors import TokenFormatError
 from broker.core.tokens.clock import TimerHandle
 from broker.core.upstream import RefreshIds, Upstream
 
 # A fan-out over customer tenants rotates the refresh token with every answer: write it back at
 # most this often (each write is an fsync on the event loop).
 WRITE_BACK_EVERY = 1.0
+# A refresh token the broker will redeem and write back: printable ASCII, 1 to this many
+# characters (Azure AD's are about 1-2 KiB). Anything else is refused like a bad token answer.
+REFRESH_TOKEN_LIMIT = 16 * 1024
+_PRINTABLE = frozenset(chr(c) for c in range(0x21, 0x7F))
+
+
+def usable_refresh_token(value: object) -> bool:
+    """A string of 1 to REFRESH_TOKEN_LIMIT printable ASCII characters (no space, no control
+    character, no lone surrogate): what a form can carry and a file can hold."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= REFRESH_TOKEN_LIMIT
+        and _PRINTABLE.issuperset(value)
+    )
 
 
 def shows_mfa(token: Any) -> bool | None:
@@ -62,9 +78,14 @@ class RotatingRefreshToken:
         self._flushing: asyncio.Task[None] | None = None  # that write-back, running
         # With [shared]: the fleet's newest rotated token, by version (newest wins).
         self._shared = shared if shared is not None and shared.enabled else None
-        self._shared_name = (
-            self._shared.name(*shared_key(profile, "refresh_token")) if self._shared else ""
-        )
+        # With [shared]: the token's lineage names it (and the profile's tokens) in Redis.
+        self.lineage = ""
+        self.shared_name = ""
+        if self._shared is not None:
+            self.lineage = load_lineage(self.path, self._fingerprint, log)
+            credential = self._shared.credential_id("refresh_token", self.lineage)
+            key = shared_key(profile, "refresh_token", credential=credential)
+            self.shared_name = self._shared.name(*key)
         self._version = 0  # of the refresh token we hold; 0: the file's own
 
     def current(self, upstream: Upstream) -> str:
@@ -92,8 +113,18 @@ class RotatingRefreshToken:
         WRITE_BACK_EVERY seconds; newer ones in between are used from memory (Azure AD keeps
         the earlier ones valid, so the file always holds a working token)."""
         rotated = body.get("refresh_token")
-        if not isinstance(rotated, str) or not rotated or rotated == self._seen_in_file:
+        if rotated is None or rotated == self._seen_in_file:
             return
+        if not usable_refresh_token(rotated):
+            # Never redeemed, written or shared: the last good refresh token stays.
+            raise TokenFormatError(
+                "Azure AD answered with a rotated refresh token that cannot be used (not 1 to "
+                f"{REFRESH_TOKEN_LIMIT} printable ASCII characters); the last good one is kept",
+                endpoint="aad",
+                upstream_status=200,
+                correlation_id=ids.correlation_id,
+            )
+        assert isinstance(rotated, str)
         upstream.redactor.pin(f"refresh_token_file:{self.profile.name}", [rotated])
         now = upstream.clock.monotonic()
         if coalesce and now - self._written_at < WRITE_BACK_EVERY:
@@ -107,15 +138,15 @@ class RotatingRefreshToken:
         if self._shared is not None:  # newest wins: an older version never overwrites
             self._version += 1
             await self._shared.put_versioned(
-                self._shared_name, self._version, rotated, self.SHARED_TTL
+                self.shared_name, self._version, rotated, self.SHARED_TTL
             )
 
     async def _adopt_shared(self, upstream: Upstream) -> None:
         """Use the fleet's newest refresh token when it is newer than ours: another broker
         rotated it, and the one in our file may already be spent."""
         assert self._shared is not None
-        found = await self._shared.get_versioned(self._shared_name)
-        if found is None or found[0] <= self._version:
+        found = await self._shared.get_versioned(self.shared_name)
+        if found is None or found[0] <= self._version or not usable_refresh_token(found[1]):
             return
         self.current(upstream)  # note the file's content: a new file still wins over Redis
         self._version, self._unsaved = found
@@ -144,15 +175,25 @@ class RotatingRefreshToken:
         if unsaved is not None and unsaved != self._seen_in_file:
             await self._save(unsaved, None)
 
+    def _fingerprint(self, token: str) -> str:
+        assert self._shared is not None
+        return self._shared.credential_id("refresh token held", token)
+
+    def _write(self, rotated: str) -> None:
+        """The token file, then its lineage record (see lineage.py). In a worker thread."""
+        write_atomically(self.path, rotated + "\n")
+        if self._shared is not None:
+            record_lineage(self.path, self.lineage, self._fingerprint(rotated), self.log)
+
     async def _save(self, rotated: str, ids: RefreshIds | None) -> None:
         try:  # fsync and rename: off the event loop
-            await asyncio.to_thread(write_atomically, self.path, rotated + "\n")
-        except OSError as e:
+            await asyncio.to_thread(self._write, rotated)
+        except (OSError, UnicodeError) as e:
             self._unsaved = rotated
             self.log.error(
                 "refresh_token_not_saved",
                 file=self.path,
-                error=e.strerror,
+                error=e.strerror if isinstance(e, OSError) else type(e).__name__,
                 correlation_id=ids.correlation_id if ids else None,
                 note="kept in memory; fix the file's permissions before the broker restarts",
             )
@@ -172,6 +213,10 @@ class RefreshTokenCredential(AzureADGrant):
         super().__init__(profile, log)
         self.refresh_token = RotatingRefreshToken(profile, log, shared)
         self.mfa = None  # whether the profile's own token shows MFA in `amr`
+
+    def identity(self) -> str:
+        """The refresh token's lineage: what the fleet shares this user's tokens under."""
+        return self.refresh_token.lineage
 
     def grant(self, upstream: Upstream, token_url: str, scope: str) -> dict[str, str]:
         if "offline_access" not in scope.split():

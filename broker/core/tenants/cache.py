@@ -150,7 +150,10 @@ class TenantCache:
         failure memory and fan-out limit, in front of Azure AD."""
         fetch: Fetch = EntryFetch(self._fetcher, state, scope)
         if self._shared is not None and self._shared.enabled:
-            key = shared_key(self.profile, Kind.AAD, tenant=tenant, scope=scope)
+            credential = self._shared.credential_of(self._fetcher.credential)
+            key = shared_key(
+                self.profile, Kind.AAD, credential=credential, tenant=tenant, scope=scope
+            )
             fetch = self._shared.wrap(fetch, key, self._policy)
         earlier = self._landing.get((tenant, scope))
         return fetch if earlier is None else AfterLanding(fetch, earlier)

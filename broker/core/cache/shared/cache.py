@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from broker.config.settings import SharedSettings
 from broker.core.cache import Fetch, Policy
@@ -31,6 +31,15 @@ from broker.core.upstream import RefreshIds
 POLL_FIRST, POLL_MAX = 0.01, 0.1
 # Waiting on another broker's lease: at most this share of upstream_timeout, then fetch alone.
 LEASE_WAIT_SHARE = 1 / 3
+
+
+class Identified(Protocol):
+    """A credential, as far as shared keys care: its kind and what identifies it."""
+
+    @property
+    def kind(self) -> str: ...
+
+    def identity(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +118,19 @@ class SharedCache:
 
     # -- the published format (see sealer.py) --------------------------------------------------
 
-    def name(self, client_id: str, tenant: str, what: str) -> str:
+    def name(self, client_id: str, tenant: str, *what: str) -> str:
         """The Redis key of one token: the prefix and an HMAC, never the ids themselves."""
         assert self._sealer is not None
-        return self._sealer.name(client_id, tenant, what)
+        return self._sealer.name(client_id, tenant, *what)
+
+    def credential_id(self, kind: str, identity: str) -> str:
+        """What names a credential in shared keys (an HMAC, see `Sealer.credential_id`)."""
+        assert self._sealer is not None
+        return self._sealer.credential_id(kind, identity)
+
+    def credential_of(self, credential: Identified) -> str:
+        """`credential_id` of a profile's credential."""
+        return self.credential_id(credential.kind, credential.identity())
 
     def seal(self, name: str, plain: bytes) -> bytes:
         assert self._sealer is not None
@@ -136,7 +154,7 @@ class SharedCache:
 
     # -- the wrapper --------------------------------------------------------------------------
 
-    def wrap(self, fetch: Fetch, key: tuple[str, str, str], policy: Policy) -> Fetch:
+    def wrap(self, fetch: Fetch, key: tuple[str, ...], policy: Policy) -> Fetch:
         """`fetch` behind the fleet's cache; `fetch` itself when there is no [shared]."""
         if self.settings is None:
             return fetch
