@@ -1436,9 +1436,12 @@ async def test_tenants_with_nothing_cached_are_forgotten_beyond_the_bound(
     assert (await listing(b))["tenants_seen"] == 2
 
 
-async def test_forgetting_empty_tenants_looks_32_deep(fake_sandbox, gdap_fake, start_broker, clock):
+async def test_forgetting_empty_tenants_finds_one_at_any_depth(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
     """33 tenants with one entry each; the 33rd made is the least recently used and is
-    evicted by a 34th, left empty at the 33rd place: beyond the 32 looked at, so kept."""
+    evicted by a 34th, left empty at the 33rd place: forgotten all the same (it was kept, and
+    records grew without bound, while only the 32 oldest were looked at: issue 23 item 5)."""
     for i in range(34):
         fake_sandbox.state.register_customer(tenant_id(i))
     b = await start_broker(gdap_fake(extra="max_customer_tokens = 33"), clock=clock)
@@ -1449,8 +1452,8 @@ async def test_forgetting_empty_tenants_looks_32_deep(fake_sandbox, gdap_fake, s
         assert (await token(b, tenant_id(i))).status == 200  # hits: 32 is least recent
     assert list(cache.tenants)[32] == tenant_id(32) and fake_sandbox.state.counts["aad"] == 33
     assert (await token(b, tenant_id(33))).status == 200
-    assert cache.tenants[tenant_id(32)].entries == {}
-    assert len(cache.tenants) == 34
+    assert tenant_id(32) not in cache.tenants and tenant_id(33) in cache.tenants
+    assert len(cache.tenants) == 33
 
 
 # -- the cache's policy, callers' own margins, construction ----------------------------------------
@@ -1949,3 +1952,32 @@ def test_the_cold_fetch_rate_is_configured_per_profile(sandbox, secret):
     for bad in ("customer_fetch_rate = 0", "customer_fetch_burst = 0"):
         with pytest.raises(ConfigError):
             make_settings(sandbox, secret, profiles=f"[profiles.p]\n{bad}\n")
+
+
+# -- tenant records are bounded (issue 23 item 5) ------------------------------------------------
+
+
+async def test_a_flood_of_unknown_tenants_keeps_records_bounded_and_busy_ones_known(
+    fake_sandbox, gdap_fake, start_broker, clock
+):
+    """max_customer_tokens = 50; 32 tenants fetched and kept in use; then 3,000 distinct tenants
+    Azure AD does not know (AADSTS90002, each remembered tenant-wide). Tenant records, and the
+    refusals they remember, stay within 50; every busy tenant's record and token survive."""
+    busy = [tenant_id(i) for i in range(32)]
+    for t in busy:
+        fake_sandbox.state.register_customer(t)
+    extra = "max_customer_tokens = 50\ncustomer_fetch_burst = 100000\n"
+    b = await start_broker(gdap_fake(extra=extra), clock=clock)
+    cache = b.broker.tenants["gdap"]
+    for t in busy:
+        assert (await token(b, t)).status == 200
+    most = 0
+    for start in range(1000, 2000, 100):
+        flood = await asyncio.gather(*(token(b, tenant_id(i)) for i in range(start, start + 100)))
+        assert {r.status for r in flood} == {502}
+        for t in busy:  # kept in use: cache hits
+            assert (await token(b, t)).status == 200
+        most = max(most, len(cache.tenants))
+    assert most <= 50 and len(cache) <= 50
+    assert all(t in cache.tenants and cache.lookup(t, GRAPH).token for t in busy)
+    assert sum(1 for s in cache.tenants.values() if s.block is not None) <= 50 - 32

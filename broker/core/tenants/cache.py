@@ -60,6 +60,8 @@ class TenantCache:
         self._allowed = frozenset(profile.customer_tenants)
         self._scopes = frozenset(profile.customer_scopes)
         self.tenants: dict[str, TenantState] = {}
+        # The tenants with no entry left, in the order they were left so: the first to forget.
+        self._idle: OrderedDict[str, None] = OrderedDict()
         self._lru: OrderedDict[tuple[str, str], Entry] = OrderedDict()
         self.limiter = FifoLimiter(profile.upstream_concurrency)
         self.rate = ColdFetchRate(profile.customer_fetch_rate, profile.customer_fetch_burst, clock)
@@ -135,6 +137,7 @@ class TenantCache:
             rand=self._rand,
         )
         state.entries[scope] = entry
+        self._idle.pop(tenant, None)
         self._lru[(tenant, scope)] = entry
         return entry
 
@@ -183,25 +186,24 @@ class TenantCache:
         state = self.tenants.get(key[0])
         if state is not None:
             state.entries.pop(key[1], None)
+            if not state.entries:
+                self._idle[key[0]] = None
         entry.retire()
 
     def _bound_tenants(self) -> None:
-        """Tenants with nothing cached are forgotten oldest first beyond the bound (with their
-        failure memory)."""
-        if len(self.tenants) < self.profile.max_customer_tokens:
-            return
-        for i, (name, state) in enumerate(self.tenants.items()):
-            if i >= EVICTION_SCAN:
-                break
-            if not state.entries:
-                del self.tenants[name]
-                return
+        """Records are bounded by max_customer_tokens: beyond it, the tenant left with nothing
+        cached the longest ago is forgotten, with its failure memory (O(1)). A tenant with an
+        entry is never forgotten here: there are at most max_customer_tokens of those."""
+        if len(self.tenants) >= self.profile.max_customer_tokens and self._idle:
+            name, _ = self._idle.popitem(last=False)
+            del self.tenants[name]
 
     def invalidate(self, tenant: str) -> int:
         """Drop the tenant's tokens and its failure memory (consent just changed)."""
         state = self.tenants.pop(tenant, None)
         if state is None:
             return 0
+        self._idle.pop(tenant, None)
         state.forgotten = True
         self.memory.forget(tenant)
         dropped = len(state.entries)

@@ -112,6 +112,9 @@ class FailureMemory:
         answer to a fetch of a tenant invalidated meanwhile is dropped."""
         if state.forgotten:
             return
+        # Kept as a copy without the traceback, which would keep the failed fetch's frames
+        # (its answer, its request) alive as long as the tenant is remembered.
+        error = error.with_retry_after(error.retry_after)
         state.last_error = error
         state.failures += 1
         if not isinstance(error, TenantRefused):
