@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 
@@ -150,6 +151,34 @@ async def test_protocol_details(msi):
         r = await b.client.get(url, params=params, headers=headers)
         body = await r.json()
         assert r.status == status and body["statusCode"] == status and body["message"], params
+
+
+async def test_a_resource_that_is_not_one_uri_is_a_400_never_a_500_or_an_echo(msi):
+    """Whitespace alone (a 500 with a traceback once), two resources in one (accepted once,
+    the first word compared and the whole echoed back), control characters, an empty
+    `/.default` and an oversized value: each a 400 in the MSI error shape, on both routes,
+    quoting nothing of it."""
+    b, header = msi
+    h = {"X-IDENTITY-HEADER": header}
+    evil = "https://evil.example"
+    for resource in (
+        " ",
+        "\t",
+        f"{RESOURCE} {evil}",
+        f"{RESOURCE}\t{evil}",
+        f"{RESOURCE}\n",
+        f"{RESOURCE}\x00",
+        "/.default",
+        RESOURCE + "/" + "x" * 3000,
+    ):
+        for url in ("/msi/token", "/msi/tenants/contoso.example/token"):
+            r = await b.client.get(
+                url, params={"api-version": "2019-08-01", "resource": resource}, headers=h
+            )
+            text = await r.text()
+            assert r.status == 400, (url, resource, text)
+            body = json.loads(text)
+            assert body["statusCode"] == 400 and "evil" not in text and "Traceback" not in text
 
 
 async def test_identities_are_selected_by_the_sdk_parameters(

@@ -369,9 +369,18 @@ async def test_listing_is_paged_and_never_shows_a_token(sandbox, gdap, start_bro
     assert rest["next"] is None and rest["tenants"][0]["scopes"][GRAPH]["state"] == "fresh"
     text = await first.text() + json.dumps(rest)
     assert not any(t["access_token"] in text for t in tokens)
-    for bad in ({"limit": "0"}, {"limit": "1001"}, {"limit": "x"}, {"after": "../x"}):
+    for bad in (
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"limit": "x"},
+        {"after": "../x"},
+        {"limit": "\u00b2"},  # "²": a digit to str.isdigit(), not to int(): a 500 once
+        {"limit": "\u0662"},  # an Arabic-Indic two, which int() would take
+        {"limit": "0000002"},
+    ):
         r = await b.get("/v1/tenants/gdap", params=bad)
-        assert r.status == 400
+        assert r.status == 400, bad
+        assert (await r.json())["error"]["code"] in ("bad_limit", "bad_after"), bad
 
 
 async def test_audit_lines_name_tenant_and_scope_and_metrics_do_not(sandbox, gdap, start_broker):

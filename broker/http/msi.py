@@ -48,8 +48,23 @@ SELECTORS = {
 _HEADERS = {"Content-Type": "application/json", **NO_STORE}
 
 
+MAX_RESOURCE = 2048  # characters: a resource URI, with room to spare
+
+
 def _resource_of(scope: str) -> str:
-    return scope.split()[0].removesuffix("/.default").rstrip("/").lower()
+    """A resource or scope as compared: without `/.default`, a trailing slash or case."""
+    return scope.strip().removesuffix("/.default").rstrip("/").lower()
+
+
+def _one_resource(resource: str) -> bool:
+    """One resource URI: printable, no whitespace anywhere (`A%20B` is two resources, and
+    only an allowed resource is ever answered or echoed), bounded."""
+    return (
+        0 < len(resource) <= MAX_RESOURCE
+        and resource.isprintable()
+        and not any(c.isspace() for c in resource)
+        and bool(_resource_of(resource))
+    )
 
 
 def _fail(
@@ -129,8 +144,11 @@ class MsiHandler:
             return self._refuse("identity_header", 403, "X-IDENTITY-HEADER is not valid")
         if request.query.get("api-version") != API_VERSION:
             return _fail(400, f"api-version must be {API_VERSION}")
-        if not request.query.get("resource", ""):
+        resource = request.query.get("resource", "")
+        if not resource:
             return _fail(400, "resource is required")
+        if not _one_resource(resource):
+            return _fail(400, "resource must be one resource URI, without spaces")
         return None
 
     async def token(self, request: web.Request) -> web.Response:

@@ -42,10 +42,10 @@ class TenantHandlers:
         limit_text = single(query, "limit")
         limit = PAGE_DEFAULT
         if limit_text is not None:
-            if not isinstance(limit_text, str) or not limit_text.isdigit() or len(limit_text) > 6:
+            if not (isinstance(limit_text, str) and limit_text.isascii() and limit_text.isdigit()):
                 return error_response(400, "bad_limit", f"limit must be 1 to {PAGE_MAX}")
-            limit = int(limit_text)
-            if not 1 <= limit <= PAGE_MAX:
+            limit = int(limit_text[:7])  # ASCII digits only ("²" is a digit to isdigit())
+            if len(limit_text) > 6 or not 1 <= limit <= PAGE_MAX:
                 return error_response(400, "bad_limit", f"limit must be 1 to {PAGE_MAX}")
         after = single(query, "after")
         if after is not None and (not isinstance(after, str) or not is_tenant(after)):
