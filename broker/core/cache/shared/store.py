@@ -14,7 +14,7 @@ from typing import Any
 from broker.core.cache import Policy
 from broker.core.cache.shared.link import RedisLink, Unavailable
 from broker.core.cache.shared.sealer import Sealer
-from broker.core.tokens import Token, schedule
+from broker.core.tokens import Token, TokenRejected, jwt_seconds_left, schedule
 from broker.core.tokens.clock import Clock
 
 # Undecryptable keys remembered (to log each once), at most this many.
@@ -79,7 +79,9 @@ class TokenStore:
         return token
 
     def token(self, plain: bytes) -> Token | None:
-        """A Token re-anchored on this host's monotonic clock from the stored wall-clock expiry."""
+        """A Token re-anchored on this host's monotonic clock: its life left is the least of the
+        stored wall-clock expiry, the lifetime and, for a JWT, its `exp` by this host's clock
+        (none left: None, a miss)."""
         try:
             data = json.loads(plain)
             value, token_type = data["v"], data["t"]
@@ -92,6 +94,13 @@ class TokenStore:
         if not (math.isfinite(expires) and math.isfinite(lifetime) and 0 < lifetime <= 86400):
             return None
         left = min(expires - now_wall, lifetime)  # a writer's clock a little behind ours
+        try:  # the stored expiry is the writer's (its wall clock may have run ahead): a JWT's
+            # own exp, by our clock, bounds it too, as the mirror checks its bearers
+            from_jwt = jwt_seconds_left(value, now_wall)
+        except TokenRejected:  # an exp that is no finite number: not a token to serve
+            return None
+        if from_jwt is not None:
+            left = min(left, from_jwt)
         if left <= 0:
             return None
         age = lifetime - left
