@@ -23,7 +23,15 @@ from broker.core.cache.shared.cache import (
     SharedStatus,
 )
 from broker.core.cache.shared.lease import Lease
-from broker.core.cache.shared.link import NotRedis, RedisLink, Unavailable, describe, ping, where
+from broker.core.cache.shared.link import (
+    KeyFault,
+    NotRedis,
+    RedisLink,
+    Unavailable,
+    describe,
+    ping,
+    where,
+)
 from broker.core.cache.shared.sealer import FORMAT, NONCE_BYTES, Sealer, shared_key
 from broker.core.cache.shared.store import TokenStore
 
@@ -33,6 +41,7 @@ __all__ = [
     "NONCE_BYTES",
     "POLL_FIRST",
     "POLL_MAX",
+    "KeyFault",
     "Lease",
     "NotRedis",
     "RedisLink",

@@ -205,7 +205,7 @@ class SharedCache:
         budget = policy.wait_timeout * LEASE_WAIT_SHARE
         deadline = self._clock.monotonic() + budget
         delay = POLL_FIRST
-        waited = False
+        waited = bounded = False
         while True:
             if await lease.take():
                 token = await store.read(name, policy)  # landed between our read and the lease?
@@ -213,6 +213,10 @@ class SharedCache:
                     await lease.release()
                     return token
                 return lease
+            if not bounded:  # once: a lease with no expiry or a huge one is bounded
+                bounded = True
+                if await lease.bound():
+                    continue  # it had no expiry: gone, so take it now
             if not waited:
                 waited = True
                 self._count("lease_wait")
