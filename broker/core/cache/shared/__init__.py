@@ -19,6 +19,7 @@ from broker.core.cache.shared.cache import (
     LEASE_WAIT_SHARE,
     POLL_FIRST,
     POLL_MAX,
+    SHARED_BUDGET_SHARE,
     SharedCache,
     SharedStatus,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "NONCE_BYTES",
     "POLL_FIRST",
     "POLL_MAX",
+    "SHARED_BUDGET_SHARE",
     "KeyFault",
     "Lease",
     "NotRedis",

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from broker.core.cache.shared.link import RedisLink, Unavailable
+from broker.core.cache.shared.link import RedisLink, Unavailable, unbudgeted
 
 LEASE_SUFFIX = ":lease"
 
@@ -84,6 +84,7 @@ class Lease:
                 await self.release()
 
     async def _renew_while_held(self) -> None:
+        unbudgeted()  # off the caller's path: the fetch's budget is not spent on renewals
         while True:
             await asyncio.sleep(self.lock_timeout / 3)
             try:

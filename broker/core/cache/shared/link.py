@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import contextvars
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from broker.config.settings import SharedSettings
@@ -25,6 +26,45 @@ RECONNECT_FIRST, RECONNECT_MAX = 0.5, 5.0
 
 class Unavailable(Exception):
     """Redis did not answer in time or refused: the caller goes upstream alone."""
+
+
+class OverBudget(Unavailable):
+    """This fetch spent its budget for Redis (see `budgeted`): it goes on alone. Not a Redis
+    failure: the link stays connected."""
+
+
+class Budget:
+    """Seconds of Redis calls one fetch may still spend (real time, as `timeout` is)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+
+# The budget of the fetch this task works for: set by the outermost `budgeted`, inherited by
+# the tasks it starts (a partner fetch's Azure AD fetch shares its budget).
+_BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("shared_budget")
+
+
+@contextlib.contextmanager
+def budgeted(seconds: float) -> Iterator[None]:
+    """Redis calls made inside spend one budget of `seconds` in all (an enclosing budget, if
+    any, is kept); once spent, `call` raises OverBudget without asking Redis."""
+    if _BUDGET.get(None) is not None:
+        yield
+        return
+    reset = _BUDGET.set(Budget(seconds))
+    try:
+        yield
+    finally:
+        _BUDGET.reset(reset)
+
+
+def unbudgeted() -> None:
+    """This task's Redis calls spend no fetch's budget (a lease's renewal, off the caller's
+    path)."""
+    _BUDGET.set(None)
 
 
 class KeyFault(Unavailable):
@@ -111,17 +151,30 @@ class RedisLink:
         """`op`'s result; Unavailable when degraded, or when `op` fails in any way or takes
         longer than `timeout` (which degrades the link). `key`: the one key `op` reads or
         writes; an error reply to it is `KeyFault` (that key's, see `_key_fault`)."""
-        if self.state != "connected":
+        budget, timeout = _BUDGET.get(None), self.settings.timeout
+        if budget is not None:
+            timeout = min(timeout, budget.left)
+        if self.state != "connected" or timeout <= 0:
             if asyncio.iscoroutine(op):
                 op.close()
-            raise Unavailable
+            raise Unavailable if self.state != "connected" else OverBudget
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            return await asyncio.wait_for(op, self.settings.timeout)
+            return await asyncio.wait_for(op, timeout)
+        except TimeoutError as e:
+            if timeout < self.settings.timeout:  # cut short by the budget: not Redis' fault
+                raise OverBudget from None
+            self._degrade(e)
+            raise Unavailable from None
         except Exception as e:  # any exception: see the module's docstring
             if key is not None and await self._key_fault(key, e):
                 raise KeyFault from None
             self._degrade(e)
             raise Unavailable from None
+        finally:
+            if budget is not None:
+                budget.left -= loop.time() - started
 
     def script(self, source: str) -> Any:
         """A Lua script of the client's (EVALSHA, loaded on first use), one per source."""
