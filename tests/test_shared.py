@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -815,6 +816,59 @@ async def test_a_token_in_redis_past_its_refresh_point_is_fetched_anew(redis_db)
     finally:
         await a.cache.close()
         await b.cache.close()
+
+
+def _jwt(**claims: Any) -> str:
+    return jwt.encode(claims, "k" * 32, algorithm="HS256")
+
+
+async def test_a_token_past_its_jwt_exp_is_a_miss_whatever_the_writers_clock_said(
+    redis_db,
+) -> None:
+    """Issue 23 item 11. A writer whose wall clock runs 2 h ahead (it received the token with
+    its clock right, then the clock stepped) stores the expiry by its clock: 2 h too late.
+    A reader (the true time) must not serve that token past its JWT exp: the life left is the
+    least of the stored expiry and the JWT's exp by the reader's clock; none left is a miss,
+    fetched upstream and written over the stale entry."""
+    reader_clock = FakeClock()
+    now = reader_clock.time()
+    writer = await started(redis_db.url, FakeClock(wall_start=now + 7200))
+    reader = await started(redis_db.url, reader_clock)
+    try:
+        mono = writer.clock.monotonic()
+        expired = _jwt(iat=now - 3660, exp=now - 60)  # Azure AD's: expired a minute ago
+        stale = Token(  # received an hour ago (by the writer), 5 min left by its monotonic clock
+            value=expired,
+            token_type="Bearer",
+            received_mono=mono - 3300,
+            expires_mono=mono + 300,
+            received_wall=now + 7200 - 3300,
+        )
+        await writer.cache.store.write(writer.name, stale)
+        stored = json.loads(reader.cache.open(reader.name, redis_db.client().get(reader.name)))
+        assert stored["e"] == pytest.approx(now + 7500)  # the writer's clock: 2 h too late
+        got = await reader.wrapped()(IDS)
+        assert got.value != expired and got.value == "token-1" and reader.calls == 1
+        s = reader.cache.status()
+        assert (s.hits, s.misses, s.errors) == (0, 1, 0)
+        again = reader.cache.store.token(
+            reader.cache.open(reader.name, redis_db.client().get(reader.name))
+        )
+        assert again is not None and again.value == "token-1"  # the stale entry is replaced
+        # a JWT with life left is served for the least of the two: its exp by our clock
+        short = _jwt(exp=now + 2000)
+        entry = _stored(reader, v=short, e=now + 9000, l=3600)
+        token = reader.cache.store.token(entry)
+        assert token is not None
+        assert token.remaining(reader_clock.monotonic()) == pytest.approx(2000)
+        assert token.received_mono == pytest.approx(reader_clock.monotonic() - 1600)
+        # an exp that is no finite number: not a token to serve
+        assert reader.cache.store.token(_stored(reader, v=_jwt(exp=float("nan")))) is None
+        assert reader.cache.store.token(_stored(reader, v=_jwt(exp=now - 1))) is None
+        assert reader.cache.store.token(_stored(reader, v="not.a.jwt")) is not None
+    finally:
+        await writer.cache.close()
+        await reader.cache.close()
 
 
 async def test_a_token_landing_just_before_our_lease_is_served_and_the_lease_freed(

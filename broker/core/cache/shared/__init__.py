@@ -19,11 +19,20 @@ from broker.core.cache.shared.cache import (
     LEASE_WAIT_SHARE,
     POLL_FIRST,
     POLL_MAX,
+    SHARED_BUDGET_SHARE,
     SharedCache,
     SharedStatus,
 )
 from broker.core.cache.shared.lease import Lease
-from broker.core.cache.shared.link import NotRedis, RedisLink, Unavailable, describe, ping, where
+from broker.core.cache.shared.link import (
+    KeyFault,
+    NotRedis,
+    RedisLink,
+    Unavailable,
+    describe,
+    ping,
+    where,
+)
 from broker.core.cache.shared.sealer import FORMAT, NONCE_BYTES, Sealer, shared_key
 from broker.core.cache.shared.store import TokenStore
 
@@ -33,6 +42,8 @@ __all__ = [
     "NONCE_BYTES",
     "POLL_FIRST",
     "POLL_MAX",
+    "SHARED_BUDGET_SHARE",
+    "KeyFault",
     "Lease",
     "NotRedis",
     "RedisLink",

@@ -7,8 +7,9 @@ the wrapped fetch
        free (then takes it) or a third of `upstream_timeout` has passed on the injected clock
        (then fetches on its own, so its caller, who waits `upstream_timeout`, still gets one).
 Redis down, slow, refusing or answering nonsense at any step (`Unavailable`, decided by the
-link): the fetch goes upstream alone. A Redis problem never becomes a caller's error while
-upstream works.
+link): the fetch goes upstream alone. A fetch's Redis calls (its nested fetches' included)
+spend at most SHARED_BUDGET_SHARE of upstream_timeout in all; past it, it fetches alone. A
+Redis problem never becomes a caller's error while upstream works.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 from broker.config.settings import SharedSettings
 from broker.core.cache import Fetch, Policy
 from broker.core.cache.shared.lease import Lease
-from broker.core.cache.shared.link import RedisLink, Unavailable, where
+from broker.core.cache.shared.link import RedisLink, Unavailable, budgeted, where
 from broker.core.cache.shared.sealer import Sealer
 from broker.core.cache.shared.store import TokenStore
 from broker.core.tokens import Token
@@ -31,6 +32,9 @@ from broker.core.upstream import RefreshIds
 POLL_FIRST, POLL_MAX = 0.01, 0.1
 # Waiting on another broker's lease: at most this share of upstream_timeout, then fetch alone.
 LEASE_WAIT_SHARE = 1 / 3
+# Redis calls of one fetch (its nested fetches included): at most this share of
+# upstream_timeout in all, then it fetches alone (and writes only if budget is left).
+SHARED_BUDGET_SHARE = 1 / 4
 
 
 class Identified(Protocol):
@@ -171,9 +175,15 @@ class SharedCache:
         return Lease(self._link, name, lock_timeout=self.settings.lock_timeout, log=self._log)
 
     async def _fetch(self, fetch: Fetch, name: str, policy: Policy, ids: RefreshIds) -> Token:
-        store = self.store
         if self.state != "connected":
             return await fetch(ids)
+        with budgeted(policy.wait_timeout * SHARED_BUDGET_SHARE):
+            return await self._fetch_budgeted(fetch, name, policy, ids)
+
+    async def _fetch_budgeted(
+        self, fetch: Fetch, name: str, policy: Policy, ids: RefreshIds
+    ) -> Token:
+        store = self.store
         try:
             token = await store.read(name, policy)
             if token is not None:
@@ -205,7 +215,7 @@ class SharedCache:
         budget = policy.wait_timeout * LEASE_WAIT_SHARE
         deadline = self._clock.monotonic() + budget
         delay = POLL_FIRST
-        waited = False
+        waited = bounded = False
         while True:
             if await lease.take():
                 token = await store.read(name, policy)  # landed between our read and the lease?
@@ -213,6 +223,10 @@ class SharedCache:
                     await lease.release()
                     return token
                 return lease
+            if not bounded:  # once: a lease with no expiry or a huge one is bounded
+                bounded = True
+                if await lease.bound():
+                    continue  # it had no expiry: gone, so take it now
             if not waited:
                 waited = True
                 self._count("lease_wait")

@@ -17,9 +17,19 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from broker.core.cache.shared.link import RedisLink, Unavailable
+from broker.core.cache.shared.link import RedisLink, Unavailable, unbudgeted
 
 LEASE_SUFFIX = ":lease"
+
+# Bound a lease found held by another: one with no expiry is no broker's (every lease is SET
+# with PX and renewed by PEXPIRE), so it is deleted (-1: lapsed, take it); one that would
+# live longer than lock_timeout is cut to lock_timeout (1); any other is left alone (0).
+BOUND_LEASE = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -1 then redis.call('DEL', KEYS[1]) return -1 end
+if ttl > tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) return 1 end
+return 0
+"""
 TOKEN_BYTES = 16  # the lease's random value: 128 bits, written as 32 hex digits
 
 
@@ -40,15 +50,24 @@ class Lease:
     async def take(self) -> bool:
         """One try (`SET NX PX`, a fresh random value): True when it is ours now."""
         value = secrets.token_hex(TOKEN_BYTES)
-        return bool(await self._link.call(self._lock.acquire(blocking=False, token=value)))
+        acquire = self._lock.acquire(blocking=False, token=value)
+        return bool(await self._link.call(acquire, self.name))
+
+    async def bound(self) -> bool:
+        """Bound the life of a lease another holds (see BOUND_LEASE): a row written by hand
+        with no expiry (or a huge one) must not make every cold fetch of this key wait on it
+        forever. True when it had no expiry and is gone now (take it at once)."""
+        ms = max(1, int(self.lock_timeout * 1000))
+        bound = self._link.script(BOUND_LEASE)
+        return bool(await self._link.call(bound(keys=[self.name], args=[ms]), self.name) == -1)
 
     async def renew(self) -> bool:
         """Reset its expiry to lock_timeout if it is still ours; False when it is not."""
-        return bool(await self._link.call(self._if_ours(self._lock.reacquire)))
+        return bool(await self._link.call(self._if_ours(self._lock.reacquire), self.name))
 
     async def release(self) -> bool:
         """Delete it if it is still ours; False when it is not (lapsed, taken by another)."""
-        return bool(await self._link.call(self._if_ours(self._lock.release)))
+        return bool(await self._link.call(self._if_ours(self._lock.release), self.name))
 
     @contextlib.asynccontextmanager
     async def held(self) -> AsyncIterator[None]:
@@ -65,6 +84,7 @@ class Lease:
                 await self.release()
 
     async def _renew_while_held(self) -> None:
+        unbudgeted()  # off the caller's path: the fetch's budget is not spent on renewals
         while True:
             await asyncio.sleep(self.lock_timeout / 3)
             try:

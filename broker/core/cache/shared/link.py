@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import contextvars
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from broker.config.settings import SharedSettings
@@ -25,6 +26,56 @@ RECONNECT_FIRST, RECONNECT_MAX = 0.5, 5.0
 
 class Unavailable(Exception):
     """Redis did not answer in time or refused: the caller goes upstream alone."""
+
+
+class OverBudget(Unavailable):
+    """This fetch spent its budget for Redis (see `budgeted`): it goes on alone. Not a Redis
+    failure: the link stays connected."""
+
+
+class Budget:
+    """Seconds of Redis calls one fetch may still spend (real time, as `timeout` is)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+
+# The budget of the fetch this task works for: set by the outermost `budgeted`, inherited by
+# the tasks it starts (a partner fetch's Azure AD fetch shares its budget).
+_BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("shared_budget")
+
+
+@contextlib.contextmanager
+def budgeted(seconds: float) -> Iterator[None]:
+    """Redis calls made inside spend one budget of `seconds` in all (an enclosing budget, if
+    any, is kept); once spent, `call` raises OverBudget without asking Redis."""
+    if _BUDGET.get(None) is not None:
+        yield
+        return
+    reset = _BUDGET.set(Budget(seconds))
+    try:
+        yield
+    finally:
+        _BUDGET.reset(reset)
+
+
+def unbudgeted() -> None:
+    """This task's Redis calls spend no fetch's budget (a lease's renewal, off the caller's
+    path)."""
+    _BUDGET.set(None)
+
+
+class KeyFault(Unavailable):
+    """Redis answered one key's command with an error reply (WRONGTYPE for a row of another
+    type, a script's error on a row it cannot read, an ACL refusing the key) and still answers
+    a read of that key's TYPE: that key's fault, not Redis': its fetch goes on without it (a
+    read is a miss, and the next write replaces the row) and the link stays connected."""
+
+
+# Keys whose fault is remembered (to log each once), at most this many.
+FAULT_MEMORY = 1024
 
 
 class NotRedis(Exception):
@@ -68,6 +119,8 @@ class RedisLink:
         self.state = "connected"
         self.last_error: str | None = None
         self._reconnect: asyncio.Task[None] | None = None
+        self._faulty: set[str] = set()
+        self._scripts: dict[str, Any] = {}
 
     async def start(self) -> None:
         """Open the client (lazily connected: a Redis down at start-up only means degraded)."""
@@ -94,18 +147,67 @@ class RedisLink:
             with contextlib.suppress(Exception):  # closing is best effort, whatever it raises
                 await self.redis.aclose()
 
-    async def call(self, op: Awaitable[Any]) -> Any:
+    async def call(self, op: Awaitable[Any], key: str | None = None) -> Any:
         """`op`'s result; Unavailable when degraded, or when `op` fails in any way or takes
-        longer than `timeout` (which degrades the link)."""
-        if self.state != "connected":
+        longer than `timeout` (which degrades the link). `key`: the one key `op` reads or
+        writes; an error reply to it is `KeyFault` (that key's, see `_key_fault`)."""
+        budget, timeout = _BUDGET.get(None), self.settings.timeout
+        if budget is not None:
+            timeout = min(timeout, budget.left)
+        if self.state != "connected" or timeout <= 0:
             if asyncio.iscoroutine(op):
                 op.close()
-            raise Unavailable
+            raise Unavailable if self.state != "connected" else OverBudget
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            return await asyncio.wait_for(op, self.settings.timeout)
-        except Exception as e:  # any exception: see the module's docstring
+            return await asyncio.wait_for(op, timeout)
+        except TimeoutError as e:
+            if timeout < self.settings.timeout:  # cut short by the budget: not Redis' fault
+                raise OverBudget from None
             self._degrade(e)
             raise Unavailable from None
+        except Exception as e:  # any exception: see the module's docstring
+            if key is not None and await self._key_fault(key, e):
+                raise KeyFault from None
+            self._degrade(e)
+            raise Unavailable from None
+        finally:
+            if budget is not None:
+                budget.left -= loop.time() - started
+
+    def script(self, source: str) -> Any:
+        """A Lua script of the client's (EVALSHA, loaded on first use), one per source."""
+        if source not in self._scripts:
+            self._scripts[source] = self.redis.register_script(source)
+        return self._scripts[source]
+
+    async def _key_fault(self, key: str, error: Exception) -> bool:
+        """True when `error` is an error reply about `key` alone: Redis' own error reply (not
+        a connection, authentication or loading error, which redis-py raises as
+        ConnectionError), and Redis still answers `TYPE key`. A server answering every data
+        command with an error is no Redis: the TYPE fails too, and the link degrades."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import ResponseError
+
+        if not isinstance(error, ResponseError) or isinstance(error, RedisConnectionError):
+            return False
+        try:
+            kind = await asyncio.wait_for(self.redis.type(key), self.settings.timeout)
+        except Exception:  # whatever the client raises: Redis, not the row, is at fault
+            return False
+        if not isinstance(kind, bytes | str):
+            return False
+        self._count("unusable")
+        if key not in self._faulty and len(self._faulty) < FAULT_MEMORY:
+            self._faulty.add(key)
+            self._log.warning(
+                "shared_entry_unusable",
+                key=key,
+                error=describe(error),
+                note="a row Redis refuses to use as written (another type?): that key only",
+            )
+        return True
 
     async def _pong(self) -> None:
         """PING, answered PONG: a server that answers anything else (`+OK`, nil) is no Redis."""

@@ -8,22 +8,36 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
 from broker.core.cache import Policy
-from broker.core.cache.shared.link import RedisLink, Unavailable
+from broker.core.cache.shared.link import KeyFault, RedisLink, Unavailable
 from broker.core.cache.shared.sealer import Sealer
-from broker.core.tokens import Token, schedule
+from broker.core.tokens import Token, TokenRejected, jwt_seconds_left, schedule
 from broker.core.tokens.clock import Clock
 
 # Undecryptable keys remembered (to log each once), at most this many.
 UNDECRYPTABLE_MEMORY = 1024
 
-# Newest wins: a value is written only over an older version (or nothing).
+# A shared version is at most this (an integer a double holds exactly); a stored version more
+# than VERSION_AHEAD above the one being written is no broker's (rotations count one by one).
+VERSION_MAX = 2**53
+VERSION_AHEAD = 10**6
+VERSION_DIGITS = re.compile(rb"[0-9]{1,16}")
+
+# Newest wins: a value is written only over an older version (or nothing). A row no broker
+# wrote (another type; a version that is no integer, negative, or absurdly ahead) is ignored
+# and overwritten, so a hand-written row cannot stop rotations from being shared.
 PUT_VERSIONED = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+local new = tonumber(ARGV[1])
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-if current >= tonumber(ARGV[1]) then return 0 end
+if current == nil or current ~= math.floor(current) or current < 0
+   or current > new + tonumber(ARGV[4]) then current = 0 end
+if current >= new then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'c', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
@@ -48,7 +62,6 @@ class TokenStore:
         self._log = log
         self._count = count
         self._undecryptable: set[str] = set()
-        self._put_versioned: Any = None  # the script, registered on first use
 
     def open(self, name: str, sealed: bytes) -> bytes | None:
         """The plain bytes, or None (logged once per key) for another key's or a tampered value."""
@@ -69,7 +82,10 @@ class TokenStore:
 
     async def read(self, name: str, policy: Policy) -> Token | None:
         """The token stored under `name` if it is usable without a fetch (see `fresh`)."""
-        sealed = await self._link.call(self._link.redis.get(name))
+        try:
+            sealed = await self._link.call(self._link.redis.get(name), name)
+        except KeyFault:  # a row of another type: a miss, and our write replaces it
+            return None
         if not isinstance(sealed, bytes):
             return None
         plain = self.open(name, sealed)
@@ -79,7 +95,9 @@ class TokenStore:
         return token
 
     def token(self, plain: bytes) -> Token | None:
-        """A Token re-anchored on this host's monotonic clock from the stored wall-clock expiry."""
+        """A Token re-anchored on this host's monotonic clock: its life left is the least of the
+        stored wall-clock expiry, the lifetime and, for a JWT, its `exp` by this host's clock
+        (none left: None, a miss)."""
         try:
             data = json.loads(plain)
             value, token_type = data["v"], data["t"]
@@ -92,6 +110,13 @@ class TokenStore:
         if not (math.isfinite(expires) and math.isfinite(lifetime) and 0 < lifetime <= 86400):
             return None
         left = min(expires - now_wall, lifetime)  # a writer's clock a little behind ours
+        try:  # the stored expiry is the writer's (its wall clock may have run ahead): a JWT's
+            # own exp, by our clock, bounds it too, as the mirror checks its bearers
+            from_jwt = jwt_seconds_left(value, now_wall)
+        except TokenRejected:  # an exp that is no finite number: not a token to serve
+            return None
+        if from_jwt is not None:
+            left = min(left, from_jwt)
         if left <= 0:
             return None
         age = lifetime - left
@@ -130,7 +155,7 @@ class TokenStore:
             }
         ).encode()
         sealed = self._sealer.seal(name, plain)
-        await self._link.call(self._link.redis.set(name, sealed, px=int(left * 1000)))
+        await self._link.call(self._link.redis.set(name, sealed, px=int(left * 1000)), name)
 
     async def write_quietly(self, name: str, token: Token) -> None:
         with contextlib.suppress(Unavailable):
@@ -144,7 +169,7 @@ class TokenStore:
         if link.state != "connected" or link.redis is None:
             return None
         try:
-            row = await link.call(link.redis.hmget(name, ["v", "c"]))
+            row = await link.call(link.redis.hmget(name, ["v", "c"]), name)
         except Unavailable:
             return None
         if not (isinstance(row, list) and len(row) == 2):
@@ -152,10 +177,9 @@ class TokenStore:
         version, sealed = row
         if not isinstance(version, bytes) or not isinstance(sealed, bytes):
             return None
-        try:
-            number = int(version)
-        except ValueError:
-            return None
+        if not VERSION_DIGITS.fullmatch(version) or int(version) > VERSION_MAX:
+            return None  # no version a broker writes
+        number = int(version)
         plain = self.open(f"{name}#{number}", sealed)
         return None if plain is None else (number, plain.decode("utf-8", "replace"))
 
@@ -164,12 +188,13 @@ class TokenStore:
         link = self._link
         if link.state != "connected" or link.redis is None:
             return False
-        if self._put_versioned is None:
-            self._put_versioned = link.redis.register_script(PUT_VERSIONED)
+        if not 0 < version <= VERSION_MAX:
+            return False
+        put = link.script(PUT_VERSIONED)
         sealed = self._sealer.seal(f"{name}#{version}", value.encode())
         try:
             written = await link.call(
-                self._put_versioned(keys=[name], args=[version, sealed, int(ttl * 1000)])
+                put(keys=[name], args=[version, sealed, int(ttl * 1000), VERSION_AHEAD]), name
             )
         except Unavailable:
             return False
