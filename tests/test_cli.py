@@ -529,6 +529,31 @@ def test_check_config_did_you_mean_and_line_order(tmp_path: Path, check) -> None
     assert "c.toml:2: server.listen" in lines[0]
 
 
+def test_check_config_summary_names_the_authority_and_customer_tenants(
+    tmp_path: Path, check, monkeypatch
+) -> None:
+    """The summary shows where each profile's tokens come from: its authority, and for a
+    customer-tenant profile the tenants and scopes it serves."""
+    monkeypatch.setenv("RT", "a-refresh-token-value")
+    config = tmp_path / "c.toml"
+    (tmp_path / "rt").write_text("a-refresh-token-value")
+    (tmp_path / "rt").chmod(0o600)
+    config.write_text(
+        PROFILE
+        + 'credential = "refresh_token"\n'
+        + f'refresh_token_file = "{tmp_path}/rt"\n'
+        + 'customer_tenants = ["fabrikam.onmicrosoft.com", "contoso.example"]\n'
+        + 'customer_scopes = ["https://graph.microsoft.com/.default"]\n'
+    )
+    code, out, err = check(config, "--offline")
+    assert code == 0, err
+    assert "authority https://login.microsoftonline.com; scope " in out
+    assert (
+        "customer tenants fabrikam.onmicrosoft.com, contoso.example; scopes https://graph.microsoft.com/.default"
+        in out
+    )
+
+
 def test_check_config_empty_file_is_an_error(tmp_path: Path, check) -> None:
     for text in ("", "\n# only a comment\n"):
         config = tmp_path / "empty.toml"

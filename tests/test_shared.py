@@ -349,7 +349,11 @@ def test_check_config_online_pings_redis(
     monkeypatch.setenv("S", "x")
     config.write_text(base + shared_text(redis_db.url, shared_key))
     assert main(["check-config", "--config", str(config), "--online"]) == 0
-    assert "Redis answered PING" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Redis answered PING" in out
+    first, *_, last = out.splitlines()  # OK only once the online check has passed
+    assert first == f"{config}: valid; online checks to come"
+    assert last == f"{config}: OK (online checks passed)"
     config.write_text(base + shared_text(f"unix://{tmp_path}/no.sock", shared_key))
     assert main(["check-config", "--config", str(config)]) == 0  # offline: not asked
     assert main(["check-config", "--config", str(config), "--online"]) == 1

@@ -83,14 +83,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if not args.offline and _host_problems(settings, path):
         return 2
 
-    print(describe(settings, path))
-    if args.online and settings.shared is not None:
+    online = args.online and settings.shared is not None
+    print(describe(settings, path, pending="online checks" if online else None))
+    if online:
+        assert settings.shared is not None
         from broker.core.cache.shared import ping
 
         problem = asyncio.run(ping(settings.shared))
         if problem is not None:
             return fail(f"{path}: shared.redis_url: {problem}", 1)
         print("  shared cache:    Redis answered PING")
+        print(f"{path}: OK (online checks passed)")
     return 0
 
 

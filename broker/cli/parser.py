@@ -292,6 +292,15 @@ def parser() -> argparse.ArgumentParser:
         "For your own integration tests; prints a throwaway app registration and a matching\n"
         "broker profile. Stop it with Ctrl-C.",
     )
-    p.add_argument("--port", type=int, default=8780, help="(default: 8780; 0 for any free port)")
-    p.add_argument("--host", default="127.0.0.1", help="(default: 127.0.0.1)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=8780,
+        help="the port the sandbox listens on (default: 8780; 0 for any free port)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address it listens on (default: 127.0.0.1; keep it on loopback)",
+    )
     return top

@@ -10,11 +10,14 @@ from broker.cli.client import support_ids
 from broker.config.settings import Settings
 
 
-def describe(settings: Settings, path: str) -> str:
+def describe(settings: Settings, path: str, *, pending: str | None = None) -> str:
+    """The summary `check-config` prints. Its first line says OK, unless checks are still
+    `pending` (then it says which: `--online` says OK only once they have passed)."""
     s = settings.server
     offline = " (offline: no secret files, environment or host lookups)"
+    verdict = f"valid; {pending} to come" if pending else "OK"
     lines = [
-        f"{path}: OK{offline if settings.offline else ''}",
+        f"{path}: {verdict}{offline if settings.offline else ''}",
         f"  listen:          {', '.join(str(x) for x in s.listen)}",
         f"  required header: {s.required_header[0]}: {s.required_header[1]}",
         f"  allowed hosts:   {', '.join(sorted(s.allowed_hosts))}",
@@ -25,11 +28,16 @@ def describe(settings: Settings, path: str) -> str:
         lines += [
             f"    {p.name}: credential {p.credential}{source}, tenant {p.tenant_id}, "
             f"client {p.client_id}{', warm' if p.warm else ''}",
-            f"      scope {p.scope}; generatetoken {p.generatetoken_url}",
+            f"      authority {p.authority}; scope {p.scope}; generatetoken {p.generatetoken_url}",
             f"      refresh at max({p.min_refresh_margin:g} s, {p.refresh_ahead:g} x lifetime) "
             f"before expiry; serve while >= {p.min_remaining:g} s left; "
             f"upstream timeout {p.upstream_timeout:g} s",
         ]
+        if p.serves_customers:
+            lines.append(
+                f"      customer tenants {', '.join(p.customer_tenants)}; "
+                f"scopes {', '.join(p.customer_scopes)}"
+            )
     m = settings.mirror
     lines.append(
         f"  mirror:          {'on' if m.enabled else 'off'}, upstream {m.upstream_base}, "
