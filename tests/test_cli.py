@@ -183,7 +183,7 @@ async def test_demo_holds_its_guarantees(capsys) -> None:
     """`pc-token-broker demo` (what `make demo` runs) exits 0 and reports every check as ok."""
     from broker.cli.demo import run_demo
 
-    assert await run_demo() == 0
+    assert await run_demo(keep_log=True) == 0
     out = capsys.readouterr().out
     assert "result: guarantees held" in out and "FAILED" not in out
     assert "token_served" not in out  # audit lines go to the demo's log file, named up front
@@ -192,6 +192,32 @@ async def test_demo_holds_its_guarantees(capsys) -> None:
     log_file.unlink()
     assert out.count(" s: ") >= 4  # live progress while the phases run
     assert "worst ms of the cold start: all 300 callers wait" in out
+
+
+@pytest.mark.parametrize(
+    ("result", "keep_log", "kept"),
+    [(0, False, False), (0, True, True), (1, False, True)],
+    ids=["held-removed", "asked-to-keep", "a-guarantee-failed-kept"],
+)
+async def test_the_demos_log_is_removed_unless_kept_or_needed(
+    result, keep_log, kept, monkeypatch
+) -> None:
+    """The demo's log file (several MB) is gone after a run whose guarantees held, unless
+    --keep-log; when a guarantee fails it stays, as the thing to read."""
+    from broker.cli import demo
+
+    written: list[str] = []
+
+    async def quick_run(secret, logs, keep) -> int:
+        logs.write('{"event": "token_served"}\n')
+        written.append(logs.name)
+        return result
+
+    monkeypatch.setattr(demo, "_run", quick_run)
+    assert await demo.run_demo(keep_log=keep_log) == result
+    (name,) = written
+    assert Path(name).exists() is kept
+    Path(name).unlink(missing_ok=True)
 
 
 # -- healthcheck and status fail loudly --------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import tempfile
 import time
@@ -117,19 +118,25 @@ async def _crowd(session: aiohttp.ClientSession, base: str, phase: Phase, second
     await asyncio.gather(*(client(i) for i in range(CLIENTS)))
 
 
-async def run_demo() -> int:
+async def run_demo(*, keep_log: bool = False) -> int:
     secret = f"demo-{secrets.token_urlsafe(24)}"
-    # The broker's log and audit lines go to a file the user can read afterwards.
-    logs = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, kept on disk
+    # The broker's log and audit lines go to a file (several MB): removed at the end unless
+    # asked to keep it, or unless the guarantees did not hold (then it is what to read).
+    logs = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below
         "w+", prefix="pc-token-broker-demo-", suffix=".log", delete=False, encoding="utf-8"
     )
+    code = 1
     try:
-        return await _run(secret, logs)
+        code = await _run(secret, logs, keep_log)
+        return code
     finally:
         logs.close()
+        if code == 0 and not keep_log:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(logs.name)  # a few MB of log lines nobody asked to keep
 
 
-async def _run(secret: str, logs) -> int:
+async def _run(secret: str, logs, keep_log: bool) -> int:
     sandbox = Sandbox()
     sandbox.state.register(TENANT, CLIENT_ID, client_secret=secret)
     sandbox.state.lifetimes.update(LIFETIMES)
@@ -162,7 +169,10 @@ async def _run(secret: str, logs) -> int:
         f"  tokens live {LIFETIMES['partner']:g} s (partner) and {LIFETIMES['aad']:g} s (aad);"
         f" {CLIENTS} concurrent clients; about 25 s in all"
     )
-    _say(f"  the broker's log and audit lines: {logs.name}\n")
+    kept = (
+        "kept" if keep_log else "removed at the end unless a guarantee fails; --keep-log keeps it"
+    )
+    _say(f"  the broker's log and audit lines: {logs.name} ({kept})\n")
     counts = sandbox.state.counts
     phases: list[Phase] = []
     connector = aiohttp.TCPConnector(limit=CLIENTS)

@@ -119,10 +119,10 @@ def cmd_completion(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(_args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from broker.cli.demo import run_demo
 
-    return asyncio.run(run_demo())
+    return asyncio.run(run_demo(keep_log=args.keep_log))
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:

@@ -283,6 +283,11 @@ def parser() -> argparse.ArgumentParser:
         "pc-token-broker demo",
         "Runs for about 25 s and exits 0 only if the guarantees held.",
     )
+    p.add_argument(
+        "--keep-log",
+        action="store_true",
+        help="keep the broker's log file (several MB; kept anyway when a guarantee fails)",
+    )
 
     p = _sub(
         sub,
