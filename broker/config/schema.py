@@ -69,8 +69,16 @@ class ServerSection(Section):
         None, "unix sockets' group, a name or a gid (default: the process's)", restart=True
     )
     max_connections: Whole = setting(
-        256, "open connections at most; more get a 429 and are closed", ge=1, le=1_000_000
+        256, "open connections at most; idle ones are closed first, then a 429", ge=1, le=1_000_000
     )
+    max_connections_per_peer: Whole = setting(
+        64, "open connections of one caller (a uid on the unix socket, an address over TCP)",
+        ge=1, le=1_000_000,
+    )  # fmt: skip
+    unix_reserved_connections: Whole = setting(
+        32, "of max_connections, held for the unix socket: TCP callers never take them",
+        ge=0, le=1_000_000,
+    )  # fmt: skip
     # Live: the connection gate reads both at each use (aiohttp's own line limits and lingering
     # time follow them for the connections opened after a reload).
     read_timeout: Number = setting(

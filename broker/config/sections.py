@@ -47,6 +47,8 @@ def read_server(r: Reader, s: ServerSection, written: set[str]) -> ServerSetting
         socket_mode=s.mode(),
         socket_group=socket_group,
         max_connections=s.max_connections,
+        max_connections_per_peer=s.max_connections_per_peer,
+        unix_reserved_connections=s.unix_reserved_connections,
         read_timeout=s.read_timeout,
         max_header_bytes=s.max_header_bytes,
         audit=s.audit,
