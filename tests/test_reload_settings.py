@@ -10,7 +10,7 @@ import dataclasses
 from broker.config.reference import RESTART_NAMES
 from broker.config.settings import ServerSettings
 from tests.conftest import make_settings
-from tests.support import raw, request_of_head_size, status_and_json
+from tests.support import raw, request_of_head_size, status_and_json, until
 
 
 async def all_closed(b) -> None:
@@ -56,6 +56,11 @@ async def test_a_reload_applies_the_live_limits_to_the_running_server(
     host, port = address.rsplit(":", 1)
     await all_closed(b)
     held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
+    for _, writer in held:  # mid-request, so not idle: nothing to close to make room
+        writer.write(b"GET /v1/token HTTP/1.1\r\n")
+        await writer.drain()
+    pool = b.client.server.gates.pool
+    await until(lambda: len(pool) == 2 and pool.idle_count == 0, what="two requests begun")
     status, body = status_and_json(await raw(address, b""))
     assert status == 429 and body["error"]["code"] == "too_many_connections"
     for _, writer in held:

@@ -16,7 +16,7 @@ import pytest
 
 from broker.config.errors import ConfigError
 from tests.conftest import HEADERS, make_settings
-from tests.support import mirror_head, raw, status_and_json
+from tests.support import mirror_head, raw, status_and_json, until
 
 
 async def metric(address: str, reason: str) -> float:
@@ -222,18 +222,25 @@ async def test_each_head_on_a_kept_alive_connection_is_held_to_the_budget_and_de
     assert statuses(answer) == [408]
 
 
-async def test_connection_cap(sandbox, secret, run_server):
-    """With max_connections = 3, a fourth open connection gets 429 and is closed."""
-    (address,), _ = await run_server(make_settings(sandbox, secret, server="max_connections = 3"))
+async def test_connection_cap(sandbox, secret, start_broker):
+    """With max_connections = 3 and three connections mid-request (none idle, so none to close
+    to make room), a fourth gets 429 and is closed; once they go, a caller gets in again."""
+    b = await start_broker(make_settings(sandbox, secret, server="max_connections = 3"))
+    address = str(b.client.make_url("")).removeprefix("http://").rstrip("/")
     host, port = address.rsplit(":", 1)
     held = [await asyncio.open_connection(host, int(port)) for _ in range(3)]
+    for _, writer in held:  # each starts a request and never finishes its head
+        writer.write(b"GET /v1/token HTTP/1.1\r\n")
+        await writer.drain()
+    pool = b.client.server.gates.pool
+    await until(lambda: len(pool) == 3 and pool.idle_count == 0, what="three requests begun")
     answer = await raw(address, b"")
     status, body = status_and_json(answer)
     assert status == 429 and body["error"]["code"] == "too_many_connections"
     for _, writer in held:
         writer.close()
     await asyncio.gather(*(w.wait_closed() for _, w in held))
-    await asyncio.sleep(0)  # let the server see the closes (an event-loop turn, not a wait)
+    await until(lambda: len(pool) == 0, what="the server saw the closes")
     async with aiohttp.ClientSession() as s, s.get(f"http://{address}/healthz") as r:
         assert r.status == 200
 

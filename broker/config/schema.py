@@ -71,8 +71,10 @@ class ServerSection(Section):
     max_connections: Whole = setting(
         256, "open connections at most; idle ones are closed first, then a 429", ge=1, le=1_000_000
     )
-    max_connections_per_peer: Whole = setting(
-        64, "open connections of one caller (a uid on the unix socket, an address over TCP)",
+    max_connections_per_peer: Whole | None = setting(
+        None,
+        "open connections of one caller, a uid on the unix socket or an address over TCP "
+        "(default: max_connections; on loopback every TCP tool is 127.0.0.1)",
         ge=1, le=1_000_000,
     )  # fmt: skip
     unix_reserved_connections: Whole = setting(

@@ -32,7 +32,7 @@ class ServerSettings:
     socket_mode: int = _SERVER.mode()  # unix sockets: never world-accessible whatever is asked
     socket_group: int | None = None  # unix sockets: group (gid, from a name or number)
     max_connections: int = _SERVER.max_connections
-    max_connections_per_peer: int = _SERVER.max_connections_per_peer
+    max_connections_per_peer: int | None = _SERVER.max_connections_per_peer
     unix_reserved_connections: int = _SERVER.unix_reserved_connections
     read_timeout: float = _SERVER.read_timeout  # s to receive a request's head (and a body)
     max_header_bytes: int = _SERVER.max_header_bytes  # request line and headers together

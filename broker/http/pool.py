@@ -51,6 +51,11 @@ class Pool(Generic[C]):
     def __len__(self) -> int:
         return len(self._peer)
 
+    @property
+    def idle_count(self) -> int:
+        """Connections waiting between requests (or connected and silent so far)."""
+        return len(self._idle)
+
     def admit(self, conn: C, peer: Peer) -> str | None:
         """Count `conn` in, closing idle connections to make room; or the reason it may not
         come in (`peer_limit`, `tcp_limit`, `too_many_connections`), and it is not counted."""

@@ -43,6 +43,7 @@ from broker.config.settings import ServerSettings
 from broker.core.upstream.streams import read_limited
 from broker.http.callers import PEER, Caller, caller_of
 from broker.http.common import BodyTimeout
+from broker.http.pool import Limits, Peer, Pool
 
 LINGER = 1.0  # s a refused connection stays half-open so its answer is read, not reset
 
@@ -68,12 +69,31 @@ def raw_error(status: int, code: str, message: str) -> bytes:
 
 @dataclass
 class Gates:
-    """What every connection of one server shares: the settings in force, the refusal counter
-    and the connections open."""
+    """What every connection of one server shares: the settings in force, the refusal counter,
+    the connections open, and the pool that decides who may hold them (`broker.http.pool`)."""
 
     settings: Callable[[], ServerSettings]
     on_reject: Callable[[str], None]
     open: set[Gate] = field(default_factory=set)
+    pool: Pool[Gate] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pool = Pool(self._limits, Gate.close_idle)
+
+    def _limits(self) -> Limits:
+        s = self.settings()
+        # The unix socket's share: only where there is one, and never more than a quarter.
+        unix = any(listen.kind == "unix" for listen in s.listen)
+        reserved = min(s.unix_reserved_connections, s.max_connections // 4) if unix else 0
+        per_peer = s.max_connections_per_peer or s.max_connections
+        return Limits(s.max_connections, per_peer, reserved)
+
+
+_REFUSALS = {
+    "too_many_connections": "the broker is at its connection limit",
+    "peer_limit": "this caller holds its share of the broker's connections",
+    "tcp_limit": "the broker's connections for TCP callers are all taken",
+}
 
 
 class Gate(asyncio.Protocol):
@@ -106,19 +126,25 @@ class Gate(asyncio.Protocol):
         self.transport = transport
         gates = self._gates
         gates.open.add(self)
-        if len(gates.open) > gates.settings().max_connections:
-            self._refuse(429, "too_many_connections", "the broker is at its connection limit")
-            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family == socket.AF_UNIX:
             # Who connected, as the kernel recorded it at connect(): decided now, once.
             self._peer = caller_of(transport)
+            peer = Peer(f"uid:{self._peer.uid}", unix=True)
+        else:
+            address = transport.get_extra_info("peername")
+            peer = Peer(f"tcp:{address[0] if address else '?'}", unix=False)
+        why = gates.pool.admit(self, peer)
+        if why is not None:  # counted by its reason; the caller is told one code
+            self._refuse(429, "too_many_connections", _REFUSALS[why], reason=why)
+            return
         self._inner = self._make_handler()
         self._inner.connection_made(transport)
         self._arm(gates.settings().read_timeout)  # a connection that says nothing is closed
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gates.open.discard(self)
+        self._gates.pool.remove(self)
         self._done = True
         self._disarm()
         if self._inner is not None:
@@ -147,6 +173,7 @@ class Gate(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._done:
             return
+        self._gates.pool.busy(self)  # a request is arriving: not idle
         if self._counting:
             if self._count_head(data):
                 return  # refused
@@ -217,8 +244,17 @@ class Gate(asyncio.Protocol):
             self._counting, self._counted = True, False
             self._head_bytes = self._line_bytes = 0
             self._line_done, self._tail = False, b""
+            self._gates.pool.idle(self)  # answered, nothing more received: it waits, idle
         else:
             self._counted = False  # pipelined, or a chunked body: aiohttp's own limits hold
+
+    def close_idle(self) -> None:
+        """Closed to make room for a caller with a request to make: this connection was
+        waiting between requests (the pool chose it, oldest idle first)."""
+        self._done = True
+        self._disarm()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
     # -- deadlines and refusals -------------------------------------------------------------
 
@@ -252,8 +288,8 @@ class Gate(asyncio.Protocol):
         if not self._busy:
             self._linger()
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        self._gates.on_reject(code)
+    def _refuse(self, status: int, code: str, message: str, reason: str | None = None) -> None:
+        self._gates.on_reject(reason or code)
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(raw_error(status, code, message))
