@@ -9,81 +9,14 @@ import argparse
 
 from broker import __version__
 from broker.cli.manual import MANUAL, WHERE
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the hand-written layout of descriptions and examples."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, max_help_position=30, width=100)
-
-
-def _sub(
-    sub, name: str, summary: str, example: str, description: str = ""
-) -> argparse.ArgumentParser:
-    return sub.add_parser(
-        name,
-        help=summary,
-        description=f"{summary}.\n\n{description}".rstrip(),
-        epilog=f"example:\n  {example}",
-        formatter_class=_Formatter,
-    )
-
-
-def _target_args(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group()
-    where.add_argument(
-        "--url",
-        metavar="URL",
-        help="the broker's base URL: http://HOST:PORT, HOST:PORT or unix:/PATH "
-        "(default: $PC_TOKEN_BROKER_URL, else the config's first listener)",
-    )
-    where.add_argument(
-        "--socket",
-        metavar="PATH",
-        help="the broker's unix socket (default: $PC_TOKEN_BROKER_SOCKET)",
-    )
-    p.add_argument(
-        "--config",
-        metavar="PATH",
-        help="config to read the address and required header from, [server] only "
-        "(default: $PC_TOKEN_BROKER_CONFIG, else /etc/pc-token-broker/config.toml if readable)",
-    )
-
-
-def _config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        metavar="PATH",
-        help="the config file (default: $PC_TOKEN_BROKER_CONFIG, "
-        "else /etc/pc-token-broker/config.toml)",
-    )
-
-
-def _profile_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "profile", nargs="?", default="default", metavar="PROFILE", help="(default: default)"
-    )
-    p.add_argument(
-        "--kind",
-        choices=("partner", "aad"),
-        default=None,
-        help="the Partner Center token, or the Azure AD token behind it (default: partner)",
-    )
-
-
-def _tenant_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--tenant",
-        metavar="TENANT",
-        help="a customer tenant (id or domain) of a profile with customer_tenants: its Azure "
-        "AD token instead (default: none)",
-    )
-    p.add_argument(
-        "--scope",
-        metavar="SCOPE",
-        help="with --tenant: one of the profile's customer_scopes (default: the first)",
-    )
+from broker.cli.options import (
+    Formatter,
+    add_command,
+    config_arg,
+    profile_args,
+    target_args,
+    tenant_args,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -92,12 +25,12 @@ def parser() -> argparse.ArgumentParser:
         description="pc-token-broker: hands Microsoft Partner Center access tokens to local "
         "tools,\ncached, refreshed ahead of expiry, and fetched once however many ask.",
         epilog=MANUAL,
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     top.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = _sub(
+    p = add_command(
         sub,
         "serve",
         "run the daemon",
@@ -105,14 +38,14 @@ def parser() -> argparse.ArgumentParser:
         "Runs until SIGTERM or SIGINT (in-flight requests finish; exit 0). SIGHUP re-reads the\n"
         "config; a broken one is refused and the running one kept. Logs go to stderr.",
     )
-    _config_arg(p)
+    config_arg(p)
     p.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         help="overrides [server] log_level for this run (default: the config's, else info)",
     )
 
-    p = _sub(
+    p = add_command(
         sub,
         "check-config",
         "validate a config: a summary and exit 0, or every problem and exit 2",
@@ -122,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
         "without reading secret files, the environment or the host's users: for the CI of a\n"
         "config repository.",
     )
-    _config_arg(p)
+    config_arg(p)
     checks = p.add_mutually_exclusive_group()
     checks.add_argument(
         "--offline",
@@ -135,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
         help="also reach what the config names (Redis: PING) (default: off)",
     )
 
-    p = _sub(
+    p = add_command(
         sub,
         "token",
         "print a token from the running daemon",
@@ -143,17 +76,17 @@ def parser() -> argparse.ArgumentParser:
         "Prints the bare token and a newline, for $(...). On failure: nothing on stdout, one\n"
         "line on stderr, a non-zero exit.\n\n" + WHERE,
     )
-    _profile_args(p)
-    _tenant_args(p)
+    profile_args(p)
+    tenant_args(p)
     p.add_argument(
         "--json",
         action="store_true",
         help='print {"access_token", "token_type", "expires_on", "expires_in", "profile", '
         '"kind"} instead of the bare token (default: off)',
     )
-    _target_args(p)
+    target_args(p)
 
-    p = _sub(
+    p = add_command(
         sub,
         "tenants",
         "the customer tenants of a profile with customer_tenants",
@@ -174,9 +107,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json", action="store_true", help="print the broker's JSON pages (default: off)"
     )
-    _target_args(p)
+    target_args(p)
 
-    p = _sub(
+    p = add_command(
         sub,
         "refresh",
         "force a refresh of a profile's tokens",
@@ -186,11 +119,11 @@ def parser() -> argparse.ArgumentParser:
         "every refresh_min_interval seconds (else exit 1, HTTP 429). Prints the new expiry,\n"
         "never the token.",
     )
-    _profile_args(p)
+    profile_args(p)
     p.add_argument("--json", action="store_true", help="print the answer as JSON (default: off)")
-    _target_args(p)
+    target_args(p)
 
-    p = _sub(
+    p = add_command(
         sub,
         "exec",
         "run a command with the token in its environment",
@@ -207,16 +140,16 @@ def parser() -> argparse.ArgumentParser:
         "%(prog)s [-h] [--kind {partner,aad}] [--var NAME] [--url URL | --socket PATH]\n"
         "       [--config PATH] [PROFILE] -- COMMAND [ARG ...]"
     )
-    _profile_args(p)
+    profile_args(p)
     p.add_argument(
         "--var",
         default="PC_ACCESS_TOKEN",
         metavar="NAME",
         help="the variable to put the token in (default: PC_ACCESS_TOKEN)",
     )
-    _target_args(p)
+    target_args(p)
 
-    p = _sub(
+    p = add_command(
         sub,
         "status",
         "every profile's state",
@@ -228,9 +161,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json", action="store_true", help="print the broker's /v1/profiles JSON (default: off)"
     )
-    _target_args(p)
+    target_args(p)
 
-    p = _sub(
+    p = add_command(
         sub,
         "healthcheck",
         "exit 0 when the daemon is ready",
@@ -244,9 +177,9 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only check that it is alive (/healthz), for liveness probes (default: off)",
     )
-    _target_args(p)
+    target_args(p)
 
-    p = _sub(
+    p = add_command(
         sub,
         "msi-env",
         "print the export lines that point Azure SDKs here",
@@ -264,9 +197,9 @@ def parser() -> argparse.ArgumentParser:
         help="a customer tenant: IDENTITY_ENDPOINT becomes /msi/tenants/TENANT/token "
         "(default: none)",
     )
-    _config_arg(p)
+    config_arg(p)
 
-    p = _sub(
+    p = add_command(
         sub,
         "completion",
         "print the shell completion script",
@@ -276,7 +209,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("shell", choices=("bash", "zsh"))
 
-    p = _sub(
+    p = add_command(
         sub,
         "demo",
         "sandbox + broker + 300 clients; prints what happened",
@@ -289,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
         help="keep the broker's log file (several MB; kept anyway when a guarantee fails)",
     )
 
-    p = _sub(
+    p = add_command(
         sub,
         "sandbox",
         "run only the fake Azure AD and Partner Center",

@@ -19,6 +19,7 @@ from broker.config.files import write_private
 from broker.config.reference import RESTART_NAMES, restart_needed
 from broker.config.secret import Secret
 from broker.config.settings import Settings
+from broker.core import report
 from broker.core.cache import Entry, EntryStatus, TokenCache
 from broker.core.cache.mirror import MirrorCache
 from broker.core.cache.shared import SharedCache
@@ -286,63 +287,19 @@ class Broker:
             note="the other parts were closed all the same",
         )
 
-    # -- status -------------------------------------------------------------------------------
+    # -- status (`broker.core.report`, on the snapshot in force) ------------------------------
 
     def mfa(self, name: str, runtime: Runtime | None = None) -> bool | None:
-        """Whether the profile's own (Partner Center) Azure AD token shows MFA in `amr`; None
-        when unknown or not an app+user credential. Partner Center refuses app+user calls
-        without MFA (401, error 900421)."""
-        profile = (runtime or self.runtime).profiles.get(name)
-        return None if profile is None else getattr(profile.credential, "mfa", None)
+        return report.mfa(runtime or self.runtime, name)
 
     def profile_gauges(self) -> list[dict[str, Any]]:
-        """Per-profile figures for /metrics: MFA, customer-tenant counts. No tenant ids."""
-        rows = []
-        runtime = self.runtime
-        for name, profile in runtime.profiles.items():
-            row: dict[str, Any] = {"profile": name, "mfa": self.mfa(name, runtime)}
-            cache = profile.tenants
-            if cache is not None:
-                row.update(
-                    tokens=len(cache),
-                    states=cache.states(),
-                    in_flight=cache.limiter.active,
-                    queued=cache.limiter.queued,
-                    evicted=cache.evicted,
-                )
-            rows.append(row)
-        return rows
+        return report.profile_gauges(self.runtime)
 
     def statuses(self) -> list[EntryStatus]:
-        return [entry.status() for entry in self.runtime.entries()]
+        return report.statuses(self.runtime)
 
     def ready(self) -> tuple[bool, dict[str, dict[str, Any]]]:
-        """Ready when every warm profile holds servable tokens of both kinds."""
-        ok = True
-        detail: dict[str, dict[str, Any]] = {}
-        for name, profile in self.runtime.profiles.items():
-            if not profile.settings.warm:
-                continue
-            for kind, entry in profile.entries.items():
-                s = entry.status()
-                ok = ok and s.servable
-                detail.setdefault(name, {})[kind] = s.state
-        return ok, detail
+        return report.ready(self.runtime)
 
     def summary(self) -> str:
-        """One line for systemd's STATUS=: profiles by state, the worst error."""
-        states: dict[str, int] = {}
-        failing = []
-        for s in self.statuses():
-            if s.kind == "partner":
-                states[s.state] = states.get(s.state, 0) + 1
-                if s.last_error and not s.servable:
-                    failing.append(s.profile)
-        parts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
-        runtime = self.runtime
-        text = f"{len(runtime.settings.profiles)} profiles" + (f" ({parts})" if parts else "")
-        if failing:
-            text += f"; failing: {', '.join(sorted(failing))}"
-        if runtime.restart_pending:
-            text += f"; restart needed for {', '.join(runtime.restart_pending)}"
-        return text
+        return report.summary(self.runtime)
