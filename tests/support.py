@@ -9,8 +9,10 @@ import ipaddress
 import json
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from cryptography import x509
@@ -204,3 +206,13 @@ async def request_json(address: str, path: str, method: str = "GET", **kwargs) -
         headers = {**HEADERS, **kwargs.pop("headers", {})}
         async with s.request(method, f"http://{address}{path}", headers=headers, **kwargs) as r:
             return r.status, await r.json(content_type=None)
+
+
+async def serve_process(
+    config: Path | str, *args: str, **kwargs: Any
+) -> asyncio.subprocess.Process:
+    """`python -m broker serve --config CONFIG [args]` as a real child process; `kwargs` go to
+    `asyncio.create_subprocess_exec` (env, stdout, stderr)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker", "serve", "--config", str(config), *args, **kwargs
+    )

@@ -26,7 +26,7 @@ from broker.cli.main import main, parser
 from broker.config.load import parse_settings
 from broker.daemon.server import serve
 from tests.conftest import config_text
-from tests.support import ROOT
+from tests.support import ROOT, serve_process
 
 
 async def cli(*argv: str) -> int:
@@ -132,13 +132,8 @@ async def test_serve_stops_cleanly_on_sigterm(sandbox, secret, tmp_path: Path) -
         )
     )
     env = {**os.environ, "TEST_CLIENT_SECRET": secret}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker",
-        "serve",
-        "--config",
-        str(config),
+    proc = await serve_process(
+        config,
         env=env,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -164,13 +159,8 @@ async def test_serve_with_a_broken_config_exits_2(tmp_path: Path) -> None:
     """`serve` refuses a broken config with exit 2 and the problem on stderr."""
     config = tmp_path / "broker.toml"
     config.write_text("[server]\nlisten = 5\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker",
-        "serve",
-        "--config",
-        str(config),
+    proc = await serve_process(
+        config,
         stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 20)
@@ -810,13 +800,8 @@ async def test_status_shows_a_pending_restart_after_reload(sandbox, secret, tmp_
     notify.bind(str(tmp_path / "notify"))
     notify.setblocking(False)
     env = {**os.environ, "TEST_CLIENT_SECRET": secret, "NOTIFY_SOCKET": str(tmp_path / "notify")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker",
-        "serve",
-        "--config",
-        str(config),
+    proc = await serve_process(
+        config,
         "--log-level",
         "error",
         env=env,

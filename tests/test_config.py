@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from broker.cli.main import main
 from broker.config.listen import Listen
 from broker.config.load import ConfigError, load_settings, parse_settings
-from tests.support import ROOT
+from tests.support import ROOT, serve_process
 
 VALID = """
 [server]
@@ -289,13 +288,8 @@ authority = "http://127.0.0.1.evil.example"
 [mirror]
 upstream_base = "http://localhost.evil.example"
 """)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker",
-        "serve",
-        "--config",
-        str(config),
+    proc = await serve_process(
+        config,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "S": secret},
     )

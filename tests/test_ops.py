@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import HEADERS, config_text
-from tests.support import ROOT, Daemon, unix_config  # noqa: F401
+from tests.support import ROOT, Daemon, serve_process, unix_config  # noqa: F401
 
 UNIT = ROOT / "systemd" / "pc-token-broker.service"
 SOCKET_UNIT = ROOT / "systemd" / "pc-token-broker.socket"
@@ -194,13 +194,8 @@ async def test_a_huge_or_fifo_config_is_refused_on_reload(sandbox, secret, tmp_p
     config = tmp_path / "broker.toml"
     text = config_text(sandbox).replace('listen = ["127.0.0.1:0"]', f'listen = ["unix:{sock}"]')
     config.write_text(text)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker",
-        "serve",
-        "--config",
-        str(config),
+    proc = await serve_process(
+        config,
         env={**os.environ, "TEST_CLIENT_SECRET": secret},
         stderr=asyncio.subprocess.PIPE,
     )
