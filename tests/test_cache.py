@@ -418,6 +418,7 @@ async def test_refresh_failed_says_when_the_cached_token_is_still_served(
         "aadsts": 7000215,
         "trace_id": "t-1",
         "correlation_id": "c-1",
+        "since": clock.time(),  # the first failure of the streak (for `doctor`)
     }
     assert status.next_attempt_in == 2.0
     token, hit = await entry.get()  # callers keep the cached token meanwhile

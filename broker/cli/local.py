@@ -129,3 +129,28 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     from broker.sandbox.cli import run_sandbox
 
     return asyncio.run(run_sandbox(args.host, args.port))
+
+
+def cmd_consent(args: argparse.Namespace) -> int:
+    # Offline: the refresh-token file need not exist yet (this command makes it), and no
+    # secret is read (the device-code flow is a public-client flow).
+    settings, _ = _load(args.config, mode="offline")
+    if settings is None:
+        return 2
+    profile = settings.profiles.get(args.profile)
+    if profile is None:
+        known = ", ".join(sorted(settings.profiles)) or "none"
+        return fail(f"consent: no profile {args.profile!r} (profiles: {known})", 2)
+    if profile.credential != "refresh_token" or profile.refresh_token_file is None:
+        return fail(
+            f"consent: profile {args.profile!r} has credential {profile.credential!r}; consent "
+            "obtains a refresh token, for credential = \"refresh_token\"",
+            2,
+        )
+    from broker.cli.consent import ConsentFailed, consent
+
+    try:
+        asyncio.run(consent(profile, sys.stdout, allow_no_mfa=args.allow_no_mfa))
+    except ConsentFailed as e:
+        return fail(f"consent: {e}", 1)
+    return 0
