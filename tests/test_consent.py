@@ -106,9 +106,7 @@ async def test_slow_down_adds_five_seconds_each_time(fake_sandbox, clock, profil
     def slow(u):
         u.device.slow_down(u.code, 2)
 
-    user = User(
-        fake_sandbox, clock, {1: slow, 4: lambda u: u.device.approve(u.code)}
-    )
+    user = User(fake_sandbox, clock, {1: slow, 4: lambda u: u.device.approve(u.code)})
     await run(fake_sandbox, clock, profile, user)
     assert user.sleeps == [5, 10, 15, 15]
     assert rt_file.exists()
@@ -156,15 +154,18 @@ async def test_a_sign_in_without_mfa_is_refused_unless_allowed(
     assert rt_file.read_text() == "the-old-token\n"
     user = User(fake_sandbox, clock, {1: lambda u: u.device.approve(u.code, mfa=False)})
     out = await run(fake_sandbox, clock, profile, user, allow_no_mfa=True)
-    assert "NO MFA" in out and rt_file.read_text().strip() in fake_sandbox.state.apps[
-        CLIENT_ID
-    ].refresh_tokens
+    assert (
+        "NO MFA" in out
+        and rt_file.read_text().strip() in fake_sandbox.state.apps[CLIENT_ID].refresh_tokens
+    )
 
 
 async def test_an_unknown_app_is_refused_at_the_device_code(fake_sandbox, clock, secret, rt_file):
     rt_file.parent.mkdir()
     text = config_text(fake_sandbox, profiles=profile_text(rt_file))
-    text = text.replace(f'client_id = "{CLIENT_ID}"', 'client_id = "99999999-0000-4000-8000-000000000000"')
+    text = text.replace(
+        f'client_id = "{CLIENT_ID}"', 'client_id = "99999999-0000-4000-8000-000000000000"'
+    )
     profile = parse_settings(text, env={"TEST_CLIENT_SECRET": secret}, mode="offline").profiles[
         "user"
     ]

@@ -214,3 +214,44 @@ async def test_usage_errors_exit_2(sandbox, gdap, start_broker, capsys):  # noqa
 def test_the_docs_fix_table_is_the_codes_table():
     page = (ROOT / "docs" / "operate" / "doctor.md").read_text()
     assert fix_table_markdown() in page
+
+
+async def test_check_config_online_reports_mfa_from_the_running_daemon(
+    sandbox, secret, tmp_path, run_server, capsys, monkeypatch
+):
+    """check-config --online never redeems the refresh token itself (that would rotate it
+    outside the daemon): it asks the running daemon, or says why it cannot."""
+    from broker.config.load import parse_settings
+    from tests.conftest import config_text
+    from tests.support import free_port
+
+    monkeypatch.setenv("TEST_CLIENT_SECRET", secret)
+    app = sandbox.state.apps[CLIENT_ID]
+    rt = tmp_path / "user.refresh-token"
+    rt.write_text(sandbox.state.issue_refresh_token(app) + "\n")
+    rt.chmod(0o600)
+    port = free_port()
+    profiles = f'[profiles.user]\ncredential = "refresh_token"\nrefresh_token_file = "{rt}"\n'
+    text = config_text(sandbox, profiles="[profiles.default]\nwarm = false\n" + profiles)
+    text = text.replace('listen = ["127.0.0.1:0"]', f'listen = ["127.0.0.1:{port}"]')
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    config.chmod(0o600)
+    loop = asyncio.get_running_loop()
+
+    async def check() -> str:
+        argv = ["check-config", "--config", str(config), "--online"]
+        assert await loop.run_in_executor(None, main, argv) == 0
+        return capsys.readouterr().out
+
+    out = await check()
+    assert "MFA:             cannot tell (" in out and "start it and run again" in out
+    calls = sandbox.state.counts["aad"]
+    app.mfa = False
+    await run_server(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
+    # The warm profile's first fetch: Azure AD (its answer's amr read), then Partner Center.
+    await sandbox.state.wait_calls("partner", 1)
+    out = await check()
+    assert "MFA:             user: NO" in out and "pc-token-broker consent user" in out
+    assert out.rstrip().endswith("OK (online checks passed)")
+    assert sandbox.state.counts["aad"] == calls + 1  # check-config redeemed nothing

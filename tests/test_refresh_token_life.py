@@ -74,7 +74,9 @@ async def test_an_idle_profile_redeems_its_refresh_token_every_keep_alive_days(
     # Every redemption rotated the token and wrote it back: the file holds a live one.
     assert rt_file.read_text().strip() in app.refresh_tokens
     life = (await profiles(b))["user"]["refresh_token"]
-    assert life["age_s"] <= 7300 and life["days_left"] == 89.9 and life["keep_alive_days"] == 7
+    assert (
+        life["age_s"] <= 7300 and 89.9 <= life["days_left"] <= 90 and life["keep_alive_days"] == 7
+    )
 
 
 async def test_a_profile_in_use_is_not_redeemed_again_by_the_keep_alive(
@@ -119,7 +121,9 @@ async def test_the_age_survives_a_restart_through_the_files_mtime(
 
 
 async def test_age_in_metrics_and_status(fake_sandbox, secret, tmp_path, clock, start_broker):
-    settings, _, _ = rt_settings(fake_sandbox, secret, tmp_path, "keep_alive_days = 80", age_days=79)
+    settings, _, _ = rt_settings(
+        fake_sandbox, secret, tmp_path, "keep_alive_days = 80", age_days=79
+    )
     b = await start_broker(settings, clock=clock)
     text = await (await b.get("/metrics")).text()
     (line,) = [x for x in text.splitlines() if x.startswith("broker_refresh_token_age_seconds")]

@@ -88,13 +88,15 @@ async def obtain(
     device_code, user_code = start.get("device_code"), start.get("user_code")
     uri = start.get("verification_uri")
     if not all(isinstance(v, str) and 0 < len(v) <= 4096 for v in (device_code, user_code, uri)):
-        raise ConsentFailed("the device-code answer lacks device_code, user_code or verification_uri")
+        raise ConsentFailed(
+            "the device-code answer lacks device_code, user_code or verification_uri"
+        )
     expires_in = _bounded_int(start, "expires_in", 900, MAX_EXPIRES_IN)
     interval = _bounded_int(start, "interval", 5, MAX_INTERVAL)
     deadline = monotonic() + expires_in
     print(
         f"To sign in as the partner user of profile {profile.name} (with MFA), open {uri}\n"
-        f"and enter the code {user_code}. It expires in {expires_in // 60} min {expires_in % 60} s.",
+        f"and enter the code {user_code}. It expires in {expires_in} s.",
         file=out,
         flush=True,
     )

@@ -13,10 +13,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from broker.core.tenants.codes import BY_CODE, fix_for
+from broker.core.tenants.codes import fix_for
 
 # Partner Center's MFA refusal: a 401 whose description names it (no AADSTS prefix).
 _PARTNER_MFA = re.compile(r"\b900421\b")
+# Warn when this few days are left before the refresh token's 90-day limit (as the alert).
+DAYS_LEFT_WARNING = 14
 # Tenants in these states need nothing.
 HEALTHY = frozenset({"ok", "idle"})
 # The fix for the broker's own error codes, when no AADSTS code says more.
@@ -67,6 +69,10 @@ class Finding:
     tenant: str | None = None
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _since(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
@@ -76,9 +82,9 @@ def _aadsts(error: dict[str, Any]) -> int | None:
     if isinstance(code, int) and not isinstance(code, bool):
         return code
     message = error.get("message")
-    if error.get("upstream_status") == 401 and isinstance(message, str):
-        if _PARTNER_MFA.search(message):
-            return 900421
+    unauthorized = error.get("upstream_status") == 401 and isinstance(message, str)
+    if unauthorized and _PARTNER_MFA.search(str(message)):
+        return 900421
     return None
 
 
@@ -138,7 +144,7 @@ def profile_findings(name: str, row: dict[str, Any]) -> list[Finding]:
         entry = row.get(kind)
         if not isinstance(entry, dict) or entry.get("state") not in ("failing", "stale"):
             continue
-        error = entry.get("last_error") if isinstance(entry.get("last_error"), dict) else {}
+        error = _dict(entry.get("last_error"))
         f = _error_finding(name, row, f"{kind} token", str(entry["state"]), error, own_tenant)
         serving = "serving the cached token while it lasts; " if entry["state"] == "stale" else ""
         f.doing = f"{serving}{_attempt(entry.get('next_attempt_in'), entry.get('failures_in_row'))}"
@@ -146,31 +152,39 @@ def profile_findings(name: str, row: dict[str, Any]) -> list[Finding]:
     if row.get("mfa") is False and not any(f.aadsts == 900421 for f in found):
         what, fix, _ = _words({"aadsts": 900421}, "interaction_required", row, own_tenant)
         found.append(Finding(name, "MFA", "interaction_required", what, fix, aadsts=900421))
-    life = row.get("refresh_token")
-    if isinstance(life, dict) and isinstance(life.get("days_left"), int | float):
-        if life["days_left"] < 14:
-            found.append(
-                Finding(
-                    name,
-                    "refresh token",
-                    "refresh_token_aging",
-                    f"the refresh token was last redeemed {life.get('age_s', 0) // 86400:.0f} "
-                    f"days ago: {life['days_left']:g} days before Azure AD's 90-day limit",
-                    f"pc-token-broker consent {name} (or find why the keep-alive did not redeem "
-                    "it: the broker stopped, or redemptions fail)",
-                    doing=f"redeeming it every {life.get('keep_alive_days')} days while running",
-                )
-            )
+    aging = _aging(name, row.get("refresh_token"))
+    if aging is not None:
+        found.append(aging)
     customers = row.get("customer_tenants")
     block = customers.get("profile_block") if isinstance(customers, dict) else None
     if isinstance(block, dict):
-        error = block.get("last_error") if isinstance(block.get("last_error"), dict) else {}
+        error = _dict(block.get("last_error"))
         f = _error_finding(
             name, row, "every customer tenant", str(block.get("state")), error, own_tenant
         )
         f.doing = f"no customer tenant asks Azure AD for {_seconds(block.get('retry_in'))}"
         found.append(f)
     return found
+
+
+def _aging(name: str, life: Any) -> Finding | None:
+    """A refresh token near Azure AD's 90-day inactivity limit."""
+    days_left = life.get("days_left") if isinstance(life, dict) else None
+    if not isinstance(life, dict) or not isinstance(days_left, int | float):
+        return None
+    if days_left >= DAYS_LEFT_WARNING:
+        return None
+    age_days = life.get("age_s", 0) // 86400
+    return Finding(
+        name,
+        "refresh token",
+        "refresh_token_aging",
+        f"the refresh token was last redeemed {age_days:.0f} days ago: {days_left:g} days "
+        "before Azure AD's 90-day inactivity limit",
+        f"pc-token-broker consent {name} (and find why the keep-alive did not redeem it: the "
+        "broker stopped, or its redemptions fail)",
+        doing=f"redeeming it every {life.get('keep_alive_days')} days while running",
+    )
 
 
 def tenant_findings(name: str, row: dict[str, Any], tenants: list[dict[str, Any]]) -> list[Finding]:
@@ -182,7 +196,7 @@ def tenant_findings(name: str, row: dict[str, Any], tenants: list[dict[str, Any]
         if state in HEALTHY:
             continue
         tenant = str(t.get("tenant"))
-        error = t.get("last_error") if isinstance(t.get("last_error"), dict) else {}
+        error = _dict(t.get("last_error"))
         f = _error_finding(name, row, f"tenant {tenant}", state, error, tenant)
         f.tenant = tenant
         f.doing = _attempt(t.get("next_attempt_in"), t.get("failures_in_row"))

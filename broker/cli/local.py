@@ -83,16 +83,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if not args.offline and _host_problems(settings, path):
         return 2
 
-    online = args.online and settings.shared is not None
+    online = args.online and (
+        settings.shared is not None
+        or any(p.credential == "refresh_token" for p in settings.profiles.values())
+    )
     print(describe(settings, path, pending="online checks" if online else None))
     if online:
-        assert settings.shared is not None
-        from broker.core.cache.shared import ping
+        if settings.shared is not None:
+            from broker.core.cache.shared import ping
 
-        problem = asyncio.run(ping(settings.shared))
-        if problem is not None:
-            return fail(f"{path}: shared.redis_url: {problem}", 1)
-        print("  shared cache:    Redis answered PING")
+            problem = asyncio.run(ping(settings.shared))
+            if problem is not None:
+                return fail(f"{path}: shared.redis_url: {problem}", 1)
+            print("  shared cache:    Redis answered PING")
+        from broker.cli.online import mfa_lines
+
+        for line in mfa_lines(settings, path):  # reported; never a failure of its own
+            print(line)
         print(f"{path}: OK (online checks passed)")
     return 0
 
@@ -144,7 +151,7 @@ def cmd_consent(args: argparse.Namespace) -> int:
     if profile.credential != "refresh_token" or profile.refresh_token_file is None:
         return fail(
             f"consent: profile {args.profile!r} has credential {profile.credential!r}; consent "
-            "obtains a refresh token, for credential = \"refresh_token\"",
+            'obtains a refresh token, for credential = "refresh_token"',
             2,
         )
     from broker.cli.consent import ConsentFailed, consent
