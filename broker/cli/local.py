@@ -134,8 +134,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from broker.sandbox.cli import run_sandbox
+    from broker.sandbox.roles import Roles
 
-    return asyncio.run(run_sandbox(args.host, args.port))
+    roles = Roles(getattr(args, "user", None), tuple(getattr(args, "refused_consent", None) or ()))
+    return asyncio.run(run_sandbox(args.host, args.port, roles))
 
 
 def cmd_consent(args: argparse.Namespace) -> int:

@@ -291,4 +291,32 @@ def parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="the address it listens on (default: 127.0.0.1; keep it on loopback)",
     )
+    sandbox_roles(p)
     return top
+
+
+def sandbox_roles(p: argparse.ArgumentParser) -> None:
+    """`sandbox`'s roles for customer-tenant operators (issue #26): a user, a refused consent."""
+
+    def tenant(text: str) -> tuple[str, str]:
+        from broker.sandbox.roles import tenant_arg  # only when the option is given
+
+        try:
+            return tenant_arg(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    p.add_argument(
+        "--user",
+        choices=("mfa", "no-mfa"),
+        help="a partner user for refresh_token profiles, signing in with MFA or without; the "
+        "sandbox approves device codes at once (pc-token-broker consent) (default: none)",
+    )
+    p.add_argument(
+        "--refused-consent",
+        action="append",
+        type=tenant,
+        metavar="NAME[=GUID]",
+        help="a customer tenant whose admin refused consent: every token asked there is "
+        "refused with AADSTS65001; repeatable (default: none)",
+    )
