@@ -200,3 +200,111 @@ async def test_the_command_line_end_to_end(sandbox, secret, tmp_path, capsys, mo
     assert await cli("consent", "nosuch", "--config", str(config)) == 2
     assert await cli("consent", "default", "--config", str(config)) == 2
     assert "credential" in capsys.readouterr().err
+
+
+# -- a hostile Azure AD: what consent believes of its answers ----------------------------------
+
+GOOD_START = {"device_code": "dc", "user_code": "UC", "verification_uri": "https://x.example/d",
+              "expires_in": 900, "interval": 5}  # fmt: skip
+
+
+def _jwt(claims: dict) -> str:
+    import jwt
+
+    return jwt.encode(claims, "k" * 32, algorithm="HS256")
+
+
+HOSTILE = {
+    "oversized start": ((200, "x" * 70_000), None, "more than"),
+    "start not JSON": ((200, "<html>portal</html>"), None, "without JSON"),
+    "start nested deep": ((200, "[" * 30_000 + "]" * 30_000), None, "without JSON"),
+    "start a list": ((200, "[1, 2]"), None, "without a JSON object"),
+    "interval NaN": ((200, {**GOOD_START, "interval": float("nan")}), None, "interval"),
+    "interval huge": ((200, {**GOOD_START, "interval": 10**9}), None, "interval"),
+    "expires_in negative": ((200, {**GOOD_START, "expires_in": -1}), None, "expires_in"),
+    "no device_code": ((200, {**GOOD_START, "device_code": None}), None, "lacks"),
+    "escapes in the user code": (
+        (200, {**GOOD_START, "user_code": "UC\x1b]0;owned\x07"}),
+        (400, {"error": "authorization_declined"}),
+        "declined",
+    ),
+    "token with spaces": (
+        (200, GOOD_START),
+        (200, {"refresh_token": "two words", "access_token": _jwt({"amr": ["mfa"]})}),
+        "usable refresh token",
+    ),
+    "token not a string": (
+        (200, GOOD_START),
+        (200, {"refresh_token": ["a"], "access_token": _jwt({"amr": ["mfa"]})}),
+        "usable refresh token",
+    ),
+    "token too long": (
+        (200, GOOD_START),
+        (200, {"refresh_token": "a" * 20_000, "access_token": _jwt({"amr": ["mfa"]})}),
+        "usable refresh token",
+    ),
+    "amr not a list": (
+        (200, GOOD_START),
+        (200, {"refresh_token": "rt-hostile-1", "access_token": _jwt({"amr": "mfa"})}),
+        "no MFA",
+    ),
+    "unknown error": (
+        (200, GOOD_START),
+        (
+            400,
+            {
+                "error": "invalid_grant\x1b[31m",
+                "error_codes": [70000],
+                "error_description": "AADSTS70000: bad\r\nTrace ID: x",
+            },
+        ),
+        "AADSTS70000",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE.values(), ids=HOSTILE.keys())
+async def test_a_hostile_azure_ad_gets_nothing_written(tmp_path, clock, secret, case):
+    import json as _json
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    start, answer, words = case
+
+    def reply(status_body):
+        status, body = status_body
+        text = body if isinstance(body, str) else _json.dumps(body)
+        return web.Response(status=status, text=text, content_type="application/json")
+
+    async def devicecode(_request):
+        return reply(start)
+
+    async def token_(_request):
+        return reply(answer or (400, {"error": "authorization_pending"}))
+
+    app = web.Application()
+    app.router.add_post("/{tenant}/oauth2/v2.0/devicecode", devicecode)
+    app.router.add_post("/{tenant}/oauth2/v2.0/token", token_)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+
+        class Fake:
+            url = str(server.make_url("")).rstrip("/")
+
+        rt_file = tmp_path / "user.refresh-token"
+        profile = user_profile(Fake, secret, rt_file)
+        out = io.StringIO()
+
+        async def sleep(seconds: float) -> None:
+            clock.advance(seconds)
+
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(ConsentFailed, match=words) as raised:
+                await consent(profile, out, session=session, sleep=sleep, monotonic=clock.monotonic)
+        assert not rt_file.exists()
+        said = str(raised.value) + out.getvalue()
+        assert "\x1b" not in said and "rt-hostile-1" not in said and "two words" not in said
+    finally:
+        await server.close()
