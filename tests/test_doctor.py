@@ -255,3 +255,73 @@ async def test_check_config_online_reports_mfa_from_the_running_daemon(
     assert "MFA:             user: NO" in out and "pc-token-broker consent user" in out
     assert out.rstrip().endswith("OK (online checks passed)")
     assert sandbox.state.counts["aad"] == calls + 1  # check-config redeemed nothing
+
+
+def test_doctor_survives_whatever_the_daemon_answers():
+    """A hostile or broken daemon's JSON (any shape, any types) gives findings or none, never a
+    crash: the rows are read with isinstance checks."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from broker.cli.doctor import profile_findings, render_json, render_text, tenant_findings
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    values = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "state",
+                        "last_error",
+                        "aadsts",
+                        "message",
+                        "since",
+                        "days_left",
+                        "age_s",
+                        "upstream_status",
+                        "code",
+                        "tenant",
+                        "next_attempt_in",
+                        "failures_in_row",
+                        "profile_block",
+                        "retry_in",
+                        "mfa",
+                        "aad",
+                        "partner",
+                        "refresh_token",
+                        "customer_tenants",
+                        "authority",
+                    ]
+                ),
+                inner,
+                max_size=6,
+            )
+        ),  # fmt: skip
+        max_leaves=20,
+    )
+    rows = st.dictionaries(
+        st.sampled_from(["aad", "partner", "mfa", "refresh_token", "customer_tenants",
+                         "authority", "client_id", "tenant_id"]),
+        values,
+    )  # fmt: skip
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        rows,
+        st.lists(
+            st.dictionaries(
+                st.text(max_size=10)
+                | st.sampled_from(["state", "tenant", "last_error", "next_attempt_in"]),
+                values,
+            ),
+            max_size=4,
+        ),
+    )
+    def check(row, tenants):
+        found = profile_findings("p", row) + tenant_findings("p", row, tenants)
+        render_text({"p": found})
+        json.dumps(render_json({"p": found}))
+
+    check()

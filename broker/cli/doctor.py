@@ -74,7 +74,10 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _since(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    """Unix seconds from 1970 to the year 5000; anything else is not a time."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 9.5e10:
+        return float(value)
+    return None
 
 
 def _aadsts(error: dict[str, Any]) -> int | None:
