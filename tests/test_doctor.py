@@ -298,7 +298,7 @@ def test_doctor_survives_whatever_the_daemon_answers():
                 inner,
                 max_size=6,
             )
-        ),  # fmt: skip
+        ),
         max_leaves=20,
     )
     rows = st.dictionaries(
