@@ -68,6 +68,8 @@ def gdap_settings(sandbox, secret: str, tmp_path: Path):
     rt_file = tmp_path / "refresh-token"
     rt_file.write_text(sandbox.state.issue_refresh_token(app) + "\n")
     rt_file.chmod(0o600)
+    placed = sandbox.state.now()  # placed now by the sandbox's clock (the keep-alive reads it)
+    os.utime(rt_file, (placed, placed))
 
     def settings(profile_extra: str = "", **kwargs):
         return make_settings(
@@ -770,6 +772,7 @@ def hostile_settings(h: Hostile, secret: str, tmp_path, extra: str = ""):
     rt_file = tmp_path / "refresh-token"
     rt_file.write_text("a-refresh-token-for-the-hostile-fake\n")
     rt_file.chmod(0o600)
+    os.utime(rt_file, (WALL, WALL))  # placed "now" by the fake clock (the keep-alive reads it)
     text = config_text(
         h, profiles="[profiles.default]\nwarm = false\n" + gdap_profile(rt_file, extra=extra)
     )
@@ -1051,6 +1054,10 @@ async def test_throttling_holds_the_whole_profile_for_its_retry_after_to_the_ten
         "correlation_id": error["correlation_id"],
     }
     page = await listing(b)
+    # For `doctor`: Azure AD's trace id, and since when (the fake clock's wall time).
+    told = page["profile_block"]["last_error"]
+    assert uuid.UUID(told["trace_id"]) and WALL <= told["since"] <= clock.time()
+    detail.update(trace_id=told["trace_id"], since=told["since"])
     assert page["profile_block"] == {"state": "throttled", "retry_in": 119.8, "last_error": detail}
     assert rows(page)[tenant_id(2)] == {
         "tenant": tenant_id(2),
@@ -1208,6 +1215,8 @@ async def test_failures_in_a_row_count_up_and_a_success_clears_them(
         "message": error["message"],
         "upstream_status": 401,
         "correlation_id": error["correlation_id"],
+        "trace_id": error["trace_id"],
+        "since": clock.time(),  # the streak began now
     }
     assert rows(await listing(b))[tenant_id(1)] == {
         "tenant": tenant_id(1),
@@ -1226,6 +1235,7 @@ async def test_failures_in_a_row_count_up_and_a_success_clears_them(
         await asyncio.wait({entry.flight}, timeout=10)
     row = rows(await listing(b))[tenant_id(1)]
     assert (row["failures_in_row"], row["next_attempt_in"]) == (2, 30)
+    assert row["last_error"]["since"] == detail["since"]  # the same streak, dated from its start
     clock.advance(30)  # the next retry succeeds
     await asyncio.wait_for(fake_sandbox.state.wait_calls("aad", 3), 10)
     if entry.flight is not None:

@@ -191,6 +191,12 @@ class RefreshTokenKeys(Section):
     refresh_token_file: Text | None = setting(
         None, "the refresh token's file (required; read and written back, so writable)"
     )
+    keep_alive_days: Number = setting(
+        7.0,
+        "days between redemptions of the refresh token of an idle profile, so it never "
+        "reaches Azure AD's 90-day inactivity limit (AADSTS700082)",
+        ge=0.01, le=80,
+    )  # fmt: skip
 
 
 class FederatedTokenKeys(Section):

@@ -67,6 +67,7 @@ class ProfileSettings:
     certificate_password: Secret | None = None
     signing_algorithm: str = _PROFILE.signing_algorithm
     refresh_token_file: str | None = None  # read at each refresh, rotated token written back
+    keep_alive_days: float = 7.0  # an idle refresh_token profile redeems at least this often
     federated_token_file: str | None = None  # re-read at each refresh (it rotates)
     static_token_file: str | None = None  # an AAD token placed by another system
     object_id: str = ""  # the app's service principal object id, for /msi selection

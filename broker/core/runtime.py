@@ -25,6 +25,7 @@ from broker.core.cache.mirror import MirrorCache
 from broker.core.cache.shared import SharedCache
 from broker.core.credentials import Credential, make_credential
 from broker.core.guards import OriginGuard
+from broker.core.keepalive import KeepAlive
 from broker.core.sources import profile_entries
 from broker.core.tenants import TenantCache
 from broker.core.upstream import Upstream
@@ -39,6 +40,7 @@ class ProfileRuntime:
     credential: Credential
     entries: Mapping[str, Entry]  # by kind: "aad", "partner"
     tenants: TenantCache | None = None  # with customer_tenants only
+    keep_alive: KeepAlive | None = None  # a refresh_token credential only
 
     @property
     def name(self) -> str:
@@ -47,6 +49,8 @@ class ProfileRuntime:
     def start(self) -> None:
         for entry in self.entries.values():
             entry.start()
+        if self.keep_alive is not None:
+            self.keep_alive.start()
 
     def retire(self) -> None:
         """Timers stop; a refresh in flight is left to land for the callers awaiting it."""
@@ -54,9 +58,13 @@ class ProfileRuntime:
             entry.retire()
         if self.tenants is not None:
             self.tenants.retire()
+        if self.keep_alive is not None:
+            self.keep_alive.retire()
 
     async def close(self) -> None:
         await asyncio.gather(*(e.close() for e in self.entries.values()))
+        if self.keep_alive is not None:
+            await self.keep_alive.close()
         if self.tenants is not None:
             await self.tenants.close()
         closing = getattr(self.credential, "close", None)  # a rotated refresh token held back
@@ -108,4 +116,10 @@ class Builder:
                 rand=self.rand,
                 shared=self.shared,
             )
-        return ProfileRuntime(profile, credential, {e.kind: e for e in built}, tenants)
+        entries = {e.kind: e for e in built}
+        keep_alive = None
+        if profile.credential == "refresh_token" and "aad" in entries:
+            keep_alive = KeepAlive(
+                credential, entries["aad"], profile.keep_alive_days, clock=self.clock, log=self.log
+            )
+        return ProfileRuntime(profile, credential, entries, tenants, keep_alive)

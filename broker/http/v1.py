@@ -178,6 +178,11 @@ def profile_table(broker: Any, runtime: Runtime, visible: set[str]) -> dict[str,
         mfa = broker.mfa(name, runtime)
         if mfa is not None:  # Partner Center refuses app+user tokens without MFA (900421)
             row["mfa"] = mfa
+        life = broker.refresh_token(name, runtime)
+        if life is not None:  # age and days left before Azure AD's 90-day inactivity limit
+            row["refresh_token"] = life
+        # For `doctor`'s fixes (the admin-consent URL): not secrets.
+        row.update(tenant_id=p.tenant_id, client_id=p.client_id, authority=p.authority)
         cache = profile.tenants
         if cache is not None:
             row["customer_tenants"] = {

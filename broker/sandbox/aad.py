@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from broker.sandbox import faults
+from broker.sandbox import devicecode, faults
 from broker.sandbox.customers import CATALOGUE, Refusal, check
 from broker.sandbox.grants import GrantRefused, authenticate
 from broker.sandbox.state import Call, SandboxState
@@ -148,6 +148,8 @@ def _answer(
             f"flows must have a scope value with /.default suffixed to the resource "
             f"identifier (application ID URI).",
         )
+    if form["grant_type"] == devicecode.GRANT and customer is None:
+        return _device_code(state, app, tenant, form, correlation_id)
     try:
         extra = authenticate(state, app, form, token_url)
         if form["grant_type"] == "refresh_token" and app.refresh_token_refusal is not None:
@@ -182,3 +184,77 @@ def _answer(
         **extra,
     }
     return web.json_response(body, headers={"Cache-Control": "no-store, no-cache"})
+
+
+def _device_code(
+    state: SandboxState, app: Any, tenant: str, form: dict[str, Any], correlation_id: str
+) -> web.Response:
+    """The device_code grant: pending, slow_down, expired, declined, or (approved) the tokens
+    of the user who signed in, with a refresh token, `amr` saying whether with MFA."""
+    polled = state.device.poll(str(form.get("device_code", "")), app.client_id, state.now())
+    if isinstance(polled, str):
+        code, text = devicecode.ERRORS[polled]
+        return aad_error(400, polled, code, text, correlation_id)
+    app.mfa = polled.mfa  # the user behind this app's refresh tokens signed in so
+    lifetime = state.lifetimes["aad"]
+    resource = polled.scope.split()[0].removesuffix("/.default") if polled.scope else ""
+    user = {
+        "tid": tenant,
+        "oid": str(uuid.uuid5(uuid.NAMESPACE_OID, "device-user:" + app.client_id)),
+        "amr": ["pwd", "mfa"] if polled.mfa else ["pwd"],
+    }
+    body = {
+        "token_type": "Bearer",
+        "scope": polled.scope,
+        "expires_in": int(lifetime),
+        "ext_expires_in": int(lifetime),
+        "access_token": state.mint(
+            {**user, "aud": resource, "appid": app.client_id, "scp": "user_impersonation"},
+            lifetime,
+        ),
+        "id_token": state.mint({**user, "aud": app.client_id}, lifetime),
+    }
+    if "offline_access" in polled.scope.split():
+        body["refresh_token"] = state.issue_refresh_token(app)
+    return web.json_response(body, headers={"Cache-Control": "no-store, no-cache"})
+
+
+def make_devicecode_handler(state: SandboxState):
+    """`POST /{tenant}/oauth2/v2.0/devicecode`: form `client_id`, `scope`."""
+
+    async def handler(request: web.Request) -> web.Response:
+        correlation_id = request.headers.get("client-request-id") or str(uuid.uuid4())
+        form: dict[str, Any] = {}
+        if request.content_type == "application/x-www-form-urlencoded":
+            form = dict(await request.post())
+        call = Call("aad", request.path, dict(request.headers), {})
+        call.form = {k: str(v) for k, v in form.items() if k in SAFE_FIELDS}
+        state.record(call)
+        tenant = request.match_info["tenant"]
+        client_id = str(form.get("client_id", ""))
+        app = state.apps.get(client_id)
+        if not client_id or not form.get("scope"):
+            missing = "client_id" if not client_id else "scope"
+            response = aad_error(
+                400,
+                "invalid_request",
+                900144,
+                f"The request body must contain the following parameter: '{missing}'.",
+                correlation_id,
+            )
+        elif app is None or app.tenant_id != tenant:
+            response = aad_error(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id[:100]}' was not found in the "
+                f"directory '{tenant[:100]}'.",
+                correlation_id,
+            )
+        else:
+            flow = state.device.start(client_id, tenant, str(form["scope"]), state.now())
+            response = web.json_response(state.device.answer(flow))
+        call.status = response.status
+        return response
+
+    return handler

@@ -7,12 +7,13 @@ import secrets
 import signal
 
 from broker.sandbox import Sandbox
+from broker.sandbox.roles import Roles, apply
 
 TENANT = "sandbox.onmicrosoft.com"
 CLIENT_ID = "00000000-0000-4000-8000-00000000c0de"
 
 
-async def run_sandbox(host: str, port: int) -> int:
+async def run_sandbox(host: str, port: int, roles: Roles | None = None) -> int:
     sandbox = Sandbox(host=host, port=port)
     # A throwaway credential for a fake Azure AD: printing it is the point.
     secret = f"sandbox-{secrets.token_urlsafe(16)}"
@@ -40,6 +41,8 @@ a broker profile for it (sandbox credential, not a real secret):
 """,
         flush=True,
     )
+    if roles:  # customer-tenant operators' roles (issue #26)
+        print(apply(roles, sandbox.state, sandbox.url, TENANT, CLIENT_ID), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,6 +13,8 @@ from typing import Any
 
 import jwt
 
+from broker.sandbox.devicecode import DeviceFlows
+
 PARTNER_AUDIENCE = "https://api.partnercenter.microsoft.com"
 # A Kubernetes-like OIDC issuer whose projected service-account tokens the sandbox trusts.
 FEDERATED_ISSUER = "https://oidc.sandbox.invalid/cluster"
@@ -87,6 +89,7 @@ class SandboxState:
         self.revoke_rotated = False  # True: a used refresh token stops working (strict rotation)
         self.apps: dict[str, AppRegistration] = {}
         self.customers: dict[str, CustomerTenant] = {}  # by id and by each domain, lower-case
+        self.device = DeviceFlows()  # the device-code flow's codes; tests play the user there
         self.aad_in_flight = 0  # Azure AD requests being answered right now
         self.aad_max_in_flight = 0  # the most at once since the last reset
         self.customer_calls: Counter[tuple[str, str]] = Counter()  # (tenant id, resource)

@@ -236,6 +236,7 @@ class Entry:
         self.retry_at = now + delay
         if error.retry_after is not None:  # callers are told the delay used, not what was asked
             error = error.with_retry_after(delay)
+        error = error.failing_since(self.last_error, self._clock.time())  # for `doctor`
         self.last_error = error
         self._arm(self.retry_at)
         servable = self.token is not None and self.token.servable(now, self.policy.min_remaining)
