@@ -126,6 +126,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from broker.sandbox.cli import run_sandbox
+    from broker.sandbox.cli import detach, run_sandbox
 
-    return asyncio.run(run_sandbox(args.host, args.port))
+    if args.detach:
+        detach()
+    run = run_sandbox(
+        args.host, args.port, args.customer_tenant, detach=args.detach, broker_port=args.broker_port
+    )
+    return asyncio.run(run)

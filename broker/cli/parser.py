@@ -20,6 +20,17 @@ from broker.cli.options import (
 
 
 def parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    return parser_and_commands()[0]
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    """Each command's own parser, by name, in the order of `--help` (for the docs' reference and
+    the completion scripts; read through the public `choices` of the subparsers action)."""
+    return parser_and_commands()[1]
+
+
+def parser_and_commands() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     top = argparse.ArgumentParser(
         prog="pc-token-broker",
         description="pc-token-broker: hands Microsoft Partner Center access tokens to local "
@@ -227,8 +238,31 @@ def parser() -> argparse.ArgumentParser:
         "sandbox",
         "run only the fake Azure AD and Partner Center",
         "pc-token-broker sandbox --port 8780",
-        "For your own integration tests; prints a throwaway app registration and a matching\n"
-        "broker profile. Stop it with Ctrl-C.",
+        "For your own integration tests and a first try. Prints a broker config for it, valid\n"
+        "TOML as printed (> sandbox.toml): the sandbox app's profile, the mirror's upstream,\n"
+        "[msi], and with --customer-tenant a refresh-token profile `customers` serving those\n"
+        "tenants. Its secret and refresh token are in a temporary folder removed when it stops.\n"
+        "Stop it with Ctrl-C (or kill PID, printed first).",
+    )
+    p.add_argument(
+        "--customer-tenant",
+        action="append",
+        metavar="NAME[=GUID]",
+        help="a customer tenant to play (repeatable): NAME.onmicrosoft.com, or NAME if it has a "
+        "dot; its id GUID, else one made from the name (default: none)",
+    )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="return once it listens and the config is printed; it runs on in the background "
+        "(default: off)",
+    )
+    p.add_argument(
+        "--broker-port",
+        type=int,
+        default=8721,
+        metavar="N",
+        help="the port the printed config has the broker listen on (default: 8721)",
     )
     p.add_argument(
         "--port",
@@ -241,4 +275,4 @@ def parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="the address it listens on (default: 127.0.0.1; keep it on loopback)",
     )
-    return top
+    return top, dict(sub.choices)
