@@ -47,8 +47,10 @@ def test_the_printed_config_is_complete_and_valid_as_printed(tmp_path: Path) -> 
     out = tmp_path / "sandbox.toml"
     with out.open("w") as f:
         proc = subprocess.run(
-            [str(BIN), "sandbox", "--port", "0", "--broker-port", "18721", "--detach"]
-            + ["--customer-tenant", "fabrikam", "--customer-tenant", f"contoso.example={GUID}"],
+            [
+                *(str(BIN), "sandbox", "--port", "0", "--broker-port", "18721", "--detach"),
+                *("--customer-tenant", "fabrikam", "--customer-tenant", f"contoso.example={GUID}"),
+            ],
             stdout=f,
             timeout=30,
         )
