@@ -149,7 +149,7 @@ def parser_and_commands() -> tuple[argparse.ArgumentParser, dict[str, argparse.A
     )
     p.usage = (
         "%(prog)s [-h] [--kind {partner,aad}] [--var NAME] [--url URL | --socket PATH]\n"
-        "       [--config PATH] [PROFILE] -- COMMAND [ARG ...]"
+        "       [--config PATH] [--timeout SECONDS] [PROFILE] -- COMMAND [ARG ...]"
     )
     profile_args(p)
     p.add_argument(
@@ -216,9 +216,11 @@ def parser_and_commands() -> tuple[argparse.ArgumentParser, dict[str, argparse.A
         "print the shell completion script",
         "pc-token-broker completion bash > /etc/bash_completion.d/pc-token-broker",
         "bash: source the output (or install it in /etc/bash_completion.d/). zsh: source the\n"
-        "output from ~/.zshrc (it uses zsh's bashcompinit).",
+        "output from ~/.zshrc (it uses zsh's bashcompinit). fish: save it as\n"
+        "~/.config/fish/completions/pc-token-broker.fish. Profile names complete too, asked of\n"
+        "the running daemon (status --json, 1 s at most).",
     )
-    p.add_argument("shell", choices=("bash", "zsh"))
+    p.add_argument("shell", choices=("bash", "zsh", "fish"))
 
     p = add_command(
         sub,
