@@ -1,7 +1,7 @@
 # The README's two commands: `make demo` and `make test`. Both create .venv themselves, from the
 # one lock file (uv.lock, every package pinned with its hashes). `make test-latest` runs the same
 # suite on the newest releases pyproject.toml allows, in .venv-latest: what `pip install` gives a
-# user today. `make lock` refreshes the lock (README "Development").
+# user today. `make lock` refreshes the lock (docs/design/testing.md).
 #
 # PYTHON: the newest python3.x (>= 3.11) on PATH, unless given. Worked out once (`:=`), and
 # quietly: pyenv's shims answer `command -v` for versions they cannot run, then complain.
@@ -96,7 +96,7 @@ lock: $(UV)
 	$(EXPORT) > requirements.txt
 
 # The image built on a local Debian stand-in base and run for real under rootful podman (as
-# root; installs podman, runc and debootstrap with apt-get when missing). See README "Containers".
+# root; installs podman, runc and debootstrap with apt-get when missing). See docs/run/container.md.
 test-container: $(UV)
 	$(SYNC) --inexact
 	$(BIN)/python tests/container_run.py
@@ -115,7 +115,7 @@ bench-instructions: $(UV)
 	$(SYNC) --inexact --extra speed --group test
 	$(BIN)/python bench/instructions.py
 
-# Mutation testing of the core modules (README "Mutation testing"); not part of `make test`.
+# Mutation testing of the core modules (docs/design/mutation.md); not part of `make test`.
 # MUTATION_JOBS: mutmut workers (the machine is shared: keep it at 1-2).
 MUTATION_JOBS ?= 2
 
