@@ -95,6 +95,43 @@ async def test_completion_offers_the_daemons_profile_names(
     assert "billing" not in await _complete(["bash", "-c", program], env)
 
 
+async def test_completion_runs_nothing_a_hostile_listener_names(tmp_path: Path) -> None:
+    """Something else answering on the daemon's address cannot make a Tab run a command:
+    only names a config allows (letters, digits, '_', '.', '-') are offered."""
+    from aiohttp import web
+
+    async def status(_request: web.Request) -> web.Response:
+        profiles = {"$(touch pwned)": {}, "`touch pwned`": {}, "ok-name": {}, "a b": {}}
+        return web.json_response({"profiles": {k: {"partner": v} for k, v in profiles.items()}})
+
+    app = web.Application()
+    app.router.add_get("/v1/profiles", status)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        script = tmp_path / "c.bash"
+        script.write_text(completion_script(parser(), "bash"))
+        env = {
+            "PATH": f"{BIN}:/usr/bin:/bin",
+            "PC_TOKEN_BROKER_URL": f"127.0.0.1:{port}",
+            "PC_TOKEN_BROKER_CONFIG": str(tmp_path / "none.toml"),
+        }
+        (tmp_path / "none.toml").write_text("")
+        program = (
+            f"cd {tmp_path}; source {script}; COMP_WORDS=(pc-token-broker token ''); "
+            'COMP_CWORD=2; _pc_token_broker; printf "%s\\n" "${COMPREPLY[@]}"'
+        )
+        words = (await _complete(["bash", "-c", program], env)).split()
+    finally:
+        await runner.cleanup()
+    assert "ok-name" in words
+    assert not (tmp_path / "pwned").exists()
+    assert not any("touch" in w or w in ("a", "b") for w in words), words
+
+
 def test_fish_completion_covers_every_command_and_option(capsys) -> None:
     from broker.cli.parser import commands
 

@@ -12,6 +12,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from broker.sandbox.cli import customer
 
 BIN = Path(sys.executable).parent / "pc-token-broker"
@@ -25,7 +27,7 @@ def test_customer_tenant_specs() -> None:
     )
     assert customer(f"contoso.example={GUID}") == ("contoso.example", GUID)
     assert customer("Fabrikam")[1] == customer("fabrikam")[1]  # the same id every run
-    for bad in ("", "=x", f"a={GUID[:-1]}", 'a"b', "a b"):
+    for bad in ("", "=x", f"a={GUID[:-1]}", 'a"b', "a b", "a\n[evil]", "-a", "a..b", "a" * 201):
         try:
             customer(bad)
         except ValueError:
@@ -33,14 +35,23 @@ def test_customer_tenant_specs() -> None:
         raise AssertionError(bad)
 
 
-def test_a_bad_customer_tenant_is_a_usage_error() -> None:
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--customer-tenant", "x=not-a-guid"], "--customer-tenant"),
+        (["--customer-tenant", 'x"]\n[server]'], "--customer-tenant"),
+        (["--broker-port", "0"], "--broker-port"),
+        (["--broker-port", "65536"], "--broker-port"),
+    ],
+)
+def test_a_bad_sandbox_option_is_a_usage_error(args, named) -> None:
     proc = subprocess.run(
-        [str(BIN), "sandbox", "--port", "0", "--customer-tenant", "x=not-a-guid"],
+        [str(BIN), "sandbox", "--port", "0", *args],
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert proc.returncode == 2 and "--customer-tenant" in proc.stderr
+    assert proc.returncode == 2 and named in proc.stderr and proc.stdout == ""
 
 
 def test_the_printed_config_is_complete_and_valid_as_printed(tmp_path: Path) -> None:

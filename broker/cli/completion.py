@@ -12,9 +12,11 @@ import argparse
 _FILE_OPTIONS = ("--config", "--socket")
 # The profile names of the daemon's `status --json` (indent 2: the keys of "profiles" are the
 # lines indented 4 that open an object inside it). The daemon's address comes as for `status`.
+# Only names a config allows (letters, digits, '_', '.', '-') pass: bash's compgen expands its
+# word list, so whatever answers on the daemon's address must not get `$(...)` run by a Tab.
 _PROFILES_AWK = (
     r"""awk '/^  "profiles": \{/ {p = 1; next} p && /^  \}/ {p = 0} """
-    r"""p && /^    "[^"]*": \{/ {sub(/^    "/, ""); sub(/": \{.*/, ""); print}'"""
+    r"""p && /^    "[A-Za-z0-9_.-]+": \{$/ {sub(/^    "/, ""); sub(/": \{$/, ""); print}'"""
 )
 PROFILES = f"pc-token-broker status --json --timeout 1 2>/dev/null | {_PROFILES_AWK}"
 

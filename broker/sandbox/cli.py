@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -26,13 +27,16 @@ CUSTOMERS_CLIENT_ID = "00000000-0000-4000-8000-00000000cafe"  # the multi-tenant
 CUSTOMER_SCOPES = ("https://graph.microsoft.com/.default", "https://management.azure.com/.default")
 
 
+_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
 def customer(spec: str) -> tuple[str, str]:
     """`NAME[=GUID]` -> (domain, tenant id): a bare NAME is NAME.onmicrosoft.com; without a GUID,
     one made from the name (the same every run)."""
     name, _, guid = spec.partition("=")
-    name = name.strip().lower()
-    if not name or any(c in name for c in "/\\\"' \t"):
-        raise ValueError(f"not a tenant name: {spec!r}")
+    name = name.lower()
+    if len(name) > 200 or not _DOMAIN.fullmatch(name):  # it goes into the printed TOML
+        raise ValueError(f"not a tenant name (letters, digits, '-' and dots): {spec!r}")
     domain = name if "." in name else f"{name}.onmicrosoft.com"
     tenant_id = str(uuid.UUID(guid)) if guid else str(uuid.uuid5(uuid.NAMESPACE_DNS, domain))
     return domain, tenant_id
@@ -130,6 +134,9 @@ async def run_sandbox(
         tenants = [customer(spec) for spec in customers or ()]
     except ValueError as e:
         print(f"pc-token-broker sandbox: --customer-tenant: {e}", file=sys.stderr)
+        return 2
+    if not 1 <= broker_port <= 65535:
+        print("pc-token-broker sandbox: --broker-port: a port, 1 to 65535", file=sys.stderr)
         return 2
     sandbox = Sandbox(host=host, port=port)
     # A throwaway credential for a fake Azure AD: printing it is the point.
