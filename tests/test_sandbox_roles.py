@@ -32,11 +32,10 @@ async def test_the_sandbox_command_plays_a_user_without_mfa(tmp_path, monkeypatc
         url = re.search(r"sandbox listening on (http://\S+)", text).group(1)  # type: ignore[union-attr]
         secret = re.search(r"export SANDBOX_SECRET=(\S+)", text).group(1)  # type: ignore[union-attr]
         assert "WITHOUT MFA" in text and "customer tenant refused.example (" in text
-        block = "\n".join(
-            line.strip()
-            for line in text.split("[profiles.user]")[1].splitlines()
-            if "=" in line and not line.strip().startswith("its ")
-        )
+        lines = [
+            line.lstrip("# ").strip() for line in text.split("[profiles.user]")[1].splitlines()
+        ]
+        block = "\n".join(line for line in lines if "=" in line and not line.startswith("its "))
         config = tmp_path / "config.toml"
         config.write_text(
             f'[defaults]\nauthority = "{url}"\ngeneratetoken_url = "{url}/v3/generatetoken"\n'

@@ -133,11 +133,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from broker.sandbox.cli import run_sandbox
+    from broker.sandbox.cli import detach, run_sandbox
     from broker.sandbox.roles import Roles
 
-    roles = Roles(getattr(args, "user", None), tuple(getattr(args, "refused_consent", None) or ()))
-    return asyncio.run(run_sandbox(args.host, args.port, roles))
+    if args.detach:
+        detach()
+    roles = Roles(args.user, tuple(args.refused_consent or ()))
+    run = run_sandbox(
+        args.host,
+        args.port,
+        args.customer_tenant,
+        detach=args.detach,
+        broker_port=args.broker_port,
+        roles=roles,
+    )
+    return asyncio.run(run)
 
 
 def cmd_consent(args: argparse.Namespace) -> int:

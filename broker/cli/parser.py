@@ -20,6 +20,17 @@ from broker.cli.options import (
 
 
 def parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    return parser_and_commands()[0]
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    """Each command's own parser, by name, in the order of `--help` (for the docs' reference and
+    the completion scripts; read through the public `choices` of the subparsers action)."""
+    return parser_and_commands()[1]
+
+
+def parser_and_commands() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     top = argparse.ArgumentParser(
         prog="pc-token-broker",
         description="pc-token-broker: hands Microsoft Partner Center access tokens to local "
@@ -138,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.usage = (
         "%(prog)s [-h] [--kind {partner,aad}] [--var NAME] [--url URL | --socket PATH]\n"
-        "       [--config PATH] [PROFILE] -- COMMAND [ARG ...]"
+        "       [--config PATH] [--timeout SECONDS] [PROFILE] -- COMMAND [ARG ...]"
     )
     profile_args(p)
     p.add_argument(
@@ -255,9 +266,11 @@ def parser() -> argparse.ArgumentParser:
         "print the shell completion script",
         "pc-token-broker completion bash > /etc/bash_completion.d/pc-token-broker",
         "bash: source the output (or install it in /etc/bash_completion.d/). zsh: source the\n"
-        "output from ~/.zshrc (it uses zsh's bashcompinit).",
+        "output from ~/.zshrc (it uses zsh's bashcompinit). fish: save it as\n"
+        "~/.config/fish/completions/pc-token-broker.fish. Profile names complete too, asked of\n"
+        "the running daemon (status --json, 1 s at most).",
     )
-    p.add_argument("shell", choices=("bash", "zsh"))
+    p.add_argument("shell", choices=("bash", "zsh", "fish"))
 
     p = add_command(
         sub,
@@ -277,8 +290,31 @@ def parser() -> argparse.ArgumentParser:
         "sandbox",
         "run only the fake Azure AD and Partner Center",
         "pc-token-broker sandbox --port 8780",
-        "For your own integration tests; prints a throwaway app registration and a matching\n"
-        "broker profile. Stop it with Ctrl-C.",
+        "For your own integration tests and a first try. Prints a broker config for it, valid\n"
+        "TOML as printed (> sandbox.toml): the sandbox app's profile, the mirror's upstream,\n"
+        "[msi], and with --customer-tenant a refresh-token profile `customers` serving those\n"
+        "tenants. Its secret and refresh token are in a temporary folder removed when it stops.\n"
+        "Stop it with Ctrl-C (or kill PID, printed first).",
+    )
+    p.add_argument(
+        "--customer-tenant",
+        action="append",
+        metavar="NAME[=GUID]",
+        help="a customer tenant to play (repeatable): NAME.onmicrosoft.com, or NAME if it has a "
+        "dot; its id GUID, else one made from the name (default: none)",
+    )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="return once it listens and the config is printed; it runs on in the background "
+        "(default: off)",
+    )
+    p.add_argument(
+        "--broker-port",
+        type=int,
+        default=8721,
+        metavar="N",
+        help="the port the printed config has the broker listen on (default: 8721)",
     )
     p.add_argument(
         "--port",
@@ -292,7 +328,7 @@ def parser() -> argparse.ArgumentParser:
         help="the address it listens on (default: 127.0.0.1; keep it on loopback)",
     )
     sandbox_roles(p)
-    return top
+    return top, dict(sub.choices)
 
 
 def sandbox_roles(p: argparse.ArgumentParser) -> None:

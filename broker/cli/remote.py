@@ -25,11 +25,34 @@ class _Failed(Exception):
         self.code = code
 
 
+TIMEOUT = 30.0  # seconds a client command waits for the daemon: a cold fetch waits on upstream
+# for at most upstream_timeout (10 s by default), so this leaves room; --timeout or the variable
+# below changes it (healthcheck: 5 s unless asked, as a probe must answer before its own timeout)
+ENV_TIMEOUT = "PC_TOKEN_BROKER_TIMEOUT"
+
+
+def timeout_of(args: argparse.Namespace, default: float = TIMEOUT) -> float:
+    """--timeout, else $PC_TOKEN_BROKER_TIMEOUT, else `default`: seconds, over 0, at most 3600."""
+    given, origin = getattr(args, "timeout", None), "--timeout"
+    if given is None and os.environ.get(ENV_TIMEOUT):
+        given, origin = os.environ[ENV_TIMEOUT], f"${ENV_TIMEOUT}"
+    if given is None:
+        return default
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 3600:  # NaN fails too
+        raise _Failed(2, f"{origin}: a number of seconds over 0 and at most 3600, not {given!r}")
+    return seconds
+
+
 def _ask(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
     from broker.cli.client import DaemonUnreachable, TargetError, request, target_from
     from broker.config.paths import resolve_path  # the schema only if [server] must be read
 
     explicit = bool(args.config or os.environ.get("PC_TOKEN_BROKER_CONFIG"))
+    kwargs["timeout"] = timeout_of(args, kwargs.get("timeout", TIMEOUT))
     try:
         target = target_from(args.url, args.socket, resolve_path(args.config), explicit=explicit)
         return request(target, method, path, **kwargs)

@@ -174,6 +174,7 @@ def profile_table(broker: Any, runtime: Runtime, visible: set[str]) -> dict[str,
                 "waiters": s.waiters,
                 "last_error": s.last_error,
                 "upstream_calls": s.calls,
+                "source": s.source,
             }
         mfa = broker.mfa(name, runtime)
         if mfa is not None:  # Partner Center refuses app+user tokens without MFA (900421)

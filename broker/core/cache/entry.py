@@ -211,10 +211,11 @@ class Entry:
         if unchanged:
             return
         self.token_correlation_id = ids.correlation_id
-        self.calls["ok"] += 1
+        shared = token.source == "shared"  # another broker of the fleet fetched it
+        self.calls["shared" if shared else "ok"] += 1
         self._metrics.refreshes.labels(self.profile, self.kind, "ok").inc()
         self._log.info(
-            "token_refreshed",
+            "token_from_shared_cache" if shared else "token_refreshed",
             correlation_id=ids.correlation_id,
             duration_ms=round((self._clock.monotonic() - started) * 1000, 1),
             lifetime_s=round(token.lifetime),

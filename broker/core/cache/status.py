@@ -67,4 +67,5 @@ def entry_status(entry: Reported, now: float) -> EntryStatus:
         },
         calls=dict(entry.calls),
         servable=servable,
+        source=token.source if token else None,
     )

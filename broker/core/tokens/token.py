@@ -45,6 +45,9 @@ class Token:
     received_mono: float
     expires_mono: float
     received_wall: float
+    # Where it came from: "upstream" (Azure AD, Partner Center, a file) or "shared" (another
+    # broker of the fleet fetched it; read from Redis), for the operators' views.
+    source: str = "upstream"
 
     @property
     def lifetime(self) -> float:
