@@ -325,7 +325,7 @@ async def test_token_answers_in_json_xml_and_text(sandbox, gdap, start_broker):
         ({"tenant": "../../x"}, 400, "bad_tenant"),
         ({"tenant": "a" * 300 + ".com"}, 400, "bad_tenant"),
         ({"tenant": "\u0430pple.com"}, 400, "bad_tenant"),  # Cyrillic a
-        ({"scope": GRAPH}, 400, "bad_request"),
+        ({"scope": GRAPH}, 400, "scope_not_allowed"),  # not in the profile's own scopes
     ],
 )
 async def test_bad_requests_are_refused_without_upstream(
@@ -706,7 +706,9 @@ async def test_cli_token_tenants_and_msi_env(
         await cli("token", "gdap", "--tenant", tenant_id(1), "--kind", "partner", "--url", url) == 1
     )
     assert "bad_kind" in capsys.readouterr().err
-    assert await cli("token", "gdap", "--scope", ARM, "--url", url) == 2
+    # --scope alone asks the profile's own tenant: ARM is not in this profile's scopes.
+    assert await cli("token", "gdap", "--scope", ARM, "--url", url) == 1
+    assert "scope_not_allowed" in capsys.readouterr().err
     assert await cli("tenants", "gdap", "--url", url) == 0
     out = capsys.readouterr().out
     assert tenant_id(1) in out and "consent_required (AADSTS65001)" in out and printed not in out
