@@ -1,0 +1,197 @@
+"""The IMDS route, `GET /metadata/identity/oauth2/token`, off unless `[msi] imds = true`:
+raw protocol (headers, answer and error shapes, selectors, refresh by hash), and the real
+azure-identity (sync and aio) and MSAL clients reaching it through
+AZURE_POD_IDENTITY_AUTHORITY_HOST."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msal
+import pytest
+import requests
+from azure.identity import ManagedIdentityCredential
+from azure.identity.aio import ManagedIdentityCredential as AsyncManagedIdentityCredential
+
+from tests.conftest import CLIENT_ID
+from tests.support import AZURE_ENV, msi_settings, sha256_hex
+
+PATH = "/metadata/identity/oauth2/token"
+RESOURCE = "https://api.partnercenter.microsoft.com"
+OK = {"api-version": "2018-02-01", "resource": RESOURCE}
+META = {"Metadata": "true"}
+
+
+async def _start(start_broker, sandbox, secret, tmp_path, witness, *, imds=True, profiles=None):
+    extra = "imds = true" if imds else ""
+    b = await start_broker(
+        msi_settings(sandbox, secret, tmp_path, profiles=profiles, msi_extra=extra)
+    )
+    witness.secrets.add((tmp_path / "identity-header").read_text().strip())
+    await b.broker.entry("default", "aad").get()
+    return b
+
+
+async def _imds(b, params=None, headers=None):
+    r = await b.client.get(
+        PATH, params=OK if params is None else params, headers=META if headers is None else headers
+    )
+    return r.status, await r.json()
+
+
+@pytest.fixture
+def pod_identity(monkeypatch):
+    """No App Service, Arc or other variable: the SDKs speak IMDS, to the broker."""
+    for name in (*AZURE_ENV, "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT"):
+        monkeypatch.delenv(name, raising=False)
+
+    def point(b) -> None:
+        monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", b.client.base)
+
+    return point
+
+
+async def test_off_unless_configured(start_broker, sandbox, secret, tmp_path, witness):
+    b = await _start(start_broker, sandbox, secret, tmp_path, witness, imds=False)
+    status, body = await _imds(b)
+    assert status == 404 and "access_token" not in body
+
+
+async def test_answer_shape_and_one_cache(
+    start_broker, sandbox, secret, tmp_path, witness, clock=None
+):
+    """IMDS's answer: times as digit strings, resource echoed; the token of /msi/token's and
+    /v1's cache, no further Azure AD call."""
+    b = await _start(start_broker, sandbox, secret, tmp_path, witness)
+    status, body = await _imds(b, {**OK, "resource": RESOURCE + "/"})
+    assert status == 200
+    assert set(body) == {
+        "access_token", "client_id", "expires_in", "expires_on", "ext_expires_in",
+        "not_before", "resource", "token_type",
+    }  # fmt: skip
+    for key in ("expires_in", "expires_on", "ext_expires_in", "not_before"):
+        assert isinstance(body[key], str) and body[key].isdigit(), key
+    assert int(body["expires_on"]) > int(body["not_before"])
+    assert 420 <= int(body["expires_in"]) <= 3599
+    assert body["resource"] == RESOURCE + "/" and body["client_id"] == CLIENT_ID
+    assert body["token_type"] == "Bearer"
+    v1 = await (await b.get("/v1/token?kind=aad")).json()
+    assert body["access_token"] == v1["access_token"]
+    assert sandbox.state.counts["aad"] == 1
+
+
+async def test_refusals_in_imds_shape(start_broker, sandbox, secret, tmp_path, witness):
+    """No `Metadata: true`: 400 as IMDS answers; proxied or foreign Host: 403; an unknown
+    api-version, App Service's selector spellings, an unknown parameter: 400 saying so."""
+    b = await _start(start_broker, sandbox, secret, tmp_path, witness)
+    cases = [
+        ({}, OK, 400, "Required metadata header not specified"),
+        ({"Metadata": "false"}, OK, 400, "Required metadata header not specified"),
+        ({**META, "X-Forwarded-For": "10.0.0.1"}, OK, 403, "proxy"),
+        ({**META, "Forwarded": "for=10.0.0.1"}, OK, 403, "proxy"),
+        ({**META, "Host": "evil.example"}, OK, 403, "Host"),
+        (META, {**OK, "api-version": "2017-09-01"}, 400, "2018-02-01"),
+        (META, {"resource": RESOURCE}, 400, "api-version"),
+        (META, {**OK, "principal_id": "x"}, 400, "object_id"),
+        (META, {**OK, "clientid": "x"}, 400, "client_id"),
+        (META, {**OK, "bypass": "1"}, 400, "bypass"),
+        (META, {"api-version": "2018-02-01"}, 400, "resource"),
+        (META, {**OK, "resource": "https://vault.azure.net"}, 400, "scopes"),
+        (META, {**OK, "client_id": "nobody"}, 400, "no identity"),
+    ]
+    for headers, params, status, said in cases:
+        got, body = await _imds(b, params, headers)
+        assert got == status and set(body) == {"error", "error_description"}, (headers, params)
+        assert said in body["error_description"], (said, body)
+    status, _ = await _imds(b, {**OK, "api-version": "2019-08-01"})
+    assert status == 200
+    assert sandbox.state.counts["aad"] == 1
+
+
+async def test_selectors(start_broker, sandbox, secret, tmp_path, witness):
+    """client_id, object_id, msi_res_id and mi_res_id pick the profile; a restricted one is
+    'Identity not found', its token untouched."""
+    other = "99999999-0000-4000-8000-000000000009"
+    sandbox.state.register("contoso.onmicrosoft.com", other, client_secret=secret)
+    rid = "/subscriptions/s/resourceGroups/g/providers/x/second"
+    profiles = (
+        f'[profiles.default]\n[profiles.second]\nclient_id = "{other}"\nobject_id = "obj-2"\n'
+        f'resource_id = "{rid}"\n'
+        '[profiles.locked]\nobject_id = "lock"\naccess_key = "k-123456789"\n'
+    )
+    b = await _start(start_broker, sandbox, secret, tmp_path, witness, profiles=profiles)
+    witness.secrets.add("k-123456789")
+    for param, value in (
+        ("client_id", other),
+        ("object_id", "OBJ-2"),
+        ("msi_res_id", rid),
+        ("mi_res_id", rid),
+    ):
+        status, body = await _imds(b, {**OK, param: value})
+        assert status == 200 and body["client_id"] == other, param
+    status, body = await _imds(b, {**OK, "client_id": other, "object_id": "obj-2"})
+    assert status == 400
+    locked = b.broker.entry("locked", "aad")
+    token, _ = await locked.get()
+    calls = sandbox.state.counts["aad"]
+    status, body = await _imds(
+        b, {**OK, "object_id": "lock", "token_sha256_to_refresh": sha256_hex(token.value)}
+    )
+    assert status == 400 and body["error_description"] == "Identity not found"
+    assert locked.token is token and sandbox.state.counts["aad"] == calls
+
+
+async def test_refresh_by_hash(start_broker, sandbox, secret, tmp_path, witness):
+    b = await _start(start_broker, sandbox, secret, tmp_path, witness)
+    _, first = await _imds(b)
+    status, second = await _imds(
+        b, {**OK, "token_sha256_to_refresh": sha256_hex(first["access_token"])}
+    )
+    assert status == 200 and second["access_token"] != first["access_token"]
+    _, third = await _imds(b, {**OK, "token_sha256_to_refresh": sha256_hex(first["access_token"])})
+    assert third["access_token"] == second["access_token"]
+    assert sandbox.state.counts["aad"] == 2
+
+
+async def test_azure_identity_through_pod_identity_host(
+    start_broker, sandbox, secret, tmp_path, witness, pod_identity
+):
+    """azure-identity's ManagedIdentityCredential (sync and aio), no App Service variable:
+    IMDS at AZURE_POD_IDENTITY_AUTHORITY_HOST; 50 calls, one Azure AD call."""
+    b = await _start(start_broker, sandbox, secret, tmp_path, witness)
+    pod_identity(b)
+    expected = (await (await b.get("/v1/token?kind=aad")).json())["access_token"]
+
+    def fifty() -> set[str]:
+        credential = ManagedIdentityCredential()
+        return {credential.get_token(RESOURCE + "/.default").token for _ in range(50)}
+
+    assert await asyncio.get_running_loop().run_in_executor(None, fifty) == {expected}
+    credential = AsyncManagedIdentityCredential()
+    try:
+        assert (await credential.get_token(RESOURCE + "/.default")).token == expected
+    finally:
+        await credential.close()
+    assert sandbox.state.counts["aad"] == 1
+
+
+async def test_msal_through_pod_identity_host(
+    start_broker, sandbox, secret, tmp_path, witness, pod_identity
+):
+    """MSAL's ManagedIdentityClient, system-assigned and by client id, speaks IMDS here."""
+    b = await _start(start_broker, sandbox, secret, tmp_path, witness)
+    pod_identity(b)
+    expected = (await (await b.get("/v1/token?kind=aad")).json())["access_token"]
+
+    def acquire(identity) -> dict:
+        client = msal.ManagedIdentityClient(identity, http_client=requests.Session())
+        return client.acquire_token_for_client(resource=RESOURCE)
+
+    run = asyncio.get_running_loop().run_in_executor
+    for identity in (
+        msal.SystemAssignedManagedIdentity(),
+        msal.UserAssignedManagedIdentity(client_id=CLIENT_ID),
+    ):
+        result = await run(None, acquire, identity)
+        assert result.get("access_token") == expected, result.get("error_description")
+    assert sandbox.state.counts["aad"] == 1
