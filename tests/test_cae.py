@@ -84,8 +84,9 @@ async def test_a_long_lifetime_is_accepted_for_cae_tokens_only(
     upstream error, never served; the same lifetime for a cp1 request is served."""
     sandbox.state.lifetimes["aad"] = 26 * 3600.0
     b, header = await _start(start_broker, sandbox, secret, tmp_path, witness, warm=False)
-    status, body = await _msi(b, header)
-    assert status >= 500 and "access_token" not in body and "lifetime" in body["message"]
+    for resource in (RESOURCE, "https://graph.microsoft.com"):  # the aad entry, a scope's
+        status, body = await _msi(b, header, resource)
+        assert status >= 500 and "access_token" not in body and "lifetime" in body["message"]
     status, body = await _msi(b, header, xms_cc="cp1")
     assert status == 200 and claims(body["access_token"])["xms_cc"] == ["cp1"]
     sandbox.state.lifetimes["aad_cae"] = 29 * 3600.0  # beyond Azure AD's 28 h: refused too
