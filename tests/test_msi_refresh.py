@@ -163,3 +163,34 @@ async def test_msal_on_app_service(start_broker, sandbox, secret, tmp_path, witn
     assert status == 200
     assert await run(None, acquire, challenge) == fresh["access_token"] != first
     assert sandbox.state.counts["aad"] == 2
+
+
+async def test_with_a_fleet_cache_the_refused_token_is_not_read_back(
+    start_broker, sandbox, secret, tmp_path, witness, redis_db, shared_key
+):
+    """With [shared], the replacement is fetched from Azure AD and written for the fleet: the
+    refused token still stored in Redis is not handed back; a second broker of the fleet that
+    gets the same hash takes the new token from Redis, with no Azure AD call."""
+    from broker.config.load import parse_settings
+    from tests.conftest import config_text
+
+    text = config_text(sandbox) + (
+        f'\n[shared]\nredis_url = "{redis_db.url}"\nkey_file = "{shared_key}"\n'
+        f'\n[msi]\nidentity_header_file = "{tmp_path}/header"\n'
+    )
+    (tmp_path / "header").write_text("fleet-identity-header\n")
+    settings = parse_settings(text, env={"TEST_CLIENT_SECRET": secret})
+    one, two = await start_broker(settings), await start_broker(settings)
+    header = "fleet-identity-header"
+    for b in (one, two):
+        await b.broker.entry("default", "aad").get()
+    _, first = await _ask(one, header)
+    assert (await _ask(two, header))[1]["access_token"] == first["access_token"]
+    calls = sandbox.state.counts["aad"]
+    digest = sha256_hex(first["access_token"])
+    _, second = await _ask(one, header, token_sha256_to_refresh=digest)
+    assert second["access_token"] != first["access_token"]
+    assert sandbox.state.counts["aad"] == calls + 1
+    _, other = await _ask(two, header, token_sha256_to_refresh=digest)
+    assert other["access_token"] == second["access_token"]
+    assert sandbox.state.counts["aad"] == calls + 1

@@ -141,6 +141,8 @@ class Entry:
             return False
         self.revoked = digest
         self.token = None
+        if self.flight is None:  # this refresh must not take the refused token from [shared]
+            self._ids = RefreshIds.new(refused=digest)
         self._launch()
         return True
 
