@@ -6,6 +6,7 @@ AZURE_POD_IDENTITY_AUTHORITY_HOST."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import msal
 import pytest
@@ -194,4 +195,43 @@ async def test_msal_through_pod_identity_host(
     ):
         result = await run(None, acquire, identity)
         assert result.get("access_token") == expected, result.get("error_description")
+    assert sandbox.state.counts["aad"] == 1
+
+
+async def test_hostile_queries_are_400s_never_500s(
+    start_broker, sandbox, secret, tmp_path, witness
+):
+    """Raw requests on both routes: invalid UTF-8, NUL, huge values, repeated parameters,
+    nested-looking and NaN values. Each a 400 in the route's shape, quoting nothing of it, and
+    no Azure AD call."""
+    from tests.support import raw, status_and_json
+
+    b = await _start(start_broker, sandbox, secret, tmp_path, witness)
+    header = (tmp_path / "identity-header").read_text().strip()
+    address = b.client.base.removeprefix("http://")
+    evil = [
+        "resource=%FF%FE",
+        "resource=https%3A%2F%2Fapi.partnercenter.microsoft.com%00",
+        f"resource={RESOURCE}&token_sha256_to_refresh=%FF" + "a" * 63,
+        f"resource={RESOURCE}&token_sha256_to_refresh=NaN",
+        f"resource={RESOURCE}&xms_cc=" + "cp1," * 500,
+        f"resource={RESOURCE}&xms_cc=%FF",
+        f"resource={RESOURCE}&client_id=%FF%00",
+        f"resource={RESOURCE}&resource={RESOURCE}",
+        f"resource={RESOURCE}&%FF=1",
+        f"resource={RESOURCE}&client_id[]=x",
+        "resource=" + "x" * 3000,
+    ]
+    routes = {
+        "/msi/token?api-version=2019-08-01&": f"X-IDENTITY-HEADER: {header}",
+        f"{PATH}?api-version=2018-02-01&": "Metadata: true",
+    }
+    for prefix, extra in routes.items():
+        for query in evil:
+            request = f"GET {prefix}{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n"
+            answer = await raw(address, (request + "Connection: close\r\n\r\n").encode())
+            status, body = status_and_json(answer)
+            assert status == 400, (prefix, query, answer[:300])
+            text = json.dumps(body)
+            assert "cp1,cp1,cp1" not in text and "xxxxxxxx" not in text and "Traceback" not in text
     assert sandbox.state.counts["aad"] == 1

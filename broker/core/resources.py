@@ -59,8 +59,8 @@ def allows(profile: ProfileSettings, scope: str) -> bool:
 
 def capabilities(raw: str) -> frozenset[str] | None:
     """`xms_cc`: comma-separated, case-insensitive; the ones Azure AD knows (`cp1`), or None
-    when the value is malformed (too long, control characters)."""
-    if len(raw) > MAX_CAPABILITIES or not raw.isprintable():
+    when the value is malformed (too long, not printable ASCII)."""
+    if len(raw) > MAX_CAPABILITIES or not (raw.isascii() and raw.isprintable()):
         return None
     given = {c.strip().lower() for c in raw.split(",")}
     return frozenset(given & {"cp1"})
