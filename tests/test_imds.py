@@ -235,3 +235,17 @@ async def test_hostile_queries_are_400s_never_500s(
             text = json.dumps(body)
             assert "cp1,cp1,cp1" not in text and "xxxxxxxx" not in text and "Traceback" not in text
     assert sandbox.state.counts["aad"] == 1
+
+
+def test_check_config_says_who_reaches_the_route(sandbox, secret, tmp_path, capsys, monkeypatch):
+    from broker.cli.main import main
+    from tests.conftest import config_text
+
+    config = tmp_path / "broker.toml"
+    base = config_text(sandbox) + f'[msi]\nidentity_header_file = "{tmp_path}/hdr"\n'
+    (tmp_path / "hdr").write_text("configured-identity-header\n")
+    monkeypatch.setenv("TEST_CLIENT_SECRET", secret)
+    for extra, line in (("", "imds:            off"), ("imds = true\n", "no secret header")):
+        config.write_text(base + extra)
+        assert main(["check-config", "--offline", "--config", str(config)]) == 0
+        assert line in capsys.readouterr().out
