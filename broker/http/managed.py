@@ -121,9 +121,10 @@ def select(
     ]
     if len(matches) > 1:  # never guess which identity a caller meant
         names = ", ".join(sorted(p.name for p in matches))
+        by_resource = next(k for k, v in selectors.items() if v == "resource_id")
         return (
             f"{param} {value[:64]!r} matches several identities (profiles {names}): "
-            "select one by object_id or its resource id instead"
+            f"select one by object_id or {by_resource} instead"
         )
     if matches:
         return matches[0]
