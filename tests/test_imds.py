@@ -249,3 +249,15 @@ def test_check_config_says_who_reaches_the_route(sandbox, secret, tmp_path, caps
         config.write_text(base + extra)
         assert main(["check-config", "--offline", "--config", str(config)]) == 0
         assert line in capsys.readouterr().out
+
+
+async def test_tokens_keep_min_remaining(fake_sandbox, secret, start_broker, tmp_path, clock):
+    """[msi] min_remaining holds on this route too: with under 420 s left, a new token."""
+    settings = msi_settings(fake_sandbox, secret, tmp_path, msi_extra="imds = true")
+    b = await start_broker(settings, clock=clock)
+    first = (await (await b.get("/v1/token?kind=aad")).json())["access_token"]
+    b.broker.entry("default", "aad").retire()  # no refresh ahead: callers decide here
+    clock.advance(3599 - 400)
+    status, body = await _imds(b)
+    assert status == 200 and body["access_token"] != first
+    assert int(body["expires_in"]) >= 420
