@@ -31,7 +31,7 @@ EXPORT := { echo "\# uv.lock's export for the container image (runtime and build
 	  --format requirements-txt; }
 
 .PHONY: demo test test-latest lint lock format bench bench-instructions mutation mutation-again clean redis \
-	test-container sync-test
+	test-container sync-test js
 
 $(UV): tools/uv-requirements.txt
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required" >&2; exit 1; }
@@ -67,12 +67,17 @@ redis: sync-test
 	      apt-get install -y -qq -o DPkg::Lock::Timeout=120 --no-install-recommends redis-server >/dev/null; \
 	  else echo "make: the tests need redis-server: apt-get install redis-server" >&2; exit 1; fi; }
 
-test: lint redis
+# The JavaScript clients that tests/test_js_clients.py runs against the broker (azure-identity
+# and msal-node for Node.js), from tests/js/package-lock.json with each package's hash checked.
+js:
+	npm ci --prefix tests/js --no-audit --no-fund --silent
+
+test: lint redis js
 	$(BIN)/python -m pytest
 
 # A fresh resolve, not the lock: the newest release of every dependency that pyproject.toml
 # allows, in its own venv, and the whole suite on it. It prints what differs from the lock.
-test-latest: redis
+test-latest: redis js
 	rm -rf $(LATEST)
 	$(UV) venv --quiet --python $(PYTHON) $(LATEST)
 	$(UV) pip install --quiet --python $(LATEST)/bin/python --resolution highest \

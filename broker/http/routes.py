@@ -68,6 +68,8 @@ def add_routes(app: web.Application, broker: Any) -> None:
     add("/msi/token", "msi", "GET", msi.token)
     add("/msi/tenants/{tenant}/token", "msi", "GET", msi.tenant_token)
     add("/metadata/identity/oauth2/token", "imds", "GET", imds.token)
+    # msal-node (7.2) asks AZURE_POD_IDENTITY_AUTHORITY_HOST's IMDS with a trailing slash.
+    add("/metadata/identity/oauth2/token/", "imds", "GET", imds.token)
     # The mirror answers an oversized body itself, in Partner Center's error shape.
     add("/generatetoken", "mirror", "POST", mirror.handle, limit_body=False)
     add("/v3/generatetoken", "mirror", "POST", mirror.handle, limit_body=False)
