@@ -50,6 +50,7 @@ async def test_the_hash_of_the_cached_token_replaces_it_once(
         status, again = await _ask(b, header, token_sha256_to_refresh=digest)
         assert status == 200 and again["access_token"] == second["access_token"]
     assert sandbox.state.counts["aad"] == 2
+    assert b.logs.getvalue().count('"event": "token_refused_by_caller"') == 1  # and no token
     # /v1 callers get the new token too: the refused one is gone from the cache.
     v1 = await (await b.get("/v1/token?kind=aad")).json()
     assert v1["access_token"] == second["access_token"]

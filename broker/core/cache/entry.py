@@ -141,6 +141,7 @@ class Entry:
             return False
         self.revoked = digest
         self.token = None
+        self._log.info("token_refused_by_caller", expires_on=token.expires_on)
         if self.flight is None:  # this refresh must not take the refused token from [shared]
             self._ids = RefreshIds.new(refused=digest)
         self._launch()
