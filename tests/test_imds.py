@@ -261,3 +261,28 @@ async def test_tokens_keep_min_remaining(fake_sandbox, secret, start_broker, tmp
     status, body = await _imds(b)
     assert status == 200 and body["access_token"] != first
     assert int(body["expires_in"]) >= 420
+
+
+def test_msi_env_imds_prints_the_authority_host(sandbox, secret, tmp_path, capsys, monkeypatch):
+    """`msi-env --imds`: AZURE_POD_IDENTITY_AUTHORITY_HOST (the listener, no secret), and
+    AZURE_CLIENT_ID for another profile; refused while the route is off, or with --tenant."""
+    from broker.cli.main import main
+    from tests.conftest import config_text
+
+    config = tmp_path / "broker.toml"
+    text = config_text(sandbox, profiles="[profiles.default]\n[profiles.b]\nclient_id = 'b-id'\n")
+    base = text.replace('listen = ["127.0.0.1:0"]', 'listen = ["127.0.0.1:8799"]')
+    base += f'[msi]\nidentity_header_file = "{tmp_path}/hdr"\n'
+    (tmp_path / "hdr").write_text("configured-identity-header\n")
+    monkeypatch.setenv("TEST_CLIENT_SECRET", secret)
+    config.write_text(base)
+    assert main(["msi-env", "--imds", "--config", str(config)]) == 2
+    assert "imds = true" in capsys.readouterr().err
+    config.write_text(base + "imds = true\n")
+    assert main(["msi-env", "--imds", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["export AZURE_POD_IDENTITY_AUTHORITY_HOST=http://127.0.0.1:8799"]
+    assert "configured-identity-header" not in out
+    assert main(["msi-env", "b", "--imds", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "export AZURE_CLIENT_ID=b-id"
+    assert main(["msi-env", "--imds", "--tenant", "x.example", "--config", str(config)]) == 2

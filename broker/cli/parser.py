@@ -197,6 +197,12 @@ def parser() -> argparse.ArgumentParser:
         help="a customer tenant: IDENTITY_ENDPOINT becomes /msi/tenants/TENANT/token "
         "(default: none)",
     )
+    p.add_argument(
+        "--imds",
+        action="store_true",
+        help="the IMDS route instead ([msi] imds = true): prints "
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST, no secret (default: off)",
+    )
     config_arg(p)
 
     p = add_command(
