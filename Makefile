@@ -31,7 +31,7 @@ EXPORT := { echo "\# uv.lock's export for the container image (runtime and build
 	  --format requirements-txt; }
 
 .PHONY: demo docs test test-latest lint lock format bench bench-instructions mutation mutation-again clean \
-	redis test-container sync-test
+	redis test-container sync-test js
 
 $(UV): tools/uv-requirements.txt
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required" >&2; exit 1; }
@@ -76,12 +76,23 @@ redis: sync-test
 	      apt-get install -y -qq -o DPkg::Lock::Timeout=120 --no-install-recommends redis-server >/dev/null; \
 	  else echo "make: the tests need redis-server: apt-get install redis-server" >&2; exit 1; fi; }
 
-test: lint redis
+# The JavaScript clients that tests/test_js_clients.py runs against the broker (azure-identity
+# and msal-node for Node.js), from tests/js/package-lock.json with each package's hash checked.
+# Node.js and npm come from Debian where the machine has none (as redis-server does above).
+js:
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq -o DPkg::Lock::Timeout=120 --no-install-recommends nodejs npm >/dev/null; \
+	  else echo "make: the tests need Node.js and npm: apt-get install nodejs npm" >&2; exit 1; fi; }
+	npm ci --prefix tests/js --no-audit --no-fund --silent
+
+test: lint redis js
 	$(BIN)/python -m pytest
 
 # A fresh resolve, not the lock: the newest release of every dependency that pyproject.toml
 # allows, in its own venv, and the whole suite on it. It prints what differs from the lock.
-test-latest: redis
+test-latest: redis js
 	rm -rf $(LATEST)
 	$(UV) venv --quiet --python $(PYTHON) $(LATEST)
 	$(UV) pip install --quiet --python $(LATEST)/bin/python --resolution highest \

@@ -327,7 +327,7 @@ async def test_token_answers_in_json_xml_and_text(sandbox, gdap, start_broker):
         ({"tenant": "../../x"}, 400, "bad_tenant"),
         ({"tenant": "a" * 300 + ".com"}, 400, "bad_tenant"),
         ({"tenant": "\u0430pple.com"}, 400, "bad_tenant"),  # Cyrillic a
-        ({"scope": GRAPH}, 400, "bad_request"),
+        ({"scope": GRAPH}, 400, "scope_not_allowed"),  # not in the profile's own scopes
     ],
 )
 async def test_bad_requests_are_refused_without_upstream(
@@ -708,7 +708,9 @@ async def test_cli_token_tenants_and_msi_env(
         await cli("token", "gdap", "--tenant", tenant_id(1), "--kind", "partner", "--url", url) == 1
     )
     assert "bad_kind" in capsys.readouterr().err
-    assert await cli("token", "gdap", "--scope", ARM, "--url", url) == 2
+    # --scope alone asks the profile's own tenant: ARM is not in this profile's scopes.
+    assert await cli("token", "gdap", "--scope", ARM, "--url", url) == 1
+    assert "scope_not_allowed" in capsys.readouterr().err
     assert await cli("tenants", "gdap", "--url", url) == 0
     out = capsys.readouterr().out
     assert tenant_id(1) in out and "consent_required (AADSTS65001)" in out and printed not in out
@@ -2000,3 +2002,40 @@ async def test_a_flood_of_unknown_tenants_keeps_records_bounded_and_busy_ones_kn
     assert most <= 50 and len(cache) <= 50
     assert all(t in cache.tenants and cache.lookup(t, GRAPH).token for t in busy)
     assert sum(1 for s in cache.tenants.values() if s.block is not None) <= 50 - 32
+
+
+async def test_a_refused_customer_token_is_replaced_once(
+    sandbox, gdap, secret, start_broker, tmp_path, witness
+):
+    """token_sha256_to_refresh on /msi/tenants/T/token: that tenant's token is replaced (one
+    Azure AD call), the other tenant's is untouched; the same hash again calls nobody."""
+    import hashlib
+
+    for i in (1, 2):
+        sandbox.state.register_customer(tenant_id(i))
+    gdap()
+    text = config_text(
+        sandbox, profiles="[profiles.default]\nwarm = false\n" + gdap_profile(gdap.rt_file)
+    )
+    text += f'\n[msi]\nprofile = "gdap"\ngenerated_header_file = "{tmp_path}/identity-header"\n'
+    b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
+    header = (tmp_path / "identity-header").read_text().strip()
+    witness.secrets.add(header)
+
+    async def ask(tenant: str, **params) -> str:
+        r = await b.client.get(
+            f"/msi/tenants/{tenant}/token",
+            params={"api-version": "2019-08-01", "resource": GRAPH, **params},
+            headers={"X-IDENTITY-HEADER": header},
+        )
+        assert r.status == 200
+        return (await r.json())["access_token"]
+
+    one, two = await ask(tenant_id(1)), await ask(tenant_id(2))
+    calls = sandbox.state.counts["aad"]
+    digest = hashlib.sha256(one.encode()).hexdigest()
+    fresh = await ask(tenant_id(1), token_sha256_to_refresh=digest)
+    assert fresh != one and sandbox.state.counts["aad"] == calls + 1
+    assert await ask(tenant_id(1), token_sha256_to_refresh=digest) == fresh
+    assert await ask(tenant_id(2), token_sha256_to_refresh=digest) == two
+    assert sandbox.state.counts["aad"] == calls + 1

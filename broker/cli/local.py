@@ -112,7 +112,7 @@ def cmd_msi_env(args: argparse.Namespace) -> int:
     from broker.cli.msi_env import export_lines
 
     try:
-        print(export_lines(settings, args.profile, args.tenant))
+        print(export_lines(settings, args.profile, args.tenant, args.imds))
     except ValueError as e:
         return fail(f"msi-env: {e}", 2)
     return 0

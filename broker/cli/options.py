@@ -83,5 +83,6 @@ def tenant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scope",
         metavar="SCOPE",
-        help="with --tenant: one of the profile's customer_scopes (default: the first)",
+        help="with --tenant: one of the profile's customer_scopes (default: the first); "
+        "without: one of the profile's own scopes (an Azure AD token of its own tenant)",
     )

@@ -258,6 +258,12 @@ def parser_and_commands() -> tuple[argparse.ArgumentParser, dict[str, argparse.A
         help="a customer tenant: IDENTITY_ENDPOINT becomes /msi/tenants/TENANT/token "
         "(default: none)",
     )
+    p.add_argument(
+        "--imds",
+        action="store_true",
+        help="the IMDS route instead ([msi] imds = true): prints "
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST, no secret (default: off)",
+    )
     config_arg(p)
 
     p = add_command(

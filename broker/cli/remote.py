@@ -77,11 +77,12 @@ def _answer(status: int, body: bytes) -> Any:
 def _token_path(args: argparse.Namespace, suffix: str = "") -> str:
     profile = urllib.parse.quote(args.profile, safe="")
     tenant = getattr(args, "tenant", None)
-    if tenant is None:
-        if getattr(args, "scope", None) is not None:
-            raise _Failed(2, "--scope needs --tenant")
+    scope = getattr(args, "scope", None)
+    if tenant is None and scope is None:
         return f"/v1/token/{profile}{suffix}?kind={args.kind or 'partner'}"
-    query = {"tenant": tenant}
+    if tenant is None and suffix:
+        raise _Failed(2, "--scope needs --tenant here (a forced refresh has no scope)")
+    query = {} if tenant is None else {"tenant": tenant}
     if args.scope is not None:
         query["scope"] = args.scope
     if args.kind is not None:  # the broker refuses kind=partner with a tenant, and says why

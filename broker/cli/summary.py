@@ -63,6 +63,12 @@ def describe(settings: Settings, path: str, *, pending: str | None = None) -> st
             f"  msi:             on, profile {msi.profile}, {header}, "
             f"serve while >= {msi.min_remaining:g} s left"
         )
+        lines.append(
+            "  imds:            on, /metadata/identity/oauth2/token (no secret header: whoever "
+            "can connect to a listener gets the unrestricted profiles' tokens)"
+            if msi.imds
+            else "  imds:            off ([msi] imds = false)"
+        )
     for warning in settings.warnings:
         lines.append(f"  warning: {warning}")
     return "\n".join(lines)

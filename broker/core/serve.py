@@ -21,6 +21,7 @@ from broker.config.load import is_tenant
 from broker.config.settings import ProfileSettings
 from broker.core.cache import Entry, EntryStatus
 from broker.core.errors import UpstreamError
+from broker.core.resources import allows, same_resource
 from broker.core.runtime import ProfileRuntime, Runtime
 from broker.core.tenants import KIND as TENANT_KIND
 from broker.core.tenants import TenantCache
@@ -88,10 +89,15 @@ class Caller(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Own:
-    """The profile's own token: kind `partner` or `aad`."""
+    """The profile's own token: kind `partner` or `aad`. With `scope` (kind `aad`): a token of
+    its own tenant for that scope, one of its `scopes` (as `broker.core.resources.spelled`
+    writes it); with `cae`: one asked with client capability cp1 (the profile's scope when no
+    `scope` is given)."""
 
     kind: str
     min_remaining: float | None = None  # None: the profile's own
+    scope: str = ""
+    cae: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +154,7 @@ class Desk:
         self._audit = audit
         self._refreshed = RateLimit(clock)
         self._invalidated = RateLimit(clock)
+        self._revoked = RateLimit(clock)
 
     def admit(self, caller: Caller, name: str, runtime: Runtime | None = None) -> ProfileRuntime:
         """The profile, if it exists now and the caller may use it."""
@@ -158,9 +165,16 @@ class Desk:
             raise NotAllowed("this caller may not use this profile")
         return profile
 
-    async def serve(self, caller: Caller, name: str, target: Own | Customer) -> Served:
+    async def serve(
+        self, caller: Caller, name: str, target: Own | Customer, *, refused: str | None = None
+    ) -> Served:
+        """The token `target` names, for `caller`. `refused`: the SHA-256 (lower-case hex) of
+        a token the caller saw refused (`token_sha256_to_refresh`): the cached token with
+        that hash is dropped and replaced, once (`Entry.revoke`)."""
         profile = self.admit(caller, name)
         entry, tenant, scope = _locate(profile, target)
+        if refused is not None:
+            self._revoke(entry, refused, (name, tenant, scope, target))
         token = entry.peek(target.min_remaining)
         hit = True
         while token is None:
@@ -186,6 +200,25 @@ class Desk:
                 caller.route, name, target.kind, caller.description, hit, correlation_id
             )
         return Served(token, hit, profile.settings, correlation_id, tenant, scope)
+
+    def _revoke(self, entry: Entry, digest: str, key: Any) -> None:
+        """Drop the entry's token if `digest` is its hash; at most one replacement per entry
+        every refresh_min_interval (a caller refusing each new token must not turn the broker
+        into a loop on Azure AD). Racing callers with the same hash: the first drops it, the
+        others find it gone and join the one refresh."""
+        token = entry.token
+        if token is None or not entry.matches(token, digest):
+            return
+        interval = self._current().settings.server.refresh_min_interval
+        left = self._revoked.wait(key, interval)
+        if left:
+            raise TooSoon(
+                "too_many_refreshes",
+                "refresh_rate",
+                "this token replaced a refused one moments ago",
+                int(left) + 1,
+            )
+        entry.revoke(digest)
 
     async def refresh(self, caller: Caller, name: str, kind: str) -> EntryStatus:
         """A forced refresh of the profile's `kind` token, starting from a fresh Azure AD
@@ -237,7 +270,15 @@ class Desk:
 def _locate(profile: ProfileRuntime, target: Own | Customer) -> tuple[Entry, str, str]:
     """The entry that holds what `target` asks of `profile`, with the tenant and scope."""
     if isinstance(target, Own):
-        return profile.entries[target.kind], "", ""
+        settings = profile.settings
+        scope = target.scope or settings.scope
+        if target.scope and (target.kind != "aad" or not allows(settings, scope)):
+            raise ScopeNotAllowed("the scope is not the profile's scope or in its scopes")
+        if profile.make_scoped is None or (
+            not target.cae and same_resource(scope, settings.scope)
+        ):  # the profile's own entry (a static token file has only that one token)
+            return profile.entries[target.kind], "", ""
+        return profile.own_entry(scope, target.cae), "", scope
     cache = profile.tenants
     if cache is None:
         raise NoTenants(f"profile {profile.name!r} has no customer_tenants")

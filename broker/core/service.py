@@ -259,7 +259,7 @@ class Broker:
         for name, profile in runtime.profiles.items():
             # A profile's parts one by one: an entry that raises must not keep its
             # credential's held-back refresh token from reaching the file.
-            parts += [(f"entry {e.kind}", name, e.close()) for e in profile.entries.values()]
+            parts += [(f"entry {e.kind}", name, e.close()) for e in profile.all_entries()]
             if profile.keep_alive is not None:
                 parts.append(("keep-alive", name, profile.keep_alive.close()))
             if profile.tenants is not None:

@@ -9,6 +9,7 @@ Statuses and error bodies follow Azure AD: 400 `invalid_request` / `unauthorized
 from __future__ import annotations
 
 import datetime
+import json
 import uuid
 from typing import Any
 
@@ -20,7 +21,7 @@ from broker.sandbox.customers import CATALOGUE, Refusal, check
 from broker.sandbox.grants import GrantRefused, authenticate
 from broker.sandbox.state import Call, SandboxState
 
-SAFE_FIELDS = ("grant_type", "client_id", "scope", "client_assertion_type")
+SAFE_FIELDS = ("grant_type", "client_id", "scope", "client_assertion_type", "claims")
 
 
 def aad_error(
@@ -102,6 +103,26 @@ def make_handler(state: SandboxState):
     return token
 
 
+def _client_capabilities(raw: Any) -> set[str] | None:
+    """The client capabilities a `claims` request parameter announces
+    (`{"access_token": {"xms_cc": {"values": [...]}}}`), lower-cased; None when `claims` is
+    not a JSON object."""
+    if raw is None or raw == "":
+        return set()
+    try:
+        claims = json.loads(str(raw))
+    except ValueError:
+        return None
+    if not isinstance(claims, dict):
+        return None
+    access = claims.get("access_token")
+    xms_cc = access.get("xms_cc") if isinstance(access, dict) else None
+    values = xms_cc.get("values") if isinstance(xms_cc, dict) else None
+    if not isinstance(values, list):
+        return set()
+    return {v.lower() for v in values if isinstance(v, str)}
+
+
 def _jti(assertion: str) -> str:
     try:
         return str(jwt.decode(assertion, options={"verify_signature": False}).get("jti"))
@@ -164,7 +185,18 @@ def _answer(
         return refuse(e.status, e.error, e.code, e.description)
     except Refusal as e:
         return aad_error(e.status, e.error, e.code, e.description, correlation_id, e.extra)
-    lifetime = state.lifetimes["aad"]
+    capabilities = _client_capabilities(form.get("claims"))
+    if capabilities is None:
+        return refuse(
+            400,
+            "invalid_request",
+            9002313,
+            "Invalid request. Request is malformed or invalid. (claims is not a JSON object)",
+        )
+    # A client that announced cp1 gets a CAE token: Azure AD makes these live longer (20 to
+    # 28 h) and writes the capability into the token.
+    cae = "cp1" in capabilities
+    lifetime = state.lifetimes["aad_cae" if cae else "aad"]
     claims: dict[str, Any] = {
         "aud": resource,
         "iss": f"https://sts.windows.net/{tenant}/",
@@ -173,6 +205,8 @@ def _answer(
         "oid": str(uuid.uuid5(uuid.NAMESPACE_OID, app.client_id)),
         "ver": "1.0",
     }
+    if cae:
+        claims["xms_cc"] = ["cp1"]
     if form["grant_type"] == "refresh_token":  # app + user: how the user signed in
         claims["amr"] = ["pwd", "mfa"] if app.mfa else ["pwd"]
         claims["scp"] = "user_impersonation"
