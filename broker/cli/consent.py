@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from broker.cli.out import shown
 from broker.config.settings import ProfileSettings
 from broker.core.credentials.refresh_token import shows_mfa, usable_refresh_token
 
@@ -59,17 +60,12 @@ def _bounded_int(data: dict[str, Any], key: str, default: int, high: int) -> int
     return value
 
 
-def _shown(value: Any, limit: int) -> str:
-    """Upstream text as it may reach a terminal: printable characters only, bounded."""
-    return "".join(c if c.isprintable() else "?" for c in str(value)[:limit])
-
-
 def _why(data: dict[str, Any]) -> str:
     codes = data.get("error_codes")
     code = codes[0] if isinstance(codes, list) and codes else None
-    shown = f" (AADSTS{code})" if isinstance(code, int) and not isinstance(code, bool) else ""
+    aadsts = f" (AADSTS{code})" if isinstance(code, int) and not isinstance(code, bool) else ""
     text = str(data.get("error_description") or "").split("\r\n")[0].split("\n")[0]
-    return f"{_shown(data.get('error'), 60)}{shown}: {_shown(text, 300)}"
+    return f"{shown(data.get('error'), 60)}{aadsts}: {shown(text, 300)}"
 
 
 async def obtain(
@@ -97,7 +93,7 @@ async def obtain(
         raise ConsentFailed(
             "the device-code answer lacks device_code, user_code or verification_uri"
         )
-    user_code, uri = _shown(user_code, 64), _shown(uri, 512)  # printed to a terminal
+    user_code, uri = shown(user_code, 64), shown(uri, 512)  # printed to a terminal
     expires_in = _bounded_int(start, "expires_in", 900, MAX_EXPIRES_IN)
     interval = _bounded_int(start, "interval", 5, MAX_INTERVAL)
     deadline = monotonic() + expires_in

@@ -1,0 +1,61 @@
+"""Asking the running daemon, for the commands that do (remote.py, doctor_run.py): one request,
+its JSON, and a failure as an exit code with one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from broker.cli.out import fail
+
+
+class Failed(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def ask(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+    from broker.cli.client import DaemonUnreachable, TargetError, request, target_from
+    from broker.config.paths import resolve_path  # the schema only if [server] must be read
+
+    explicit = bool(args.config or os.environ.get("PC_TOKEN_BROKER_CONFIG"))
+    try:
+        target = target_from(args.url, args.socket, resolve_path(args.config), explicit=explicit)
+        return request(target, method, path, **kwargs)
+    except TargetError as e:
+        raise Failed(2, str(e)) from None
+    except DaemonUnreachable as e:
+        raise Failed(3, str(e)) from None
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON: an answer holding them would make `--json` print them."""
+    raise ValueError(name)
+
+
+def json_of(status: int, body: bytes) -> Any:
+    """The JSON of a 200, else Failed with the broker's error as one line."""
+    from broker.cli.client import error_message
+
+    if status != 200:
+        raise Failed(1, error_message(status, body))
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # RecursionError: a hostile answer nested deep
+        raise Failed(1, f"HTTP {status}: the answer is not JSON (is this the broker?)") from None
+
+
+def client(run):
+    """Turns Failed into its exit code and one line on stderr."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except Failed as e:
+            return fail(str(e), e.code)
+
+    wrapper.__name__ = run.__name__
+    return wrapper
