@@ -33,6 +33,8 @@ async def blocking(fn, *args, **kwargs):
 
 
 async def poll_once(client: Client, flow: dict) -> dict:
+    """One poll, as if `interval` had passed since the last (MSAL warns of a poll too soon)."""
+    flow["latest_attempt_at"] = 0
     return await blocking(client.obtain_token_by_device_flow, flow, exit_condition=lambda f: True)
 
 
