@@ -104,8 +104,8 @@ async def test_escapes_in_the_daemons_answer_never_reach_the_terminal(capsys):
 async def test_json_output_is_valid_json_whatever_the_ids_hold(capsys):
     """NaN where a trace id should be (Python's json reads it) must not come out as NaN, which
     no JSON parser but Python's accepts; a nested object there is not an id either."""
-    row = {**PROFILE_ROW, "aad": {"state": "failing", "last_error": {
-        "code": "upstream_refused", "trace_id": float("nan"), "correlation_id": {"a": [1]}}}}  # fmt: skip
+    error = {"code": "upstream_refused", "trace_id": float("nan"), "correlation_id": {"a": [1]}}
+    row = {**PROFILE_ROW, "aad": {"state": "failing", "last_error": error}}
     body = json.dumps({"profiles": {"p": row}})  # json.dumps writes NaN
     async with FakeDaemon(body, lambda n: json.dumps({"tenants": []})) as url:
         code, out, err = await doctor(url, capsys, "--json")
@@ -130,6 +130,6 @@ async def test_a_listing_that_pages_forever_ends(capsys, page):
     body = json.dumps({"profiles": {"gdap": PROFILE_ROW}})
     daemon = FakeDaemon(body, page)
     async with daemon as url:
-        code, out, err = await doctor(url, capsys, "gdap")
+        code, _, err = await doctor(url, capsys, "gdap")
     assert daemon.calls["tenants"] <= 2, daemon.calls
     assert code == 1 and "enough" not in err
