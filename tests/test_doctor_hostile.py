@@ -133,3 +133,29 @@ async def test_a_listing_that_pages_forever_ends(capsys, page):
         code, _, err = await doctor(url, capsys, "gdap")
     assert daemon.calls["tenants"] <= 2, daemon.calls
     assert code == 1 and "enough" not in err
+
+
+@pytest.mark.parametrize(
+    "life",
+    [{"days_left": 1, "age_s": "x"}, {"days_left": 1, "age_s": [1]},
+     {"days_left": 1, "age_s": 10**400}, {"days_left": True, "age_s": 5}, "x",
+     {"days_left": 1, "age_s": 1e308, "keep_alive_days": 10**400}],
+)  # fmt: skip
+async def test_a_refresh_token_row_of_any_shape_is_no_traceback(capsys, life):
+    """The daemon's `refresh_token` row with an age that is not a number: no finding, and
+    never a traceback (it was a TypeError)."""
+    body = json.dumps({"profiles": {"p": {"refresh_token": life}}})
+    async with FakeDaemon(body, lambda n: json.dumps({"tenants": []})) as url:
+        code, out, err = await doctor(url, capsys)
+    assert err == "" and code in (0, 1)
+    if life != {"days_left": 1, "age_s": 1e308, "keep_alive_days": 10**400}:
+        assert (code, out.strip()) == (0, "p: healthy")
+
+
+async def test_numbers_beyond_a_float_are_no_traceback(capsys):
+    row = {**PROFILE_ROW, "aad": {"state": "failing", "next_attempt_in": 10**400,
+           "failures_in_row": 10**400, "last_error": {"code": "upstream_failing"}}}  # fmt: skip
+    page = json.dumps({"tenants": [{**TENANT_ROW, "next_attempt_in": -(10**400)}]})
+    async with FakeDaemon(json.dumps({"profiles": {"p": row}}), lambda n: page) as url:
+        code, out, err = await doctor(url, capsys)
+    assert code == 1 and "fix:" in out and err == ""
