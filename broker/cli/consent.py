@@ -17,7 +17,7 @@ import aiohttp
 from broker.cli.out import shown
 from broker.config.files import place_secret
 from broker.config.settings import ProfileSettings
-from broker.core.credentials.refresh_token import shows_mfa, usable_refresh_token
+from broker.core.credentials.refresh_token_text import shows_mfa, usable_refresh_token
 from broker.core.upstream.streams import load_json, read_limited
 
 GRANT = "urn:ietf:params:oauth:grant-type:device_code"
