@@ -158,6 +158,25 @@ async def test_a_redirect_never_carries_the_device_code_elsewhere(tmp_path, secr
     assert "FAILED" in out and not rt_file.exists() and secrets_absent(out)
 
 
+async def test_a_passing_outage_does_not_waste_the_sign_in(tmp_path, secret, clock):
+    """Azure AD answers 503 (an HTML page) and 429 while the user signs in: the polling goes
+    on; five failures in a row end it."""
+
+    async def html_503(_request: web.Request) -> web.Response:
+        return web.Response(status=503, text="<html>busy</html>", content_type="text/html")
+
+    answers = {1: html_503, 2: (429, {"error": "temporarily_unavailable"}), 3: html_503}
+    rt_file = tmp_path / "rt"
+    async with Upstream(poll=lambda n: answers.get(n, (200, tokens()))) as up:
+        out, _ = await run(up, secret, rt_file, clock)
+    assert "FAILED" not in out, out
+    assert rt_file.read_text() == REFRESH_TOKEN + "\n" and up.polls == 4
+    rt_file.unlink()
+    async with Upstream(poll=lambda n: html_503) as up:
+        out, _ = await run(up, secret, rt_file, clock)
+    assert "FAILED" in out and up.polls == 5 and not rt_file.exists()
+
+
 # -- a hostile local user -------------------------------------------------------------------
 
 

@@ -27,6 +27,9 @@ MAX_EXPIRES_IN = 3600  # a longer code lifetime is not believed (Azure AD's is 9
 MAX_INTERVAL = 60
 # An interval of 0 would poll Azure AD as fast as the network allows for the code's lifetime.
 MIN_INTERVAL = 1
+# Polls in a row that fail on Azure AD's side (5xx, 429, no answer, no JSON) before giving up:
+# a passing outage must not waste the user's sign-in.
+TRANSIENT_LIMIT = 5
 
 
 class ConsentFailed(Exception):
@@ -107,11 +110,26 @@ async def obtain(
         flush=True,
     )
     form = {"grant_type": GRANT, "client_id": profile.client_id, "device_code": str(device_code)}
+    failed = 0  # polls in a row that failed on Azure AD's side
     while True:
         await sleep(interval)
         if monotonic() >= deadline:
             raise ConsentFailed("the code expired before the sign-in finished; run it again")
-        status, answer = await _post(session, f"{base}/token", form)
+        try:
+            status, answer = await _post(session, f"{base}/token", form)
+        except ConsentFailed:
+            failed += 1
+            if failed >= TRANSIENT_LIMIT:
+                raise
+            continue
+        if status >= 500 or status == 429:
+            failed += 1
+            if failed >= TRANSIENT_LIMIT:
+                raise ConsentFailed(
+                    f"Azure AD failed {failed} polls in a row (HTTP {status}): {_why(answer)}"
+                )
+            continue
+        failed = 0
         if status == 200:
             break
         error = answer.get("error")
