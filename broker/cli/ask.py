@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import urllib.parse
 from typing import Any
 
 from broker.cli.out import fail
@@ -59,3 +60,28 @@ def client(run):
 
     wrapper.__name__ = run.__name__
     return wrapper
+
+
+def tenant_pages(args: argparse.Namespace, profile: str, limit: int) -> list[dict[str, Any]]:
+    """The pages of `/v1/tenants/{profile}` until `limit` rows or the last page. A page that
+    brings no row ends the listing, a cursor already followed is refused: a broken or hostile
+    daemon could otherwise keep the command paging forever."""
+    quoted = urllib.parse.quote(profile, safe="")
+    pages: list[dict[str, Any]] = []
+    count, after, followed = 0, None, set()
+    while count < limit:
+        query = {"limit": str(min(1000, max(1, limit - count)))}
+        if after:
+            query["after"] = after
+        page = json_of(*ask(args, "GET", f"/v1/tenants/{quoted}?{urllib.parse.urlencode(query)}"))
+        if not isinstance(page, dict) or not isinstance(page.get("tenants"), list):
+            raise Failed(1, "the answer has no tenants list (is this the broker?)")
+        pages.append(page)
+        count += len(page["tenants"])
+        after = page.get("next")
+        if not after or not page["tenants"]:
+            break
+        if not isinstance(after, str) or after in followed:
+            raise Failed(1, "the tenants listing does not end (is this the broker?)")
+        followed.add(after)
+    return pages

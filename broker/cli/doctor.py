@@ -8,13 +8,12 @@ here. Never a token or secret: the daemon's answers carry none.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from broker.cli.out import shown
+from broker.cli.out import number, shown
 from broker.core.tenants.codes import fix_for
 
 # Partner Center's MFA refusal: a 401 whose description names it (no AADSTS prefix).
@@ -80,17 +79,6 @@ def _dict(value: Any) -> dict[str, Any]:
 def _id(value: Any) -> str | None:
     """A trace or correlation id: a string (bounded), else nothing."""
     return value[:200] if isinstance(value, str) and value else None
-
-
-def _number(value: Any) -> float | None:
-    """A finite number of the daemon's answer (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond a float's range
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _since(value: Any) -> float | None:
@@ -194,7 +182,7 @@ def _aging(name: str, life: Any) -> Finding | None:
     """A refresh token near Azure AD's 90-day inactivity limit."""
     if not isinstance(life, dict):
         return None
-    days_left, age_s = _number(life.get("days_left")), _number(life.get("age_s"))
+    days_left, age_s = number(life.get("days_left")), number(life.get("age_s"))
     if days_left is None or age_s is None or days_left >= DAYS_LEFT_WARNING:
         return None
     age_days = age_s // 86400
@@ -229,13 +217,13 @@ def tenant_findings(name: str, row: dict[str, Any], tenants: list[dict[str, Any]
 
 def _attempt(next_in: Any, failures: Any) -> str:
     tries = f"{failures} failure(s) in a row; " if isinstance(failures, int) and failures else ""
-    if _number(next_in) is None:
+    if number(next_in) is None:
         return f"{tries}the next caller tries again"
     return f"{tries}next attempt in {_seconds(next_in)}"
 
 
 def _seconds(value: Any) -> str:
-    value = _number(value)
+    value = number(value)
     if value is None:
         return "?"
     if value >= 120:

@@ -9,7 +9,7 @@ import json
 import urllib.parse
 from typing import Any
 
-from broker.cli.ask import Failed, ask, client, json_of
+from broker.cli.ask import Failed, ask, client, json_of, tenant_pages
 
 # -- doctor: what is wrong, and the fix ------------------------------------------------------
 
@@ -23,26 +23,9 @@ def _profiles(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _tenant_rows(args: argparse.Namespace, name: str, limit: int = 100_000) -> list[Any]:
-    """Every customer tenant of the listing, page by page: at most `limit` rows, and a page
-    that brings no row or a cursor already followed ends it (a hostile or broken daemon could
-    otherwise page forever)."""
-    rows: list[Any] = []
-    after: str | None = None
-    followed: set[str] = set()
-    quoted = urllib.parse.quote(name, safe="")
-    while len(rows) < limit:
-        query = {"limit": "1000", **({"after": after} if after else {})}
-        page = json_of(*ask(args, "GET", f"/v1/tenants/{quoted}?{urllib.parse.urlencode(query)}"))
-        if not isinstance(page, dict) or not isinstance(page.get("tenants"), list):
-            raise Failed(1, "the answer has no tenants list (is this the broker?)")
-        rows += [r for r in page["tenants"] if isinstance(r, dict)]
-        after = page.get("next")
-        if not after or not page["tenants"]:
-            break
-        if not isinstance(after, str) or after in followed:
-            raise Failed(1, "the tenants listing does not end (is this the broker?)")
-        followed.add(after)
-    return rows[:limit]
+    """Every customer tenant of the listing (at most `limit`), each a JSON object."""
+    pages = tenant_pages(args, name, limit)
+    return [r for page in pages for r in page["tenants"] if isinstance(r, dict)][:limit]
 
 
 def _check_online(args: argparse.Namespace, name: str, row: dict[str, Any]) -> None:

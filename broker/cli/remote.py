@@ -14,8 +14,8 @@ import sys
 import urllib.parse
 from typing import Any
 
-from broker.cli.ask import Failed, ask, client, json_of
-from broker.cli.out import fail
+from broker.cli.ask import Failed, ask, client, json_of, tenant_pages
+from broker.cli.out import fail, shown_lines
 
 # -- commands that ask the running daemon --------------------------------------------------
 
@@ -106,14 +106,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer, indent=2))
     else:
-        print(status_table(profiles))
+        # Built from the daemon's answer: control characters (terminal escapes) shown as '?'.
+        print(shown_lines(status_table(profiles)))
         if isinstance(answer.get("shared"), dict):
-            print(shared_line(answer["shared"]))
+            print(shown_lines(shared_line(answer["shared"])))
         pending = restart_line(answer.get("restart_pending"))
         if pending:
-            print(pending)
+            print(shown_lines(pending))
         for line in customer_lines(profiles):
-            print(line)
+            print(shown_lines(line))
     bad = troubles(profiles)
     if bad:
         return fail(
@@ -126,26 +127,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_tenants(args: argparse.Namespace) -> int:
     from broker.cli.summary import tenants_table
 
-    profile = urllib.parse.quote(args.profile, safe="")
-    pages: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
-    after: str | None = None
-    while len(rows) < args.limit:
-        query = {"limit": str(min(1000, max(1, args.limit - len(rows))))}
-        if after:
-            query["after"] = after
-        page = json_of(*ask(args, "GET", f"/v1/tenants/{profile}?{urllib.parse.urlencode(query)}"))
-        if not isinstance(page, dict) or not isinstance(page.get("tenants"), list):
-            raise Failed(1, "the answer has no tenants list (is this the broker?)")
-        pages.append(page)
-        rows += page["tenants"]
-        after = page.get("next")
-        if not after:
-            break
+    pages = tenant_pages(args, args.profile, args.limit)
+    rows = [r for page in pages for r in page["tenants"] if isinstance(r, dict)]
     if args.json:
         print(json.dumps(pages if len(pages) > 1 else pages[0], indent=2))
     else:
-        print(tenants_table(pages[0], rows))
+        print(shown_lines(tenants_table(pages[0], rows)))
     return 0
 
 
