@@ -196,8 +196,8 @@ async def test_a_directory_anyone_may_write_is_refused(tmp_path, secret, clock, 
     os.chown(rt_file, ATTACKER, ATTACKER)
     async with Upstream() as up:
         out, _ = await run(up, secret, rt_file, clock)
-    assert "writable by others" in out and "nothing was written" in out
-    assert rt_file.read_text() == "planted\n" and secrets_absent(out)
+    assert "writable by others" in out and "enter the code" not in out  # refused first
+    assert up.polls == 0 and rt_file.read_text() == "planted\n" and secrets_absent(out)
     leaked = [p for p in shared.iterdir() if REFRESH_TOKEN in p.read_text()]
     assert leaked == []
 
@@ -213,7 +213,7 @@ async def test_a_symbolic_link_at_the_path_is_refused(tmp_path, secret, clock, a
     rt_file.symlink_to(theirs)
     async with Upstream() as up:
         out, _ = await run(up, secret, rt_file, clock)
-    assert "symbolic link" in out and "nothing was written" in out
+    assert "symbolic link" in out and "enter the code" not in out and up.polls == 0
     assert rt_file.is_symlink() and theirs.read_text() == "bait\n"
     owned = [p for p in state.iterdir() if os.lstat(p).st_uid == ATTACKER and not p.is_symlink()]
     assert owned == [] and secrets_absent(out)

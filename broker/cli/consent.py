@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import aiohttp
 
 from broker.cli.out import shown
-from broker.config.files import place_secret
+from broker.config.files import check_place, place_secret
 from broker.config.settings import ProfileSettings
 from broker.core.credentials.refresh_token_text import shows_mfa, usable_refresh_token
 from broker.core.upstream.streams import load_json, read_limited
@@ -170,6 +170,11 @@ async def consent(
 ) -> None:
     """The whole command: obtain, then write. Raises ConsentFailed."""
     assert profile.refresh_token_file is not None
+    try:  # before the user signs in: a sign-in whose token cannot be written is wasted
+        check_place(profile.refresh_token_file)
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) else str(e)
+        raise ConsentFailed(f"cannot write {profile.refresh_token_file}: {why}") from None
     loop = asyncio.get_running_loop()
     own = session is None
     if session is None:

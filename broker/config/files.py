@@ -81,6 +81,23 @@ def write_atomically(path: str, text: str) -> None:
         os.close(dir_fd)
 
 
+def check_place(path: str) -> os.stat_result | None:
+    """Whether `place_secret` may write `path`: ValueError (saying why) if its directory is
+    writable by others or it is a symbolic link or not a regular file, OSError if its
+    directory is missing; the present file's stat (None: there is none)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.stat(directory).st_mode & stat.S_IWOTH:
+        raise ValueError(f"its directory {directory} is writable by others")
+    try:
+        old = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(old.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(old.st_mode) else "not a regular file"
+        raise ValueError(f"it is {kind}: name the file itself")
+    return old
+
+
 def place_secret(path: str, text: str) -> None:
     """Create or replace `path` with a secret another program reads (a refresh token that
     `consent` obtained): mode 0600 from its first byte, the old file's owner kept where
@@ -93,15 +110,7 @@ def place_secret(path: str, text: str) -> None:
     a regular file (its target's owner would get the secret). The new file's temporary name
     is mkstemp's (random, O_EXCL: a name planted in advance is never written through)."""
     directory = os.path.dirname(os.path.abspath(path))
-    if os.stat(directory).st_mode & stat.S_IWOTH:
-        raise ValueError(f"its directory {directory} is writable by others")
-    try:
-        old: os.stat_result | None = os.lstat(path)
-    except FileNotFoundError:
-        old = None
-    if old is not None and not stat.S_ISREG(old.st_mode):
-        kind = "a symbolic link" if stat.S_ISLNK(old.st_mode) else "not a regular file"
-        raise ValueError(f"it is {kind}: name the file itself")
+    old = check_place(path)
     fd, tmp = tempfile.mkstemp(prefix=".pc-token-broker-", dir=directory)  # 0600
     try:
         if old is not None:
