@@ -83,3 +83,17 @@ async def test_msal_blocking_loop_ends_with_the_tokens(sandbox, msal_client):
     sandbox.state.device.approve(flow["user_code"], mfa=False)
     result = await blocking(msal_client.obtain_token_by_device_flow, flow)
     assert "refresh_token" in result and "error" not in result
+
+
+async def test_the_sandbox_forgets_expired_codes(sandbox, msal_client):
+    """Codes long expired are dropped when a new one is asked for: a sandbox asked for codes
+    again and again does not grow without bound (a polled one still answers expired_token
+    for another 15 minutes)."""
+    device = sandbox.state.device
+    flows = [await blocking(msal_client.initiate_device_flow, scope=SCOPE) for _ in range(3)]
+    for f in device.flows.values():
+        f.expires_at = sandbox.state.now() - 900  # expired 15 minutes ago
+    fresh = await blocking(msal_client.initiate_device_flow, scope=SCOPE)
+    assert list(device.flows) == [fresh["device_code"]]
+    result = await poll_once(msal_client, flows[0])
+    assert result["error"] == "bad_verification_code"
