@@ -2,7 +2,10 @@
 flow (msal.oauth2cli's Client.initiate_device_flow / obtain_token_by_device_flow, the code
 under PublicClientApplication's, which insists on an https authority) against the sandbox.
 Each answer Azure AD documents for the flow: the /devicecode fields, authorization_pending,
-slow_down, the tokens, bad_verification_code, authorization_declined, expired_token."""
+slow_down, the tokens, bad_verification_code, authorization_declined, expired_token.
+
+msal comes with azure-identity (the test group's), which is built on it: no dependency of its
+own."""
 
 from __future__ import annotations
 
