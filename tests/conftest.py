@@ -74,6 +74,11 @@ class FakeClock:
                 timer.callback()
         self._mono = target
 
+    def jump_wall(self, seconds: float) -> None:
+        """The wall clock alone moves (a suspend, where monotonic time stands still; an NTP
+        step or an operator's `date -s`, backwards with a negative value). No timer fires."""
+        self._offset += seconds
+
     def next_timer(self) -> float | None:
         live = [d for d, _, t in self._timers if not t.cancelled]
         return min(live) if live else None

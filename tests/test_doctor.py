@@ -259,7 +259,8 @@ async def test_check_config_online_reports_mfa_from_the_running_daemon(
 
 def test_doctor_survives_whatever_the_daemon_answers():
     """A hostile or broken daemon's JSON (any shape, any types) gives findings or none, never a
-    crash: the rows are read with isinstance checks."""
+    crash: the rows are read with isinstance checks; the text has no control character (no
+    terminal escape) and the JSON no NaN."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
@@ -293,6 +294,8 @@ def test_doctor_survives_whatever_the_daemon_answers():
                         "refresh_token",
                         "customer_tenants",
                         "authority",
+                        "trace_id",
+                        "correlation_id",
                     ]
                 ),
                 inner,
@@ -321,7 +324,8 @@ def test_doctor_survives_whatever_the_daemon_answers():
     )
     def check(row, tenants):
         found = profile_findings("p", row) + tenant_findings("p", row, tenants)
-        render_text({"p": found})
-        json.dumps(render_json({"p": found}))
+        text = render_text({"p": found})
+        assert all(c.isprintable() for line in text.splitlines() for c in line), text
+        json.loads(json.dumps(render_json({"p": found}), allow_nan=False))  # strict JSON
 
     check()

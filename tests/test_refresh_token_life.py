@@ -111,8 +111,10 @@ async def test_the_age_survives_a_restart_through_the_files_mtime(
     first = await start_broker(settings, clock=clock)
     clock.advance(1)  # the fake clock fires timers (the keep-alive's, due now) as it moves
     await until(lambda: redemptions(fake_sandbox) == 1, "the overdue keep-alive")
+    # The sandbox has the call; the flight then writes the rotated token back (settled()
+    # covers only a coalesced write-back): wait for the file to say so.
+    await until(lambda: abs(os.stat(rt_file).st_mtime - clock.time()) < 5, "the write-back")
     await first.broker.credentials["user"].settled()
-    assert abs(os.stat(rt_file).st_mtime - clock.time()) < 5
     clock.advance(3 * DAY)
     second = await start_broker(settings, clock=clock)
     life = (await profiles(second))["user"]["refresh_token"]

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -1888,7 +1889,10 @@ async def test_one_tenant_holds_at_most_its_share_of_the_slots(
     hung call is well within its deadline."""
     aad = HungAzureAD(hostile, tenant_id(1))
     extra = "upstream_concurrency = 2\nupstream_timeout = 60\n"
-    b = await start_broker(hostile_settings(hostile, secret, tmp_path, extra=extra))
+    settings = hostile_settings(hostile, secret, tmp_path, extra=extra)
+    now = time.time()  # the real clock here: a file placed at WALL would be in the future,
+    os.utime(tmp_path / "refresh-token", (now, now))  # which the keep-alive does not believe
+    b = await start_broker(settings)
     cache = b.broker.tenants["gdap"]
     try:
         hung = [asyncio.create_task(token(b, tenant_id(1), s)) for s in SCOPES]

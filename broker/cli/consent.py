@@ -9,23 +9,27 @@ tests drive the whole flow against the sandbox without waiting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 import aiohttp
 
+from broker.cli.out import shown
+from broker.config.files import check_place, place_secret
 from broker.config.settings import ProfileSettings
-from broker.core.credentials.refresh_token import shows_mfa, usable_refresh_token
+from broker.core.credentials.refresh_token_text import shows_mfa, usable_refresh_token
+from broker.core.upstream.streams import load_json, read_limited
 
 GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SLOW_DOWN = 5  # seconds added to the interval at each slow_down (RFC 8628, 3.5)
 MAX_ANSWER = 64 * 1024  # bytes read of an answer
 MAX_EXPIRES_IN = 3600  # a longer code lifetime is not believed (Azure AD's is 900 s)
 MAX_INTERVAL = 60
+# An interval of 0 would poll Azure AD as fast as the network allows for the code's lifetime.
+MIN_INTERVAL = 1
+# Polls in a row that fail on Azure AD's side (5xx, 429, no answer, no JSON) before giving up:
+# a passing outage must not waste the user's sign-in.
+TRANSIENT_LIMIT = 5
 
 
 class ConsentFailed(Exception):
@@ -34,16 +38,19 @@ class ConsentFailed(Exception):
 
 async def _post(session: aiohttp.ClientSession, url: str, form: dict[str, str]) -> tuple[int, Any]:
     try:
-        async with session.post(url, data=form, headers={"Accept": "application/json"}) as r:
-            body = await r.content.read(MAX_ANSWER + 1)
+        # No redirect: a 307 would carry the device code to wherever it points.
+        async with session.post(
+            url, data=form, headers={"Accept": "application/json"}, allow_redirects=False
+        ) as r:
+            body = await read_limited(r.content, MAX_ANSWER)  # read(n) may return less
             status = r.status
     except (aiohttp.ClientError, TimeoutError, OSError) as e:
         raise ConsentFailed(f"cannot reach {url}: {type(e).__name__}") from None
     if len(body) > MAX_ANSWER:
         raise ConsentFailed(f"{url} answered more than {MAX_ANSWER} bytes")
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        data = load_json(body)
+    except (ValueError, UnicodeDecodeError):
         raise ConsentFailed(f"{url} answered HTTP {status} without JSON") from None
     if not isinstance(data, dict):
         raise ConsentFailed(f"{url} answered HTTP {status} without a JSON object")
@@ -59,17 +66,12 @@ def _bounded_int(data: dict[str, Any], key: str, default: int, high: int) -> int
     return value
 
 
-def _shown(value: Any, limit: int) -> str:
-    """Upstream text as it may reach a terminal: printable characters only, bounded."""
-    return "".join(c if c.isprintable() else "?" for c in str(value)[:limit])
-
-
 def _why(data: dict[str, Any]) -> str:
     codes = data.get("error_codes")
     code = codes[0] if isinstance(codes, list) and codes else None
-    shown = f" (AADSTS{code})" if isinstance(code, int) and not isinstance(code, bool) else ""
+    aadsts = f" (AADSTS{code})" if isinstance(code, int) and not isinstance(code, bool) else ""
     text = str(data.get("error_description") or "").split("\r\n")[0].split("\n")[0]
-    return f"{_shown(data.get('error'), 60)}{shown}: {_shown(text, 300)}"
+    return f"{shown(data.get('error'), 60)}{aadsts}: {shown(text, 300)}"
 
 
 async def obtain(
@@ -97,9 +99,9 @@ async def obtain(
         raise ConsentFailed(
             "the device-code answer lacks device_code, user_code or verification_uri"
         )
-    user_code, uri = _shown(user_code, 64), _shown(uri, 512)  # printed to a terminal
+    user_code, uri = shown(user_code, 64), shown(uri, 512)  # printed to a terminal
     expires_in = _bounded_int(start, "expires_in", 900, MAX_EXPIRES_IN)
-    interval = _bounded_int(start, "interval", 5, MAX_INTERVAL)
+    interval = max(MIN_INTERVAL, _bounded_int(start, "interval", 5, MAX_INTERVAL))
     deadline = monotonic() + expires_in
     print(
         f"To sign in as the partner user of profile {profile.name} (with MFA), open {uri}\n"
@@ -108,11 +110,26 @@ async def obtain(
         flush=True,
     )
     form = {"grant_type": GRANT, "client_id": profile.client_id, "device_code": str(device_code)}
+    failed = 0  # polls in a row that failed on Azure AD's side
     while True:
         await sleep(interval)
         if monotonic() >= deadline:
             raise ConsentFailed("the code expired before the sign-in finished; run it again")
-        status, answer = await _post(session, f"{base}/token", form)
+        try:
+            status, answer = await _post(session, f"{base}/token", form)
+        except ConsentFailed:
+            failed += 1
+            if failed >= TRANSIENT_LIMIT:
+                raise
+            continue
+        if status >= 500 or status == 429:
+            failed += 1
+            if failed >= TRANSIENT_LIMIT:
+                raise ConsentFailed(
+                    f"Azure AD failed {failed} polls in a row (HTTP {status}): {_why(answer)}"
+                )
+            continue
+        failed = 0
         if status == 200:
             break
         error = answer.get("error")
@@ -142,35 +159,6 @@ async def obtain(
     return token, bool(mfa)
 
 
-def write_refresh_token(path: str, token: str) -> None:
-    """Replace `path` with `token`: a new file in the same directory, mode 0600 from its first
-    byte (and the old file's owner, where permitted), fsynced, renamed over the old one, the
-    directory fsynced: a reader sees the old token or the new one, never half."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".pc-token-broker-", dir=directory)  # 0600
-    try:
-        with contextlib.suppress(FileNotFoundError, PermissionError):
-            old = os.stat(path)
-            os.fchown(fd, old.st_uid, old.st_gid)
-        with os.fdopen(fd, "wb") as f:
-            fd = -1
-            f.write(token.encode("ascii") + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 async def consent(
     profile: ProfileSettings,
     out: TextIO,
@@ -182,6 +170,11 @@ async def consent(
 ) -> None:
     """The whole command: obtain, then write. Raises ConsentFailed."""
     assert profile.refresh_token_file is not None
+    try:  # before the user signs in: a sign-in whose token cannot be written is wasted
+        check_place(profile.refresh_token_file)
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) else str(e)
+        raise ConsentFailed(f"cannot write {profile.refresh_token_file}: {why}") from None
     loop = asyncio.get_running_loop()
     own = session is None
     if session is None:
@@ -199,10 +192,11 @@ async def consent(
         if own:
             await session.close()
     try:
-        await asyncio.to_thread(write_refresh_token, profile.refresh_token_file, token)
-    except OSError as e:
+        await asyncio.to_thread(place_secret, profile.refresh_token_file, token + "\n")
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) else str(e)
         raise ConsentFailed(
-            f"cannot write {profile.refresh_token_file}: {e.strerror}; nothing was written"
+            f"cannot write {profile.refresh_token_file}: {why}; nothing was written"
         ) from None
     print(
         f"wrote the refresh token to {profile.refresh_token_file} (mode 0600); the sign-in "

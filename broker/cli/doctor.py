@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from broker.cli.out import number, shown
 from broker.core.tenants.codes import fix_for
 
 # Partner Center's MFA refusal: a 401 whose description names it (no AADSTS prefix).
@@ -21,6 +22,8 @@ _PARTNER_MFA = re.compile(r"\b900421\b")
 DAYS_LEFT_WARNING = 14
 # Tenants in these states need nothing.
 HEALTHY = frozenset({"ok", "idle"})
+# A line of the text report is cut here: a daemon's answer may hold a message of any length.
+LINE_LIMIT = 1000
 # The fix for the broker's own error codes, when no AADSTS code says more.
 OWN_FIXES: dict[str, tuple[str, str]] = {
     "upstream_unreachable": (
@@ -71,6 +74,11 @@ class Finding:
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _id(value: Any) -> str | None:
+    """A trace or correlation id: a string (bounded), else nothing."""
+    return value[:200] if isinstance(value, str) and value else None
 
 
 def _since(value: Any) -> float | None:
@@ -131,8 +139,8 @@ def _error_finding(
         what=what,
         fix=fix,
         aadsts=code,
-        trace_id=error.get("trace_id"),
-        correlation_id=error.get("correlation_id"),
+        trace_id=_id(error.get("trace_id")),
+        correlation_id=_id(error.get("correlation_id")),
         since=_since(error.get("since")),
     )
 
@@ -172,12 +180,12 @@ def profile_findings(name: str, row: dict[str, Any]) -> list[Finding]:
 
 def _aging(name: str, life: Any) -> Finding | None:
     """A refresh token near Azure AD's 90-day inactivity limit."""
-    days_left = life.get("days_left") if isinstance(life, dict) else None
-    if not isinstance(life, dict) or not isinstance(days_left, int | float):
+    if not isinstance(life, dict):
         return None
-    if days_left >= DAYS_LEFT_WARNING:
+    days_left, age_s = number(life.get("days_left")), number(life.get("age_s"))
+    if days_left is None or age_s is None or days_left >= DAYS_LEFT_WARNING:
         return None
-    age_days = life.get("age_s", 0) // 86400
+    age_days = age_s // 86400
     return Finding(
         name,
         "refresh token",
@@ -209,13 +217,14 @@ def tenant_findings(name: str, row: dict[str, Any], tenants: list[dict[str, Any]
 
 def _attempt(next_in: Any, failures: Any) -> str:
     tries = f"{failures} failure(s) in a row; " if isinstance(failures, int) and failures else ""
-    if not isinstance(next_in, int | float):
+    if number(next_in) is None:
         return f"{tries}the next caller tries again"
     return f"{tries}next attempt in {_seconds(next_in)}"
 
 
 def _seconds(value: Any) -> str:
-    if not isinstance(value, int | float):
+    value = number(value)
+    if value is None:
         return "?"
     if value >= 120:
         return f"{value / 60:.0f} min"
@@ -250,7 +259,8 @@ def render_text(checked: dict[str, list[Finding]]) -> str:
             if f.doing:
                 lines.append(f"    doing: {f.doing}")
             lines.append(f"    fix:   {f.fix}")
-    return "\n".join(lines)
+    # What the daemon answered (tenant names, Azure AD's messages) may hold terminal escapes.
+    return "\n".join(shown(line, LINE_LIMIT) for line in lines)
 
 
 def render_json(checked: dict[str, list[Finding]]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from broker.cli.client import support_ids
+from broker.cli.out import number
 from broker.config.settings import Settings
 
 
@@ -74,9 +75,15 @@ def describe(settings: Settings, path: str, *, pending: str | None = None) -> st
     return "\n".join(lines)
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """A JSON object of the daemon's answer, or an empty one: its rows are read as they come."""
+    return value if isinstance(value, dict) else {}
+
+
 def when(expires_on: Any, expires_in: Any) -> str:
     """ "in 59m (2026-11-24T18:03:12Z)": seconds left and the UTC instant."""
-    if not isinstance(expires_on, int | float) or isinstance(expires_on, bool):
+    expires_on = number(expires_on)
+    if expires_on is None or not 0 <= expires_on < 9.5e10:  # gmtime's range, and then some
         return "at an unknown time"
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_on))
     return f"in {_seconds(expires_in)} ({stamp})"
@@ -98,7 +105,7 @@ def troubles(profiles: dict[str, Any]) -> list[str]:
             e = info.get(kind) if isinstance(info, dict) else None
             if not isinstance(e, dict) or e.get("state") not in ("failing", "stale"):
                 continue
-            error = e.get("last_error") or {}
+            error = _obj(e.get("last_error"))
             detail = [str(error.get("code", "error"))]
             if error.get("upstream_status"):
                 detail.append(f"upstream status {error['upstream_status']}")
@@ -110,7 +117,9 @@ def troubles(profiles: dict[str, Any]) -> list[str]:
 def _seconds(value: Any) -> str:
     if value is None:
         return "-"
-    value = float(value)
+    value = number(value)
+    if value is None:
+        return "?"
     if abs(value) >= 120:
         return f"{value / 60:.0f}m"
     return f"{value:.0f}s"
@@ -121,21 +130,21 @@ def status_table(profiles: dict[str, Any]) -> str:
     rows = [header]
     for name, info in sorted(profiles.items()):
         for kind in ("partner", "aad"):
-            e = info.get(kind)
-            if not e:
+            e = _obj(info).get(kind)
+            if not isinstance(e, dict) or not e:
                 continue
-            error = e.get("last_error") or {}
+            error = _obj(e.get("last_error"))
             last = "-"
             if error:
-                last = error.get("code", "")
+                last = str(error.get("code", ""))
                 if error.get("upstream_status"):
                     last += f" ({error['upstream_status']})"
-            calls = ",".join(f"{k}={v}" for k, v in sorted(e.get("upstream_calls", {}).items()))
+            calls = ",".join(f"{k}={v}" for k, v in sorted(_obj(e.get("upstream_calls")).items()))
             rows.append(
                 (
-                    name,
+                    str(name),
                     kind,
-                    e["state"],
+                    str(e.get("state")),
                     _seconds(e.get("expires_in")),
                     _seconds(e.get("next_attempt_in")),
                     str(e.get("failures_in_row", 0)),
@@ -177,7 +186,7 @@ def customer_lines(profiles: dict[str, Any]) -> list[str]:
         lines += refresh_token_lines(name, info.get("refresh_token"))
         customers = info.get("customer_tenants")
         if isinstance(customers, dict):
-            states = customers.get("tenants") or {}
+            states = _obj(customers.get("tenants"))
             counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none seen"
             line = f"{name}: customer tenants: {counts}; {customers.get('tokens', 0)} tokens"
             block = customers.get("profile_block")
@@ -194,15 +203,16 @@ DAYS_LEFT_WARNING = 14
 def refresh_token_lines(name: str, life: Any) -> list[str]:
     """A refresh_token profile's refresh token: last redeemed, days left before Azure AD's
     90-day inactivity limit, the keep-alive; a warning when few days are left."""
-    if not isinstance(life, dict) or not isinstance(life.get("age_s"), int | float):
+    age = number(life.get("age_s")) if isinstance(life, dict) else None
+    if not isinstance(life, dict) or age is None:
         return []
-    days_left = life.get("days_left")
+    days_left = number(life.get("days_left"))
     keep = life.get("keep_alive_days")
     lines = [
-        f"{name}: refresh token last redeemed {_days(life['age_s'])} ago; {_num(days_left)} days "
+        f"{name}: refresh token last redeemed {_days(age)} ago; {_num(days_left)} days "
         f"left before Azure AD's 90-day inactivity limit (keep-alive every {_num(keep)} days)"
     ]
-    if isinstance(days_left, int | float) and days_left < DAYS_LEFT_WARNING:
+    if days_left is not None and days_left < DAYS_LEFT_WARNING:
         lines.append(
             f"warning: {name}: the refresh token dies of inactivity in under {DAYS_LEFT_WARNING} "
             f"days: see pc-token-broker doctor {name}"
@@ -211,7 +221,8 @@ def refresh_token_lines(name: str, life: Any) -> list[str]:
 
 
 def _num(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, int | float) else "?"
+    value = number(value)
+    return "?" if value is None else f"{value:g}"
 
 
 def _days(seconds: float) -> str:
@@ -224,7 +235,7 @@ def _days(seconds: float) -> str:
 
 def tenants_table(page: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """`tenants PROFILE`: one line per customer tenant, never a token."""
-    up = page.get("upstream") or {}
+    up = _obj(page.get("upstream"))
     head = [
         f"profile {page.get('profile')}: {page.get('tokens', 0)} tokens cached "
         f"(at most {page.get('max_customer_tokens')}), {page.get('tenants_seen', 0)} tenants "
@@ -233,14 +244,14 @@ def tenants_table(page: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     ]
     block = page.get("profile_block")
     if isinstance(block, dict):
-        error = block.get("last_error") or {}
+        error = _obj(block.get("last_error"))
         head.append(
             f"every tenant: {block.get('state')} (AADSTS{error.get('aadsts')}) for another "
             f"{_seconds(block.get('retry_in'))}"
         )
     table = [("TENANT", "STATE", "TOKENS", "FAILS", "LAST ERROR", "NEXT")]
-    for row in rows:
-        error = row.get("last_error") or {}
+    for row in (r for r in rows if isinstance(r, dict)):
+        error = _obj(row.get("last_error"))
         last = "-"
         if error:
             last = str(error.get("code", ""))

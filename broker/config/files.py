@@ -79,3 +79,57 @@ def write_atomically(path: str, text: str) -> None:
         os.fsync(dir_fd)  # the rename itself survives a crash
     finally:
         os.close(dir_fd)
+
+
+def check_place(path: str) -> os.stat_result | None:
+    """Whether `place_secret` may write `path`: ValueError (saying why) if its directory is
+    writable by others or it is a symbolic link or not a regular file, OSError if its
+    directory is missing; the present file's stat (None: there is none)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.stat(directory).st_mode & stat.S_IWOTH:
+        raise ValueError(f"its directory {directory} is writable by others")
+    try:
+        old = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(old.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(old.st_mode) else "not a regular file"
+        raise ValueError(f"it is {kind}: name the file itself")
+    return old
+
+
+def place_secret(path: str, text: str) -> None:
+    """Create or replace `path` with a secret another program reads (a refresh token that
+    `consent` obtained): mode 0600 from its first byte, the old file's owner kept where
+    permitted, fsynced, renamed over the old one, the directory fsynced: a reader sees the old
+    secret or the new one, never half.
+
+    Refused (ValueError, saying why) when whoever could plant a file there is not to be
+    trusted with the secret: a directory writable by others (they could replace the file, or
+    plant one whose owner the new file would get), or a `path` that is a symbolic link or not
+    a regular file (its target's owner would get the secret). The new file's temporary name
+    is mkstemp's (random, O_EXCL: a name planted in advance is never written through)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    old = check_place(path)
+    fd, tmp = tempfile.mkstemp(prefix=".pc-token-broker-", dir=directory)  # 0600
+    try:
+        if old is not None:
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, old.st_uid, old.st_gid)
+        with os.fdopen(fd, "wb") as f:
+            fd = -1  # the file object owns it now
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -22,6 +22,12 @@ INACTIVITY_LIMIT = 90 * DAY
 # After a failed keep-alive redemption, try again this much later (the entry's own backoff
 # and the operator's `doctor` deal with the failure meanwhile).
 RETRY = 3600.0
+# The timer looks at the wall clock again at least this often: monotonic time stands still
+# through a suspend, and the wall clock can be stepped; the due time is the wall clock's.
+RECHECK = 6 * 3600.0
+# A last redemption this far ahead of the wall clock is a record that lies (clock skew of a
+# network file system stays well within it).
+FUTURE_SLACK = 300.0
 
 
 def token_life(last_redeemed: float | None, now: float) -> dict[str, Any] | None:
@@ -51,22 +57,31 @@ class KeepAlive:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.next_at: float | None = None  # monotonic: when the timer fires next
+        self._redeemed: float | None = None  # wall: this keep-alive's last redemption
 
     def start(self) -> None:
         self._arm(self._due())
 
     def _due(self) -> float:
-        """Monotonic time at which `period` has passed since the last redemption."""
+        """Monotonic time at which `period` has passed since the last redemption, never more
+        than `period` from now. A record from the future (the file's mtime set by a touch with
+        a date, a backup from a clock ahead, the clock set back since) is not believed: then
+        only this keep-alive's own last redemption counts, and none means now."""
         now = self._clock.monotonic()
+        wall = self._clock.time()
         last = self._credential.last_redeemed()
+        if last is not None and last > wall + FUTURE_SLACK:
+            last = self._redeemed
         if last is None:
             return now
-        return now + max(0.0, last + self.period - self._clock.time())
+        return now + min(self.period, max(0.0, last + self.period - wall))
 
     def _arm(self, at: float) -> None:
+        """Fire at `at`, or at the next RECHECK if sooner (then `_on_timer` asks again)."""
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = None if self._closed else self._clock.call_at(at, self._on_timer)
+        fire = min(at, self._clock.monotonic() + RECHECK)
+        self._timer = None if self._closed else self._clock.call_at(fire, self._on_timer)
         self.next_at = at if self._timer is not None else None
 
     def _on_timer(self) -> None:
@@ -92,6 +107,7 @@ class KeepAlive:
             )
             self._arm(self._clock.monotonic() + RETRY)
             return
+        self._redeemed = self._clock.time()
         self._log.info("refresh_token_kept_alive", profile=self._entry.profile)
         self._arm(self._due())
 

@@ -161,6 +161,28 @@ CATALOGUE: dict[int, tuple[int, str, str]] = {
         "Your administrator has configured the application Partner tools ('{client}') to block "
         "users unless they are specifically granted ('assigned') access to the application.",
     ),
+    530034: (
+        400,
+        "invalid_grant",
+        "A delegated administrator was blocked from accessing the tenant '{tenant}' due to "
+        "account risk in their home tenant.",
+    ),
+    50057: (
+        400,
+        "invalid_grant",
+        "The user account is disabled.",
+    ),
+    50055: (
+        400,
+        "invalid_grant",
+        "The password is expired.",
+    ),
+    50053: (
+        400,
+        "invalid_grant",
+        "Your account is locked because you've tried to sign in too many times with an "
+        "incorrect user ID or password.",
+    ),
 }
 SUBERRORS = {65001: "consent_required", 50076: "basic_action", 50079: "basic_action"}
 

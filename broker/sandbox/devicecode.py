@@ -61,6 +61,12 @@ class DeviceFlows:
         self.auto_mfa = True
 
     def start(self, client_id: str, tenant: str, scope: str, now: float) -> DeviceFlow:
+        # Expired codes are forgotten (Azure AD answers bad_verification_code for them then),
+        # so a long-running `pc-token-broker sandbox` asked for codes again and again does not
+        # grow without bound.
+        for old in [f for f in self.flows.values() if now >= f.expires_at + EXPIRES_IN]:
+            del self.flows[old.device_code]
+            self._by_user.pop(old.user_code, None)
         flow = DeviceFlow(
             device_code=secrets.token_urlsafe(32),
             user_code="".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(9)),

@@ -7,7 +7,10 @@ and `answered` let the customer-tenant fetch post the same grant to any tenant; 
 - `base.py`: the protocol, the members a kind may leave empty, reading credential files.
 - `grants.py`: client secret, certificate, federated token file, static token file.
 - `refresh_token.py`: the refresh_token grant and `RotatingRefreshToken`, the refresh token
-  Azure AD rotates (written back to its file, shared with the fleet, newest wins).
+  Azure AD rotates (written back to its file, shared with the fleet, newest wins; a token
+  placed in the file meanwhile wins over a rotation not yet written).
+- `refresh_token_text.py`: whether a string is a usable refresh token; whether a sign-in had
+  MFA (the `amr` claim).
 """
 
 from __future__ import annotations

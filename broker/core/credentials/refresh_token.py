@@ -9,52 +9,35 @@ import asyncio
 import os
 from typing import Any
 
-import jwt
-
-from broker.config.files import write_atomically
+from broker.config.files import read_text, write_atomically
 from broker.config.settings import ProfileSettings
 from broker.core.cache.shared import SharedCache, shared_key
 from broker.core.credentials.base import read_file, read_off_loop
 from broker.core.credentials.grants import AzureADGrant
 from broker.core.credentials.lineage import load_lineage, record_lineage
+from broker.core.credentials.refresh_token_text import (
+    REFRESH_TOKEN_LIMIT,
+    shows_mfa,
+    usable_refresh_token,
+)
 from broker.core.errors import TokenFormatError
 from broker.core.tokens.clock import TimerHandle
 from broker.core.upstream import RefreshIds, Upstream
 
+__all__ = [
+    "REFRESH_TOKEN_LIMIT",
+    "RefreshTokenCredential",
+    "RotatingRefreshToken",
+    "shows_mfa",
+    "usable_refresh_token",
+]
+
 # A fan-out over customer tenants rotates the refresh token with every answer: write it back at
 # most this often (each write is an fsync on the event loop).
 WRITE_BACK_EVERY = 1.0
-# A refresh token the broker will redeem and write back: printable ASCII, 1 to this many
-# characters (Azure AD's are about 1-2 KiB). Anything else is refused like a bad token answer.
-REFRESH_TOKEN_LIMIT = 16 * 1024
-_PRINTABLE = frozenset(chr(c) for c in range(0x21, 0x7F))
 # A redemption that rotated nothing still keeps the token alive: it is recorded by setting the
 # file's mtime (so it survives a restart), at most this often.
 TOUCH_EVERY = 3600.0
-
-
-def usable_refresh_token(value: object) -> bool:
-    """A string of 1 to REFRESH_TOKEN_LIMIT printable ASCII characters (no space, no control
-    character, no lone surrogate): what a form can carry and a file can hold."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= REFRESH_TOKEN_LIMIT
-        and _PRINTABLE.issuperset(value)
-    )
-
-
-def shows_mfa(token: Any) -> bool | None:
-    """Whether an Azure AD access token's `amr` claim includes "mfa"; None if it has no `amr`
-    (not a JWT, or an app-only token). Read, never verified: the broker is not the audience."""
-    if not isinstance(token, str) or token.count(".") != 2:
-        return None
-    try:
-        amr = jwt.decode(token, options={"verify_signature": False}).get("amr")
-    except jwt.PyJWTError:
-        return None
-    if not isinstance(amr, list):
-        return None
-    return "mfa" in amr
 
 
 class RotatingRefreshToken:
@@ -216,15 +199,26 @@ class RotatingRefreshToken:
         assert self._shared is not None
         return self._shared.credential_id("refresh token held", token)
 
-    def _write(self, rotated: str) -> None:
-        """The token file, then its lineage record (see lineage.py). In a worker thread."""
+    def _write(self, rotated: str, expected: str | None) -> bool:
+        """The token file, then its lineage record (see lineage.py). In a worker thread.
+        False, nothing written, when the file no longer holds `expected` (what we last read or
+        wrote): a new token was placed there meanwhile (`consent`, an operator), and a placed
+        file wins over a rotation of the token it replaced."""
+        if expected is not None:
+            try:
+                placed = read_text(self.path) != expected
+            except (OSError, ValueError):  # unreadable or empty: nothing placed to keep
+                placed = False
+            if placed:
+                return False
         write_atomically(self.path, rotated + "\n")
         if self._shared is not None:
             record_lineage(self.path, self.lineage, self._fingerprint(rotated), self.log)
+        return True
 
     async def _save(self, rotated: str, ids: RefreshIds | None) -> None:
         try:  # fsync and rename: off the event loop
-            await asyncio.to_thread(self._write, rotated)
+            written = await asyncio.to_thread(self._write, rotated, self._seen_in_file)
         except (OSError, UnicodeError) as e:
             self._unsaved = rotated
             self.log.error(
@@ -233,6 +227,14 @@ class RotatingRefreshToken:
                 error=e.strerror if isinstance(e, OSError) else type(e).__name__,
                 correlation_id=ids.correlation_id if ids else None,
                 note="kept in memory; fix the file's permissions before the broker restarts",
+            )
+            return
+        if not written:  # the next request reads the placed token
+            self._unsaved = None
+            self.log.warning(
+                "refresh_token_placed_meanwhile",
+                file=self.path,
+                note="a new token was placed in the file; the rotation is dropped",
             )
             return
         self._seen_in_file, self._unsaved = rotated, None

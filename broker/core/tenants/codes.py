@@ -25,6 +25,9 @@ class Fix(StrEnum):
     CONDITIONAL_ACCESS = "conditional_access"
     GDAP = "gdap"
     APP_DISABLED = "app_disabled"
+    APP_ASSIGNMENT = "app_assignment"
+    USER_ACCOUNT = "user_account"
+    USER_RISK = "user_risk"
     REFRESH_TOKEN = "refresh_token"
     TENANT = "tenant"
     WAIT = "wait"
@@ -40,6 +43,14 @@ FIX_TEXT: dict[Fix, str] = {
     "Admin relationships): active, and the user in a security group given the role needed",
     Fix.APP_DISABLED: "enable the app in tenant {tenant} (Enterprise applications), or an admin "
     "consents again: {consent_url}",
+    Fix.APP_ASSIGNMENT: "assign the partner user (or a group of theirs) to the app in tenant "
+    "{tenant} (Enterprise applications > the app > Users and groups), or set its 'Assignment "
+    "required' to No",
+    Fix.USER_ACCOUNT: "an admin of the partner tenant puts the partner user's account right "
+    "(enable it, unlock it, reset its password), then: pc-token-broker consent {profile}",
+    Fix.USER_RISK: "an admin of the partner tenant remediates the partner user's risk (Entra ID "
+    "Protection > Risky users: reset the password, dismiss the risk), then: pc-token-broker "
+    "consent {profile}",
     Fix.REFRESH_TOKEN: "the refresh token is dead: get a new one with pc-token-broker consent "
     "{profile} (keep_alive_days keeps it from dying of inactivity)",
     Fix.TENANT: "check the tenant id or domain {tenant} (customer_tenants) and the profile's cloud",
@@ -62,7 +73,7 @@ class Code:
 CODES: tuple[Code, ...] = (
     Code(65001, "DelegationDoesNotExist", "consent_required",
          "the app has no consent in this tenant", Fix.ADMIN_CONSENT),
-    Code(650051, "(service principal present, not granted)", "consent_required",
+    Code(650051, "(not in Microsoft's reference; seen in answers)", "consent_required",
          "the app is in the tenant but not granted the permissions it asks for",
          Fix.ADMIN_CONSENT),
     Code(90094, "AdminConsentRequired", "consent_required",
@@ -106,7 +117,18 @@ CODES: tuple[Code, ...] = (
     Code(50020, "UserUnauthorized", "tenant_not_found",
          "the user's account may not sign in to this tenant (GDAP)", Fix.GDAP),
     Code(50105, "EntitlementGrantsNotFound", "tenant_not_found",
-         "the user is not assigned a role for the app in this tenant (GDAP)", Fix.GDAP),
+         "the app requires assignment and the user is not assigned to it in this tenant",
+         Fix.APP_ASSIGNMENT),
+    Code(530034, "DelegatedAdminBlockedDueToSuspiciousActivity", "interaction_required",
+         "the partner user is blocked as a delegated admin for account risk in the partner "
+         "tenant", Fix.USER_RISK),
+    Code(50057, "UserDisabled", "refresh_token_invalid",
+         "the partner user's account is disabled", Fix.USER_ACCOUNT),
+    Code(50055, "InvalidPasswordExpiredPassword", "refresh_token_invalid",
+         "the partner user's password has expired", Fix.USER_ACCOUNT),
+    Code(50053, "IdsLocked", "refresh_token_invalid",
+         "the partner user's account is locked (too many failed sign-ins, or a malicious IP "
+         "address)", Fix.USER_ACCOUNT),
     Code(50196, "LoopDetected", "throttled",
          "Azure AD throttles the app (too many requests)", Fix.WAIT),
 )  # fmt: skip
