@@ -195,3 +195,25 @@ async def test_with_a_fleet_cache_the_refused_token_is_not_read_back(
     _, other = await _ask(two, header, token_sha256_to_refresh=digest)
     assert other["access_token"] == second["access_token"]
     assert sandbox.state.counts["aad"] == calls + 1
+
+
+async def test_another_spelling_of_the_resource_does_not_reset_the_rate_limit(
+    start_broker, sandbox, secret, tmp_path, witness
+):
+    """The limit is the entry's, however it is reached: the same token asked as `R` and as
+    `R/` (one entry) cannot be replaced twice within refresh_min_interval by alternating the
+    spelling (each spelling once had a limit of its own: two Azure AD calls per interval,
+    and any number through the customer route's tenant spellings)."""
+    b, header = await _start(start_broker, sandbox, secret, tmp_path, witness)
+    _, first = await _ask(b, header)
+    _, second = await _ask(b, header, token_sha256_to_refresh=sha256_hex(first["access_token"]))
+    assert sandbox.state.counts["aad"] == 2
+    for resource in (RESOURCE + "/", RESOURCE.upper(), RESOURCE + "//"):
+        status, body = await _ask(
+            b,
+            header,
+            resource=resource,
+            token_sha256_to_refresh=sha256_hex(second["access_token"]),
+        )
+        assert status == 429, (resource, body)
+    assert sandbox.state.counts["aad"] == 2
