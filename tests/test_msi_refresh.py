@@ -5,6 +5,7 @@ in the one single flight. Raw protocol, and MSAL Python as it speaks App Service
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 
 import msal
@@ -217,3 +218,44 @@ async def test_another_spelling_of_the_resource_does_not_reset_the_rate_limit(
         )
         assert status == 429, (resource, body)
     assert sandbox.state.counts["aad"] == 2
+
+
+async def test_a_refresh_in_flight_does_not_bring_the_refused_token_back_from_the_fleet(
+    start_broker, sandbox, secret, tmp_path, witness, own_redis, shared_key
+):
+    """A caller refuses the token while a forced refresh is in flight (reading the fleet's
+    cache): it joins that flight, which finds the refused token still stored in Redis. The
+    refused token must not come back: the flight fetches past it, and the caller gets a new
+    one. Redis is paused (SIGSTOP) so the flight is surely in its read when the hash lands."""
+    import signal
+
+    from broker.config.load import parse_settings
+    from tests.conftest import HEADERS, config_text
+    from tests.support import until
+
+    text = config_text(sandbox) + (
+        f'\n[shared]\nredis_url = "{own_redis.url}"\nkey_file = "{shared_key}"\n'
+        f'\n[msi]\nidentity_header_file = "{tmp_path}/header"\n'
+    )
+    (tmp_path / "header").write_text("fleet-identity-header\n")
+    b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
+    header = "fleet-identity-header"
+    entry = b.broker.entry("default", "aad")
+    await entry.get()
+    _, first = await _ask(b, header)
+    digest = sha256_hex(first["access_token"])
+    pid = own_redis.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        forced = asyncio.create_task(b.client.post("/v1/token/default/refresh", headers=HEADERS))
+        await until(lambda: entry.flight is not None, "the forced refresh is in flight")
+        refusing = asyncio.create_task(_ask(b, header, token_sha256_to_refresh=digest))
+        await until(lambda: entry.token is None, "the refused token is dropped")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    status, fresh = await refusing
+    assert (await forced).status == 200
+    assert status == 200 and fresh["access_token"] != first["access_token"]
+    assert entry.token is not None and sha256_hex(entry.token.value) != digest
+    _, again = await _ask(b, header)
+    assert again["access_token"] == fresh["access_token"]

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from broker.core.cache.policy import EntryStatus, Fetch, Policy
@@ -147,10 +148,22 @@ class Entry:
         self._launch()
         return True
 
-    def matches(self, token: Token, digest: str) -> bool:
-        """Whether `digest` names `token` and has not dropped a token already."""
-        return digest != self.revoked and hmac.compare_digest(
+    def matches(self, token: Token, digest: str, *, again: bool = False) -> bool:
+        """Whether `digest` names `token` and (unless `again`) has not dropped a token
+        already."""
+        return (again or digest != self.revoked) and hmac.compare_digest(
             hashlib.sha256(token.value.encode()).hexdigest(), digest
+        )
+
+    def _brings_back_refused(self, token: Token, ids: RefreshIds) -> bool:
+        """Whether a flight that did not know of the refusal (`ids.refused` unset) read the
+        refused token back from [shared]."""
+        revoked = self.revoked
+        return (
+            revoked is not None
+            and ids.refused != revoked
+            and token.source == "shared"
+            and self.matches(token, revoked, again=True)
         )
 
     @property
@@ -187,6 +200,10 @@ class Entry:
         started = self._clock.monotonic()
         try:
             token = await self._fetch(ids)
+            if self._brings_back_refused(token, ids):
+                # This flight started before a caller refused the token (a forced refresh, the
+                # timer) and found it still in the fleet's cache: fetch past it, once.
+                token = await self._fetch(replace(ids, refused=self.revoked))
         except UpstreamError as e:
             raise self._failed(e, started) from None
         except asyncio.CancelledError:
