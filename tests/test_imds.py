@@ -111,7 +111,7 @@ async def test_refusals_in_imds_shape(start_broker, sandbox, secret, tmp_path, w
 
 async def test_selectors(start_broker, sandbox, secret, tmp_path, witness):
     """client_id, object_id, msi_res_id and mi_res_id pick the profile; a restricted one is
-    'Identity not found', its token untouched."""
+    answered as an unknown identity, its token untouched."""
     other = "99999999-0000-4000-8000-000000000009"
     sandbox.state.register("contoso.onmicrosoft.com", other, client_secret=secret)
     rid = "/subscriptions/s/resourceGroups/g/providers/x/second"
@@ -138,7 +138,10 @@ async def test_selectors(start_broker, sandbox, secret, tmp_path, witness):
     status, body = await _imds(
         b, {**OK, "object_id": "lock", "token_sha256_to_refresh": sha256_hex(token.value)}
     )
-    assert status == 400 and body["error_description"] == "Identity not found"
+    assert (
+        status == 400
+        and body["error_description"] == "no identity with object_id 'lock' is served here"
+    )
     assert locked.token is token and sandbox.state.counts["aad"] == calls
 
 
@@ -286,3 +289,25 @@ def test_msi_env_imds_prints_the_authority_host(sandbox, secret, tmp_path, capsy
     assert main(["msi-env", "b", "--imds", "--config", str(config)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "export AZURE_CLIENT_ID=b-id"
     assert main(["msi-env", "--imds", "--tenant", "x.example", "--config", str(config)]) == 2
+
+
+async def test_a_restricted_profile_is_invisible_to_selectors(
+    start_broker, sandbox, secret, tmp_path, witness
+):
+    """A local process reaching IMDS (no secret) learns nothing of a restricted profile: a
+    client_id it shares with the default profile (one app registration, as the answer's
+    client_id shows) selects the default one instead of a 400 naming the restricted profile;
+    the restricted profile's object_id is answered as an object_id that does not exist."""
+    profiles = (
+        "[profiles.default]\n[profiles.payroll-secret]\nobject_id = 'lock'\n"
+        "access_key = 'k-123456789'\n"
+    )
+    b = await _start(start_broker, sandbox, secret, tmp_path, witness, profiles=profiles)
+    witness.secrets.add("k-123456789")
+    status, body = await _imds(b, {**OK, "client_id": CLIENT_ID})
+    assert status == 200 and "payroll" not in json.dumps(body)
+    assert body["access_token"] == b.broker.entry("default", "aad").token.value
+    locked = await _imds(b, {**OK, "object_id": "lock"})
+    absent = await _imds(b, {**OK, "object_id": "lock2"})
+    assert locked[0] == absent[0] == 400
+    assert locked[1]["error_description"] == absent[1]["error_description"].replace("lock2", "lock")

@@ -121,8 +121,8 @@ async def test_a_malformed_hash_is_a_400_and_changes_nothing(
 async def test_a_restricted_profile_cannot_be_refreshed_through_msi(
     start_broker, sandbox, secret, tmp_path, witness
 ):
-    """A profile an SDK caller may not use: 403, and its token is neither dropped nor
-    refetched, whatever hash is sent."""
+    """A profile an SDK caller may not use: not selected (400, as an unknown identity), and
+    its token is neither dropped nor refetched, whatever hash is sent."""
     profiles = (
         "[profiles.default]\n[profiles.locked]\nobject_id = 'lock'\naccess_key = 'k-123456789'\n"
     )
@@ -134,7 +134,7 @@ async def test_a_restricted_profile_cannot_be_refreshed_through_msi(
     status, body = await _ask(
         b, header, object_id="lock", token_sha256_to_refresh=sha256_hex(token.value)
     )
-    assert status == 403 and "access_token" not in body
+    assert status == 400 and "access_token" not in body and "locked" not in body["message"]
     assert locked.token is token and sandbox.state.counts["aad"] == calls
 
 

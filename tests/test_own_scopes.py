@@ -118,7 +118,8 @@ async def test_az_login_identity_request_through_msal(
 async def test_scopes_never_reach_a_restricted_profile(
     start_broker, sandbox, secret, tmp_path, witness
 ):
-    """A restricted profile's scopes: /msi gets 403, /v1 without its key 403, with it 200."""
+    """A restricted profile's scopes: /msi cannot select it (400), /v1 without its key 403,
+    with it 200."""
     profiles = (
         "[profiles.default]\n"
         f'[profiles.locked]\nobject_id = "lock"\naccess_key = "k-123456789"\nscopes = ["{GRAPH}"]\n'
@@ -127,7 +128,7 @@ async def test_scopes_never_reach_a_restricted_profile(
     witness.secrets.add("k-123456789")
     calls = sandbox.state.counts["aad"]
     status, body = await _msi(b, header, "https://graph.microsoft.com", object_id="lock")
-    assert status == 403 and "access_token" not in body
+    assert status == 400 and "access_token" not in body
     r = await b.get("/v1/token/locked", params={"scope": GRAPH})
     assert r.status == 403
     assert sandbox.state.counts["aad"] == calls

@@ -17,6 +17,7 @@ from broker.config.settings import ProfileSettings
 from broker.core.resources import capabilities, resource_of, spelled
 from broker.core.runtime import Runtime
 from broker.core.serve import Own
+from broker.http.callers import restricted
 
 MAX_RESOURCE = 2048  # characters: a resource URI, with room to spare
 _DIGEST = re.compile(r"[0-9a-fA-F]{64}")
@@ -103,7 +104,9 @@ def _unknown(key: str, selectors: Mapping[str, str], route: str) -> str:
 def select(
     runtime: Runtime, query: Mapping[str, str], selectors: Mapping[str, str]
 ) -> ProfileSettings | str:
-    """The profile the request names (or [msi] profile), or why none fits."""
+    """The profile the request names (or [msi] profile), or why none fits. A restricted
+    profile (uids or an access key, which these callers cannot present) is never selected,
+    named, or told apart from an identity that does not exist; the desk refuses it anyway."""
     msi = runtime.settings.msi
     profiles = runtime.settings.profiles
     assert msi is not None
@@ -117,7 +120,9 @@ def select(
     matches = [
         p
         for p in profiles.values()
-        if getattr(p, setting) and getattr(p, setting).lower() == value.lower()
+        if getattr(p, setting)
+        and getattr(p, setting).lower() == value.lower()
+        and not restricted(p)
     ]
     if len(matches) > 1:  # never guess which identity a caller meant
         names = ", ".join(sorted(p.name for p in matches))
@@ -128,7 +133,7 @@ def select(
         )
     if matches:
         return matches[0]
-    return f"no identity with {param} {value[:64]!r} is configured"
+    return f"no identity with {param} {value[:64]!r} is served here"
 
 
 def not_served(profile: ProfileSettings, resource: str) -> str:
