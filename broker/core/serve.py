@@ -208,8 +208,7 @@ class Desk:
         (a resource with or without its slash, a tenant id in any case), it has one limit.
         Racing callers with the same hash: the first drops it, the others find it gone and
         join the one refresh."""
-        token = entry.token
-        if token is None or not entry.matches(token, digest):
+        if not entry.names(digest):
             return
         interval = self._current().settings.server.refresh_min_interval
         left = self._revoked.wait(entry, interval)
