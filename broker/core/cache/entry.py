@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from broker.core.cache.policy import EntryStatus, Fetch, Policy
-from broker.core.cache.revocation import Refusals
+from broker.core.cache.revocation import Refusals, digest_of
 from broker.core.cache.singleflight import SingleFlight
 from broker.core.cache.status import entry_status
 from broker.core.errors import UpstreamError, UpstreamFailing, UpstreamTimeout
@@ -120,8 +120,12 @@ class Entry:
         return token, False
 
     async def refresh(self) -> Token:
-        """A forced refresh: joins the flight in progress, or starts one now."""
+        """A forced refresh: joins the flight in progress, or starts one now that replaces the
+        cached token (the fleet's cache must not hand that same token back)."""
         self.last_used = self._clock.monotonic()
+        token = self.token
+        if self.flight is None and token is not None:
+            self._ids = replace(self._ids or RefreshIds.new(), refused=digest_of(token))
         return await self._wait(self._launch())
 
     def invalidate(self, token: Token) -> None:

@@ -15,9 +15,14 @@ from broker.core.tokens import Token
 from broker.core.upstream import RefreshIds
 
 
+def digest_of(token: Token) -> str:
+    """The SHA-256 of `token`, in lower-case hex (as MSAL computes it)."""
+    return hashlib.sha256(token.value.encode()).hexdigest()
+
+
 def names(token: Token, digest: str) -> bool:
     """Whether `digest` is the SHA-256 (lower-case hex) of `token`."""
-    return hmac.compare_digest(hashlib.sha256(token.value.encode()).hexdigest(), digest)
+    return hmac.compare_digest(digest_of(token), digest)
 
 
 class Refusals:
