@@ -227,3 +227,24 @@ async def test_a_scope_removed_by_a_reload_is_no_longer_served(
     asked = [c.form.get("scope", "") for c in sandbox.state.calls if c.endpoint == "aad"]
     assert sum("graph" in s for s in asked) == 1  # the one before the reload
     assert (await _msi(b, header, "https://management.azure.com"))[0] == 200
+
+
+async def test_a_resource_spelled_with_unicode_look_alikes_is_a_400(
+    start_broker, sandbox, secret, tmp_path, witness
+):
+    """Resource URIs are ASCII. The Kelvin sign (U+212A) lower-cases to an ASCII `k`, so a
+    resource spelled with it compared equal to a listed one: it was answered (a token asked
+    of Azure AD as the ASCII spelling) and echoed back in the look-alike spelling. Now a 400
+    on both routes and /v1, with no Azure AD call; a Cyrillic look-alike (U+0430) never matched."""
+    kusto = "https://help.kusto.windows.net"
+    profiles = f'[profiles.default]\nscopes = ["{kusto}"]\n'
+    b, header = await _start(start_broker, sandbox, secret, tmp_path, witness, profiles)
+    calls = sandbox.state.counts["aad"]
+    for look_alike in (kusto.replace("k", "\u212a"), kusto.replace("w", "\u0461")):
+        status, body = await _msi(b, header, look_alike)
+        assert status == 400 and "access_token" not in body, look_alike
+        r = await b.get("/v1/token/default", params={"scope": look_alike})
+        assert r.status == 400
+    assert sandbox.state.counts["aad"] == calls
+    status, body = await _msi(b, header, kusto)
+    assert status == 200 and body["resource"] == kusto

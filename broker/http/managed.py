@@ -48,10 +48,12 @@ class Asked:
 
 
 def one_resource(resource: str) -> bool:
-    """One resource URI: printable, no whitespace anywhere (`A%20B` is two resources, and
-    only an allowed resource is ever answered or echoed), bounded."""
+    """One resource URI: printable ASCII (a look-alike such as the Kelvin sign, which
+    lower-cases to `k`, never matches a listed resource), no whitespace anywhere (`A%20B` is
+    two resources, and only an allowed resource is ever answered or echoed), bounded."""
     return (
         0 < len(resource) <= MAX_RESOURCE
+        and resource.isascii()
         and resource.isprintable()
         and not any(c.isspace() for c in resource)
         and bool(resource_of(resource))
