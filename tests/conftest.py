@@ -8,6 +8,7 @@ import io
 import itertools
 import os
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -268,7 +269,12 @@ async def start_broker(witness: Witness):
     clients: list[Client] = []
 
     async def start(
-        settings: Settings, *, clock: Any = None, rand: Any = None, redactor: Redactor | None = None
+        settings: Settings,
+        *,
+        clock: Any = None,
+        rand: Any = None,
+        redactor: Redactor | None = None,
+        sock: socket.socket | None = None,
     ) -> BrokerUnderTest:
         logs = io.StringIO()
         redactor = redactor or Redactor()
@@ -290,7 +296,8 @@ async def start_broker(witness: Witness):
         app.on_response_prepare.append(witness_body)
         witness.outputs.append(logs.getvalue)
         witness.outputs.append(lambda: b"\n".join(bodies).decode("utf-8", "replace"))
-        sock = bind(Listen.tcp("127.0.0.1", 0))  # whatever the settings say, as TestServer did
+        if sock is None:  # whatever the settings say, as TestServer did
+            sock = bind(Listen.tcp("127.0.0.1", 0))
         server = HttpServer(app)
         await server.start([sock])
         client = Client(server, bound_address(sock))

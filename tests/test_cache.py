@@ -154,7 +154,7 @@ async def test_exactly_min_remaining_is_served_and_less_is_refetched(clock: Fake
         refresh_ahead=0.0, min_refresh_margin=0, min_remaining=30, wait_timeout=5, warm=False
     )
     _, entry = make_cache(clock, upstream, policy)
-    entry._closed = True  # no timer: only callers drive it here
+    entry.retire()  # no timer: only callers drive it here
     await entry.get()
     clock.advance(70)
     token, hit = await entry.get()
@@ -272,7 +272,7 @@ async def test_peek_serves_exactly_min_remaining_and_nothing_less(clock: FakeClo
     upstream = Upstream(clock, lifetime=100)
     _, entry = entry_with(clock, upstream, EXACT)
     assert entry.peek() is None  # cold: nothing to peek at
-    entry._closed = True  # no timer: only callers drive it here
+    entry.retire()  # no timer: only callers drive it here
     await entry.get()
     clock.advance(70)
     token = entry.peek()
@@ -858,7 +858,7 @@ async def test_the_callers_of_one_failed_flight_each_get_their_own_error(
     as its Retry-After) with an error object of its own; the one upstream raised is unchanged."""
     upstream = Upstream(clock)
     _, entry = entry_with(clock, upstream)
-    entry._closed = True  # no timer: only callers drive it here
+    entry.retire()  # no timer: only callers drive it here
     upstream.gate = asyncio.Event()
     upstream.fail_with = UpstreamFailing("busy", endpoint="aad", retry_after=100)
     callers = [asyncio.ensure_future(entry.get()) for _ in range(3)]
@@ -878,7 +878,7 @@ async def test_a_remembered_failure_is_answered_until_retry_at_with_the_time_lef
     again."""
     upstream = Upstream(clock)
     _, entry = entry_with(clock, upstream)
-    entry._closed = True  # no timer: only callers drive it here
+    entry.retire()  # no timer: only callers drive it here
     upstream.fail_with = UpstreamFailing("busy", endpoint="aad", retry_after=100)
     with pytest.raises(UpstreamFailing):
         await entry.get()
@@ -909,7 +909,7 @@ async def test_a_forced_refresh_that_succeeds_before_retry_at_leaves_nothing_rem
     the failure, so a later caller who needs a fresher token fetches one (no stale error)."""
     upstream = Upstream(clock, lifetime=40)  # servable (30 s left) for 10 s only
     _, entry = entry_with(clock, upstream)
-    entry._closed = True
+    entry.retire()
     upstream.fail_with = UpstreamFailing("busy", endpoint="aad", retry_after=100)
     with pytest.raises(UpstreamFailing):
         await entry.get()
@@ -928,7 +928,7 @@ async def test_a_fresh_token_too_short_for_the_callers_need_is_refused_in_words(
     upstream_failing naming the requirement and the endpoint, not the token."""
     upstream = Upstream(clock, lifetime=34)  # servable under the entry's own 30 s
     _, entry = entry_with(clock, upstream)
-    entry._closed = True
+    entry.retire()
     with pytest.raises(UpstreamFailing) as refused:
         await entry.get(min_remaining=35)
     assert refused.value.message == "upstream token has less than the 35 s required left"
@@ -951,7 +951,7 @@ async def test_a_failed_flight_nobody_awaits_leaves_no_unretrieved_exception(
         upstream = Upstream(clock)
         upstream.fail_with = UpstreamFailing("busy", endpoint="aad")
         _, entry = entry_with(clock, upstream)
-        entry._closed = True
+        entry.retire()
         flight = entry._launch()  # as the timer starts it: nobody awaits it
         while not flight.done():
             await asyncio.sleep(0)

@@ -14,8 +14,9 @@ import requests
 from azure.identity import ManagedIdentityCredential
 from azure.identity.aio import ManagedIdentityCredential as AsyncManagedIdentityCredential
 
+from broker.config.load import parse_settings
 from tests.conftest import CLIENT_ID
-from tests.support import AZURE_ENV, msi_settings, sha256_hex
+from tests.support import AZURE_ENV, msi_settings, sha256_hex, status_and_json
 
 PATH = "/metadata/identity/oauth2/token"
 RESOURCE = "https://api.partnercenter.microsoft.com"
@@ -111,7 +112,7 @@ async def test_refusals_in_imds_shape(start_broker, sandbox, secret, tmp_path, w
 
 async def test_selectors(start_broker, sandbox, secret, tmp_path, witness):
     """client_id, object_id, msi_res_id and mi_res_id pick the profile; a restricted one is
-    'Identity not found', its token untouched."""
+    answered as an unknown identity, its token untouched."""
     other = "99999999-0000-4000-8000-000000000009"
     sandbox.state.register("contoso.onmicrosoft.com", other, client_secret=secret)
     rid = "/subscriptions/s/resourceGroups/g/providers/x/second"
@@ -138,7 +139,10 @@ async def test_selectors(start_broker, sandbox, secret, tmp_path, witness):
     status, body = await _imds(
         b, {**OK, "object_id": "lock", "token_sha256_to_refresh": sha256_hex(token.value)}
     )
-    assert status == 400 and body["error_description"] == "Identity not found"
+    assert (
+        status == 400
+        and body["error_description"] == "no identity with object_id 'lock' is served here"
+    )
     assert locked.token is token and sandbox.state.counts["aad"] == calls
 
 
@@ -286,3 +290,117 @@ def test_msi_env_imds_prints_the_authority_host(sandbox, secret, tmp_path, capsy
     assert main(["msi-env", "b", "--imds", "--config", str(config)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "export AZURE_CLIENT_ID=b-id"
     assert main(["msi-env", "--imds", "--tenant", "x.example", "--config", str(config)]) == 2
+
+
+async def test_a_restricted_profile_is_invisible_to_selectors(
+    start_broker, sandbox, secret, tmp_path, witness
+):
+    """A local process reaching IMDS (no secret) learns nothing of a restricted profile: a
+    client_id it shares with the default profile (one app registration, as the answer's
+    client_id shows) selects the default one instead of a 400 naming the restricted profile;
+    the restricted profile's object_id is answered as an object_id that does not exist."""
+    profiles = (
+        "[profiles.default]\n[profiles.payroll-secret]\nobject_id = 'lock'\n"
+        "access_key = 'k-123456789'\n"
+    )
+    b = await _start(start_broker, sandbox, secret, tmp_path, witness, profiles=profiles)
+    witness.secrets.add("k-123456789")
+    status, body = await _imds(b, {**OK, "client_id": CLIENT_ID})
+    assert status == 200 and "payroll" not in json.dumps(body)
+    assert body["access_token"] == b.broker.entry("default", "aad").token.value
+    locked = await _imds(b, {**OK, "object_id": "lock"})
+    absent = await _imds(b, {**OK, "object_id": "lock2"})
+    assert locked[0] == absent[0] == 400
+    assert locked[1]["error_description"] == absent[1]["error_description"].replace("lock2", "lock")
+
+
+# Run by `unshare -rn` (an unprivileged user namespace owning a new network namespace, as a
+# pod sandbox's): the sidecar's init step, and the sockets handed back over a unix socket.
+# Sockets keep their namespace, so this process listens and connects inside it.
+_POD = """
+import socket, subprocess, sys
+for step in (["link", "set", "lo", "up"], ["addr", "add", "169.254.169.254/32", "dev", "lo"],
+             ["addr", "add", "10.9.9.9/32", "dev", "lo"]):
+    subprocess.run(["ip", *step], check=True)
+listener = socket.socket()
+listener.bind(("169.254.169.254", 80))
+listener.listen()
+pod, outside = socket.socket(), socket.socket()
+outside.bind(("10.9.9.9", 0))
+back = socket.socket(socket.AF_UNIX)
+back.connect(sys.argv[1])
+socket.send_fds(back, [b"fds"], [listener.fileno(), pod.fileno(), outside.fileno()])
+"""
+
+
+async def test_a_caller_from_outside_the_pod_is_refused(
+    start_broker, sandbox, secret, tmp_path, witness
+):
+    """The sidecar's listener on 169.254.169.254:80 (on the pod's lo): a container of the pod
+    reaches it from 169.254.169.254 itself, and gets a token. Linux also accepts a packet for
+    that address arriving on the pod's other interfaces, so a neighbour on the pod's network
+    (or any host, for a 0.0.0.0 listener with allow_remote) could ask too, from an address of
+    its own (here 10.9.9.9): refused, 403, no token, no Azure AD call."""
+    import socket
+    import sys
+
+    from tests.conftest import config_text
+
+    home = socket.socket(socket.AF_UNIX)
+    home.bind(str(tmp_path / "fds.sock"))
+    home.listen()
+    child = await asyncio.create_subprocess_exec(
+        "unshare", "-rn", sys.executable, "-c", _POD, str(tmp_path / "fds.sock")
+    )
+    assert await asyncio.wait_for(child.wait(), 30) == 0  # its sockets are queued on `home`
+    conn, _ = home.accept()
+    _, fds, _, _ = socket.recv_fds(conn, 16, 3)
+    conn.close()
+    home.close()
+    listener, pod, outside = (socket.socket(fileno=fd) for fd in fds)
+    text = config_text(sandbox, server='allowed_hosts = ["169.254.169.254"]') + (
+        f'\n[msi]\nimds = true\ngenerated_header_file = "{tmp_path}/identity-header"\n'
+    )
+    b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}), sock=listener)
+    await b.broker.entry("default", "aad").get()
+    loop = asyncio.get_running_loop()
+
+    async def ask(sock: socket.socket) -> tuple[int, dict]:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("169.254.169.254", 80))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(
+            f"GET {PATH}?api-version=2018-02-01&resource={RESOURCE} HTTP/1.1\r\n"
+            "Host: 169.254.169.254\r\nMetadata: true\r\nConnection: close\r\n\r\n".encode()
+        )
+        answer = await reader.read()
+        writer.close()
+        return status_and_json(answer)
+
+    status, body = await ask(pod)
+    assert status == 200 and body["access_token"]
+    status, body = await ask(outside)
+    assert status == 403 and "access_token" not in body, body
+    assert "this host" in body["error_description"]
+    assert sandbox.state.counts["aad"] == 1
+
+
+@pytest.mark.parametrize(
+    ("peer", "listener", "here"),
+    [
+        ("", "/run/broker.sock", True),  # a unix socket: whoever may open it
+        (("127.0.0.1", 5), ("127.0.0.1", 80), True),
+        (("192.0.2.7", 5), ("127.0.0.1", 80), True),  # a loopback listener: only this host
+        (("169.254.169.254", 5), ("169.254.169.254", 80), True),  # a container of the pod
+        (("10.1.2.3", 5), ("169.254.169.254", 80), False),  # a neighbour through the pod
+        (("10.1.2.3", 5), ("10.1.2.4", 8721), False),  # another host, allow_remote
+        (("::ffff:127.0.0.1", 5, 0, 0), ("::ffff:10.0.0.1", 80, 0, 0), True),
+        (("::ffff:10.1.2.3", 5, 0, 0), ("::ffff:10.0.0.1", 80, 0, 0), False),
+        (("fe80::1%eth0", 5, 0, 2), ("fe80::2%eth0", 80, 0, 2), False),
+        (None, ("169.254.169.254", 80), False),  # the connection is gone
+    ],
+)
+def test_who_is_on_this_host(peer, listener, here):
+    from broker.http.imds import from_here
+
+    assert from_here(peer, listener) is here

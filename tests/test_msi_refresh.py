@@ -5,6 +5,7 @@ in the one single flight. Raw protocol, and MSAL Python as it speaks App Service
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 
 import msal
@@ -120,8 +121,8 @@ async def test_a_malformed_hash_is_a_400_and_changes_nothing(
 async def test_a_restricted_profile_cannot_be_refreshed_through_msi(
     start_broker, sandbox, secret, tmp_path, witness
 ):
-    """A profile an SDK caller may not use: 403, and its token is neither dropped nor
-    refetched, whatever hash is sent."""
+    """A profile an SDK caller may not use: not selected (400, as an unknown identity), and
+    its token is neither dropped nor refetched, whatever hash is sent."""
     profiles = (
         "[profiles.default]\n[profiles.locked]\nobject_id = 'lock'\naccess_key = 'k-123456789'\n"
     )
@@ -133,7 +134,7 @@ async def test_a_restricted_profile_cannot_be_refreshed_through_msi(
     status, body = await _ask(
         b, header, object_id="lock", token_sha256_to_refresh=sha256_hex(token.value)
     )
-    assert status == 403 and "access_token" not in body
+    assert status == 400 and "access_token" not in body and "locked" not in body["message"]
     assert locked.token is token and sandbox.state.counts["aad"] == calls
 
 
@@ -195,3 +196,66 @@ async def test_with_a_fleet_cache_the_refused_token_is_not_read_back(
     _, other = await _ask(two, header, token_sha256_to_refresh=digest)
     assert other["access_token"] == second["access_token"]
     assert sandbox.state.counts["aad"] == calls + 1
+
+
+async def test_another_spelling_of_the_resource_does_not_reset_the_rate_limit(
+    start_broker, sandbox, secret, tmp_path, witness
+):
+    """The limit is the entry's, however it is reached: the same token asked as `R` and as
+    `R/` (one entry) cannot be replaced twice within refresh_min_interval by alternating the
+    spelling (each spelling once had a limit of its own: two Azure AD calls per interval,
+    and any number through the customer route's tenant spellings)."""
+    b, header = await _start(start_broker, sandbox, secret, tmp_path, witness)
+    _, first = await _ask(b, header)
+    _, second = await _ask(b, header, token_sha256_to_refresh=sha256_hex(first["access_token"]))
+    assert sandbox.state.counts["aad"] == 2
+    for resource in (RESOURCE + "/", RESOURCE.upper(), RESOURCE + "//"):
+        status, body = await _ask(
+            b,
+            header,
+            resource=resource,
+            token_sha256_to_refresh=sha256_hex(second["access_token"]),
+        )
+        assert status == 429, (resource, body)
+    assert sandbox.state.counts["aad"] == 2
+
+
+async def test_a_refresh_in_flight_does_not_bring_the_refused_token_back_from_the_fleet(
+    start_broker, sandbox, secret, tmp_path, witness, own_redis, shared_key
+):
+    """A caller refuses the token while a forced refresh is in flight (reading the fleet's
+    cache): it joins that flight, which finds the refused token still stored in Redis. The
+    refused token must not come back: the flight fetches past it, and the caller gets a new
+    one. Redis is paused (SIGSTOP) so the flight is surely in its read when the hash lands."""
+    import signal
+
+    from broker.config.load import parse_settings
+    from tests.conftest import HEADERS, config_text
+    from tests.support import until
+
+    text = config_text(sandbox) + (
+        f'\n[shared]\nredis_url = "{own_redis.url}"\nkey_file = "{shared_key}"\n'
+        f'\n[msi]\nidentity_header_file = "{tmp_path}/header"\n'
+    )
+    (tmp_path / "header").write_text("fleet-identity-header\n")
+    b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
+    header = "fleet-identity-header"
+    entry = b.broker.entry("default", "aad")
+    await entry.get()
+    _, first = await _ask(b, header)
+    digest = sha256_hex(first["access_token"])
+    pid = own_redis.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        forced = asyncio.create_task(b.client.post("/v1/token/default/refresh", headers=HEADERS))
+        await until(lambda: entry.flight is not None, "the forced refresh is in flight")
+        refusing = asyncio.create_task(_ask(b, header, token_sha256_to_refresh=digest))
+        await until(lambda: entry.token is None, "the refused token is dropped")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    status, fresh = await refusing
+    assert (await forced).status == 200
+    assert status == 200 and fresh["access_token"] != first["access_token"]
+    assert entry.token is not None and sha256_hex(entry.token.value) != digest
+    _, again = await _ask(b, header)
+    assert again["access_token"] == fresh["access_token"]

@@ -118,7 +118,8 @@ async def test_az_login_identity_request_through_msal(
 async def test_scopes_never_reach_a_restricted_profile(
     start_broker, sandbox, secret, tmp_path, witness
 ):
-    """A restricted profile's scopes: /msi gets 403, /v1 without its key 403, with it 200."""
+    """A restricted profile's scopes: /msi cannot select it (400), /v1 without its key 403,
+    with it 200."""
     profiles = (
         "[profiles.default]\n"
         f'[profiles.locked]\nobject_id = "lock"\naccess_key = "k-123456789"\nscopes = ["{GRAPH}"]\n'
@@ -127,7 +128,7 @@ async def test_scopes_never_reach_a_restricted_profile(
     witness.secrets.add("k-123456789")
     calls = sandbox.state.counts["aad"]
     status, body = await _msi(b, header, "https://graph.microsoft.com", object_id="lock")
-    assert status == 403 and "access_token" not in body
+    assert status == 400 and "access_token" not in body
     r = await b.get("/v1/token/locked", params={"scope": GRAPH})
     assert r.status == 403
     assert sandbox.state.counts["aad"] == calls
@@ -164,3 +165,86 @@ async def test_no_customer_tenants_says_what_to_set(
     )
     message = (await r.json())["message"]
     assert r.status == 400 and "customer_tenants" in message and "AZURE_CLIENT_ID" in message
+
+
+async def test_spellings_make_a_bounded_number_of_entries(
+    start_broker, sandbox, secret, tmp_path, witness
+):
+    """A caller sending hundreds of spellings of the listed resources (case, trailing slashes,
+    `/.default`, ARM's two URIs, with and without cp1, on /msi/token and /v1): the entries
+    stay within two spellings per resource (four for ARM) times plain/CAE, and so do the
+    Azure AD calls; no metric grows a label per spelling."""
+    import random
+
+    b, header = await _start(start_broker, sandbox, secret, tmp_path, witness)
+    rand = random.Random(7)
+    bases = (
+        "https://management.azure.com",
+        "https://management.core.windows.net",
+        "https://graph.microsoft.com",
+        "https://api.partnercenter.microsoft.com",
+    )
+    before = await (await b.client.get("/metrics")).text()
+    for i in range(300):
+        base = rand.choice(bases)
+        cased = "".join(c.upper() if rand.random() < 0.5 else c for c in base)
+        spelling = cased + "/" * rand.randrange(4) + rand.choice(("", "/.default"))
+        params = {"xms_cc": "cp1"} if i % 2 else {}
+        status, body = await _msi(b, header, spelling, **params)
+        assert status == 200 and body["resource"] == spelling, spelling
+        r = await b.get("/v1/token/default", params={"scope": spelling})
+        assert r.status == 200, spelling
+    # ARM 4 + Graph 2 (plain), ARM 4 + Graph 2 + Partner Center 2 (CAE); PC plain: its own entry
+    scoped = b.broker.runtime.profiles["default"].scoped
+    assert len(scoped) <= 14, sorted(scoped)
+    assert sandbox.state.counts["aad"] <= 1 + 14
+    metrics = await (await b.client.get("/metrics")).text()
+    assert "graph" not in metrics.lower() and "management" not in metrics.lower()
+    assert len(metrics.splitlines()) <= len(before.splitlines()) + 20
+
+
+async def test_a_scope_removed_by_a_reload_is_no_longer_served(
+    start_broker, sandbox, secret, tmp_path, witness
+):
+    """After a reload drops Graph from `scopes`: 400 on /msi/token and /v1, no Azure AD call,
+    and the old Graph entry is retired (no timer left to refresh it)."""
+    b, header = await _start(start_broker, sandbox, secret, tmp_path, witness)
+    status, _ = await _msi(b, header, "https://graph.microsoft.com")
+    assert status == 200
+    old = b.broker.runtime.profiles["default"]
+    graph = old.own_entry("https://graph.microsoft.com/.default", False)
+    assert graph.token is not None and graph.next_at is not None
+    b.broker.apply(
+        msi_settings(
+            sandbox, secret, tmp_path, profiles=f'[profiles.default]\nscopes = ["{ARM}"]\n'
+        )
+    )
+    status, body = await _msi(b, header, "https://graph.microsoft.com")
+    assert status == 400 and "scopes" in body["message"]
+    r = await b.get("/v1/token/default", params={"scope": GRAPH})
+    assert r.status == 400
+    assert graph.next_at is None  # retired: its timer is gone
+    asked = [c.form.get("scope", "") for c in sandbox.state.calls if c.endpoint == "aad"]
+    assert sum("graph" in s for s in asked) == 1  # the one before the reload
+    assert (await _msi(b, header, "https://management.azure.com"))[0] == 200
+
+
+async def test_a_resource_spelled_with_unicode_look_alikes_is_a_400(
+    start_broker, sandbox, secret, tmp_path, witness
+):
+    """Resource URIs are ASCII. The Kelvin sign (U+212A) lower-cases to an ASCII `k`, so a
+    resource spelled with it compared equal to a listed one: it was answered (a token asked
+    of Azure AD as the ASCII spelling) and echoed back in the look-alike spelling. Now a 400
+    on both routes and /v1, with no Azure AD call; a Cyrillic look-alike (U+0430) never matched."""
+    kusto = "https://help.kusto.windows.net"
+    profiles = f'[profiles.default]\nscopes = ["{kusto}"]\n'
+    b, header = await _start(start_broker, sandbox, secret, tmp_path, witness, profiles)
+    calls = sandbox.state.counts["aad"]
+    for look_alike in (kusto.replace("k", "\u212a"), kusto.replace("w", "\u0461")):
+        status, body = await _msi(b, header, look_alike)
+        assert status == 400 and "access_token" not in body, look_alike
+        r = await b.get("/v1/token/default", params={"scope": look_alike})
+        assert r.status == 400
+    assert sandbox.state.counts["aad"] == calls
+    status, body = await _msi(b, header, kusto)
+    assert status == 200 and body["resource"] == kusto

@@ -29,3 +29,27 @@ async def test_status_and_profiles_say_when_a_token_came_from_the_shared_cache(
     assert "shared=1" in status_table(profiles)
     events = [json.loads(line)["event"] for line in second.logs.getvalue().splitlines()]
     assert "token_from_shared_cache" in events and "token_refreshed" not in events
+
+
+async def test_a_forced_refresh_does_not_take_the_same_token_back_from_the_fleet(
+    sandbox, secret, start_broker, redis_db, shared_key
+) -> None:
+    """POST /v1/token/P/refresh with [shared]: a new Azure AD token (one call), written for the
+    fleet, which then serves it. The forced refresh read the fleet's cache first and found
+    there the very token it was told to replace (fresh, since this broker wrote it): no call,
+    the same token, and "refreshed": true."""
+    from tests.conftest import HEADERS
+
+    settings = settings_with(sandbox, secret, redis_db.url, shared_key)
+    (one,) = await fleet(start_broker, settings, 1)
+    entry = one.broker.entry("default", "aad")
+    before, _ = await entry.get()
+    calls = sandbox.state.counts["aad"]
+    r = await one.client.post("/v1/token/default/refresh", headers=HEADERS)
+    assert r.status == 200 and (await r.json())["refreshed"] is True
+    assert sandbox.state.counts["aad"] == calls + 1
+    assert entry.token is not None and entry.token.value != before.value
+    (two,) = await fleet(start_broker, settings, 1)
+    theirs, _ = await two.broker.entry("default", "aad").get()
+    assert theirs.value == entry.token.value  # the fleet has the new one
+    assert sandbox.state.counts["aad"] == calls + 1

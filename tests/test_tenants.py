@@ -2043,3 +2043,43 @@ async def test_a_refused_customer_token_is_replaced_once(
     assert await ask(tenant_id(1), token_sha256_to_refresh=digest) == fresh
     assert await ask(tenant_id(2), token_sha256_to_refresh=digest) == two
     assert sandbox.state.counts["aad"] == calls + 1
+
+
+async def test_tenant_spellings_do_not_multiply_replacements(
+    sandbox, gdap, secret, start_broker, tmp_path, witness
+):
+    """token_sha256_to_refresh through /msi/tenants/T/token: one replacement per token entry
+    every refresh_min_interval, whatever the case of T in the path (each spelling had a limit
+    of its own: a caller refusing every new token with a new spelling of a tenant id, 2^20
+    of them, turned the broker into a loop on Azure AD)."""
+    import hashlib
+
+    tenant = str(uuid.UUID(int=0xABCDEF0123))
+    sandbox.state.register_customer(tenant)
+    gdap()
+    text = config_text(
+        sandbox, profiles="[profiles.default]\nwarm = false\n" + gdap_profile(gdap.rt_file)
+    )
+    text += f'\n[msi]\nprofile = "gdap"\ngenerated_header_file = "{tmp_path}/identity-header"\n'
+    b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
+    header = (tmp_path / "identity-header").read_text().strip()
+    witness.secrets.add(header)
+
+    async def ask(spelling: str, **params):
+        r = await b.client.get(
+            f"/msi/tenants/{spelling}/token",
+            params={"api-version": "2019-08-01", "resource": GRAPH, **params},
+            headers={"X-IDENTITY-HEADER": header},
+        )
+        return r.status, await r.json()
+
+    _, one = await ask(tenant)
+    calls = sandbox.state.counts["aad"]
+    digest = hashlib.sha256(one["access_token"].encode()).hexdigest()
+    status, two = await ask(tenant, token_sha256_to_refresh=digest)
+    assert status == 200 and sandbox.state.counts["aad"] == calls + 1
+    digest = hashlib.sha256(two["access_token"].encode()).hexdigest()
+    for spelling in (tenant.upper(), tenant[:-4] + tenant[-4:].upper(), tenant.title()):
+        status, body = await ask(spelling, token_sha256_to_refresh=digest)
+        assert status == 429, (spelling, body)
+    assert sandbox.state.counts["aad"] == calls + 1

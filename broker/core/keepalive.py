@@ -14,7 +14,7 @@ from typing import Any
 from broker.core.cache import Entry
 from broker.core.credentials import Credential
 from broker.core.errors import UpstreamError
-from broker.core.tokens.clock import Clock, TimerHandle
+from broker.core.tokens.clock import Alarm, Clock
 
 DAY = 86400.0
 # Azure AD's inactivity limit for a refresh token, and when the alert rule fires before it.
@@ -53,10 +53,9 @@ class KeepAlive:
         self.period = days * DAY
         self._clock = clock
         self._log = log
-        self._timer: TimerHandle | None = None
+        self._alarm = Alarm(clock, self._on_timer)
         self._task: asyncio.Task[None] | None = None
-        self._closed = False
-        self.next_at: float | None = None  # monotonic: when the timer fires next
+        self._due_at: float | None = None  # monotonic: when the redemption is due
         self._redeemed: float | None = None  # wall: this keep-alive's last redemption
 
     def start(self) -> None:
@@ -76,17 +75,18 @@ class KeepAlive:
             return now
         return now + min(self.period, max(0.0, last + self.period - wall))
 
+    @property
+    def next_at(self) -> float | None:
+        """Monotonic: when the redemption is due (the timer may look at the clock sooner)."""
+        return self._due_at if self._alarm.at is not None else None
+
     def _arm(self, at: float) -> None:
         """Fire at `at`, or at the next RECHECK if sooner (then `_on_timer` asks again)."""
-        if self._timer is not None:
-            self._timer.cancel()
-        fire = min(at, self._clock.monotonic() + RECHECK)
-        self._timer = None if self._closed else self._clock.call_at(fire, self._on_timer)
-        self.next_at = at if self._timer is not None else None
+        self._alarm.arm(min(at, self._clock.monotonic() + RECHECK))
+        self._due_at = at if self._alarm.at is not None else None
 
     def _on_timer(self) -> None:
-        self._timer = None
-        if self._closed or (self._task is not None and not self._task.done()):
+        if self._task is not None and not self._task.done():
             return
         due = self._due()
         if due > self._clock.monotonic():  # redeemed meanwhile (a caller, a warm refresh)
@@ -112,11 +112,7 @@ class KeepAlive:
         self._arm(self._due())
 
     def retire(self) -> None:
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.next_at = None
+        self._alarm.close()
 
     async def close(self) -> None:
         self.retire()

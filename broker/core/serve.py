@@ -174,7 +174,7 @@ class Desk:
         profile = self.admit(caller, name)
         entry, tenant, scope = _locate(profile, target)
         if refused is not None:
-            self._revoke(entry, refused, (name, tenant, scope, target))
+            self._revoke(entry, refused)
         token = entry.peek(target.min_remaining)
         hit = True
         while token is None:
@@ -201,16 +201,17 @@ class Desk:
             )
         return Served(token, hit, profile.settings, correlation_id, tenant, scope)
 
-    def _revoke(self, entry: Entry, digest: str, key: Any) -> None:
+    def _revoke(self, entry: Entry, digest: str) -> None:
         """Drop the entry's token if `digest` is its hash; at most one replacement per entry
         every refresh_min_interval (a caller refusing each new token must not turn the broker
-        into a loop on Azure AD). Racing callers with the same hash: the first drops it, the
-        others find it gone and join the one refresh."""
-        token = entry.token
-        if token is None or not entry.matches(token, digest):
+        into a loop on Azure AD), keyed by the entry itself: however many spellings reach it
+        (a resource with or without its slash, a tenant id in any case), it has one limit.
+        Racing callers with the same hash: the first drops it, the others find it gone and
+        join the one refresh."""
+        if not entry.names(digest):
             return
         interval = self._current().settings.server.refresh_min_interval
-        left = self._revoked.wait(key, interval)
+        left = self._revoked.wait(entry, interval)
         if left:
             raise TooSoon(
                 "too_many_refreshes",

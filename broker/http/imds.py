@@ -4,8 +4,8 @@ unless `[msi] imds = true`; then an unknown path as before it existed is a 404.
 
 Reached through `AZURE_POD_IDENTITY_AUTHORITY_HOST=http://127.0.0.1:8721` (azure-identity and
 MSAL send their IMDS requests there), or on 169.254.169.254:80 inside a pod's network
-namespace. IMDS has no secret header: what guards it is where it listens (a listener is
-reachable only from this host, or this pod), `Metadata: true` (a browser or a server-side
+namespace. IMDS has no secret header: what guards it is where it listens, and that it answers
+only callers on this host or in this pod (`from_here`), `Metadata: true` (a browser or a server-side
 request forgery cannot add it), the Host allowlist and the refusal of proxied requests; and,
 as on /msi/token, callers who cannot present a uid or an access key get only the profiles
 that are not restricted.
@@ -16,6 +16,7 @@ Answers in IMDS's shape, times as strings of digits; errors as `{"error",
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
@@ -65,6 +66,31 @@ def _fail(
     return response
 
 
+def from_here(peer: Any, listener: Any) -> bool:
+    """Whether a caller (`peer`, the transport's peername) is on this host, or in this pod.
+    A unix socket: yes (whoever may open it). TCP: the listener (`sockname`) is a loopback
+    address, or the caller's is, or the caller's address is the one it reached, which is what
+    the kernel picks to reach an address of its own (169.254.169.254 on the pod's lo). Linux
+    accepts a packet for any of its addresses on any interface: a neighbour on the pod's
+    network that sends to 169.254.169.254 through the pod, or any host when the listener is
+    0.0.0.0 with allow_remote, reaches the listener, from an address of its own."""
+    if not isinstance(peer, tuple) or not isinstance(listener, tuple):
+        return not isinstance(peer, tuple) and not isinstance(listener, tuple)  # unix socket
+    try:
+        caller, here = (_address(a[0]) for a in (peer, listener))
+    except ValueError:  # a scoped IPv6 address (fe80::1%eth0): compared as written
+        return bool(peer[0] == listener[0])
+    return caller.is_loopback or here.is_loopback or caller == here
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address, an IPv4 one as itself when a dual-stack listener shows it IPv4-mapped."""
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 class ImdsHandler:
     def __init__(self, broker: Any) -> None:
         self.broker = broker
@@ -81,6 +107,16 @@ class ImdsHandler:
         if rejection is not None:
             return self._refuse(
                 rejection.reason, rejection.status, "invalid_request", rejection.message
+            )
+        transport = request.transport
+        if transport is None or not from_here(
+            transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        ):
+            return self._refuse(
+                "remote_caller",
+                403,
+                "invalid_request",
+                "the IMDS endpoint answers only callers on this host (or in this pod)",
             )
         if request.headers.get("Metadata", "").lower() != "true":
             return self._refuse(

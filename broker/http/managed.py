@@ -17,6 +17,7 @@ from broker.config.settings import ProfileSettings
 from broker.core.resources import capabilities, resource_of, spelled
 from broker.core.runtime import Runtime
 from broker.core.serve import Own
+from broker.http.callers import restricted
 
 MAX_RESOURCE = 2048  # characters: a resource URI, with room to spare
 _DIGEST = re.compile(r"[0-9a-fA-F]{64}")
@@ -47,10 +48,12 @@ class Asked:
 
 
 def one_resource(resource: str) -> bool:
-    """One resource URI: printable, no whitespace anywhere (`A%20B` is two resources, and
-    only an allowed resource is ever answered or echoed), bounded."""
+    """One resource URI: printable ASCII (a look-alike such as the Kelvin sign, which
+    lower-cases to `k`, never matches a listed resource), no whitespace anywhere (`A%20B` is
+    two resources, and only an allowed resource is ever answered or echoed), bounded."""
     return (
         0 < len(resource) <= MAX_RESOURCE
+        and resource.isascii()
         and resource.isprintable()
         and not any(c.isspace() for c in resource)
         and bool(resource_of(resource))
@@ -103,7 +106,9 @@ def _unknown(key: str, selectors: Mapping[str, str], route: str) -> str:
 def select(
     runtime: Runtime, query: Mapping[str, str], selectors: Mapping[str, str]
 ) -> ProfileSettings | str:
-    """The profile the request names (or [msi] profile), or why none fits."""
+    """The profile the request names (or [msi] profile), or why none fits. A restricted
+    profile (uids or an access key, which these callers cannot present) is never selected,
+    named, or told apart from an identity that does not exist; the desk refuses it anyway."""
     msi = runtime.settings.msi
     profiles = runtime.settings.profiles
     assert msi is not None
@@ -117,7 +122,9 @@ def select(
     matches = [
         p
         for p in profiles.values()
-        if getattr(p, setting) and getattr(p, setting).lower() == value.lower()
+        if getattr(p, setting)
+        and getattr(p, setting).lower() == value.lower()
+        and not restricted(p)
     ]
     if len(matches) > 1:  # never guess which identity a caller meant
         names = ", ".join(sorted(p.name for p in matches))
@@ -128,7 +135,7 @@ def select(
         )
     if matches:
         return matches[0]
-    return f"no identity with {param} {value[:64]!r} is configured"
+    return f"no identity with {param} {value[:64]!r} is served here"
 
 
 def not_served(profile: ProfileSettings, resource: str) -> str:

@@ -1,21 +1,23 @@
 """One cache entry: the token of one (profile, kind), its refresh in flight, its timer and its
-failure memory. See the package's docstring for the timeline."""
+failure memory. Its timer is an `Alarm` (broker.core.tokens.clock), when to refresh is the
+`Policy`'s, what callers said of its tokens is `Refusals` (revocation.py). See the package's
+docstring for the timeline."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from broker.core.cache.policy import EntryStatus, Fetch, Policy
+from broker.core.cache.revocation import Refusals, digest_of
 from broker.core.cache.singleflight import SingleFlight
 from broker.core.cache.status import entry_status
 from broker.core.errors import UpstreamError, UpstreamFailing, UpstreamTimeout
 from broker.core.tokens import Token, schedule
-from broker.core.tokens.clock import Clock, TimerHandle
+from broker.core.tokens.clock import Alarm, Clock
 from broker.core.upstream import RefreshIds
 from broker.observe.logs import iso_time
 
@@ -23,25 +25,23 @@ from broker.observe.logs import iso_time
 class Entry:
     # Slots: a profile has two entries, but a customer-tenant profile may hold 50,000.
     __slots__ = (
+        "_alarm",
         "_clock",
-        "_closed",
         "_fetch",
         "_flights",
         "_ids",
         "_log",
         "_metrics",
         "_rand",
-        "_timer",
         "calls",
         "failures",
         "kind",
         "last_error",
         "last_used",
-        "next_at",
         "policy",
         "profile",
+        "refusals",
         "retry_at",
-        "revoked",
         "token",
         "token_correlation_id",
         "waiters",
@@ -73,13 +73,11 @@ class Entry:
         self.last_error: UpstreamError | None = None
         self.failures = 0  # in a row
         self.retry_at = 0.0  # monotonic: no caller-driven attempt before this after a failure
-        self.next_at: float | None = None  # monotonic: when the timer fires next
-        self._timer: TimerHandle | None = None
+        self._alarm = Alarm(clock, self._on_timer)  # refresh ahead, or retry after backoff
         self.last_used = clock.monotonic()
         self.waiters = 0
-        self.revoked: str | None = None  # SHA-256 (hex) of the last token a caller refused
+        self.refusals = Refusals()  # token_sha256_to_refresh: the last token dropped
         self.calls: Counter[str] = Counter()  # attempt outcomes: ok, refused, failing, ...
-        self._closed = False
 
     # -- callers --------------------------------------------------------------------------
 
@@ -122,8 +120,12 @@ class Entry:
         return token, False
 
     async def refresh(self) -> Token:
-        """A forced refresh: joins the flight in progress, or starts one now."""
+        """A forced refresh: joins the flight in progress, or starts one now that replaces the
+        cached token (the fleet's cache must not hand that same token back)."""
         self.last_used = self._clock.monotonic()
+        token = self.token
+        if self.flight is None and token is not None:
+            self._ids = replace(self._ids or RefreshIds.new(), refused=digest_of(token))
         return await self._wait(self._launch())
 
     def invalidate(self, token: Token) -> None:
@@ -137,9 +139,9 @@ class Entry:
         flight). At most once per token: the digest of a token already dropped, or of an
         older one, changes nothing. True when the token was dropped."""
         token = self.token
-        if token is None or not self.matches(token, digest):
+        if token is None or not self.refusals.drops(token, digest):
             return False
-        self.revoked = digest
+        self.refusals.last = digest
         self.token = None
         self._log.info("token_refused_by_caller", expires_on=token.expires_on)
         if self.flight is None:  # this refresh must not take the refused token from [shared]
@@ -147,11 +149,10 @@ class Entry:
         self._launch()
         return True
 
-    def matches(self, token: Token, digest: str) -> bool:
-        """Whether `digest` names `token` and has not dropped a token already."""
-        return digest != self.revoked and hmac.compare_digest(
-            hashlib.sha256(token.value.encode()).hexdigest(), digest
-        )
+    def names(self, digest: str) -> bool:
+        """Whether `digest` names the cached token, and `revoke(digest)` would drop it."""
+        token = self.token
+        return token is not None and self.refusals.drops(token, digest)
 
     @property
     def flight(self) -> asyncio.Task[Token] | None:
@@ -187,6 +188,10 @@ class Entry:
         started = self._clock.monotonic()
         try:
             token = await self._fetch(ids)
+            if self.refusals.brought_back(token, ids):
+                # This flight started before a caller refused the token (a forced refresh, the
+                # timer) and found it still in the fleet's cache: fetch past it, once.
+                token = await self._fetch(replace(ids, refused=self.refusals.last))
         except UpstreamError as e:
             raise self._failed(e, started) from None
         except asyncio.CancelledError:
@@ -220,20 +225,8 @@ class Entry:
         self.failures = 0
         self.last_error = None
         self._ids = None
-        p = self.policy
         now = self._clock.monotonic()
-        at = schedule.refresh_at(
-            token,
-            refresh_ahead=p.refresh_ahead,
-            min_refresh_margin=p.min_refresh_margin,
-            min_remaining=p.min_remaining,
-            rand=self._rand,
-        )
-        if p.poll_interval is not None:
-            at = min(at, now + p.poll_interval)
-        # Never re-arm sooner than this: a source handing back a nearly expired token must not
-        # turn the timer into a busy loop.
-        self._arm(max(at, now + schedule.MIN_REFRESH_INTERVAL))
+        self._alarm.arm(self.policy.refresh_at(token, now, self._rand))
         if unchanged:
             return
         self.token_correlation_id = ids.correlation_id
@@ -265,7 +258,7 @@ class Entry:
             error = error.with_retry_after(delay)
         error = error.failing_since(self.last_error, self._clock.time())  # for `doctor`
         self.last_error = error
-        self._arm(self.retry_at)
+        self._alarm.arm(self.retry_at)
         servable = self.token is not None and self.token.servable(now, self.policy.min_remaining)
         self._log.warning(
             "refresh_failed",
@@ -285,16 +278,13 @@ class Entry:
 
     # -- the timer: refresh ahead, retry after backoff ---------------------------------------
 
-    def _arm(self, at: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = None if self._closed else self._clock.call_at(at, self._on_timer)
-        self.next_at = at if self._timer else None
+    @property
+    def next_at(self) -> float | None:
+        """Monotonic: when the timer fires next (None: it is not armed)."""
+        return self._alarm.at
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self.next_at = None
-        if self._closed or self.flight is not None:
+        if self.flight is not None:
             return
         idle = self._clock.monotonic() - self.last_used > self.policy.idle_after
         if self.policy.warm or not idle:
@@ -306,17 +296,11 @@ class Entry:
             self._launch()
 
     def retire(self) -> None:
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.next_at = None
+        """No timer from now on; a refresh in flight lands for the callers awaiting it."""
+        self._alarm.close()
 
     async def close(self) -> None:
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._alarm.close()
         flight = self.flight
         if flight is not None:
             flight.cancel()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from broker.core.tokens import Token
+from broker.core.tokens import Token, schedule
 from broker.core.upstream import RefreshIds
 
 Fetch = Callable[[RefreshIds], Awaitable[Token]]
@@ -26,6 +26,22 @@ class Policy:
     warm: bool
     poll_interval: float | None = None  # re-fetch at least this often (a file-based source)
     idle_after: float = IDLE_AFTER  # not asked for in this long: no background refresh
+
+    def refresh_at(self, token: Token, now: float, rand: Callable[[], float]) -> float:
+        """Monotonic time at which an entry replaces `token`, received by `now`: the schedule's
+        point, at the latest after `poll_interval`, and never sooner than MIN_REFRESH_INTERVAL
+        from now (a source handing back a nearly expired token must not turn the timer into a
+        busy loop)."""
+        at = schedule.refresh_at(
+            token,
+            refresh_ahead=self.refresh_ahead,
+            min_refresh_margin=self.min_refresh_margin,
+            min_remaining=self.min_remaining,
+            rand=rand,
+        )
+        if self.poll_interval is not None:
+            at = min(at, now + self.poll_interval)
+        return max(at, now + schedule.MIN_REFRESH_INTERVAL)
 
 
 class EntryState(StrEnum):

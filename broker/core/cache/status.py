@@ -20,10 +20,12 @@ class Reported(Protocol):
     token: Token | None
     policy: Policy
     last_error: UpstreamError | None
-    next_at: float | None
     failures: int
     waiters: int
     calls: Counter[str]
+
+    @property
+    def next_at(self) -> float | None: ...
 
     @property
     def flight(self) -> asyncio.Task[Token] | None: ...
