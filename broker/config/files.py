@@ -56,29 +56,7 @@ def write_atomically(path: str, text: str) -> None:
     it: a 0600 secret never becomes readable by others, not even for an instant.
     """
     old = os.stat(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".pc-token-broker-", dir=directory)
-    try:
-        os.fchmod(fd, stat.S_IMODE(old.st_mode))
-        with contextlib.suppress(PermissionError):
-            os.fchown(fd, old.st_uid, old.st_gid)
-        with os.fdopen(fd, "wb") as f:
-            fd = -1  # the file object owns it now
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
+    _replace(path, text, old, stat.S_IMODE(old.st_mode))
 
 
 def check_place(path: str) -> os.stat_result | None:
@@ -109,10 +87,16 @@ def place_secret(path: str, text: str) -> None:
     plant one whose owner the new file would get), or a `path` that is a symbolic link or not
     a regular file (its target's owner would get the secret). The new file's temporary name
     is mkstemp's (random, O_EXCL: a name planted in advance is never written through)."""
+    _replace(path, text, check_place(path), 0o600)
+
+
+def _replace(path: str, text: str, old: os.stat_result | None, mode: int) -> None:
+    """Write `text` to a new file beside `path` (mkstemp: a random name, O_EXCL) with `mode`
+    and `old`'s owner where permitted, fsync it, rename it over `path`, fsync the directory."""
     directory = os.path.dirname(os.path.abspath(path))
-    old = check_place(path)
     fd, tmp = tempfile.mkstemp(prefix=".pc-token-broker-", dir=directory)  # 0600
     try:
+        os.fchmod(fd, mode)
         if old is not None:
             with contextlib.suppress(PermissionError):
                 os.fchown(fd, old.st_uid, old.st_gid)
@@ -130,6 +114,6 @@ def place_secret(path: str, text: str) -> None:
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(dir_fd)  # the rename itself survives a crash
     finally:
         os.close(dir_fd)
