@@ -30,7 +30,7 @@ EXPORT := { echo "\# uv.lock's export for the container image (runtime and build
 	$(UV) export --locked --quiet --no-header --no-emit-project --group build \
 	  --format requirements-txt; }
 
-.PHONY: demo test test-latest lint lock format bench bench-instructions mutation mutation-again clean redis \
+.PHONY: demo test test-latest lint lock format bench bench-instructions bench-peer mutation mutation-again clean redis \
 	test-container sync-test
 
 $(UV): tools/uv-requirements.txt
@@ -105,6 +105,12 @@ bench: $(UV)
 bench-instructions: $(UV)
 	$(SYNC) --inexact --extra speed --group test
 	$(BIN)/python bench/instructions.py
+
+# The peer: MSAL Python's own token cache against the broker's at 10 to 100,000 customer
+# tenants (bench/msal_peer.py; msal comes with the test group). About 5 min; --quick: QUICK=1.
+bench-peer: $(UV)
+	$(SYNC) --inexact --extra speed --group test
+	$(BIN)/python bench/msal_peer.py $(if $(QUICK),--quick)
 
 # Mutation testing of the core modules (README "Mutation testing"); not part of `make test`.
 # MUTATION_JOBS: mutmut workers (the machine is shared: keep it at 1-2).
