@@ -1,5 +1,9 @@
 """One cache entry: the token of one (profile, kind), its refresh in flight, its timer and its
-failure memory. See the package's docstring for the timeline."""
+failure memory. See the package's docstring for the timeline.
+
+An entry is small: a customer-tenant profile may hold `max_customer_tokens` of them. What its
+table shares is shared, not copied: the timer (`Timers`, one heap per table), the single flight
+(`SingleFlight`, one per table, keyed by the entry), clock, log, metrics and jitter."""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ from typing import Any
 from broker.core.cache.policy import EntryStatus, Fetch, Policy
 from broker.core.cache.singleflight import SingleFlight
 from broker.core.cache.status import entry_status
+from broker.core.cache.timers import Timers
 from broker.core.errors import UpstreamError, UpstreamFailing, UpstreamTimeout
 from broker.core.tokens import Token, schedule
-from broker.core.tokens.clock import Clock, TimerHandle
+from broker.core.tokens.clock import Clock
 from broker.core.upstream import RefreshIds
 from broker.observe.logs import iso_time
 
@@ -23,14 +28,15 @@ class Entry:
     __slots__ = (
         "_clock",
         "_closed",
+        "_failed_calls",
         "_fetch",
         "_flights",
         "_ids",
         "_log",
         "_metrics",
+        "_ok",
         "_rand",
-        "_timer",
-        "calls",
+        "_timers",
         "failures",
         "kind",
         "last_error",
@@ -55,7 +61,10 @@ class Entry:
         log: Any,
         metrics: Any,
         rand: Callable[[], float],
+        timers: Timers | None = None,
+        flights: SingleFlight[Entry, Token] | None = None,
     ) -> None:
+        """`timers` and `flights`: the table's, shared by its entries (else the entry's own)."""
         self.profile, self.kind = profile, kind
         self._fetch = fetch
         self.policy = policy
@@ -65,16 +74,18 @@ class Entry:
         self._rand = rand
         self.token: Token | None = None
         self.token_correlation_id: str | None = None  # of the refresh that produced `token`
-        self._flights: SingleFlight[None, Token] = SingleFlight()  # the one refresh, if any
+        # The one refresh in flight, if any, under this entry as its key.
+        self._flights: SingleFlight[Entry, Token] = SingleFlight() if flights is None else flights
         self._ids: RefreshIds | None = None  # kept across the retries of one refresh
         self.last_error: UpstreamError | None = None
         self.failures = 0  # in a row
         self.retry_at = 0.0  # monotonic: no caller-driven attempt before this after a failure
-        self.next_at: float | None = None  # monotonic: when the timer fires next
-        self._timer: TimerHandle | None = None
+        self.next_at: float | None = None  # monotonic: when the timer fires next (Timers sets it)
+        self._timers = Timers(clock) if timers is None else timers  # (an empty one is falsy)
         self.last_used = clock.monotonic()
         self.waiters = 0
-        self.calls: Counter[str] = Counter()  # attempt outcomes: ok, refused, failing, ...
+        self._ok = 0  # attempts that brought a new token
+        self._failed_calls: Counter[str] | None = None  # the others, by code, once there are any
         self._closed = False
 
     # -- callers --------------------------------------------------------------------------
@@ -130,7 +141,15 @@ class Entry:
     @property
     def flight(self) -> asyncio.Task[Token] | None:
         """The one refresh in progress, if any."""
-        return self._flights.get(None)
+        return self._flights.get(self)
+
+    @property
+    def calls(self) -> Counter[str]:
+        """Attempt outcomes: ok, refused, failing, ..."""
+        calls = Counter(self._failed_calls)
+        if self._ok:
+            calls["ok"] = self._ok
+        return calls
 
     async def _wait(self, flight: asyncio.Task[Token]) -> Token:
         self.waiters += 1
@@ -155,7 +174,7 @@ class Entry:
         if self._ids is None:
             self._ids = RefreshIds.new()
         ids = self._ids
-        return self._flights.join(None, lambda: self._attempt(ids))
+        return self._flights.join(self, lambda: self._attempt(ids))
 
     async def _attempt(self, ids: RefreshIds) -> Token:
         started = self._clock.monotonic()
@@ -211,7 +230,7 @@ class Entry:
         if unchanged:
             return
         self.token_correlation_id = ids.correlation_id
-        self.calls["ok"] += 1
+        self._ok += 1
         self._metrics.refreshes.labels(self.profile, self.kind, "ok").inc()
         self._log.info(
             "token_refreshed",
@@ -227,7 +246,9 @@ class Entry:
         """Remember the failure and back off; returns the error as callers are told it (with
         the delay actually used as its Retry-After, when upstream gave one)."""
         self.failures += 1
-        self.calls[error.code] += 1
+        if self._failed_calls is None:
+            self._failed_calls = Counter()
+        self._failed_calls[error.code] += 1
         self._metrics.refreshes.labels(self.profile, self.kind, error.code).inc()
         delay = schedule.retry_delay(
             self.failures, retryable=error.retryable, retry_after=error.retry_after, rand=self._rand
@@ -258,14 +279,17 @@ class Entry:
     # -- the timer: refresh ahead, retry after backoff ---------------------------------------
 
     def _arm(self, at: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = None if self._closed else self._clock.call_at(at, self._on_timer)
-        self.next_at = at if self._timer else None
+        if self._closed:
+            self._timers.cancel(self)
+        else:
+            self._timers.arm(self, at)
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.next_at = None
+    def __lt__(self, other: object) -> bool:
+        """No order among entries due at the same instant (see `Timed`)."""
+        return False
+
+    def due(self) -> None:
+        """The timer fired (`Timers` has cleared `next_at`)."""
         if self._closed or self.flight is not None:
             return
         idle = self._clock.monotonic() - self.last_used > self.policy.idle_after
@@ -279,16 +303,11 @@ class Entry:
 
     def retire(self) -> None:
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.next_at = None
+        self._timers.cancel(self)
 
     async def close(self) -> None:
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timers.cancel(self)
         flight = self.flight
         if flight is not None:
             flight.cancel()

@@ -23,7 +23,9 @@ class Reported(Protocol):
     next_at: float | None
     failures: int
     waiters: int
-    calls: Counter[str]
+
+    @property
+    def calls(self) -> Counter[str]: ...
 
     @property
     def flight(self) -> asyncio.Task[Token] | None: ...

@@ -15,6 +15,8 @@ from typing import Any
 from broker.config.settings import ProfileSettings
 from broker.core.cache import Entry, Fetch
 from broker.core.cache.shared import SharedCache, shared_key
+from broker.core.cache.singleflight import SingleFlight
+from broker.core.cache.timers import Timers
 from broker.core.credentials import Credential
 from broker.core.sources import policy_for
 from broker.core.tenants import views
@@ -59,10 +61,15 @@ class TenantCache:
         self._any = profile.customer_tenants == ("*",)
         self._allowed = frozenset(profile.customer_tenants)
         self._scopes = frozenset(profile.customer_scopes)
+        # The configured scope strings: an entry keeps these, not a copy from each request.
+        self._scope_names = {scope: scope for scope in profile.customer_scopes}
         self.tenants: dict[str, TenantState] = {}
         # The tenants with no entry left, in the order they were left so: the first to forget.
         self._idle: OrderedDict[str, None] = OrderedDict()
         self._lru: OrderedDict[tuple[str, str], Entry] = OrderedDict()
+        # Shared by the entries: one timer heap, one table of flights (keyed by entry).
+        self._timers = Timers(clock)
+        self._flights: SingleFlight[Entry, Token] = SingleFlight()
         self.limiter = FifoLimiter(profile.upstream_concurrency)
         self.rate = ColdFetchRate(profile.customer_fetch_rate, profile.customer_fetch_burst, clock)
         self.memory = FailureMemory(profile, clock=clock, log=self._log)
@@ -126,6 +133,8 @@ class TenantCache:
         if state is None:
             self._bound_tenants()
             state = self.tenants[tenant] = TenantState(tenant)
+        tenant = state.name  # one copy of the name, however many scopes
+        scope = self._scope_names.get(scope, scope)
         entry = Entry(
             self.profile.name,
             KIND,
@@ -135,6 +144,8 @@ class TenantCache:
             log=EntryLog(self._log, tenant, scope),
             metrics=self._metrics,
             rand=self._rand,
+            timers=self._timers,
+            flights=self._flights,
         )
         state.entries[scope] = entry
         self._idle.pop(tenant, None)
