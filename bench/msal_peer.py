@@ -27,10 +27,10 @@ What each figure includes:
 - Memory per token: the process's RSS growth while the cache is filled with N x 3 tokens (the
   token strings included), divided by the tokens. Each side fills in its own fresh process.
 
-Sampling: hits 2,000 per size in process, 10,000 over loopback (random cached keys); misses and refreshes a fixed number of
-distinct keys per size (the `samples` column), because MSAL's take 0.4-2 s each at 100,000
-tenants: p99 of a few dozen samples is close to their maximum. `--quick` stops at 10,000 tenants
-and halves the samples.
+Sampling: hits 2,000 per size in process, 10,000 over loopback (random cached keys); misses
+and refreshes a fixed number of distinct keys per size (the `samples` column), because MSAL's
+take 0.4-2 s each at 100,000 tenants: p99 of a few dozen samples is close to their maximum.
+`--quick` stops at 10,000 tenants and halves the samples.
 """
 
 from __future__ import annotations
