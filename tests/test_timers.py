@@ -11,7 +11,7 @@ import random
 import pytest
 
 from broker.core.cache import TokenCache
-from broker.core.cache.timers import SWEEP_AFTER, Timers
+from broker.core.cache.timers import DUE_SLACK, SWEEP_AFTER, Timers
 from broker.core.tokens import Token
 from broker.observe.logs import make_logger
 from broker.observe.metrics import Metrics
@@ -89,6 +89,28 @@ def test_a_job_that_raises_leaves_the_others_due(clock: FakeClock) -> None:
         clock.advance(5)
     clock.advance(0)  # the clock timer was set again for what is still due
     assert good.fired == [clock.monotonic()]
+
+
+class EarlyClock(FakeClock):
+    """Fires every timer a little before its deadline, as uvloop (whole milliseconds) may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = 0
+
+    def call_at(self, deadline, callback):
+        self.armed += 1
+        assert self.armed < 100, "the timer keeps re-arming itself: the loop would spin"
+        return super().call_at(deadline - DUE_SLACK * 0.9, callback)
+
+
+def test_a_timer_fired_a_little_early_fires_its_entry_and_does_not_spin() -> None:
+    clock = EarlyClock()
+    timers = Timers(clock)
+    job = Job(clock)
+    timers.arm(job, clock.monotonic() + 10)
+    clock.advance(10)
+    assert len(job.fired) == 1 and clock.next_timer() is None
 
 
 async def test_many_entries_of_one_table_each_refresh_ahead_and_none_serves_expired(

@@ -23,6 +23,10 @@ from broker.core.tokens.clock import Clock, TimerHandle
 # Sweep stale items out once there are more of them than this and than live ones.
 SWEEP_AFTER = 64
 
+# An item this close to its deadline when the clock timer fires is due: uvloop keeps time in
+# whole milliseconds and may fire up to one early; re-arming for the rest would spin the loop.
+DUE_SLACK = 0.001
+
 
 class Timed(Protocol):
     next_at: float | None
@@ -90,7 +94,7 @@ class Timers:
         self._handle, self._at = None, None
         heap = self._heap
         try:
-            now = self._clock.monotonic()
+            now = self._clock.monotonic() + DUE_SLACK
             while heap and heap[0][0] <= now:
                 at, entry = heapq.heappop(heap)
                 if entry.next_at != at:
