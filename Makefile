@@ -30,7 +30,7 @@ EXPORT := { echo "\# uv.lock's export for the container image (runtime and build
 	$(UV) export --locked --quiet --no-header --no-emit-project --group build \
 	  --format requirements-txt; }
 
-.PHONY: demo docs test test-latest lint lock format bench bench-instructions mutation mutation-again clean \
+.PHONY: demo docs test test-latest lint lock format bench bench-instructions bench-peer mutation mutation-again clean \
 	redis test-container sync-test js
 
 $(UV): tools/uv-requirements.txt
@@ -125,6 +125,12 @@ bench: $(UV)
 bench-instructions: $(UV)
 	$(SYNC) --inexact --extra speed --group test
 	$(BIN)/python bench/instructions.py
+
+# The peer: MSAL Python's own token cache against the broker's at 10 to 100,000 customer
+# tenants (bench/msal_peer.py; msal comes with the test group). About 5 min; --quick: QUICK=1.
+bench-peer: $(UV)
+	$(SYNC) --inexact --extra speed --group test
+	$(BIN)/python bench/msal_peer.py $(if $(QUICK),--quick)
 
 # Mutation testing of the core modules (docs/design/mutation.md); not part of `make test`.
 # MUTATION_JOBS: mutmut workers (the machine is shared: keep it at 1-2).

@@ -55,6 +55,8 @@ warm = false
 customer_tenants = ["*"]
 customer_scopes = {scopes}
 max_customer_tokens = {limit}
+customer_fetch_rate = 100000
+customer_fetch_burst = 1000000
 """
     return (
         f'[server]\nlisten = ["127.0.0.1:{port}"]\naudit = false\nlog_level = "warning"\n'

@@ -1,7 +1,11 @@
 """One cache entry: the token of one (profile, kind), its refresh in flight, its timer and its
-failure memory. Its timer is an `Alarm` (broker.core.tokens.clock), when to refresh is the
-`Policy`'s, what callers said of its tokens is `Refusals` (revocation.py). See the package's
-docstring for the timeline."""
+failure memory. Its timer is one item in its table's `Timers` heap, when to refresh is the
+`Policy`'s, what callers said of its tokens is `refused` (revocation.py). See the package's
+docstring for the timeline.
+
+An entry is small: a customer-tenant profile may hold `max_customer_tokens` of them. What its
+table shares is shared, not copied: the timer (`Timers`, one heap per table), the single flight
+(`SingleFlight`, one per table, keyed by the entry), clock, log, metrics and jitter."""
 
 from __future__ import annotations
 
@@ -11,13 +15,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from broker.core.cache import revocation
 from broker.core.cache.policy import EntryStatus, Fetch, Policy
-from broker.core.cache.revocation import Refusals, digest_of
 from broker.core.cache.singleflight import SingleFlight
 from broker.core.cache.status import entry_status
+from broker.core.cache.timers import Timers
 from broker.core.errors import UpstreamError, UpstreamFailing, UpstreamTimeout
 from broker.core.tokens import Token, schedule
-from broker.core.tokens.clock import Alarm, Clock
+from broker.core.tokens.clock import Clock
 from broker.core.upstream import RefreshIds
 from broker.observe.logs import iso_time
 
@@ -25,22 +30,25 @@ from broker.observe.logs import iso_time
 class Entry:
     # Slots: a profile has two entries, but a customer-tenant profile may hold 50,000.
     __slots__ = (
-        "_alarm",
         "_clock",
+        "_closed",
         "_fetch",
         "_flights",
         "_ids",
         "_log",
         "_metrics",
+        "_ok",
+        "_other_calls",
         "_rand",
-        "calls",
+        "_timers",
         "failures",
         "kind",
         "last_error",
         "last_used",
+        "next_at",
         "policy",
         "profile",
-        "refusals",
+        "refused",
         "retry_at",
         "token",
         "token_correlation_id",
@@ -58,7 +66,10 @@ class Entry:
         log: Any,
         metrics: Any,
         rand: Callable[[], float],
+        timers: Timers | None = None,
+        flights: SingleFlight[Entry, Token] | None = None,
     ) -> None:
+        """`timers` and `flights`: the table's, shared by its entries (else the entry's own)."""
         self.profile, self.kind = profile, kind
         self._fetch = fetch
         self.policy = policy
@@ -68,16 +79,20 @@ class Entry:
         self._rand = rand
         self.token: Token | None = None
         self.token_correlation_id: str | None = None  # of the refresh that produced `token`
-        self._flights: SingleFlight[None, Token] = SingleFlight()  # the one refresh, if any
+        # The one refresh in flight, if any, under this entry as its key.
+        self._flights: SingleFlight[Entry, Token] = SingleFlight() if flights is None else flights
         self._ids: RefreshIds | None = None  # kept across the retries of one refresh
         self.last_error: UpstreamError | None = None
         self.failures = 0  # in a row
         self.retry_at = 0.0  # monotonic: no caller-driven attempt before this after a failure
-        self._alarm = Alarm(clock, self._on_timer)  # refresh ahead, or retry after backoff
+        self.next_at: float | None = None  # monotonic: when the timer fires next (Timers sets it)
+        self._timers = Timers(clock) if timers is None else timers  # (an empty one is falsy)
         self.last_used = clock.monotonic()
         self.waiters = 0
-        self.refusals = Refusals()  # token_sha256_to_refresh: the last token dropped
-        self.calls: Counter[str] = Counter()  # attempt outcomes: ok, refused, failing, ...
+        self._ok = 0  # attempts that brought a new token
+        self._other_calls: Counter[str] | None = None  # shared, or an error code
+        self.refused: str | None = None  # the digest of the last token a caller refused
+        self._closed = False
 
     # -- callers --------------------------------------------------------------------------
 
@@ -125,7 +140,7 @@ class Entry:
         self.last_used = self._clock.monotonic()
         token = self.token
         if self.flight is None and token is not None:
-            self._ids = replace(self._ids or RefreshIds.new(), refused=digest_of(token))
+            self._ids = replace(self._ids or RefreshIds.new(), refused=revocation.digest_of(token))
         return await self._wait(self._launch())
 
     def invalidate(self, token: Token) -> None:
@@ -139,9 +154,9 @@ class Entry:
         flight). At most once per token: the digest of a token already dropped, or of an
         older one, changes nothing. True when the token was dropped."""
         token = self.token
-        if token is None or not self.refusals.drops(token, digest):
+        if token is None or not revocation.drops(self.refused, token, digest):
             return False
-        self.refusals.last = digest
+        self.refused = digest
         self.token = None
         self._log.info("token_refused_by_caller", expires_on=token.expires_on)
         if self.flight is None:  # this refresh must not take the refused token from [shared]
@@ -152,12 +167,25 @@ class Entry:
     def names(self, digest: str) -> bool:
         """Whether `digest` names the cached token, and `revoke(digest)` would drop it."""
         token = self.token
-        return token is not None and self.refusals.drops(token, digest)
+        return token is not None and revocation.drops(self.refused, token, digest)
 
     @property
     def flight(self) -> asyncio.Task[Token] | None:
         """The one refresh in progress, if any."""
-        return self._flights.get(None)
+        return self._flights.get(self)
+
+    @property
+    def calls(self) -> Counter[str]:
+        """Attempt outcomes: ok, refused, failing, ..."""
+        calls = Counter(self._other_calls)
+        if self._ok:
+            calls["ok"] = self._ok
+        return calls
+
+    def _count(self, outcome: str) -> None:
+        if self._other_calls is None:
+            self._other_calls = Counter()
+        self._other_calls[outcome] += 1
 
     async def _wait(self, flight: asyncio.Task[Token]) -> Token:
         self.waiters += 1
@@ -182,16 +210,16 @@ class Entry:
         if self._ids is None:
             self._ids = RefreshIds.new()
         ids = self._ids
-        return self._flights.join(None, lambda: self._attempt(ids))
+        return self._flights.join(self, lambda: self._attempt(ids))
 
     async def _attempt(self, ids: RefreshIds) -> Token:
         started = self._clock.monotonic()
         try:
             token = await self._fetch(ids)
-            if self.refusals.brought_back(token, ids):
+            if revocation.brought_back(self.refused, token, ids):
                 # This flight started before a caller refused the token (a forced refresh, the
                 # timer) and found it still in the fleet's cache: fetch past it, once.
-                token = await self._fetch(replace(ids, refused=self.refusals.last))
+                token = await self._fetch(replace(ids, refused=self.refused))
         except UpstreamError as e:
             raise self._failed(e, started) from None
         except asyncio.CancelledError:
@@ -226,12 +254,15 @@ class Entry:
         self.last_error = None
         self._ids = None
         now = self._clock.monotonic()
-        self._alarm.arm(self.policy.refresh_at(token, now, self._rand))
+        self._arm(self.policy.refresh_at(token, now, self._rand))
         if unchanged:
             return
         self.token_correlation_id = ids.correlation_id
         shared = token.source == "shared"  # another broker of the fleet fetched it
-        self.calls["shared" if shared else "ok"] += 1
+        if shared:
+            self._count("shared")
+        else:
+            self._ok += 1
         self._metrics.refreshes.labels(self.profile, self.kind, "ok").inc()
         self._log.info(
             "token_from_shared_cache" if shared else "token_refreshed",
@@ -247,7 +278,7 @@ class Entry:
         """Remember the failure and back off; returns the error as callers are told it (with
         the delay actually used as its Retry-After, when upstream gave one)."""
         self.failures += 1
-        self.calls[error.code] += 1
+        self._count(error.code)
         self._metrics.refreshes.labels(self.profile, self.kind, error.code).inc()
         delay = schedule.retry_delay(
             self.failures, retryable=error.retryable, retry_after=error.retry_after, rand=self._rand
@@ -258,7 +289,7 @@ class Entry:
             error = error.with_retry_after(delay)
         error = error.failing_since(self.last_error, self._clock.time())  # for `doctor`
         self.last_error = error
-        self._alarm.arm(self.retry_at)
+        self._arm(self.retry_at)
         servable = self.token is not None and self.token.servable(now, self.policy.min_remaining)
         self._log.warning(
             "refresh_failed",
@@ -278,13 +309,19 @@ class Entry:
 
     # -- the timer: refresh ahead, retry after backoff ---------------------------------------
 
-    @property
-    def next_at(self) -> float | None:
-        """Monotonic: when the timer fires next (None: it is not armed)."""
-        return self._alarm.at
+    def _arm(self, at: float) -> None:
+        if self._closed:
+            self._timers.cancel(self)
+        else:
+            self._timers.arm(self, at)
 
-    def _on_timer(self) -> None:
-        if self.flight is not None:
+    def __lt__(self, other: object) -> bool:
+        """No order among entries due at the same instant (see `Timed`)."""
+        return False
+
+    def due(self) -> None:
+        """The timer fired (`Timers` has cleared `next_at`)."""
+        if self._closed or self.flight is not None:
             return
         idle = self._clock.monotonic() - self.last_used > self.policy.idle_after
         if self.policy.warm or not idle:
@@ -297,10 +334,12 @@ class Entry:
 
     def retire(self) -> None:
         """No timer from now on; a refresh in flight lands for the callers awaiting it."""
-        self._alarm.close()
+        self._closed = True
+        self._timers.cancel(self)
 
     async def close(self) -> None:
-        self._alarm.close()
+        self._closed = True
+        self._timers.cancel(self)
         flight = self.flight
         if flight is not None:
             flight.cancel()

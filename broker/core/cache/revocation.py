@@ -25,27 +25,16 @@ def names(token: Token, digest: str) -> bool:
     return hmac.compare_digest(digest_of(token), digest)
 
 
-class Refusals:
-    """One entry's memory of refusals: the digest of the last token a caller refused."""
+def drops(last: str | None, token: Token, digest: str) -> bool:
+    """Whether `digest` names `token` and is not `last` (the digest of the token an entry last
+    dropped): a token is replaced at most once, whatever comes back."""
+    return digest != last and names(token, digest)
 
-    __slots__ = ("last",)
 
-    def __init__(self) -> None:
-        self.last: str | None = None
-
-    def drops(self, token: Token, digest: str) -> bool:
-        """Whether `digest` names `token` and has not dropped a token already: a token is
-        replaced at most once, whatever comes back."""
-        return digest != self.last and names(token, digest)
-
-    def brought_back(self, token: Token, ids: RefreshIds) -> bool:
-        """Whether a refresh that did not know of the refusal (`ids.refused` is another or
-        none: it was in flight when the caller spoke) read the refused token back from the
-        fleet's cache."""
-        last = self.last
-        return (
-            last is not None
-            and ids.refused != last
-            and token.source == "shared"
-            and names(token, last)
-        )
+def brought_back(last: str | None, token: Token, ids: RefreshIds) -> bool:
+    """Whether a refresh that did not know of the refusal of `last` (`ids.refused` is another
+    or none: it was in flight when the caller spoke) read the refused token back from the
+    fleet's cache."""
+    return (
+        last is not None and ids.refused != last and token.source == "shared" and names(token, last)
+    )

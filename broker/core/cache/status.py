@@ -22,7 +22,9 @@ class Reported(Protocol):
     last_error: UpstreamError | None
     failures: int
     waiters: int
-    calls: Counter[str]
+
+    @property
+    def calls(self) -> Counter[str]: ...
 
     @property
     def next_at(self) -> float | None: ...

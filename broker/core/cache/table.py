@@ -9,6 +9,9 @@ from typing import Any
 
 from broker.core.cache.entry import Entry
 from broker.core.cache.policy import EntryStatus, Fetch, Policy
+from broker.core.cache.singleflight import SingleFlight
+from broker.core.cache.timers import Timers
+from broker.core.tokens import Token
 from broker.core.tokens.clock import Clock
 
 
@@ -23,6 +26,9 @@ class TokenCache:
         self._metrics = metrics
         self._rand = rand
         self.entries: dict[tuple[str, str], Entry] = {}
+        # Shared by the entries: one timer heap, one table of flights (keyed by entry).
+        self._timers = Timers(clock)
+        self._flights: SingleFlight[Entry, Token] = SingleFlight()
 
     def make_entry(self, profile: str, kind: str, fetch: Fetch, policy: Policy) -> Entry:
         """A new entry sharing this cache's clock, log and metrics; not yet installed."""
@@ -35,6 +41,8 @@ class TokenCache:
             log=self._log,
             metrics=self._metrics,
             rand=self._rand,
+            timers=self._timers,
+            flights=self._flights,
         )
 
     def install(self, entries: Iterable[Entry]) -> None:

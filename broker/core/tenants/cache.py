@@ -15,10 +15,12 @@ from typing import Any
 from broker.config.settings import ProfileSettings
 from broker.core.cache import Entry, Fetch
 from broker.core.cache.shared import SharedCache, shared_key
+from broker.core.cache.singleflight import SingleFlight
+from broker.core.cache.timers import Timers
 from broker.core.credentials import Credential
 from broker.core.sources import policy_for
 from broker.core.tenants import views
-from broker.core.tenants.fetch import AfterLanding, EntryFetch, EntryLog, Fetcher
+from broker.core.tenants.fetch import AfterLanding, EntryFetch, Fetcher
 from broker.core.tenants.limiter import ColdFetchRate, FifoLimiter
 from broker.core.tenants.memory import FailureMemory, TenantState
 from broker.core.tokens import Kind, Token
@@ -59,10 +61,17 @@ class TenantCache:
         self._any = profile.customer_tenants == ("*",)
         self._allowed = frozenset(profile.customer_tenants)
         self._scopes = frozenset(profile.customer_scopes)
+        # The configured scope strings: an entry keeps these, not a copy from each request.
+        self._scope_names = {scope: scope for scope in profile.customer_scopes}
         self.tenants: dict[str, TenantState] = {}
         # The tenants with no entry left, in the order they were left so: the first to forget.
         self._idle: OrderedDict[str, None] = OrderedDict()
-        self._lru: OrderedDict[tuple[str, str], Entry] = OrderedDict()
+        # Every entry, least recently used first, with its fetch (which knows its tenant and
+        # scope): keyed by the entry itself, no (tenant, scope) tuple per entry.
+        self._lru: OrderedDict[Entry, EntryFetch] = OrderedDict()
+        # Shared by the entries: one timer heap, one table of flights (keyed by entry).
+        self._timers = Timers(clock)
+        self._flights: SingleFlight[Entry, Token] = SingleFlight()
         self.limiter = FifoLimiter(profile.upstream_concurrency)
         self.rate = ColdFetchRate(profile.customer_fetch_rate, profile.customer_fetch_burst, clock)
         self.memory = FailureMemory(profile, clock=clock, log=self._log)
@@ -90,7 +99,7 @@ class TenantCache:
 
     def tokens(self) -> int:
         """Entries holding a token (O(n): for status, not the hot path)."""
-        return sum(1 for e in self._lru.values() if e.token is not None)
+        return sum(1 for e in self._lru if e.token is not None)
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -99,7 +108,7 @@ class TenantCache:
         state = self.tenants.get(tenant)
         entry = state.entries.get(scope) if state is not None else None
         if entry is not None:
-            self._lru.move_to_end((tenant, scope))
+            self._lru.move_to_end(entry)
         return entry
 
     def entry(self, tenant: str, scope: str) -> Entry:
@@ -126,19 +135,24 @@ class TenantCache:
         if state is None:
             self._bound_tenants()
             state = self.tenants[tenant] = TenantState(tenant)
+        tenant = state.name  # one copy of the name, however many scopes
+        scope = self._scope_names.get(scope, scope)
+        own = EntryFetch(self._fetcher, state, scope, self._log)
         entry = Entry(
             self.profile.name,
             KIND,
-            self._fetch(state, tenant, scope),
+            self._fetch(own, tenant, scope),
             self._policy,
             clock=self._clock,
-            log=EntryLog(self._log, tenant, scope),
+            log=own,
             metrics=self._metrics,
             rand=self._rand,
+            timers=self._timers,
+            flights=self._flights,
         )
         state.entries[scope] = entry
         self._idle.pop(tenant, None)
-        self._lru[(tenant, scope)] = entry
+        self._lru[entry] = own
         return entry
 
     async def get(
@@ -148,10 +162,10 @@ class TenantCache:
         token, hit = await entry.get(min_remaining)
         return token, hit, entry
 
-    def _fetch(self, state: TenantState, tenant: str, scope: str) -> Fetch:
-        """The entry's fetch: the fleet's shared cache (when [shared] is on) in front of the
-        failure memory and fan-out limit, in front of Azure AD."""
-        fetch: Fetch = EntryFetch(self._fetcher, state, scope)
+    def _fetch(self, own: EntryFetch, tenant: str, scope: str) -> Fetch:
+        """The entry's fetch: the fleet's shared cache (when [shared] is on) in front of its
+        own (the failure memory and fan-out limit, in front of Azure AD)."""
+        fetch: Fetch = own
         if self._shared is not None and self._shared.enabled:
             credential = self._shared.credential_of(self._fetcher.credential)
             key = shared_key(
@@ -168,26 +182,27 @@ class TenantCache:
         recently used one; an entry with a fetch in flight is left to land."""
         now = self._clock.monotonic()
         fallback = None
-        for i, (key, entry) in enumerate(self._lru.items()):
+        for i, entry in enumerate(self._lru):
             if i >= EVICTION_SCAN:
                 break
             if entry.flight is not None:
                 continue
             if entry.token is None or entry.token.expires_mono <= now:
-                fallback = key
+                fallback = entry
                 break
             if fallback is None:
-                fallback = key
+                fallback = entry
         self._drop(fallback or next(iter(self._lru)))
         self.evicted += 1
 
-    def _drop(self, key: tuple[str, str]) -> None:
-        entry = self._lru.pop(key)
-        state = self.tenants.get(key[0])
+    def _drop(self, entry: Entry) -> None:
+        own = self._lru.pop(entry)
+        name = own.state.name
+        state = self.tenants.get(name)  # None: the tenant was invalidated
         if state is not None:
-            state.entries.pop(key[1], None)
+            state.entries.pop(own.scope, None)
             if not state.entries:
-                self._idle[key[0]] = None
+                self._idle[name] = None
         entry.retire()
 
     def _bound_tenants(self) -> None:
@@ -211,7 +226,7 @@ class TenantCache:
             flight = entry.flight
             if flight is not None:
                 self._land_later((tenant, scope), flight)
-            self._drop((tenant, scope))
+            self._drop(entry)
         self._log.info("tenant_invalidated", tenant=tenant, tokens=dropped)
         return dropped
 
@@ -225,14 +240,14 @@ class TenantCache:
         flight.add_done_callback(landed)
 
     def retire(self) -> None:
-        for entry in self._lru.values():
+        for entry in self._lru:
             entry.retire()
 
     async def close(self) -> None:
-        await asyncio.gather(*(e.close() for e in self._lru.values()))
+        await asyncio.gather(*(e.close() for e in self._lru))
 
     def iter_entries(self) -> Iterator[Entry]:
-        return iter(self._lru.values())
+        return iter(self._lru)
 
     # -- status (never a token): see views.py -----------------------------------------------
 

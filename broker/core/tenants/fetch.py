@@ -122,15 +122,31 @@ class Fetcher:
 
 
 class EntryFetch:
-    """One entry's fetch, small (an entry may be one of 50,000): its fetcher, tenant, scope."""
+    """One entry's fetch and its log, in one small object (an entry may be one of 50,000): its
+    fetcher, tenant and scope, and the cache's logger. As a log it is the entry's logger without
+    a bound copy per entry: tenant and scope are added when a line is logged. Profile and kind
+    are bound once, on the cache's logger, so `bind` (which `Entry` calls with exactly those)
+    returns this same object."""
 
-    __slots__ = ("fetcher", "scope", "state")
+    __slots__ = ("_log", "fetcher", "scope", "state")
 
-    def __init__(self, fetcher: Fetcher, state: TenantState, scope: str) -> None:
-        self.fetcher, self.state, self.scope = fetcher, state, scope
+    def __init__(self, fetcher: Fetcher, state: TenantState, scope: str, log: Any) -> None:
+        self.fetcher, self.state, self.scope, self._log = fetcher, state, scope, log
 
     async def __call__(self, ids: RefreshIds) -> Token:
         return await self.fetcher.fetch(self.state, self.scope, ids)
+
+    def bind(self, **_already_bound: Any) -> EntryFetch:
+        return self
+
+    def info(self, event: str, **kw: Any) -> Any:
+        return self._log.info(event, tenant=self.state.name, scope=self.scope, **kw)
+
+    def warning(self, event: str, **kw: Any) -> Any:
+        return self._log.warning(event, tenant=self.state.name, scope=self.scope, **kw)
+
+    def exception(self, event: str, **kw: Any) -> Any:
+        return self._log.exception(event, tenant=self.state.name, scope=self.scope, **kw)
 
 
 class AfterLanding:
@@ -151,26 +167,3 @@ class AfterLanding:
             await asyncio.wait({earlier})  # its outcome is not ours: never raised here
             self.earlier = None
         return await self.fetch(ids)
-
-
-class EntryLog:
-    """An entry's logger without a bound copy per entry: tenant and scope are added when a
-    line is logged. Profile and kind are bound once, on the cache's logger, so `bind` (which
-    `Entry` calls with exactly those) returns this same object."""
-
-    __slots__ = ("_log", "_scope", "_tenant")
-
-    def __init__(self, log: Any, tenant: str, scope: str) -> None:
-        self._log, self._tenant, self._scope = log, tenant, scope
-
-    def bind(self, **_already_bound: Any) -> EntryLog:
-        return self
-
-    def info(self, event: str, **kw: Any) -> Any:
-        return self._log.info(event, tenant=self._tenant, scope=self._scope, **kw)
-
-    def warning(self, event: str, **kw: Any) -> Any:
-        return self._log.warning(event, tenant=self._tenant, scope=self._scope, **kw)
-
-    def exception(self, event: str, **kw: Any) -> Any:
-        return self._log.exception(event, tenant=self._tenant, scope=self._scope, **kw)
