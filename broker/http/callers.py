@@ -94,21 +94,16 @@ def caller_of(transport: Any) -> Caller:
     return Caller()
 
 
-# Who sent a request, set when its handling starts (`broker.http.protocol.track`), so that it
-# is still known after the caller hung up.
-PEER = web.RequestKey("peer", Caller)
-
-
 def identify(request: web.BaseRequest) -> Caller:
     """Who sent `request`: known once per connection by its gate (the transport's protocol,
-    see `broker.http.protocol`), else worked out from the transport now."""
-    peer = request.get(PEER)
-    if peer is not None:
-        return peer
+    see `broker.http.protocol`), else worked out from the transport now. Handlers ask before
+    their first await: a request whose caller hung up no longer leads to its connection (it
+    is then an unknown caller, whom no uid or group rule admits)."""
     transport = request.transport
-    gate = transport.get_protocol() if transport is not None else None
-    cached = getattr(gate, "caller", None)
-    return cached() if cached is not None else caller_of(transport)
+    if transport is None:
+        return Caller()
+    peer = getattr(transport.get_protocol(), "peer", None)
+    return peer if peer is not None else caller_of(transport)
 
 
 def restricted(profile: ProfileSettings) -> bool:
