@@ -32,7 +32,7 @@ from broker.core.serve import (
     UnknownProfile,
 )
 from broker.core.tokens.render import JSON
-from broker.http.access import SdkCaller, refuse
+from broker.http.access import refuse
 from broker.http.callers import identify
 from broker.http.common import HEADERS, NO_STORE, REASON, path_param, retry_after
 
@@ -193,7 +193,7 @@ class MsiHandler:
     async def _serve(
         self, request: web.Request, profile: ProfileSettings, target: Any, resource: str
     ) -> web.Response:
-        caller = SdkCaller(identify(request))
+        caller = identify(request).sdk
         try:
             served = await self.broker.desk.serve(caller, profile.name, target)
         except Refused as e:
