@@ -23,7 +23,7 @@ from broker.http.common import error_response
 def requester(request: web.BaseRequest) -> Requester:
     peer = identify(request)
     key = request.headers.get(ACCESS_KEY_HEADER)
-    return peer.requester if key is None else Requester(peer, key)
+    return peer.requester if key is None else Requester(peer, key, peer.description)
 
 
 def refuse(metrics: Any, reason: str, response: web.Response) -> web.Response:

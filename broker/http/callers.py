@@ -57,12 +57,12 @@ class Caller:
     @cached_property
     def requester(self) -> Requester:
         """This caller on /v1 without an access key, as most ask: made once per connection."""
-        return Requester(self, None)
+        return Requester(self, None, self.description)
 
     @cached_property
     def sdk(self) -> SdkCaller:
         """This caller on /msi: made once per connection."""
-        return SdkCaller(self)
+        return SdkCaller(self, self.description)
 
 
 class Requester(NamedTuple):  # a tuple: a third of the cost of a frozen dataclass to make
@@ -71,11 +71,8 @@ class Requester(NamedTuple):  # a tuple: a third of the cost of a frozen datacla
 
     peer: Caller
     key: str | None  # the X-Broker-Key sent, if any
+    description: str  # the peer's, for the audit line
     route: str = "v1"
-
-    @property
-    def description(self) -> str:
-        return self.peer.description
 
     def may_use(self, profile: ProfileSettings) -> bool:
         return not restricted(profile) or may_use(profile, self.peer, self.key)
@@ -86,11 +83,8 @@ class SdkCaller(NamedTuple):
     unrestricted profiles."""
 
     peer: Caller
+    description: str  # the peer's, for the audit line
     route: str = "msi"
-
-    @property
-    def description(self) -> str:
-        return self.peer.description
 
     def may_use(self, profile: ProfileSettings) -> bool:
         return not restricted(profile)

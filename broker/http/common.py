@@ -112,11 +112,18 @@ def upstream_error_response(e: UpstreamError) -> web.Response:
 
 
 def counted(
-    route: str, handler: Handler, *, metrics: Any, log: Any, limit_body: bool = True
+    route: str,
+    handler: Handler,
+    *,
+    metrics: Any,
+    log: Any,
+    limit_body: bool = True,
+    method: str = "*",
 ) -> Handler:
     """Count by route and status; refuse bodies over MAX_BODY and expectations other than
-    100-continue; a crash becomes a JSON 500."""
+    100-continue; a crash becomes a JSON 500. `method`: the one `handler` answers, if one."""
     counts = metrics.requests_of(route)  # answers of this route, by status
+    posts = method in ("POST", "*")  # a GET route never sees a POST's expectation
 
     async def wrapper(request: web.Request) -> web.StreamResponse:
         has_body = request.body_exists  # a GET has none: no length to parse, nothing unread
@@ -127,7 +134,7 @@ def counted(
                     413, "body_too_large", f"request bodies are limited to {MAX_BODY} bytes"
                 )
                 response.force_close()  # no keep-alive after a body we refused to read
-            elif request.method == "POST" and _unmet_expectation(request):
+            elif posts and _unmet_expectation(request):
                 response = error_response(
                     417, "expectation_failed", "only 100-continue is supported"
                 )

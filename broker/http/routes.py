@@ -47,7 +47,7 @@ def add_routes(app: web.Application, broker: Any) -> None:
         router.add_route(
             method,
             path,
-            counted(name, handler, limit_body=limit_body, **kw),
+            counted(name, handler, limit_body=limit_body, method=method, **kw),
             expect_handler=expect_continue,
         )
         router.add_route(
