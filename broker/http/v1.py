@@ -62,14 +62,15 @@ class V1Handlers:
         self._negotiate = Negotiator()
         self._rendered: dict[tuple[str, str], Rendered] = {}  # by (profile, kind)
 
-    async def token(self, request: web.Request) -> web.Response:
-        """`GET /v1/token[/{profile}]`, `?kind=` or `?tenant=&scope=`."""
+    async def token(self, request: web.Request, profile: str | None = None) -> web.Response:
+        """`GET /v1/token[/{profile}]`, `?kind=` or `?tenant=&scope=`; `profile` when the
+        route is the profile's own (see `broker.http.routes`)."""
         broker = self.broker
         headers, path = request.headers, request.raw_path
         rejection = broker.runtime.guard.v1(headers, path)  # as `guard` does
         if rejection is not None:
             return rejected(broker.metrics, rejection)
-        name = request.match_info.get("profile", "default")
+        name = profile or request.match_info.get("profile", "default")
         kind, customer = "partner", False
         if "?" in path:  # the raw target: its query is parsed only when there is one
             query = request.query
