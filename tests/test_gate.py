@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import re
 
+import pytest
+
 from broker.config.settings import ServerSettings
 from broker.http.protocol import Gate, Gates
 from tests.conftest import make_settings
-from tests.support import raw, request_of_head_size
+from tests.support import mirror_head, raw, request_of_head_size
 
 BUDGET = 200  # max_header_bytes in the unit tests: heads near it are quick to cut every way
 
@@ -103,19 +105,36 @@ async def test_a_head_in_single_bytes_is_held_to_the_budget():
         g.connection_lost(None)
 
 
-async def test_an_answer_aiohttp_gives_itself_ends_the_request_for_the_gate(
-    sandbox, secret, run_server
-):
-    """`OPTIONS *` matches no route (aiohttp answers it 404 itself, no broker handler runs):
-    the gate still hears of the answer, so the next head on the connection is counted (431)
-    and not left to aiohttp's per-line limits."""
+ANSWERS = {  # a request, and the status it is answered with
+    "aiohttp itself (OPTIONS *, no route)": (b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+    "the catch-all route": (b"GET /nowhere HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+    "a method not allowed": (b"DELETE /v1/token HTTP/1.1\r\nHost: localhost\r\n\r\n", 405),
+    "the origin guard": (b"GET /v1/token/default HTTP/1.1\r\nHost: localhost\r\n\r\n", 400),
+    "the desk (unknown profile)": (
+        b"GET /v1/token/nobody HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\n\r\n",
+        404,
+    ),
+    "a token": (
+        b"GET /v1/token/default HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\n\r\n",
+        200,
+    ),
+    "a request with a body (the mirror)": (mirror_head(2) + b"{}", 400),
+}
+
+
+@pytest.mark.parametrize("answer", ANSWERS.values(), ids=ANSWERS.keys())
+async def test_every_answer_ends_the_request_for_the_gate(sandbox, secret, run_server, answer):
+    """Whoever answers (aiohttp itself, a route, a refusal, a token), the gate hears of the
+    answer, so the next head on the connection is counted (431) and not left to aiohttp's
+    per-line limits."""
+    request, status = answer
     (address,), _ = await run_server(make_settings(sandbox, secret))
     host, port = address.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
-        writer.write(b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        writer.write(request)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        assert head.startswith(b"HTTP/1.1 404 ")
+        assert head.startswith(b"HTTP/1.1 %d " % status), head[:80]
         await reader.readexactly(int(re.search(rb"Content-Length: (\d+)", head).group(1)))
         writer.write(request_of_head_size(8192 + 1))  # each line within aiohttp's own limit
         answer = await asyncio.wait_for(reader.read(), 10)
@@ -148,3 +167,25 @@ async def test_the_deadline_follows_the_requests_on_a_kept_alive_connection(
         writer.close()
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
     assert (await raw(address, request)).startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_body_still_arriving_after_its_answer_ends_the_connection_at_its_deadline(
+    sandbox, secret, run_server
+):
+    """read_timeout 0.3 s: a request answered without its body being read (/healthz), whose
+    body never arrives in full, has its connection ended by the gate at the request's
+    deadline, counted as a request_timeout (aiohttp alone would drain the body after the
+    answer, for its own lingering time, and count nothing)."""
+    settings = make_settings(sandbox, secret, server="read_timeout = 0.3")
+    (address,), _ = await run_server(settings)
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n")
+        writer.write(b"x" * 10)  # and never the other 90 bytes
+        answer = await asyncio.wait_for(reader.read(), 10)  # until the broker closes its side
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:80]
+    scrape = await raw(address, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert b'broker_rejected_requests_total{reason="request_timeout"} 1.0' in scrape

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from broker.config.secret import Secret
 from broker.config.settings import ProfileSettings, Settings
@@ -29,9 +29,6 @@ from broker.core.sources import profile_entries
 from broker.core.tenants import TenantCache
 from broker.core.upstream import Upstream
 
-if TYPE_CHECKING:
-    from broker.core.serve import Served
-
 
 @dataclass(frozen=True, slots=True)
 class ProfileRuntime:
@@ -42,9 +39,6 @@ class ProfileRuntime:
     credential: Credential
     entries: Mapping[str, Entry]  # by kind: "aad", "partner"
     tenants: TenantCache | None = None  # with customer_tenants only
-    # By kind, the last `Served` of its own tokens: `broker.core.serve` hands the same one out
-    # again while the token is the same (a cache hit makes no new one).
-    served: dict[str, Served] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:

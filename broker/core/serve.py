@@ -147,6 +147,9 @@ class Desk:
         self._audit = audit
         self._refreshed = RateLimit(clock)
         self._invalidated = RateLimit(clock)
+        # By (profile, kind), the last `Served` of a profile's own token: handed out again while
+        # it holds the same answer (a cache hit makes no new one).
+        self._served: dict[tuple[str, str], Served] = {}
 
     def admit(self, caller: Caller, name: str, runtime: Runtime | None = None) -> ProfileRuntime:
         """The profile, if it exists now and the caller may use it."""
@@ -186,9 +189,16 @@ class Desk:
         kind = target.kind
         self._metrics.count_cache(name, kind, hit)
         self._audit.served(caller.route, name, kind, caller.description, hit, correlation_id)
-        served = profile.served.get(kind)  # the same answer as the last one, on a hit
-        if served is None or served.token is not token or served.hit is not hit:
-            served = profile.served[kind] = Served(token, hit, profile.settings, correlation_id)
+        served = self._served.get((name, kind))  # the same answer as the last one, on a hit
+        if (
+            served is None
+            or served.token is not token
+            or served.hit is not hit
+            or served.profile is not profile.settings
+            or served.correlation_id is not correlation_id
+        ):
+            served = Served(token, hit, profile.settings, correlation_id)
+            self._served[(name, kind)] = served
         return served
 
     async def refresh(self, caller: Caller, name: str, kind: str) -> EntryStatus:

@@ -52,7 +52,7 @@ HEADERS = {
     media: frozen_headers({"Content-Type": ct, **NO_STORE}) for media, ct in CONTENT_TYPES.items()
 }
 # Key in a response's own mapping: why it was refused, for the debug log.
-REASON: Any = web.ResponseKey("reason", str) if hasattr(web, "ResponseKey") else "broker_reason"
+REASON = web.ResponseKey("reason", str)
 
 
 class BodyTimeout(TimeoutError):

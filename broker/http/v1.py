@@ -37,7 +37,7 @@ from broker.http.common import (
 from broker.observe.logs import iso_time
 
 OFFERED = "offered: application/json, application/xml, text/xml, text/plain"
-OWN = {kind: Own(kind) for kind in KINDS}  # the profile's own tokens, asked for by kind
+OWN: dict[str, Own] = {kind: Own(kind) for kind in KINDS}  # a profile's own tokens, by kind
 
 
 def customer_target(query: Any) -> Customer | web.Response:
