@@ -3,9 +3,8 @@ and a deadline for each request's head and body.
 
 aiohttp bounds each header line but not a head, closes a connection whose head never completes
 only after its keep-alive timeout (without an answer), waits for a dripping body as long as it
-drips, and has no connection cap. So every accepted connection goes through a `Gate`, an asyncio
-protocol (`loop.create_server`'s contract) in front of aiohttp's request handler, to which it
-passes every event and the bytes it lets through:
+drips, and has no connection cap. So every connection goes through a `Gate`, an asyncio protocol
+in front of aiohttp's request handler, which passes on every event and the bytes it lets through:
 
 - a connection the pool (`broker.http.pool`) does not admit is answered 429 and closed;
 - a head (request line and headers, counted to its blank line by `broker.http.heads`: never a
@@ -29,10 +28,10 @@ and after an answer when all received so far was that request (its head and Cont
 body); the connection is then idle for the pool. Heads pipelined behind another are held by
 aiohttp's own line limits and keep-alive timeout instead.
 
-Each connection has one `broker.http.deadline.Deadline` (a head's first byte sets it, the
-head's end clears it: no timer work per request). Limits are read from the settings in force at
-each connection and at each head's first byte: a reload applies them to the next head
-(aiohttp's line limits and lingering time: to new connections).
+Each connection has one `broker.http.deadline.Deadline` (a head's first byte sets it, its end
+clears it). Limits are read from the settings in force at each connection and each head's first
+byte: a reload applies them to the next head (aiohttp's line limits and lingering time: to
+new connections).
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ from broker.http.callers import Caller, caller_of
 from broker.http.common import BodyTimeout
 from broker.http.deadline import Deadline
 from broker.http.heads import END, Head
-from broker.http.pool import Limits, Peer, Pool
+from broker.http.pool import Peer, Pool, limits_of
 
 LINGER = 1.0  # s a refused connection stays half-open so its answer is read, not reset
 
@@ -79,15 +78,7 @@ class Gates:
     pool: Pool[Gate] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.pool = Pool(self._limits, Gate.close_idle)
-
-    def _limits(self) -> Limits:
-        s = self.settings()
-        # The unix socket's share: only where there is one, and never more than a quarter.
-        unix = any(listen.kind == "unix" for listen in s.listen)
-        reserved = min(s.unix_reserved_connections, s.max_connections // 4) if unix else 0
-        per_peer = s.max_connections_per_peer or s.max_connections
-        return Limits(s.max_connections, per_peer, reserved)
+        self.pool = Pool(lambda: limits_of(self.settings()), Gate.close_idle)
 
 
 _REFUSALS = {
