@@ -189,3 +189,17 @@ async def test_a_body_still_arriving_after_its_answer_ends_the_connection_at_its
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:80]
     scrape = await raw(address, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert b'broker_rejected_requests_total{reason="request_timeout"} 1.0' in scrape
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"GET /healthz HTTP/1.1\nHost: localhost\n\n", b"GET /healthz HTTP/1.1\r\nHost: x\n\n"],
+    ids=["bare LF lines", "a bare LF blank line"],
+)
+async def test_a_head_ended_by_a_bare_lf_is_refused_at_once(sandbox, secret, run_server, head):
+    """The gate ends a head at CRLF CRLF only: a head ended otherwise is one aiohttp refuses
+    too (400, at once), never one it serves while the gate still counts it."""
+    (address,), _ = await run_server(make_settings(sandbox, secret, server="read_timeout = 30"))
+    answer = await asyncio.wait_for(raw(address, head), 5)  # well before read_timeout
+    assert answer.split(b" ", 2)[1] == b"400", answer[:80]  # (HTTP/1.0: aiohttp read no version)
+    assert b'"bad_request"' in answer
