@@ -1,7 +1,7 @@
 # The README's two commands: `make demo` and `make test`. Both create .venv themselves, from the
 # one lock file (uv.lock, every package pinned with its hashes). `make test-latest` runs the same
 # suite on the newest releases pyproject.toml allows, in .venv-latest: what `pip install` gives a
-# user today. `make lock` refreshes the lock (README "Development").
+# user today. `make lock` refreshes the lock (docs/design/testing.md).
 #
 # PYTHON: the newest python3.x (>= 3.11) on PATH, unless given. Worked out once (`:=`), and
 # quietly: pyenv's shims answer `command -v` for versions they cannot run, then complain.
@@ -30,8 +30,8 @@ EXPORT := { echo "\# uv.lock's export for the container image (runtime and build
 	$(UV) export --locked --quiet --no-header --no-emit-project --group build \
 	  --format requirements-txt; }
 
-.PHONY: demo test test-latest lint lock format bench bench-instructions mutation mutation-again clean redis \
-	test-container sync-test
+.PHONY: demo docs test test-latest lint lock format bench bench-instructions mutation mutation-again clean \
+	redis test-container sync-test js
 
 $(UV): tools/uv-requirements.txt
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required" >&2; exit 1; }
@@ -45,9 +45,18 @@ demo: $(UV)
 	$(SYNC) --inexact
 	$(BIN)/pc-token-broker demo
 
-# The test environment, exactly as locked (a package not in the lock is removed).
+# The documentation site, built strictly (mkdocs.yml: a broken link or anchor, a page missing
+# from the nav fail it) into site/; the reference pages are made from the code as it builds.
+# `make test` runs the same strict build (tests/test_docs.py).
+docs: $(UV)
+	$(SYNC) --inexact --group docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "make: the site is in site/ (open site/index.html)"
+
+# The test environment, exactly as locked (a package not in the lock is removed); the docs tools
+# too, since the suite builds the site.
 sync-test: $(UV)
-	$(SYNC) --group test --group lint
+	$(SYNC) --group test --group lint --group docs
 
 lint: sync-test
 	$(UV) lock --check --quiet
@@ -67,16 +76,27 @@ redis: sync-test
 	      apt-get install -y -qq -o DPkg::Lock::Timeout=120 --no-install-recommends redis-server >/dev/null; \
 	  else echo "make: the tests need redis-server: apt-get install redis-server" >&2; exit 1; fi; }
 
-test: lint redis
+# The JavaScript clients that tests/test_js_clients.py runs against the broker (azure-identity
+# and msal-node for Node.js), from tests/js/package-lock.json with each package's hash checked.
+# Node.js and npm come from Debian where the machine has none (as redis-server does above).
+js:
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq -o DPkg::Lock::Timeout=120 --no-install-recommends nodejs npm >/dev/null; \
+	  else echo "make: the tests need Node.js and npm: apt-get install nodejs npm" >&2; exit 1; fi; }
+	npm ci --prefix tests/js --no-audit --no-fund --silent
+
+test: lint redis js
 	$(BIN)/python -m pytest
 
 # A fresh resolve, not the lock: the newest release of every dependency that pyproject.toml
 # allows, in its own venv, and the whole suite on it. It prints what differs from the lock.
-test-latest: redis
+test-latest: redis js
 	rm -rf $(LATEST)
 	$(UV) venv --quiet --python $(PYTHON) $(LATEST)
 	$(UV) pip install --quiet --python $(LATEST)/bin/python --resolution highest \
-	  --editable . --group test
+	  --editable . --group test --group docs
 	$(LATEST)/bin/python tools/lock_diff.py uv.lock
 	$(LATEST)/bin/python -m pytest
 
@@ -87,7 +107,7 @@ lock: $(UV)
 	$(EXPORT) > requirements.txt
 
 # The image built on a local Debian stand-in base and run for real under rootful podman (as
-# root; installs podman, runc and debootstrap with apt-get when missing). See README "Containers".
+# root; installs podman, runc and debootstrap with apt-get when missing). See docs/run/container.md.
 test-container: $(UV)
 	$(SYNC) --inexact
 	$(BIN)/python tests/container_run.py
@@ -106,7 +126,7 @@ bench-instructions: $(UV)
 	$(SYNC) --inexact --extra speed --group test
 	$(BIN)/python bench/instructions.py
 
-# Mutation testing of the core modules (README "Mutation testing"); not part of `make test`.
+# Mutation testing of the core modules (docs/design/mutation.md); not part of `make test`.
 # MUTATION_JOBS: mutmut workers (the machine is shared: keep it at 1-2).
 MUTATION_JOBS ?= 2
 
@@ -120,4 +140,4 @@ mutation-again: redis
 	nice -n 19 $(BIN)/python tools/mutation.py again --jobs $(MUTATION_JOBS)
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache .hypothesis mutants
+	rm -rf $(VENV) $(LATEST) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache .hypothesis mutants site

@@ -112,7 +112,14 @@ def witness():
 
 
 # Successful answers of these routes carry tokens by design; every other body is witnessed.
-_TOKEN_ROUTES = ("/v1/token", "/generatetoken", "/v3/generatetoken", "/msi/token", "/msi/tenants/")
+_TOKEN_ROUTES = (
+    "/v1/token",
+    "/generatetoken",
+    "/v3/generatetoken",
+    "/msi/token",
+    "/msi/tenants/",
+    "/metadata/identity/oauth2/token",
+)
 
 
 def _delivers_token(request, response) -> bool:

@@ -14,7 +14,13 @@ Then, against the sandbox running on the host's loopback:
   3. the image's HEALTHCHECK command reports healthy;
   4. SIGTERM stops the broker with exit 0 within the shutdown bound;
   5. nothing was written outside the declared volumes (`podman diff` is empty), and neither
-     the secret nor the token appears in the broker's output.
+     the secret nor the token appears in the broker's output;
+  6. the IMDS sidecar (deploy/kubernetes/imds.yaml): in a network namespace with only
+     loopback, shared as a pod's is, the broker answers on 169.254.169.254:80 (the address
+     added by the init step, here nsenter from the host; the port from the namespace's
+     sysctl) and a tool container with no Azure variable gets a token through azure-identity's
+     DefaultAzureCredential, unchanged (the test's own site-packages mounted read-only: the
+     image holds no SDK).
 Prints the build time, image size and start-to-healthy time. Exit 0 when all holds, 1 otherwise.
 Run it as root (rootful podman); missing podman, runc or debootstrap are installed with apt-get.
 """
@@ -25,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -439,6 +446,103 @@ def exercise(info: dict, workdir: Path, tag: str) -> None:
         proc.wait(timeout=10)
 
 
+IMDS_PORT_SYSCTL = "net.ipv4.ip_unprivileged_port_start=80"
+SANDBOX_PORT = 8080  # inside the pod: the sandbox stands in for Azure AD and Partner Center
+# Run in the tool container: no Azure variable in its environment, the SDK finds IMDS itself.
+TOOL = """
+import base64, json, os, sys
+leaked = [k for k in os.environ if k.startswith(("AZURE_", "IDENTITY_", "MSI_", "IMDS_"))]
+assert not leaked, leaked
+from azure.identity import DefaultAzureCredential
+token = DefaultAzureCredential().get_token("https://api.partnercenter.microsoft.com/.default").token
+payload = token.split(".")[1]
+claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+print(token)
+print(claims["aud"])
+"""
+
+
+def _wait_for_output(container: str, pattern: str, within: float = 60) -> str:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        logs = podman("logs", container, check=False)
+        found = re.search(pattern, logs.stdout + logs.stderr)
+        if found:
+            return found.group(1)
+        time.sleep(0.2)  # polling podman with a deadline, not waiting in hope
+    raise Failed(f"{container} printed no {pattern!r} within {within:g} s")
+
+
+def imds_sidecar(workdir: Path, tag: str) -> None:
+    """The pod of deploy/kubernetes/imds.yaml, with podman: the sandbox's container holds the
+    network namespace (only loopback, the port sysctl set), the broker and the tool join it
+    (`--network container:`), as a pod's containers share one namespace."""
+    sandbox, broker = (f"pctb-test-{name}-{tag}" for name in ("sandbox", "imds"))
+    pod = ["--network", f"container:{sandbox}"]
+    header = secrets.token_urlsafe(32)
+    try:
+        podman(
+            "run", "--detach", "--name", sandbox, "--network", "none", "--sysctl",
+            IMDS_PORT_SYSCTL, "--read-only", *LIMITS, "--entrypoint", "pc-token-broker", IMAGE,
+            "sandbox", "--port", str(SANDBOX_PORT),
+        )  # fmt: skip
+        secret = _wait_for_output(sandbox, r"export SANDBOX_SECRET=(\S+)")
+        pid = podman("inspect", "--format", "{{.State.Pid}}", sandbox).stdout.strip()
+        # The init step of deploy/kubernetes/imds.yaml (an init container with NET_ADMIN).
+        run("nsenter", f"--net=/proc/{pid}/ns/net", "ip", "addr", "add",
+            "169.254.169.254/32", "dev", "lo")  # fmt: skip
+        url = f"http://127.0.0.1:{SANDBOX_PORT}"
+        config, secret_file = write_mounts(workdir, url, secret)
+        text = (
+            config.read_text()
+            .replace(
+                'listen = ["unix:/run/pc-token-broker/broker.sock"]',
+                'listen = ["169.254.169.254:80"]\nallow_remote = true\n'
+                'allowed_hosts = ["169.254.169.254", "localhost", "127.0.0.1"]',
+            )
+            .replace(f"allowed_uids = [{TOOL_UID}]\n", "")
+        )
+        config.write_text(text + '\n[msi]\nimds = true\nidentity_header_env = "PCTB_HEADER"\n')
+        podman(
+            "run", "--detach", "--name", broker, *pod, "--read-only",
+            "--read-only-tmpfs=false", *LIMITS, "--env", f"PCTB_HEADER={header}",
+            "--volume", f"{config}:/etc/pc-token-broker/config.toml:ro",
+            "--volume", f"{secret_file}:/run/secrets/client-secret:ro",
+            IMAGE,
+        )  # fmt: skip
+        deadline = time.monotonic() + HEALTHY_WITHIN
+        while podman("healthcheck", "run", broker, check=False).returncode != 0:
+            running = json.loads(podman("inspect", broker).stdout)[0]["State"].get("Running")
+            if time.monotonic() > deadline or not running:
+                tail = podman("logs", "--tail", "5", broker, check=False)
+                raise Failed(
+                    f"the IMDS sidecar is not healthy: {(tail.stdout + tail.stderr)[-800:]}"
+                )
+            time.sleep(0.2)  # polling podman with a deadline, not waiting in hope
+        uid = podman("exec", broker, "id", "-u").stdout.strip()
+        check(uid == str(UID), f"the broker binds 169.254.169.254:80 as uid {uid}, no capability")
+        site = next(p for p in sys.path if p.endswith("site-packages"))
+        got = podman(
+            "run", "--rm", *pod, "--read-only", "--no-healthcheck", *LIMITS,
+            "--user", f"{TOOL_UID}:{GID}", "--volume", f"{site}:/sdk:ro",
+            "--env", "PYTHONPATH=/sdk", "--entrypoint", "/usr/bin/python3", IMAGE, "-c", TOOL,
+        )  # fmt: skip
+        token, audience = [*got.stdout.strip().splitlines(), "", ""][:2]
+        check(
+            token.count(".") == 2 and audience == "https://api.partnercenter.microsoft.com",
+            "a tool container with no Azure variable got a token through DefaultAzureCredential"
+            " from 169.254.169.254",
+        )
+        logs = podman("logs", broker).stdout + podman("logs", broker).stderr
+        check(
+            token not in logs and secret not in logs and "Traceback" not in logs,
+            "no token, secret or traceback in the IMDS sidecar's log",
+        )
+    finally:
+        for name in (broker, sandbox):
+            podman("rm", "--force", name, check=False)
+
+
 def main() -> int:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="pc-token-broker-container-"))
@@ -448,6 +552,7 @@ def main() -> int:
         ensure_base()
         info = build_image()
         exercise(info, workdir, f"{os.getpid()}")
+        imds_sidecar(workdir, f"{os.getpid()}")
     except Failed as e:
         say(f"FAILED: {e}")
         say(f"{CHECKS['passed']} passed, 1 failed")

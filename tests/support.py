@@ -216,3 +216,20 @@ async def serve_process(
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "broker", "serve", "--config", str(config), *args, **kwargs
     )
+
+
+def msi_settings(sandbox, secret: str, tmp_path: Path, *, profiles=None, msi_extra: str = ""):
+    """Settings with [msi] (a generated identity header in tmp_path/identity-header) and
+    `msi_extra` lines in it, e.g. 'imds = true'."""
+    text = config_text(sandbox, profiles=profiles) + (
+        f'\n[msi]\nprofile = "default"\ngenerated_header_file = "{tmp_path}/identity-header"\n'
+        f"{msi_extra}\n"
+    )
+    return parse_settings(text, env={"TEST_CLIENT_SECRET": secret})
+
+
+def sha256_hex(token: str) -> str:
+    """What MSAL sends as token_sha256_to_refresh for a refused token."""
+    import hashlib
+
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()

@@ -418,6 +418,7 @@ async def test_refresh_failed_says_when_the_cached_token_is_still_served(
         "aadsts": 7000215,
         "trace_id": "t-1",
         "correlation_id": "c-1",
+        "since": clock.time(),  # the first failure of the streak (for `doctor`)
     }
     assert status.next_attempt_in == 2.0
     token, hit = await entry.get()  # callers keep the cached token meanwhile
@@ -958,7 +959,9 @@ async def test_a_failed_flight_nobody_awaits_leaves_no_unretrieved_exception(
         for _ in range(3):
             await asyncio.sleep(0)
         gc.collect()
-        assert upstream.calls == 1 and entry.last_error is upstream.fail_with
+        error = entry.last_error  # a copy, dated (since), of what upstream raised
+        assert upstream.calls == 1 and isinstance(error, UpstreamFailing)
+        assert error.message == "busy" and error.since == clock.time()
         assert heard == []
     finally:
         loop.set_exception_handler(previous)

@@ -487,7 +487,9 @@ def test_bash_completion_completes_commands_options_and_choices(tmp_path: Path) 
     assert set(complete("")) >= {"serve", "token", "exec", "refresh", "status", "--version"}
     assert complete("token", "--kind", "") == ["partner", "aad"]
     assert complete("serve", "--log-level", "w") == ["warning"]
-    assert set(complete("status", "--")) == {"--help", "--json", "--url", "--socket", "--config"}
+    assert set(complete("status", "--")) == {
+        *("--help", "--json", "--url", "--socket", "--config", "--timeout")
+    }
     assert complete("check-config", "--off") == ["--offline"]
 
 
@@ -920,10 +922,11 @@ async def test_hostile_answers_never_reach_stdout_or_the_terminal(impostor, caps
     assert "no profiles table" in capsys.readouterr().err
 
 
-def test_readme_command_table_names_every_command() -> None:
-    """The README's Command line table and the parser cannot drift apart."""
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("## Command line")[1].split("**Finding the daemon**")[0]
-    commands = next(a for a in parser()._actions if a.dest == "command").choices
-    for name in commands:
+def test_docs_command_table_names_every_command() -> None:
+    """The docs' command table (docs/use/cli.md) and the parser cannot drift apart."""
+    from broker.cli.parser import commands
+
+    page = (ROOT / "docs/use/cli.md").read_text()
+    table = page.split("## The commands")[1].split("## Finding the daemon")[0]
+    for name in commands():
         assert re.search(rf"(\| |, )`{re.escape(name)}[ `]", table), name

@@ -94,7 +94,8 @@ def test_the_files_exist_and_cover_what_operators_watch():
         for g in yaml.safe_load(path.read_text())["groups"]
         for r in g["rules"]
     }
-    for alert in ("ProfileFailing", "HeadroomLow", "RefreshTokenRefused", "RejectionsSpiking"):
+    for alert in ("ProfileFailing", "HeadroomLow", "RefreshTokenRefused", "RejectionsSpiking",
+                  "RefreshTokenAging"):  # fmt: skip
         assert f"PcTokenBroker{alert}" in alerts
 
 

@@ -212,3 +212,31 @@ def test_kubernetes_fleet_deployment_shares_one_redis(tmp_path) -> None:
     host = settings.shared.redis_url.split("://")[1].split(":")[0]
     assert host == service["metadata"]["name"]
     assert settings.shared.key_file == f"{tmp_path}/shared.key"
+
+
+def test_kubernetes_imds_sidecar_answers_on_the_metadata_address(tmp_path) -> None:
+    """deploy/kubernetes/imds.yaml: the broker's config is valid and listens on
+    169.254.169.254:80 with the IMDS route on; the one privileged step is an init container
+    with NET_ADMIN only; the port comes from the pod's namespaced sysctl, not a capability."""
+    docs = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/imds.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    pod = kinds["Pod"]["spec"]
+    address, broker = pod["initContainers"]
+    assert address["command"] == ["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]
+    assert address["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert broker["restartPolicy"] == "Always"
+    assert broker["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    sysctls = {s["name"]: s["value"] for s in pod["securityContext"]["sysctls"]}
+    assert sysctls == {"net.ipv4.ip_unprivileged_port_start": "80"}
+    (tool,) = pod["containers"]
+    assert "env" not in tool and "169.254.169.254" in tool["command"][-1]
+    config = kinds["ConfigMap"]["data"]["config.toml"]
+    (tmp_path / "client-secret").write_text("k8s-secret-value")
+    mounts = {m["name"]: m["mountPath"] for m in broker["volumeMounts"]}
+    settings = parse_settings(
+        config.replace(mounts["secret"], str(tmp_path)),
+        env={"PC_TOKEN_BROKER_IDENTITY_HEADER": "x" * 32},
+    )
+    assert [str(x) for x in settings.server.listen] == ["169.254.169.254:80"]
+    assert settings.msi is not None and settings.msi.imds
+    assert "169.254.169.254" in settings.server.allowed_hosts

@@ -68,6 +68,8 @@ def gdap_settings(sandbox, secret: str, tmp_path: Path):
     rt_file = tmp_path / "refresh-token"
     rt_file.write_text(sandbox.state.issue_refresh_token(app) + "\n")
     rt_file.chmod(0o600)
+    placed = sandbox.state.now()  # placed now by the sandbox's clock (the keep-alive reads it)
+    os.utime(rt_file, (placed, placed))
 
     def settings(profile_extra: str = "", **kwargs):
         return make_settings(
@@ -325,7 +327,7 @@ async def test_token_answers_in_json_xml_and_text(sandbox, gdap, start_broker):
         ({"tenant": "../../x"}, 400, "bad_tenant"),
         ({"tenant": "a" * 300 + ".com"}, 400, "bad_tenant"),
         ({"tenant": "\u0430pple.com"}, 400, "bad_tenant"),  # Cyrillic a
-        ({"scope": GRAPH}, 400, "bad_request"),
+        ({"scope": GRAPH}, 400, "scope_not_allowed"),  # not in the profile's own scopes
     ],
 )
 async def test_bad_requests_are_refused_without_upstream(
@@ -706,7 +708,9 @@ async def test_cli_token_tenants_and_msi_env(
         await cli("token", "gdap", "--tenant", tenant_id(1), "--kind", "partner", "--url", url) == 1
     )
     assert "bad_kind" in capsys.readouterr().err
-    assert await cli("token", "gdap", "--scope", ARM, "--url", url) == 2
+    # --scope alone asks the profile's own tenant: ARM is not in this profile's scopes.
+    assert await cli("token", "gdap", "--scope", ARM, "--url", url) == 1
+    assert "scope_not_allowed" in capsys.readouterr().err
     assert await cli("tenants", "gdap", "--url", url) == 0
     out = capsys.readouterr().out
     assert tenant_id(1) in out and "consent_required (AADSTS65001)" in out and printed not in out
@@ -770,6 +774,7 @@ def hostile_settings(h: Hostile, secret: str, tmp_path, extra: str = ""):
     rt_file = tmp_path / "refresh-token"
     rt_file.write_text("a-refresh-token-for-the-hostile-fake\n")
     rt_file.chmod(0o600)
+    os.utime(rt_file, (WALL, WALL))  # placed "now" by the fake clock (the keep-alive reads it)
     text = config_text(
         h, profiles="[profiles.default]\nwarm = false\n" + gdap_profile(rt_file, extra=extra)
     )
@@ -1051,6 +1056,10 @@ async def test_throttling_holds_the_whole_profile_for_its_retry_after_to_the_ten
         "correlation_id": error["correlation_id"],
     }
     page = await listing(b)
+    # For `doctor`: Azure AD's trace id, and since when (the fake clock's wall time).
+    told = page["profile_block"]["last_error"]
+    assert uuid.UUID(told["trace_id"]) and WALL <= told["since"] <= clock.time()
+    detail.update(trace_id=told["trace_id"], since=told["since"])
     assert page["profile_block"] == {"state": "throttled", "retry_in": 119.8, "last_error": detail}
     assert rows(page)[tenant_id(2)] == {
         "tenant": tenant_id(2),
@@ -1208,6 +1217,8 @@ async def test_failures_in_a_row_count_up_and_a_success_clears_them(
         "message": error["message"],
         "upstream_status": 401,
         "correlation_id": error["correlation_id"],
+        "trace_id": error["trace_id"],
+        "since": clock.time(),  # the streak began now
     }
     assert rows(await listing(b))[tenant_id(1)] == {
         "tenant": tenant_id(1),
@@ -1226,6 +1237,7 @@ async def test_failures_in_a_row_count_up_and_a_success_clears_them(
         await asyncio.wait({entry.flight}, timeout=10)
     row = rows(await listing(b))[tenant_id(1)]
     assert (row["failures_in_row"], row["next_attempt_in"]) == (2, 30)
+    assert row["last_error"]["since"] == detail["since"]  # the same streak, dated from its start
     clock.advance(30)  # the next retry succeeds
     await asyncio.wait_for(fake_sandbox.state.wait_calls("aad", 3), 10)
     if entry.flight is not None:
@@ -1990,3 +2002,40 @@ async def test_a_flood_of_unknown_tenants_keeps_records_bounded_and_busy_ones_kn
     assert most <= 50 and len(cache) <= 50
     assert all(t in cache.tenants and cache.lookup(t, GRAPH).token for t in busy)
     assert sum(1 for s in cache.tenants.values() if s.block is not None) <= 50 - 32
+
+
+async def test_a_refused_customer_token_is_replaced_once(
+    sandbox, gdap, secret, start_broker, tmp_path, witness
+):
+    """token_sha256_to_refresh on /msi/tenants/T/token: that tenant's token is replaced (one
+    Azure AD call), the other tenant's is untouched; the same hash again calls nobody."""
+    import hashlib
+
+    for i in (1, 2):
+        sandbox.state.register_customer(tenant_id(i))
+    gdap()
+    text = config_text(
+        sandbox, profiles="[profiles.default]\nwarm = false\n" + gdap_profile(gdap.rt_file)
+    )
+    text += f'\n[msi]\nprofile = "gdap"\ngenerated_header_file = "{tmp_path}/identity-header"\n'
+    b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
+    header = (tmp_path / "identity-header").read_text().strip()
+    witness.secrets.add(header)
+
+    async def ask(tenant: str, **params) -> str:
+        r = await b.client.get(
+            f"/msi/tenants/{tenant}/token",
+            params={"api-version": "2019-08-01", "resource": GRAPH, **params},
+            headers={"X-IDENTITY-HEADER": header},
+        )
+        assert r.status == 200
+        return (await r.json())["access_token"]
+
+    one, two = await ask(tenant_id(1)), await ask(tenant_id(2))
+    calls = sandbox.state.counts["aad"]
+    digest = hashlib.sha256(one.encode()).hexdigest()
+    fresh = await ask(tenant_id(1), token_sha256_to_refresh=digest)
+    assert fresh != one and sandbox.state.counts["aad"] == calls + 1
+    assert await ask(tenant_id(1), token_sha256_to_refresh=digest) == fresh
+    assert await ask(tenant_id(2), token_sha256_to_refresh=digest) == two
+    assert sandbox.state.counts["aad"] == calls + 1

@@ -1,6 +1,7 @@
 """Rewrites imports after modules move (issue 27's core sub-rooms): `python tools/move_modules.py`
 rewrites every import and dotted path in broker/, tests/, bench/, tools/, pyproject.toml and the
-README from the old module path to the new one. Idempotent; safe to run again after a merge."""
+README and the docs from the old module path to the new one. Idempotent; safe to run again
+after a merge."""
 
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ def main() -> None:
         *ROOT.glob("tools/**/*.py"),
         ROOT / "pyproject.toml",
         ROOT / "README.md",
+        *ROOT.glob("docs/**/*.md"),
     ]
     for path in files:
         if path.name == "move_modules.py" or "__pycache__" in path.parts:

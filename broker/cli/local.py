@@ -83,16 +83,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if not args.offline and _host_problems(settings, path):
         return 2
 
-    online = args.online and settings.shared is not None
+    online = args.online and (
+        settings.shared is not None
+        or any(p.credential == "refresh_token" for p in settings.profiles.values())
+    )
     print(describe(settings, path, pending="online checks" if online else None))
     if online:
-        assert settings.shared is not None
-        from broker.core.cache.shared import ping
+        if settings.shared is not None:
+            from broker.core.cache.shared import ping
 
-        problem = asyncio.run(ping(settings.shared))
-        if problem is not None:
-            return fail(f"{path}: shared.redis_url: {problem}", 1)
-        print("  shared cache:    Redis answered PING")
+            problem = asyncio.run(ping(settings.shared))
+            if problem is not None:
+                return fail(f"{path}: shared.redis_url: {problem}", 1)
+            print("  shared cache:    Redis answered PING")
+        from broker.cli.online import mfa_lines
+
+        for line in mfa_lines(settings, path):  # reported; never a failure of its own
+            print(line)
         print(f"{path}: OK (online checks passed)")
     return 0
 
@@ -105,7 +112,7 @@ def cmd_msi_env(args: argparse.Namespace) -> int:
     from broker.cli.msi_env import export_lines
 
     try:
-        print(export_lines(settings, args.profile, args.tenant))
+        print(export_lines(settings, args.profile, args.tenant, args.imds))
     except ValueError as e:
         return fail(f"msi-env: {e}", 2)
     return 0
@@ -126,6 +133,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from broker.sandbox.cli import run_sandbox
+    from broker.sandbox.cli import detach, run_sandbox
+    from broker.sandbox.roles import Roles
 
-    return asyncio.run(run_sandbox(args.host, args.port))
+    if args.detach:
+        detach()
+    roles = Roles(args.user, tuple(args.refused_consent or ()))
+    run = run_sandbox(
+        args.host,
+        args.port,
+        args.customer_tenant,
+        detach=args.detach,
+        broker_port=args.broker_port,
+        roles=roles,
+    )
+    return asyncio.run(run)
+
+
+def cmd_consent(args: argparse.Namespace) -> int:
+    # Offline: the refresh-token file need not exist yet (this command makes it), and no
+    # secret is read (the device-code flow is a public-client flow).
+    settings, _ = _load(args.config, mode="offline")
+    if settings is None:
+        return 2
+    profile = settings.profiles.get(args.profile)
+    if profile is None:
+        known = ", ".join(sorted(settings.profiles)) or "none"
+        return fail(f"consent: no profile {args.profile!r} (profiles: {known})", 2)
+    if profile.credential != "refresh_token" or profile.refresh_token_file is None:
+        return fail(
+            f"consent: profile {args.profile!r} has credential {profile.credential!r}; consent "
+            'obtains a refresh token, for credential = "refresh_token"',
+            2,
+        )
+    from broker.cli.consent import ConsentFailed, consent
+
+    try:
+        asyncio.run(consent(profile, sys.stdout, allow_no_mfa=args.allow_no_mfa))
+    except ConsentFailed as e:
+        return fail(f"consent: {e}", 1)
+    return 0

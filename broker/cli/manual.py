@@ -21,7 +21,9 @@ finding the daemon (token, refresh, exec, status, healthcheck), first match wins
   Only [server] is read from the config (checked as serve checks it; no secret is read). A
   config named with --config or $PC_TOKEN_BROKER_CONFIG must be readable TOML (else exit 2),
   and a [server] table serve would refuse is exit 2 wherever it is; the default path may be
-  missing or unreadable (tools usually cannot read the daemon's 0600 config: set the variables)."""
+  missing or unreadable (a config that holds no secret is 0644 and readable by tools; one with
+  an inline secret should be 0600, and then tools need the variables). A command waits 30 s
+  for the answer (--timeout, $PC_TOKEN_BROKER_TIMEOUT), then exits 3."""
 
 MANUAL = f"""\
 Every command has --help with its options, their defaults and an example.
@@ -34,6 +36,7 @@ environment:
   PC_TOKEN_BROKER_URL     the daemon's base URL for the client commands
   PC_TOKEN_BROKER_SOCKET  the daemon's unix socket for the client commands
   PC_TOKEN_BROKER_HEADER  the required header ("Name: value") for the client commands
+  PC_TOKEN_BROKER_TIMEOUT seconds the client commands wait for an answer (default: 30)
   PC_ACCESS_TOKEN         set by `exec` for the command it runs (rename with --var)
 
 files:

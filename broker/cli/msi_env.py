@@ -20,10 +20,16 @@ def endpoint(settings: Settings) -> str:
     raise ValueError("the Azure SDKs need a TCP listener: add one to server.listen")
 
 
-def export_lines(settings: Settings, profile: str | None = None, tenant: str | None = None) -> str:
+def export_lines(
+    settings: Settings, profile: str | None = None, tenant: str | None = None, imds: bool = False
+) -> str:
     msi = settings.msi
     if msi is None:
         raise ValueError("the managed-identity endpoint is not configured: add an [msi] table")
+    if imds:
+        if tenant is not None:
+            raise ValueError("--tenant names an App Service route: IMDS has no customer tenants")
+        return _imds_lines(settings, profile)
     if msi.identity_header is not None:
         header = msi.identity_header.reveal()
     else:
@@ -48,5 +54,21 @@ def export_lines(settings: Settings, profile: str | None = None, tenant: str | N
         if profile not in settings.profiles:
             raise ValueError(f"no profile named {profile!r}")
         # DefaultAzureCredential passes AZURE_CLIENT_ID as the managed identity's client_id.
+        lines.append(f"export AZURE_CLIENT_ID={shlex.quote(settings.profiles[profile].client_id)}")
+    return "\n".join(lines)
+
+
+def _imds_lines(settings: Settings, profile: str | None) -> str:
+    """The IMDS route: AZURE_POD_IDENTITY_AUTHORITY_HOST (azure-identity and MSAL send their
+    IMDS requests there), no secret to pass on."""
+    msi = settings.msi
+    assert msi is not None
+    if not msi.imds:
+        raise ValueError("the IMDS route is off: set [msi] imds = true")
+    host = endpoint(settings).removesuffix("/msi/token")
+    lines = [f"export AZURE_POD_IDENTITY_AUTHORITY_HOST={shlex.quote(host)}"]
+    if profile is not None and profile != msi.profile:
+        if profile not in settings.profiles:
+            raise ValueError(f"no profile named {profile!r}")
         lines.append(f"export AZURE_CLIENT_ID={shlex.quote(settings.profiles[profile].client_id)}")
     return "\n".join(lines)

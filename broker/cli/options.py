@@ -44,6 +44,12 @@ def target_args(p: argparse.ArgumentParser) -> None:
         help="config to read the address and required header from, [server] only "
         "(default: $PC_TOKEN_BROKER_CONFIG, else /etc/pc-token-broker/config.toml if readable)",
     )
+    p.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        help="how long to wait for the daemon's answer, then exit 3 "
+        "(default: $PC_TOKEN_BROKER_TIMEOUT, else 30; healthcheck: 5)",
+    )
 
 
 def config_arg(p: argparse.ArgumentParser) -> None:
@@ -77,5 +83,6 @@ def tenant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scope",
         metavar="SCOPE",
-        help="with --tenant: one of the profile's customer_scopes (default: the first)",
+        help="with --tenant: one of the profile's customer_scopes (default: the first); "
+        "without: one of the profile's own scopes (an Azure AD token of its own tenant)",
     )

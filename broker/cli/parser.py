@@ -20,6 +20,17 @@ from broker.cli.options import (
 
 
 def parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    return parser_and_commands()[0]
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    """Each command's own parser, by name, in the order of `--help` (for the docs' reference and
+    the completion scripts; read through the public `choices` of the subparsers action)."""
+    return parser_and_commands()[1]
+
+
+def parser_and_commands() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     top = argparse.ArgumentParser(
         prog="pc-token-broker",
         description="pc-token-broker: hands Microsoft Partner Center access tokens to local "
@@ -138,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.usage = (
         "%(prog)s [-h] [--kind {partner,aad}] [--var NAME] [--url URL | --socket PATH]\n"
-        "       [--config PATH] [PROFILE] -- COMMAND [ARG ...]"
+        "       [--config PATH] [--timeout SECONDS] [PROFILE] -- COMMAND [ARG ...]"
     )
     profile_args(p)
     p.add_argument(
@@ -162,6 +173,56 @@ def parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the broker's /v1/profiles JSON (default: off)"
     )
     target_args(p)
+
+    # -- customer tenants' operators (issue #26): doctor, consent ------------------------
+    p = add_command(
+        sub,
+        "doctor",
+        "what is wrong with a profile and its customer tenants, and the fix",
+        "pc-token-broker doctor gdap --tenant contoso.onmicrosoft.com --online",
+        "Reads the running daemon's state. For each profile (or PROFILE), and each of its\n"
+        "customer tenants that is not healthy: what is wrong in words, the AADSTS code, trace\n"
+        "and correlation ids and since when, what the broker is doing about it (cool-down,\n"
+        "next attempt), and the fix (the admin-consent URL, MFA, GDAP, a new refresh token).\n"
+        "Also warns when the refresh token nears Azure AD's 90-day inactivity limit. Exit 0\n"
+        "healthy, 1 something needs fixing, 2 bad usage, 3 the daemon could not be reached.",
+    )
+    p.add_argument("profile", nargs="?", metavar="PROFILE", help="only this profile")
+    p.add_argument(
+        "--tenant",
+        metavar="TENANT",
+        help="only this customer tenant of PROFILE (default: every unhealthy one)",
+    )
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="check again now: a forced refresh of the profile's token and one token request "
+        "per customer tenant checked (its remembered refusal dropped first) (default: off)",
+    )
+    p.add_argument("--json", action="store_true", help="print the findings as JSON (default: off)")
+    target_args(p)
+
+    p = add_command(
+        sub,
+        "consent",
+        "obtain a profile's refresh token by signing in with a device code",
+        "pc-token-broker consent gdap --config /etc/pc-token-broker/config.toml",
+        "The device-code flow (as New-PartnerAccessToken -UseDeviceAuthentication): prints a\n"
+        "code and a URL; a partner user opens it, signs in with MFA and consents; the command\n"
+        "polls Azure AD (honouring slow_down and the code's expiry), checks that the sign-in\n"
+        "had MFA (the token's amr claim), and writes the refresh token to the profile's\n"
+        "refresh_token_file: mode 0600, atomically (a new file renamed over the old), never\n"
+        "printed. The app registration must allow public client flows. Exit 0 written; 1 the\n"
+        "flow failed, expired, was declined or had no MFA (nothing written); 2 bad usage.",
+    )
+    p.add_argument("profile", metavar="PROFILE", help='a profile with credential = "refresh_token"')
+    p.add_argument(
+        "--allow-no-mfa",
+        action="store_true",
+        help="write the token even if the sign-in had no MFA (Partner Center will refuse it; "
+        "for customer tenants that do not require MFA) (default: off)",
+    )
+    config_arg(p)
 
     p = add_command(
         sub,
@@ -197,6 +258,12 @@ def parser() -> argparse.ArgumentParser:
         help="a customer tenant: IDENTITY_ENDPOINT becomes /msi/tenants/TENANT/token "
         "(default: none)",
     )
+    p.add_argument(
+        "--imds",
+        action="store_true",
+        help="the IMDS route instead ([msi] imds = true): prints "
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST, no secret (default: off)",
+    )
     config_arg(p)
 
     p = add_command(
@@ -205,9 +272,11 @@ def parser() -> argparse.ArgumentParser:
         "print the shell completion script",
         "pc-token-broker completion bash > /etc/bash_completion.d/pc-token-broker",
         "bash: source the output (or install it in /etc/bash_completion.d/). zsh: source the\n"
-        "output from ~/.zshrc (it uses zsh's bashcompinit).",
+        "output from ~/.zshrc (it uses zsh's bashcompinit). fish: save it as\n"
+        "~/.config/fish/completions/pc-token-broker.fish. Profile names complete too, asked of\n"
+        "the running daemon (status --json, 1 s at most).",
     )
-    p.add_argument("shell", choices=("bash", "zsh"))
+    p.add_argument("shell", choices=("bash", "zsh", "fish"))
 
     p = add_command(
         sub,
@@ -227,8 +296,31 @@ def parser() -> argparse.ArgumentParser:
         "sandbox",
         "run only the fake Azure AD and Partner Center",
         "pc-token-broker sandbox --port 8780",
-        "For your own integration tests; prints a throwaway app registration and a matching\n"
-        "broker profile. Stop it with Ctrl-C.",
+        "For your own integration tests and a first try. Prints a broker config for it, valid\n"
+        "TOML as printed (> sandbox.toml): the sandbox app's profile, the mirror's upstream,\n"
+        "[msi], and with --customer-tenant a refresh-token profile `customers` serving those\n"
+        "tenants. Its secret and refresh token are in a temporary folder removed when it stops.\n"
+        "Stop it with Ctrl-C (or kill PID, printed first).",
+    )
+    p.add_argument(
+        "--customer-tenant",
+        action="append",
+        metavar="NAME[=GUID]",
+        help="a customer tenant to play (repeatable): NAME.onmicrosoft.com, or NAME if it has a "
+        "dot; its id GUID, else one made from the name (default: none)",
+    )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="return once it listens and the config is printed; it runs on in the background "
+        "(default: off)",
+    )
+    p.add_argument(
+        "--broker-port",
+        type=int,
+        default=8721,
+        metavar="N",
+        help="the port the printed config has the broker listen on (default: 8721)",
     )
     p.add_argument(
         "--port",
@@ -241,4 +333,32 @@ def parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="the address it listens on (default: 127.0.0.1; keep it on loopback)",
     )
-    return top
+    sandbox_roles(p)
+    return top, dict(sub.choices)
+
+
+def sandbox_roles(p: argparse.ArgumentParser) -> None:
+    """`sandbox`'s roles for customer-tenant operators (issue #26): a user, a refused consent."""
+
+    def tenant(text: str) -> tuple[str, str]:
+        from broker.sandbox.roles import tenant_arg  # only when the option is given
+
+        try:
+            return tenant_arg(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    p.add_argument(
+        "--user",
+        choices=("mfa", "no-mfa"),
+        help="a partner user for refresh_token profiles, signing in with MFA or without; the "
+        "sandbox approves device codes at once (pc-token-broker consent) (default: none)",
+    )
+    p.add_argument(
+        "--refused-consent",
+        action="append",
+        type=tenant,
+        metavar="NAME[=GUID]",
+        help="a customer tenant whose admin refused consent: every token asked there is "
+        "refused with AADSTS65001; repeatable (default: none)",
+    )

@@ -25,11 +25,34 @@ class _Failed(Exception):
         self.code = code
 
 
+TIMEOUT = 30.0  # seconds a client command waits for the daemon: a cold fetch waits on upstream
+# for at most upstream_timeout (10 s by default), so this leaves room; --timeout or the variable
+# below changes it (healthcheck: 5 s unless asked, as a probe must answer before its own timeout)
+ENV_TIMEOUT = "PC_TOKEN_BROKER_TIMEOUT"
+
+
+def timeout_of(args: argparse.Namespace, default: float = TIMEOUT) -> float:
+    """--timeout, else $PC_TOKEN_BROKER_TIMEOUT, else `default`: seconds, over 0, at most 3600."""
+    given, origin = getattr(args, "timeout", None), "--timeout"
+    if given is None and os.environ.get(ENV_TIMEOUT):
+        given, origin = os.environ[ENV_TIMEOUT], f"${ENV_TIMEOUT}"
+    if given is None:
+        return default
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 3600:  # NaN fails too
+        raise _Failed(2, f"{origin}: a number of seconds over 0 and at most 3600, not {given!r}")
+    return seconds
+
+
 def _ask(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
     from broker.cli.client import DaemonUnreachable, TargetError, request, target_from
     from broker.config.paths import resolve_path  # the schema only if [server] must be read
 
     explicit = bool(args.config or os.environ.get("PC_TOKEN_BROKER_CONFIG"))
+    kwargs["timeout"] = timeout_of(args, kwargs.get("timeout", TIMEOUT))
     try:
         target = target_from(args.url, args.socket, resolve_path(args.config), explicit=explicit)
         return request(target, method, path, **kwargs)
@@ -54,11 +77,12 @@ def _answer(status: int, body: bytes) -> Any:
 def _token_path(args: argparse.Namespace, suffix: str = "") -> str:
     profile = urllib.parse.quote(args.profile, safe="")
     tenant = getattr(args, "tenant", None)
-    if tenant is None:
-        if getattr(args, "scope", None) is not None:
-            raise _Failed(2, "--scope needs --tenant")
+    scope = getattr(args, "scope", None)
+    if tenant is None and scope is None:
         return f"/v1/token/{profile}{suffix}?kind={args.kind or 'partner'}"
-    query = {"tenant": tenant}
+    if tenant is None and suffix:
+        raise _Failed(2, "--scope needs --tenant here (a forced refresh has no scope)")
+    query = {} if tenant is None else {"tenant": tenant}
     if args.scope is not None:
         query["scope"] = args.scope
     if args.kind is not None:  # the broker refuses kind=partner with a tenant, and says why
@@ -214,3 +238,86 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 
 
 # -- the rest ------------------------------------------------------------------------------
+
+
+# -- doctor: what is wrong, and the fix ------------------------------------------------------
+
+
+def _profiles(args: argparse.Namespace) -> dict[str, Any]:
+    answer = _answer(*_ask(args, "GET", "/v1/profiles"))
+    profiles = answer.get("profiles") if isinstance(answer, dict) else None
+    if not isinstance(profiles, dict):
+        raise _Failed(1, "the answer has no profiles table (is this the broker?)")
+    return profiles
+
+
+def _tenant_rows(args: argparse.Namespace, name: str, limit: int = 100_000) -> list[Any]:
+    rows: list[Any] = []
+    after: str | None = None
+    quoted = urllib.parse.quote(name, safe="")
+    while len(rows) < limit:
+        query = {"limit": "1000", **({"after": after} if after else {})}
+        page = _answer(*_ask(args, "GET", f"/v1/tenants/{quoted}?{urllib.parse.urlencode(query)}"))
+        if not isinstance(page, dict) or not isinstance(page.get("tenants"), list):
+            raise _Failed(1, "the answer has no tenants list (is this the broker?)")
+        rows += [r for r in page["tenants"] if isinstance(r, dict)]
+        after = page.get("next")
+        if not after:
+            break
+    return rows
+
+
+def _check_online(args: argparse.Namespace, name: str, row: dict[str, Any]) -> None:
+    """At most one daemon request that may reach upstream per thing checked: a forced refresh
+    of the profile's own token, and per customer tenant checked a token fetch (the tenant's
+    remembered refusal is dropped first when it is unhealthy, so the fetch asks Azure AD)."""
+    quoted = urllib.parse.quote(name, safe="")
+    kind = "partner" if "partner" in row else "aad"
+    _ask(args, "POST", f"/v1/token/{quoted}/refresh?kind={kind}")  # its outcome: re-read below
+    if "customer_tenants" not in row:
+        return
+    wanted = (args.tenant or "").lower()
+    for t in _tenant_rows(args, name):
+        tenant = str(t.get("tenant"))
+        if (wanted and tenant != wanted) or (not wanted and t.get("state") in ("ok", "idle")):
+            continue
+        t_quoted = urllib.parse.quote(tenant, safe="")
+        _ask(args, "POST", f"/v1/tenants/{quoted}/{t_quoted}/invalidate")
+        _ask(args, "GET", f"/v1/token/{quoted}?{urllib.parse.urlencode({'tenant': tenant})}")
+    if wanted and not any(str(t.get("tenant")) == wanted for t in _tenant_rows(args, name)):
+        # Never seen yet: one fetch makes it known (the broker checks it may serve it).
+        _ask(args, "GET", f"/v1/token/{quoted}?{urllib.parse.urlencode({'tenant': wanted})}")
+
+
+@_client
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from broker.cli.doctor import profile_findings, render_json, render_text, tenant_findings
+
+    if args.tenant is not None and args.profile is None:
+        raise _Failed(2, "doctor: --tenant needs a PROFILE")
+    profiles = _profiles(args)
+    if args.profile is not None and args.profile not in profiles:
+        known = ", ".join(sorted(profiles)) or "none"
+        raise _Failed(2, f"doctor: no profile {args.profile!r} you may use (profiles: {known})")
+    names = [args.profile] if args.profile is not None else sorted(profiles)
+    if args.tenant is not None and "customer_tenants" not in profiles[names[0]]:
+        raise _Failed(2, f"doctor: profile {names[0]!r} has no customer_tenants")
+    if args.online:
+        for name in names:
+            _check_online(args, name, profiles[name])
+        profiles = _profiles(args)
+    checked = {}
+    for name in names:
+        row = profiles[name] if isinstance(profiles.get(name), dict) else {}
+        findings = profile_findings(name, row)
+        if "customer_tenants" in row:
+            rows = _tenant_rows(args, name)
+            if args.tenant is not None:
+                rows = [r for r in rows if str(r.get("tenant")) == args.tenant.lower()]
+            findings += tenant_findings(name, row, rows)
+        checked[name] = findings
+    if args.json:
+        print(json.dumps(render_json(checked), indent=2))
+    else:
+        print(render_text(checked))
+    return 1 if any(checked.values()) else 0

@@ -63,6 +63,12 @@ def describe(settings: Settings, path: str, *, pending: str | None = None) -> st
             f"  msi:             on, profile {msi.profile}, {header}, "
             f"serve while >= {msi.min_remaining:g} s left"
         )
+        lines.append(
+            "  imds:            on, /metadata/identity/oauth2/token (no secret header: whoever "
+            "can connect to a listener gets the unrestricted profiles' tokens)"
+            if msi.imds
+            else "  imds:            off ([msi] imds = false)"
+        )
     for warning in settings.warnings:
         lines.append(f"  warning: {warning}")
     return "\n".join(lines)
@@ -168,6 +174,7 @@ def customer_lines(profiles: dict[str, Any]) -> list[str]:
                 f"warning: {name}: its Azure AD token shows no MFA (amr): Partner Center "
                 "refuses app+user calls without it (401, error 900421); sign in again with MFA"
             )
+        lines += refresh_token_lines(name, info.get("refresh_token"))
         customers = info.get("customer_tenants")
         if isinstance(customers, dict):
             states = customers.get("tenants") or {}
@@ -178,6 +185,41 @@ def customer_lines(profiles: dict[str, Any]) -> list[str]:
                 line += f"; every tenant {block.get('state')} for {_seconds(block.get('retry_in'))}"
             lines.append(line)
     return lines
+
+
+# Warn when this few days are left before Azure AD's 90-day inactivity limit (as the alert).
+DAYS_LEFT_WARNING = 14
+
+
+def refresh_token_lines(name: str, life: Any) -> list[str]:
+    """A refresh_token profile's refresh token: last redeemed, days left before Azure AD's
+    90-day inactivity limit, the keep-alive; a warning when few days are left."""
+    if not isinstance(life, dict) or not isinstance(life.get("age_s"), int | float):
+        return []
+    days_left = life.get("days_left")
+    keep = life.get("keep_alive_days")
+    lines = [
+        f"{name}: refresh token last redeemed {_days(life['age_s'])} ago; {_num(days_left)} days "
+        f"left before Azure AD's 90-day inactivity limit (keep-alive every {_num(keep)} days)"
+    ]
+    if isinstance(days_left, int | float) and days_left < DAYS_LEFT_WARNING:
+        lines.append(
+            f"warning: {name}: the refresh token dies of inactivity in under {DAYS_LEFT_WARNING} "
+            f"days: see pc-token-broker doctor {name}"
+        )
+    return lines
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else "?"
+
+
+def _days(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds // 86400:.0f}d"
+    if seconds >= 3600:
+        return f"{seconds // 3600:.0f}h"
+    return f"{seconds // 60:.0f}m"
 
 
 def tenants_table(page: dict[str, Any], rows: list[dict[str, Any]]) -> str:

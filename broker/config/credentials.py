@@ -51,6 +51,8 @@ def credential_fields(
         )
     if isinstance(p, CertificateProfile):
         v.update(_certificate(r, p, values, path, at, failed))
+    if isinstance(p, RefreshTokenProfile):
+        v["keep_alive_days"] = p.keep_alive_days
     for key in _FILES:
         if key not in type(p).model_fields:
             continue

@@ -55,7 +55,35 @@ def _toml(text: str, file: str | None) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         at = re.search(r"\(at line (\d+)", str(e))  # 3.11 has no e.lineno
         line = int(at.group(1)) if at else None
-        raise ConfigError([Problem("(syntax)", str(e).split(" (at")[0], file, line)]) from None
+        message = str(e).split(" (at")[0]
+        if line is None and message.startswith("Unclosed array"):
+            line = _open_array(text)
+        message = next((f"{message}: {hint}" for m, hint in _EXPECTED if m in message), message)
+        raise ConfigError([Problem("(syntax)", message, file, line)]) from None
+
+
+# tomllib's messages that do not say what was expected, and what was.
+_EXPECTED = (
+    ("Invalid value", 'expected a value: a "quoted string", a number, true or false, a date, '
+     "[an, array] or {an = inline_table}"),
+    ("Unclosed array", "expected ']' to close the array opened here (an array may span lines, "
+     "so an open one runs on to the end of the file)"),
+    ("Unclosed inline table", "expected '}' on the same line (an inline table is one line)"),
+    ("Illegal character '\\n'", "expected the string's closing quote on the same line"),
+    ("Cannot overwrite a value", "this key is set twice in its table (each key once)"),
+    ("twice", "this table is declared twice (each [table] once)"),
+    ("after a statement", 'one key = value a line; a string needs "quotes" (host:port, paths)'),
+)  # fmt: skip
+
+
+def _open_array(text: str) -> int | None:
+    """The line of the last `key = [` whose brackets do not close on its own line."""
+    found = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        value = line.split("=", 1)[1] if "=" in line else ""
+        if value.lstrip().startswith("[") and value.count("[") > value.count("]"):
+            found = number
+    return found
 
 
 def parse_settings(

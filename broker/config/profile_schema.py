@@ -134,6 +134,14 @@ class ProfileCommon(Section):
     access_key_env: Text | None = setting(None, "an environment variable holding the access key")
     object_id: Text | None = setting(None, "the service principal's object id, for /msi callers")
     resource_id: Text | None = setting(None, "an Azure resource id naming it, for /msi callers")
+    scopes: Scopes | None = setting(
+        None,
+        "more resources of the profile's own tenant it serves (Azure AD tokens from its own "
+        'credential), e.g. "https://management.azure.com/.default", '
+        '"https://graph.microsoft.com/.default": asked by /msi/token?resource=, the IMDS '
+        "route, /v1/token/{profile}?scope= and `token PROFILE --scope`; ARM's two URIs "
+        "(management.azure.com, management.core.windows.net) count as one",
+    )
     customer_tenants: Tenants | None = setting(
         None, 'customer tenants served (ids or domains, or ["*"]); absent: none'
     )
@@ -191,6 +199,12 @@ class RefreshTokenKeys(Section):
     refresh_token_file: Text | None = setting(
         None, "the refresh token's file (required; read and written back, so writable)"
     )
+    keep_alive_days: Number = setting(
+        7.0,
+        "days between redemptions of the refresh token of an idle profile, so it never "
+        "reaches Azure AD's 90-day inactivity limit (AADSTS700082)",
+        ge=0.01, le=80,
+    )  # fmt: skip
 
 
 class FederatedTokenKeys(Section):

@@ -136,6 +136,15 @@ def _profile(
         v["allowed_gids"] = tuple(r.ids(p.allowed_gids, at("allowed_gids"), "group"))
     v["access_key"], _ = r.secret(set_values(p), path, "access_key", required=False)
     v.update(_customers(r, p, kind, written, path, at))
+    if p.scopes is not None:
+        if kind == "static_token_file":
+            r.problem(
+                at("scopes"),
+                "a static token file holds one token for one resource: more scopes need a "
+                "credential that can ask Azure AD (client_secret, certificate, refresh_token, "
+                "federated_token_file)",
+            )
+        v["scopes"] = tuple(p.scopes)
     if len(r.problems) > before:
         return None
     return ProfileSettings(

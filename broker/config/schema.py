@@ -159,6 +159,12 @@ class MsiSection(Section):
         420.0, "serve a token only while this many seconds remain (SDKs refresh under 300 s)",
         ge=0, le=3600,
     )  # fmt: skip
+    imds: bool = setting(
+        False,
+        "also answer the VM protocol, GET /metadata/identity/oauth2/token with `Metadata: true` "
+        "(no secret header: any process that can connect to a listener gets the unrestricted "
+        "profiles' tokens; the Host allowlist and the refusal of proxied requests still apply)",
+    )
 
 
 class SharedSection(Section):

@@ -136,6 +136,7 @@ def read_msi(
         generated_header_file=generated,
         min_remaining=s.min_remaining,
         header_source=header_source,
+        imds=s.imds,
     )
 
 

@@ -67,6 +67,7 @@ class ProfileSettings:
     certificate_password: Secret | None = None
     signing_algorithm: str = _PROFILE.signing_algorithm
     refresh_token_file: str | None = None  # read at each refresh, rotated token written back
+    keep_alive_days: float = 7.0  # an idle refresh_token profile redeems at least this often
     federated_token_file: str | None = None  # re-read at each refresh (it rotates)
     static_token_file: str | None = None  # an AAD token placed by another system
     object_id: str = ""  # the app's service principal object id, for /msi selection
@@ -76,6 +77,7 @@ class ProfileSettings:
     access_key: Secret | None = None  # callers must send it as X-Broker-Key
     allow_insecure_upstream: bool = _PROFILE.allow_insecure_upstream  # plain http off loopback
     # Customer tenants (GDAP): on when customer_tenants is non-empty. ("*",) means any tenant.
+    scopes: tuple[str, ...] = ()  # more resources of its own tenant (/msi, ?scope=)
     customer_tenants: tuple[str, ...] = ()  # lower-case tenant ids / domains
     customer_scopes: tuple[str, ...] = ()  # the first is the default
     max_customer_tokens: int = _PROFILE.max_customer_tokens  # cached (tenant, scope) tokens
@@ -116,6 +118,7 @@ class MsiSettings:
     # as due for refresh and would come back on every call.
     min_remaining: float = _MSI.min_remaining
     header_source: str = ""  # where identity_header comes from, for summaries: "file /x"
+    imds: bool = _MSI.imds  # also the VM protocol: /metadata/identity/oauth2/token
 
 
 @dataclass(frozen=True, slots=True)

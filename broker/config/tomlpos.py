@@ -19,6 +19,13 @@ def _split(dotted: str) -> tuple[str, ...]:
     return tuple(p.strip("\"'") for p in _PART.findall(dotted))
 
 
+def _place(lines: dict[tuple[str, ...], int], path: tuple[str, ...], number: int) -> None:
+    """The path and each table it implies (`[profile.default]` writes the table `profile`
+    too: a typo in its name is reported on this line)."""
+    for n in range(1, len(path) + 1):
+        lines.setdefault(path[:n], number)
+
+
 def key_lines(text: str) -> dict[tuple[str, ...], int]:
     """Map each key path (tables and keys) to the 1-based line where it is written."""
     lines: dict[tuple[str, ...], int] = {}
@@ -33,11 +40,11 @@ def key_lines(text: str) -> dict[tuple[str, ...], int]:
         header = _HEADER.match(line)
         if header:
             table = _split(header.group(1))
-            lines.setdefault(table, number)
+            _place(lines, table, number)
             continue
         key = _KEY.match(line)
         if key:
-            lines.setdefault(table + _split(key.group(1)), number)
+            _place(lines, table + _split(key.group(1)), number)
             rest = line[key.end() :]
             if rest.count('"""') % 2 == 1 or rest.count("'''") % 2 == 1:
                 in_multiline = True

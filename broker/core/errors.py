@@ -34,6 +34,9 @@ class UpstreamError(BrokerError):
     correlation_id: str | None
     aadsts: int | None  # Azure AD's error code (7000215 for AADSTS7000215)
     trace_id: str | None  # Azure AD's trace id: with the correlation id, for support
+    # Wall-clock seconds of the first failure of the streak this error belongs to (set by the
+    # cache that remembers it, carried across its copies); None until then.
+    since: float | None = None
 
     def __init__(
         self,
@@ -72,6 +75,14 @@ class UpstreamError(BrokerError):
         copy = type(self).__new__(type(self), *self.args)
         BaseException.__init__(copy, *self.args)
         copy.__dict__.update(self.__dict__, retry_after=seconds)
+        return copy
+
+    def failing_since(self, previous: UpstreamError | None, now: float) -> Self:
+        """A copy that dates its streak: from `previous` (the failure before it, if the streak
+        goes on), else from `now` (wall-clock seconds)."""
+        since = previous.since if previous is not None else None
+        copy = self.with_retry_after(self.retry_after)
+        copy.__dict__["since"] = now if since is None else since
         return copy
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker.core.cache import EntryStatus
+from broker.core.keepalive import token_life
 from broker.core.runtime import Runtime
 
 
@@ -17,11 +18,30 @@ def mfa(runtime: Runtime, name: str) -> bool | None:
     return None if profile is None else profile.credential.mfa
 
 
-def profile_gauges(runtime: Runtime) -> list[dict[str, Any]]:
-    """Per-profile figures for /metrics: MFA, customer-tenant counts. No tenant ids."""
+def refresh_token(runtime: Runtime, name: str, now: float) -> dict[str, Any] | None:
+    """A refresh_token profile's refresh token at wall `now`: when last redeemed, its age, the
+    days left before Azure AD's 90-day inactivity limit, the keep-alive period and when it
+    next looks (monotonic seconds from now are not known here: `next_keep_alive` is the
+    wall time). None for other credentials, or when nothing is known."""
+    profile = runtime.profiles.get(name)
+    if profile is None:
+        return None
+    life = token_life(profile.credential.last_redeemed(), now)
+    if life is None:
+        return None
+    life["keep_alive_days"] = profile.settings.keep_alive_days
+    return life
+
+
+def profile_gauges(runtime: Runtime, now: float) -> list[dict[str, Any]]:
+    """Per-profile figures for /metrics: MFA, the refresh token's age, customer-tenant
+    counts. No tenant ids."""
     rows = []
     for name, profile in runtime.profiles.items():
         row: dict[str, Any] = {"profile": name, "mfa": mfa(runtime, name)}
+        life = refresh_token(runtime, name, now)
+        if life is not None:
+            row["refresh_token_age"] = life["age_s"]
         cache = profile.tenants
         if cache is not None:
             row.update(

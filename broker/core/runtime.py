@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.config.secret import Secret
@@ -25,7 +25,8 @@ from broker.core.cache.mirror import MirrorCache
 from broker.core.cache.shared import SharedCache
 from broker.core.credentials import Credential, make_credential
 from broker.core.guards import OriginGuard
-from broker.core.sources import profile_entries
+from broker.core.keepalive import KeepAlive
+from broker.core.sources import profile_entries, scoped_entries
 from broker.core.tenants import TenantCache
 from broker.core.upstream import Upstream
 
@@ -39,24 +40,47 @@ class ProfileRuntime:
     credential: Credential
     entries: Mapping[str, Entry]  # by kind: "aad", "partner"
     tenants: TenantCache | None = None  # with customer_tenants only
+    keep_alive: KeepAlive | None = None  # a refresh_token credential only
+    # Its own tenant's other scopes and CAE tokens, by (scope, cae): made when first asked
+    # (`own_entry`), bounded by the configured `scopes` (see `broker.core.resources`).
+    scoped: dict[tuple[str, bool], Entry] = field(default_factory=dict)
+    make_scoped: Callable[[str, bool], Entry] | None = None
 
     @property
     def name(self) -> str:
         return self.settings.name
 
+    def own_entry(self, scope: str, cae: bool) -> Entry:
+        """The entry of `scope` (an allowed spelling, see `broker.core.resources`) of the
+        profile's own tenant, a CAE one when `cae`; made when first asked."""
+        entry = self.scoped.get((scope, cae))
+        if entry is None:
+            assert self.make_scoped is not None
+            entry = self.scoped[(scope, cae)] = self.make_scoped(scope, cae)
+        return entry
+
+    def all_entries(self) -> list[Entry]:
+        return [*self.entries.values(), *self.scoped.values()]
+
     def start(self) -> None:
         for entry in self.entries.values():
             entry.start()
+        if self.keep_alive is not None:
+            self.keep_alive.start()
 
     def retire(self) -> None:
         """Timers stop; a refresh in flight is left to land for the callers awaiting it."""
-        for entry in self.entries.values():
+        for entry in self.all_entries():
             entry.retire()
         if self.tenants is not None:
             self.tenants.retire()
+        if self.keep_alive is not None:
+            self.keep_alive.retire()
 
     async def close(self) -> None:
-        await asyncio.gather(*(e.close() for e in self.entries.values()))
+        await asyncio.gather(*(e.close() for e in self.all_entries()))
+        if self.keep_alive is not None:
+            await self.keep_alive.close()
         if self.tenants is not None:
             await self.tenants.close()
         closing = getattr(self.credential, "close", None)  # a rotated refresh token held back
@@ -108,4 +132,15 @@ class Builder:
                 rand=self.rand,
                 shared=self.shared,
             )
-        return ProfileRuntime(profile, credential, {e.kind: e for e in built}, tenants)
+        entries = {e.kind: e for e in built}
+        keep_alive = None
+        if profile.credential == "refresh_token" and "aad" in entries:
+            keep_alive = KeepAlive(
+                credential, entries["aad"], profile.keep_alive_days, clock=self.clock, log=self.log
+            )
+        make_scoped = None
+        if profile.credential != "static_token_file":
+            make_scoped = scoped_entries(self.factory, profile, self.upstream, credential)
+        return ProfileRuntime(
+            profile, credential, entries, tenants, keep_alive, make_scoped=make_scoped
+        )

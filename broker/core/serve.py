@@ -21,6 +21,7 @@ from broker.config.load import is_tenant
 from broker.config.settings import ProfileSettings
 from broker.core.cache import Entry, EntryStatus
 from broker.core.errors import UpstreamError
+from broker.core.resources import allows, same_resource
 from broker.core.runtime import ProfileRuntime, Runtime
 from broker.core.tenants import KIND as TENANT_KIND
 from broker.core.tenants import TenantCache
@@ -88,10 +89,15 @@ class Caller(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Own:
-    """The profile's own token: kind `partner` or `aad`."""
+    """The profile's own token: kind `partner` or `aad`. With `scope` (kind `aad`): a token of
+    its own tenant for that scope, one of its `scopes` (as `broker.core.resources.spelled`
+    writes it); with `cae`: one asked with client capability cp1 (the profile's scope when no
+    `scope` is given)."""
 
     kind: str
     min_remaining: float | None = None  # None: the profile's own
+    scope: str = ""
+    cae: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +153,7 @@ class Desk:
         self._audit = audit
         self._refreshed = RateLimit(clock)
         self._invalidated = RateLimit(clock)
-        # By (profile, kind), the last `Served` of a profile's own token: handed out again while
-        # it holds the same answer (a cache hit makes no new one).
-        self._served: dict[tuple[str, str], Served] = {}
+        self._revoked = RateLimit(clock)
 
     def admit(self, caller: Caller, name: str, runtime: Runtime | None = None) -> ProfileRuntime:
         """The profile, if it exists now and the caller may use it."""
@@ -160,12 +164,16 @@ class Desk:
             raise NotAllowed("this caller may not use this profile")
         return profile
 
-    async def serve(self, caller: Caller, name: str, target: Own | Customer) -> Served:
+    async def serve(
+        self, caller: Caller, name: str, target: Own | Customer, *, refused: str | None = None
+    ) -> Served:
+        """The token `target` names, for `caller`. `refused`: the SHA-256 (lower-case hex) of
+        a token the caller saw refused (`token_sha256_to_refresh`): the cached token with
+        that hash is dropped and replaced, once (`Entry.revoke`)."""
         profile = self.admit(caller, name)
-        if type(target) is Own:  # (what `_locate` does for it, without the call)
-            entry, tenant, scope = profile.entries[target.kind], "", ""
-        else:
-            entry, tenant, scope = _locate(profile, target)
+        entry, tenant, scope = _locate(profile, target)
+        if refused is not None:
+            self._revoke(entry, refused, (name, tenant, scope, target))
         token = entry.peek(target.min_remaining)
         hit = True
         while token is None:
@@ -185,21 +193,31 @@ class Desk:
             self._audit.served_tenant(
                 caller.route, name, tenant, scope, caller.description, hit, correlation_id
             )
-            return Served(token, hit, profile.settings, correlation_id, tenant, scope)
-        kind = target.kind
-        self._metrics.count_cache(name, kind, hit)
-        self._audit.served(caller.route, name, kind, caller.description, hit, correlation_id)
-        served = self._served.get((name, kind))  # the same answer as the last one, on a hit
-        if (
-            served is None
-            or served.token is not token
-            or served.hit is not hit
-            or served.profile is not profile.settings
-            or served.correlation_id is not correlation_id
-        ):
-            served = Served(token, hit, profile.settings, correlation_id)
-            self._served[(name, kind)] = served
-        return served
+        else:
+            self._metrics.count_cache(name, target.kind, hit)
+            self._audit.served(
+                caller.route, name, target.kind, caller.description, hit, correlation_id
+            )
+        return Served(token, hit, profile.settings, correlation_id, tenant, scope)
+
+    def _revoke(self, entry: Entry, digest: str, key: Any) -> None:
+        """Drop the entry's token if `digest` is its hash; at most one replacement per entry
+        every refresh_min_interval (a caller refusing each new token must not turn the broker
+        into a loop on Azure AD). Racing callers with the same hash: the first drops it, the
+        others find it gone and join the one refresh."""
+        token = entry.token
+        if token is None or not entry.matches(token, digest):
+            return
+        interval = self._current().settings.server.refresh_min_interval
+        left = self._revoked.wait(key, interval)
+        if left:
+            raise TooSoon(
+                "too_many_refreshes",
+                "refresh_rate",
+                "this token replaced a refused one moments ago",
+                int(left) + 1,
+            )
+        entry.revoke(digest)
 
     async def refresh(self, caller: Caller, name: str, kind: str) -> EntryStatus:
         """A forced refresh of the profile's `kind` token, starting from a fresh Azure AD
@@ -251,7 +269,15 @@ class Desk:
 def _locate(profile: ProfileRuntime, target: Own | Customer) -> tuple[Entry, str, str]:
     """The entry that holds what `target` asks of `profile`, with the tenant and scope."""
     if isinstance(target, Own):
-        return profile.entries[target.kind], "", ""
+        settings = profile.settings
+        scope = target.scope or settings.scope
+        if target.scope and (target.kind != "aad" or not allows(settings, scope)):
+            raise ScopeNotAllowed("the scope is not the profile's scope or in its scopes")
+        if profile.make_scoped is None or (
+            not target.cae and same_resource(scope, settings.scope)
+        ):  # the profile's own entry (a static token file has only that one token)
+            return profile.entries[target.kind], "", ""
+        return profile.own_entry(scope, target.cae), "", scope
     cache = profile.tenants
     if cache is None:
         raise NoTenants(f"profile {profile.name!r} has no customer_tenants")

@@ -259,7 +259,9 @@ class Broker:
         for name, profile in runtime.profiles.items():
             # A profile's parts one by one: an entry that raises must not keep its
             # credential's held-back refresh token from reaching the file.
-            parts += [(f"entry {e.kind}", name, e.close()) for e in profile.entries.values()]
+            parts += [(f"entry {e.kind}", name, e.close()) for e in profile.all_entries()]
+            if profile.keep_alive is not None:
+                parts.append(("keep-alive", name, profile.keep_alive.close()))
             if profile.tenants is not None:
                 parts.append(("customer tenants", name, profile.tenants.close()))
             parts.append(("credential", name, profile.credential.close()))
@@ -293,7 +295,10 @@ class Broker:
         return report.mfa(runtime or self.runtime, name)
 
     def profile_gauges(self) -> list[dict[str, Any]]:
-        return report.profile_gauges(self.runtime)
+        return report.profile_gauges(self.runtime, self.clock.time())
+
+    def refresh_token(self, name: str, runtime: Runtime | None = None) -> dict[str, Any] | None:
+        return report.refresh_token(runtime or self.runtime, name, self.clock.time())
 
     def statuses(self) -> list[EntryStatus]:
         return report.statuses(self.runtime)

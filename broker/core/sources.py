@@ -5,6 +5,8 @@ the aad entry, so both share its cache and its single flight.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from broker.config.settings import ProfileSettings
@@ -12,7 +14,9 @@ from broker.core.cache import Entry, Fetch, Policy, TokenCache
 from broker.core.cache.shared import SharedCache, shared_key
 from broker.core.credentials import Credential, make_credential
 from broker.core.errors import UpstreamRefused
+from broker.core.resources import CAE_MAX_LIFETIME, CP1_CLAIMS
 from broker.core.tokens import Kind, Token
+from broker.core.tokens.token import MAX_LIFETIME
 from broker.core.upstream import RefreshIds, Upstream
 
 KINDS = tuple(Kind)  # what `?kind=` may name
@@ -91,3 +95,49 @@ def shared_keys(profile: ProfileSettings, credential: str) -> dict[str, tuple[st
     return {
         kind: shared_key(profile, kind, credential=credential) for kind in (Kind.AAD, Kind.PARTNER)
     }
+
+
+def scoped_entries(
+    cache: TokenCache,
+    profile: ProfileSettings,
+    upstream: Upstream,
+    credential: Credential,
+) -> Callable[[str, bool], Entry]:
+    """How a profile makes the entry of one more scope of its own tenant (`scopes`), or of a
+    CAE token (`cae`: it asked Azure AD for client capability cp1). Made when first asked,
+    never warm, never in the fleet's cache: each is fetched with the profile's own grant."""
+    policy = replace(policy_for(profile), warm=False)
+
+    def make(scope: str, cae: bool) -> Entry:
+        async def fetch(ids: RefreshIds) -> Token:
+            return await fetch_own_scope(profile, credential, upstream, scope, cae, ids)
+
+        return cache.make_entry(profile.name, Kind.AAD, fetch, policy)
+
+    return make
+
+
+async def fetch_own_scope(
+    profile: ProfileSettings,
+    credential: Credential,
+    upstream: Upstream,
+    scope: str,
+    cae: bool,
+    ids: RefreshIds,
+) -> Token:
+    """THE place a token of the profile's own tenant for another scope, or a CAE token, is
+    fetched: the profile's grant for `scope`, with `claims` asking for cp1 when `cae` (then a
+    lifetime up to 28 h is accepted)."""
+    await credential.before(upstream)
+    form = credential.form(upstream, profile.token_url, scope)
+    if cae:
+        form["claims"] = CP1_CLAIMS
+    token, body = await upstream.azure_ad_token(
+        profile.token_url,
+        form,
+        timeout=profile.upstream_timeout,
+        ids=ids,
+        max_lifetime=CAE_MAX_LIFETIME if cae else MAX_LIFETIME,
+    )
+    await credential.answered(upstream, body, ids, coalesce=True)
+    return token

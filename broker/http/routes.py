@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 
 from broker.http.common import Handler, counted
+from broker.http.imds import ImdsHandler
 from broker.http.mirror import MirrorHandler
 from broker.http.msi import MsiHandler
 from broker.http.ops import OpsHandlers
@@ -41,6 +42,7 @@ def add_routes(app: web.Application, broker: Any) -> None:
     tenants = TenantHandlers(broker)
     mirror = MirrorHandler(broker)
     msi = MsiHandler(broker)
+    imds = ImdsHandler(broker)
     kw = {"metrics": broker.metrics, "log": broker.log}
     router = app.router
 
@@ -71,6 +73,9 @@ def add_routes(app: web.Application, broker: Any) -> None:
     add("/metrics", "metrics", "GET", ops.metrics)
     add("/msi/token", "msi", "GET", msi.token)
     add("/msi/tenants/{tenant}/token", "msi", "GET", msi.tenant_token)
+    add("/metadata/identity/oauth2/token", "imds", "GET", imds.token)
+    # msal-node (7.2) asks AZURE_POD_IDENTITY_AUTHORITY_HOST's IMDS with a trailing slash.
+    add("/metadata/identity/oauth2/token/", "imds", "GET", imds.token)
     # The mirror answers an oversized body itself, in Partner Center's error shape.
     add("/generatetoken", "mirror", "POST", mirror.handle, limit_body=False)
     add("/v3/generatetoken", "mirror", "POST", mirror.handle, limit_body=False)

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from broker.core.errors import UpstreamError
+from broker.core.resources import spelled
 from broker.core.runtime import Runtime
 from broker.core.serve import Customer, Own, Refused
 from broker.core.sources import KINDS
@@ -34,22 +35,26 @@ from broker.http.common import (
     single,
     upstream_error_response,
 )
+from broker.http.managed import one_resource
 from broker.observe.logs import iso_time
 
 OFFERED = "offered: application/json, application/xml, text/xml, text/plain"
 OWN: dict[str, Own] = {kind: Own(kind) for kind in KINDS}  # a profile's own tokens, by kind
 
 
-def customer_target(query: Any) -> Customer | web.Response:
-    """`?tenant=T&scope=S` (and kind=aad or none): a customer tenant's token."""
+def customer_target(query: Any) -> Own | Customer | web.Response:
+    """`?tenant=T&scope=S` (and kind=aad or none): a customer tenant's token; `?scope=S`
+    alone: the profile's own tenant, for one of its `scopes`."""
     if single(query, "kind") not in (None, "aad"):
         return error_response(
-            400, "bad_kind", "customer-tenant tokens are Azure AD tokens: kind=aad or no kind"
+            400, "bad_kind", "scoped and customer-tenant tokens are Azure AD tokens: kind=aad"
         )
     tenant = single(query, "tenant")
-    if tenant is None:
-        return error_response(400, "bad_request", "scope is only for customer tenants")
     scope = single(query, "scope")
+    if tenant is None:
+        if not isinstance(scope, str) or not one_resource(scope):
+            return error_response(400, "bad_request", "give scope once, one scope")
+        return Own("aad", scope=spelled(scope))
     return Customer(
         tenant if isinstance(tenant, str) else None,
         scope if isinstance(scope, str) or scope is None else "",  # twice: allowed by none
@@ -97,9 +102,12 @@ class V1Handlers:
             return upstream_error_response(e)
         token = served.token
         expires_in = int(token.expires_mono - broker.clock.monotonic())
-        if customer:
+        if isinstance(target, Customer):
             fields = render_tenant(token, name, served.tenant, served.scope, expires_in)
             return web.Response(body=tenant_body(fields, media), headers=HEADERS[media])
+        if isinstance(target, Own) and target.scope:  # another scope: rendered each time
+            body = render(token, name, "aad").body(media, expires_in)
+            return web.Response(body=body, headers=HEADERS[media])
         rendered = self._rendered.get((name, kind))
         if rendered is None or rendered.token is not token:
             rendered = self._rendered[(name, kind)] = render(token, name, kind)
@@ -181,10 +189,16 @@ def profile_table(broker: Any, runtime: Runtime, visible: set[str]) -> dict[str,
                 "waiters": s.waiters,
                 "last_error": s.last_error,
                 "upstream_calls": s.calls,
+                "source": s.source,
             }
         mfa = broker.mfa(name, runtime)
         if mfa is not None:  # Partner Center refuses app+user tokens without MFA (900421)
             row["mfa"] = mfa
+        life = broker.refresh_token(name, runtime)
+        if life is not None:  # age and days left before Azure AD's 90-day inactivity limit
+            row["refresh_token"] = life
+        # For `doctor`'s fixes (the admin-consent URL): not secrets.
+        row.update(tenant_id=p.tenant_id, client_id=p.client_id, authority=p.authority)
         cache = profile.tenants
         if cache is not None:
             row["customer_tenants"] = {

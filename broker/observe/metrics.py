@@ -68,6 +68,12 @@ class _ProfileCollector(Collector):
             "(Partner Center will refuse it), absent when unknown",
             labels=["profile"],
         )
+        age = GaugeMetricFamily(
+            "broker_refresh_token_age_seconds",
+            "Seconds since the profile's refresh token was last redeemed (or placed); Azure AD "
+            "lets it die after 90 days without one",
+            labels=["profile"],
+        )
         tokens = GaugeMetricFamily(
             "broker_customer_tokens",
             "Customer-tenant (tenant, scope) entries held (at most max_customer_tokens)",
@@ -97,6 +103,8 @@ class _ProfileCollector(Collector):
             name = row["profile"]
             if row.get("mfa") is not None:
                 mfa.add_metric([name], 1 if row["mfa"] else 0)
+            if row.get("refresh_token_age") is not None:
+                age.add_metric([name], row["refresh_token_age"])
             if "tokens" in row:
                 tokens.add_metric([name], row["tokens"])
                 for state, n in sorted(row["states"].items()):
@@ -104,7 +112,7 @@ class _ProfileCollector(Collector):
                 in_flight.add_metric([name], row["in_flight"])
                 queued.add_metric([name], row["queued"])
                 evicted.add_metric([name], row["evicted"])
-        yield from (mfa, tokens, tenants, in_flight, queued, evicted)
+        yield from (mfa, age, tokens, tenants, in_flight, queued, evicted)
 
 
 class _HotCounters(Collector):

@@ -79,6 +79,7 @@ def create_sandbox_app(state: SandboxState) -> web.Application:
     app.add_routes(
         [
             web.post("/{tenant}/oauth2/v2.0/token", aad.make_handler(state)),
+            web.post("/{tenant}/oauth2/v2.0/devicecode", aad.make_devicecode_handler(state)),
             web.post("/generatetoken", generatetoken),
             web.post("/v3/generatetoken", generatetoken),
             *_admin_routes(state),

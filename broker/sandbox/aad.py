@@ -9,18 +9,19 @@ Statuses and error bodies follow Azure AD: 400 `invalid_request` / `unauthorized
 from __future__ import annotations
 
 import datetime
+import json
 import uuid
 from typing import Any
 
 import jwt
 from aiohttp import web
 
-from broker.sandbox import faults
+from broker.sandbox import devicecode, faults
 from broker.sandbox.customers import CATALOGUE, Refusal, check
 from broker.sandbox.grants import GrantRefused, authenticate
 from broker.sandbox.state import Call, SandboxState
 
-SAFE_FIELDS = ("grant_type", "client_id", "scope", "client_assertion_type")
+SAFE_FIELDS = ("grant_type", "client_id", "scope", "client_assertion_type", "claims")
 
 
 def aad_error(
@@ -102,6 +103,26 @@ def make_handler(state: SandboxState):
     return token
 
 
+def _client_capabilities(raw: Any) -> set[str] | None:
+    """The client capabilities a `claims` request parameter announces
+    (`{"access_token": {"xms_cc": {"values": [...]}}}`), lower-cased; None when `claims` is
+    not a JSON object."""
+    if raw is None or raw == "":
+        return set()
+    try:
+        claims = json.loads(str(raw))
+    except ValueError:
+        return None
+    if not isinstance(claims, dict):
+        return None
+    access = claims.get("access_token")
+    xms_cc = access.get("xms_cc") if isinstance(access, dict) else None
+    values = xms_cc.get("values") if isinstance(xms_cc, dict) else None
+    if not isinstance(values, list):
+        return set()
+    return {v.lower() for v in values if isinstance(v, str)}
+
+
 def _jti(assertion: str) -> str:
     try:
         return str(jwt.decode(assertion, options={"verify_signature": False}).get("jti"))
@@ -148,6 +169,8 @@ def _answer(
             f"flows must have a scope value with /.default suffixed to the resource "
             f"identifier (application ID URI).",
         )
+    if form["grant_type"] == devicecode.GRANT and customer is None:
+        return _device_code(state, app, tenant, form, correlation_id)
     try:
         extra = authenticate(state, app, form, token_url)
         if form["grant_type"] == "refresh_token" and app.refresh_token_refusal is not None:
@@ -162,7 +185,18 @@ def _answer(
         return refuse(e.status, e.error, e.code, e.description)
     except Refusal as e:
         return aad_error(e.status, e.error, e.code, e.description, correlation_id, e.extra)
-    lifetime = state.lifetimes["aad"]
+    capabilities = _client_capabilities(form.get("claims"))
+    if capabilities is None:
+        return refuse(
+            400,
+            "invalid_request",
+            9002313,
+            "Invalid request. Request is malformed or invalid. (claims is not a JSON object)",
+        )
+    # A client that announced cp1 gets a CAE token: Azure AD makes these live longer (20 to
+    # 28 h) and writes the capability into the token.
+    cae = "cp1" in capabilities
+    lifetime = state.lifetimes["aad_cae" if cae else "aad"]
     claims: dict[str, Any] = {
         "aud": resource,
         "iss": f"https://sts.windows.net/{tenant}/",
@@ -171,6 +205,8 @@ def _answer(
         "oid": str(uuid.uuid5(uuid.NAMESPACE_OID, app.client_id)),
         "ver": "1.0",
     }
+    if cae:
+        claims["xms_cc"] = ["cp1"]
     if form["grant_type"] == "refresh_token":  # app + user: how the user signed in
         claims["amr"] = ["pwd", "mfa"] if app.mfa else ["pwd"]
         claims["scp"] = "user_impersonation"
@@ -182,3 +218,77 @@ def _answer(
         **extra,
     }
     return web.json_response(body, headers={"Cache-Control": "no-store, no-cache"})
+
+
+def _device_code(
+    state: SandboxState, app: Any, tenant: str, form: dict[str, Any], correlation_id: str
+) -> web.Response:
+    """The device_code grant: pending, slow_down, expired, declined, or (approved) the tokens
+    of the user who signed in, with a refresh token, `amr` saying whether with MFA."""
+    polled = state.device.poll(str(form.get("device_code", "")), app.client_id, state.now())
+    if isinstance(polled, str):
+        code, text = devicecode.ERRORS[polled]
+        return aad_error(400, polled, code, text, correlation_id)
+    app.mfa = polled.mfa  # the user behind this app's refresh tokens signed in so
+    lifetime = state.lifetimes["aad"]
+    resource = polled.scope.split()[0].removesuffix("/.default") if polled.scope else ""
+    user = {
+        "tid": tenant,
+        "oid": str(uuid.uuid5(uuid.NAMESPACE_OID, "device-user:" + app.client_id)),
+        "amr": ["pwd", "mfa"] if polled.mfa else ["pwd"],
+    }
+    body = {
+        "token_type": "Bearer",
+        "scope": polled.scope,
+        "expires_in": int(lifetime),
+        "ext_expires_in": int(lifetime),
+        "access_token": state.mint(
+            {**user, "aud": resource, "appid": app.client_id, "scp": "user_impersonation"},
+            lifetime,
+        ),
+        "id_token": state.mint({**user, "aud": app.client_id}, lifetime),
+    }
+    if "offline_access" in polled.scope.split():
+        body["refresh_token"] = state.issue_refresh_token(app)
+    return web.json_response(body, headers={"Cache-Control": "no-store, no-cache"})
+
+
+def make_devicecode_handler(state: SandboxState):
+    """`POST /{tenant}/oauth2/v2.0/devicecode`: form `client_id`, `scope`."""
+
+    async def handler(request: web.Request) -> web.Response:
+        correlation_id = request.headers.get("client-request-id") or str(uuid.uuid4())
+        form: dict[str, Any] = {}
+        if request.content_type == "application/x-www-form-urlencoded":
+            form = dict(await request.post())
+        call = Call("aad", request.path, dict(request.headers), {})
+        call.form = {k: str(v) for k, v in form.items() if k in SAFE_FIELDS}
+        state.record(call)
+        tenant = request.match_info["tenant"]
+        client_id = str(form.get("client_id", ""))
+        app = state.apps.get(client_id)
+        if not client_id or not form.get("scope"):
+            missing = "client_id" if not client_id else "scope"
+            response = aad_error(
+                400,
+                "invalid_request",
+                900144,
+                f"The request body must contain the following parameter: '{missing}'.",
+                correlation_id,
+            )
+        elif app is None or app.tenant_id != tenant:
+            response = aad_error(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id[:100]}' was not found in the "
+                f"directory '{tenant[:100]}'.",
+                correlation_id,
+            )
+        else:
+            flow = state.device.start(client_id, tenant, str(form["scope"]), state.now())
+            response = web.json_response(state.device.answer(flow))
+        call.status = response.status
+        return response
+
+    return handler

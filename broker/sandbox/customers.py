@@ -111,6 +111,56 @@ CATALOGUE: dict[int, tuple[int, str, str]] = {
         "the tenant or consented to by any user in the tenant. You may have sent your "
         "authentication request to the wrong tenant.",
     ),
+    # Beyond the codes the sandbox's own knobs produce: for `refusal=` (every code of the
+    # broker's table, broker/core/tenants/codes.py, can be played).
+    90099: (
+        400,
+        "invalid_grant",
+        "The application '{client}' (Partner tools) has not been authorized in the tenant "
+        "'{tenant}'. Applications must be authorized to access the customer tenant before "
+        "partner delegated administrators can use them.",
+    ),
+    90094: (
+        400,
+        "invalid_grant",
+        "The grant requires admin permission.",
+    ),
+    500011: (
+        400,
+        "invalid_resource",
+        "The resource principal named {resource} was not found in the tenant named {tenant}. "
+        "This can happen if the application has not been installed by the administrator of "
+        "the tenant or consented to by any user in the tenant.",
+    ),
+    7000112: (
+        400,
+        "unauthorized_client",
+        "Application '{client}'(Partner tools) is disabled.",
+    ),
+    50074: (
+        400,
+        "invalid_grant",
+        "Strong Authentication is required.",
+    ),
+    53003: (
+        400,
+        "invalid_grant",
+        "Access has been blocked by Conditional Access policies. The access policy does not "
+        "allow token issuance.",
+    ),
+    50020: (
+        400,
+        "invalid_grant",
+        "User account 'admin@partner.example' from identity provider "
+        "'https://sts.windows.net/partner/' does not exist in tenant '{tenant}' and cannot "
+        "access the application '{client}'(Partner tools) in that tenant.",
+    ),
+    50105: (
+        400,
+        "invalid_grant",
+        "Your administrator has configured the application Partner tools ('{client}') to block "
+        "users unless they are specifically granted ('assigned') access to the application.",
+    ),
 }
 SUBERRORS = {65001: "consent_required", 50076: "basic_action", 50079: "basic_action"}
 

@@ -72,6 +72,13 @@ async def _answer(
     allowed = {PARTNER_AUDIENCE} if v3 else {PARTNER_AUDIENCE, _GRAPH}
     if audience not in allowed:
         return error(401, description=f"Token audience {audience!r} is not accepted here.")
+    amr = claims.get("amr")
+    if isinstance(amr, list) and "mfa" not in amr:  # app+user without MFA: refused since 2026
+        return error(
+            401,
+            description="900421: Multi-factor authentication is required for App+User calls: "
+            "the Azure AD token shows no MFA (amr).",
+        )
     if media is None:
         return error(
             406,

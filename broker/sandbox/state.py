@@ -13,6 +13,8 @@ from typing import Any
 
 import jwt
 
+from broker.sandbox.devicecode import DeviceFlows
+
 PARTNER_AUDIENCE = "https://api.partnercenter.microsoft.com"
 # A Kubernetes-like OIDC issuer whose projected service-account tokens the sandbox trusts.
 FEDERATED_ISSUER = "https://oidc.sandbox.invalid/cluster"
@@ -87,10 +89,12 @@ class SandboxState:
         self.revoke_rotated = False  # True: a used refresh token stops working (strict rotation)
         self.apps: dict[str, AppRegistration] = {}
         self.customers: dict[str, CustomerTenant] = {}  # by id and by each domain, lower-case
+        self.device = DeviceFlows()  # the device-code flow's codes; tests play the user there
         self.aad_in_flight = 0  # Azure AD requests being answered right now
         self.aad_max_in_flight = 0  # the most at once since the last reset
         self.customer_calls: Counter[tuple[str, str]] = Counter()  # (tenant id, resource)
-        self.lifetimes = {"aad": 3599.0, "partner": 3600.0}
+        # aad_cae: a token for a client that announced cp1 (Azure AD: 20 to 28 h).
+        self.lifetimes = {"aad": 3599.0, "partner": 3600.0, "aad_cae": 26 * 3600.0}
         self.latency = {"aad": 0.0, "partner": 0.0}
         # Gates: a call to an endpoint with a gate here is recorded, then waits until the gate
         # opens (tests order events with them instead of guessing a latency).

@@ -4,6 +4,8 @@ failure memory. See the package's docstring for the timeline."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +41,7 @@ class Entry:
         "policy",
         "profile",
         "retry_at",
+        "revoked",
         "token",
         "token_correlation_id",
         "waiters",
@@ -74,6 +77,7 @@ class Entry:
         self._timer: TimerHandle | None = None
         self.last_used = clock.monotonic()
         self.waiters = 0
+        self.revoked: str | None = None  # SHA-256 (hex) of the last token a caller refused
         self.calls: Counter[str] = Counter()  # attempt outcomes: ok, refused, failing, ...
         self._closed = False
 
@@ -126,6 +130,28 @@ class Entry:
         """Drop `token` (upstream rejected it) so the next caller fetches a new one."""
         if self.token is token:
             self.token = None
+
+    def revoke(self, digest: str) -> bool:
+        """A caller says the token whose SHA-256 (lower-case hex) is `digest` was refused: if
+        it is the cached one, drop it and start its replacement (or join the refresh in
+        flight). At most once per token: the digest of a token already dropped, or of an
+        older one, changes nothing. True when the token was dropped."""
+        token = self.token
+        if token is None or not self.matches(token, digest):
+            return False
+        self.revoked = digest
+        self.token = None
+        self._log.info("token_refused_by_caller", expires_on=token.expires_on)
+        if self.flight is None:  # this refresh must not take the refused token from [shared]
+            self._ids = RefreshIds.new(refused=digest)
+        self._launch()
+        return True
+
+    def matches(self, token: Token, digest: str) -> bool:
+        """Whether `digest` names `token` and has not dropped a token already."""
+        return digest != self.revoked and hmac.compare_digest(
+            hashlib.sha256(token.value.encode()).hexdigest(), digest
+        )
 
     @property
     def flight(self) -> asyncio.Task[Token] | None:
@@ -211,10 +237,11 @@ class Entry:
         if unchanged:
             return
         self.token_correlation_id = ids.correlation_id
-        self.calls["ok"] += 1
+        shared = token.source == "shared"  # another broker of the fleet fetched it
+        self.calls["shared" if shared else "ok"] += 1
         self._metrics.refreshes.labels(self.profile, self.kind, "ok").inc()
         self._log.info(
-            "token_refreshed",
+            "token_from_shared_cache" if shared else "token_refreshed",
             correlation_id=ids.correlation_id,
             duration_ms=round((self._clock.monotonic() - started) * 1000, 1),
             lifetime_s=round(token.lifetime),
@@ -236,6 +263,7 @@ class Entry:
         self.retry_at = now + delay
         if error.retry_after is not None:  # callers are told the delay used, not what was asked
             error = error.with_retry_after(delay)
+        error = error.failing_since(self.last_error, self._clock.time())  # for `doctor`
         self.last_error = error
         self._arm(self.retry_at)
         servable = self.token is not None and self.token.servable(now, self.policy.min_remaining)

@@ -53,3 +53,4 @@ class EntryStatus:
     last_error: dict[str, Any] | None
     calls: dict[str, int]
     servable: bool
+    source: str | None = None  # of the token held: "upstream", or "shared" (from Redis)

@@ -63,7 +63,9 @@ def entry_status(entry: Reported, now: float) -> EntryStatus:
             "aadsts": error.aadsts,
             "trace_id": error.trace_id,
             "correlation_id": error.correlation_id,
+            "since": error.since,
         },
         calls=dict(entry.calls),
         servable=servable,
+        source=token.source if token else None,
     )

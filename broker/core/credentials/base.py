@@ -58,6 +58,11 @@ class Credential(Protocol):
         """At shutdown: anything held back (a rotated refresh token) reaches its file."""
         ...
 
+    def last_redeemed(self) -> float | None:
+        """Wall-clock seconds the profile's refresh token was last redeemed (or placed);
+        None: no refresh token, or unknown."""
+        ...
+
 
 class CredentialBase:
     """The members a kind leaves empty: no MFA to report, nothing to read before a request,
@@ -90,6 +95,10 @@ class CredentialBase:
 
     async def close(self) -> None:
         """Nothing held back."""
+
+    def last_redeemed(self) -> float | None:
+        """No refresh token."""
+        return None
 
 
 def read_file(path: str, what: str) -> str:

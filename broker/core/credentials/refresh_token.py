@@ -6,6 +6,7 @@ where a rotated one goes; `RefreshTokenCredential` is the grant around it.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import jwt
@@ -27,6 +28,9 @@ WRITE_BACK_EVERY = 1.0
 # characters (Azure AD's are about 1-2 KiB). Anything else is refused like a bad token answer.
 REFRESH_TOKEN_LIMIT = 16 * 1024
 _PRINTABLE = frozenset(chr(c) for c in range(0x21, 0x7F))
+# A redemption that rotated nothing still keeps the token alive: it is recorded by setting the
+# file's mtime (so it survives a restart), at most this often.
+TOUCH_EVERY = 3600.0
 
 
 def usable_refresh_token(value: object) -> bool:
@@ -87,6 +91,11 @@ class RotatingRefreshToken:
             key = shared_key(profile, "refresh_token", credential=credential)
             self.shared_name = self._shared.name(*key)
         self._version = 0  # of the refresh token we hold; 0: the file's own
+        # Wall-clock seconds: the last redemption Azure AD answered, and the last rotation (this
+        # process). The file's mtime carries the last redemption across restarts (last_redeemed).
+        self.redeemed_at: float | None = None
+        self.rotated_at: float | None = None
+        self._touched_at = -1e18  # monotonic: the last mtime set without a rotation
 
     def current(self, upstream: Upstream) -> str:
         """The refresh token to redeem now: one held back while the file is unchanged, else
@@ -112,8 +121,10 @@ class RotatingRefreshToken:
         customer tenants, where every answer rotates it) the file is written at most once per
         WRITE_BACK_EVERY seconds; newer ones in between are used from memory (Azure AD keeps
         the earlier ones valid, so the file always holds a working token)."""
+        self.redeemed_at = upstream.clock.time()
         rotated = body.get("refresh_token")
         if rotated is None or rotated == self._seen_in_file:
+            await self._touch(upstream)
             return
         if not usable_refresh_token(rotated):
             # Never redeemed, written or shared: the last good refresh token stays.
@@ -126,6 +137,7 @@ class RotatingRefreshToken:
             )
         assert isinstance(rotated, str)
         upstream.redactor.pin(f"refresh_token_file:{self.profile.name}", [rotated])
+        self.rotated_at = self.redeemed_at
         now = upstream.clock.monotonic()
         if coalesce and now - self._written_at < WRITE_BACK_EVERY:
             self._unsaved = rotated
@@ -140,6 +152,31 @@ class RotatingRefreshToken:
             await self._shared.put_versioned(
                 self.shared_name, self._version, rotated, self.SHARED_TTL
             )
+
+    def last_redeemed(self) -> float | None:
+        """Wall-clock seconds the refresh token was last redeemed (or placed, or rotated):
+        the later of this process's record and the file's mtime (which carries it across
+        restarts); None if neither is known. Azure AD lets a refresh token die after 90 days
+        without a redemption."""
+        try:
+            mtime: float | None = os.stat(self.path).st_mtime
+        except OSError:
+            mtime = None
+        known = [t for t in (self.redeemed_at, mtime) if t is not None]
+        return max(known) if known else None
+
+    async def _touch(self, upstream: Upstream) -> None:
+        """A redemption without a rotation: the file's mtime records it (at most once per
+        TOUCH_EVERY). A file we may not touch keeps the record in memory only."""
+        now = upstream.clock.monotonic()
+        if now - self._touched_at < TOUCH_EVERY or self.redeemed_at is None:
+            return
+        self._touched_at = now
+        at = self.redeemed_at
+        try:
+            await asyncio.to_thread(os.utime, self.path, (at, at))
+        except OSError as e:
+            self.log.warning("refresh_token_not_touched", file=self.path, error=e.strerror)
 
     async def _adopt_shared(self, upstream: Upstream) -> None:
         """Use the fleet's newest refresh token when it is newer than ours: another broker
@@ -245,6 +282,9 @@ class RefreshTokenCredential(AzureADGrant):
     async def settled(self) -> None:
         """Wait for a write-back in progress (tests; shutdown)."""
         await self.refresh_token.settled()
+
+    def last_redeemed(self) -> float | None:
+        return self.refresh_token.last_redeemed()
 
     async def close(self) -> None:
         await self.refresh_token.close()

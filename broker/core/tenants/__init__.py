@@ -3,6 +3,7 @@ tokens for every customer tenant and resource its consent covers.
 
 - `cache.py`: `TenantCache`, one `Entry` per (tenant, scope), LRU and eviction.
 - `fetch.py`: an entry's fetch: remembered refusals, then the fan-out limit, then Azure AD.
+- `codes.py`: the one table of refusal codes: class, what is wrong, the fix (`doctor`, docs).
 - `aadsts.py`: Azure AD's refusals classified by AADSTS code (`Refusal`, `TenantRefused`).
 - `memory.py`: `FailureMemory`, what a refusal blocks (an entry, a tenant, the profile) and
   until when; `invalidate(tenant)` forgets a tenant at once.

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from broker.core.errors import UpstreamError
+from broker.core.tenants.codes import CODES
 from broker.core.upstream import Answer, RefreshIds, Upstream
 
 # Throttled without a Retry-After: wait this long; a Retry-After is honoured up to the cap.
@@ -52,26 +53,15 @@ REFRESH_TOKEN_INVALID = Refusal("refresh_token_invalid", 600.0, Reach.TENANT)
 TENANT_NOT_FOUND = Refusal("tenant_not_found", 900.0, Reach.TENANT)
 THROTTLED = Refusal("throttled", THROTTLE_DEFAULT, Reach.TENANT, status=503, retryable=True)
 
-AADSTS: dict[int, Refusal] = {
-    65001: CONSENT_REQUIRED,  # the user or administrator has not consented
-    650051: CONSENT_REQUIRED,  # service principal present, consent incomplete
-    50076: INTERACTION_REQUIRED,  # MFA required
-    50079: INTERACTION_REQUIRED,  # MFA enrolment required
-    50078: INTERACTION_REQUIRED,  # presented MFA expired
-    70043: INTERACTION_REQUIRED,  # sign-in frequency (conditional access)
-    700082: REFRESH_TOKEN_INVALID,  # expired due to inactivity
-    50173: REFRESH_TOKEN_INVALID,  # revoked (password change or reset)
-    70008: REFRESH_TOKEN_INVALID,  # expired
-    700084: REFRESH_TOKEN_INVALID,  # single-page-app refresh token lifetime over
-    90002: TENANT_NOT_FOUND,  # tenant not found
-    90072: TENANT_NOT_FOUND,  # the user does not exist in that tenant (no relationship)
-    50196: THROTTLED,  # request loop / throttled
-}
-# The tenant states a refusal class names (the listing's `state` besides ok, idle, failing).
-STATES = frozenset(
-    r.state
+_CLASSES = {
+    r.state: r
     for r in (CONSENT_REQUIRED, INTERACTION_REQUIRED, REFRESH_TOKEN_INVALID, TENANT_NOT_FOUND)
-) | {THROTTLED.state}
+} | {THROTTLED.state: THROTTLED}
+# Azure AD's codes by class: from the one table of codes (codes.py), which also says what each
+# means and its fix. 900421 is Partner Center's, never in an Azure AD answer: harmless here.
+AADSTS: dict[int, Refusal] = {c.code: _CLASSES[c.state] for c in CODES if c.state in _CLASSES}
+# The tenant states a refusal class names (the listing's `state` besides ok, idle, failing).
+STATES = frozenset(_CLASSES)
 _AADSTS_TEXT = re.compile(r"AADSTS(\d{4,7})")
 
 

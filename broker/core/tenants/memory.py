@@ -114,7 +114,7 @@ class FailureMemory:
             return
         # Kept as a copy without the traceback, which would keep the failed fetch's frames
         # (its answer, its request) alive as long as the tenant is remembered.
-        error = error.with_retry_after(error.retry_after)
+        error = error.failing_since(state.last_error, self._clock.time())
         state.last_error = error
         state.failures += 1
         if not isinstance(error, TenantRefused):

@@ -97,4 +97,6 @@ def error_detail(error: UpstreamError) -> dict[str, Any]:
         "message": error.message,
         "upstream_status": error.upstream_status,
         "correlation_id": error.correlation_id,
+        "trace_id": error.trace_id,
+        "since": error.since,  # wall-clock seconds: the first failure of this streak
     }

@@ -17,8 +17,9 @@ from typing import Any
 
 import jwt
 
-# 24 h: Azure AD issues 60-90 minute tokens (and at most 28 h with CAE, which the broker does not
-# request); Partner Center's are shorter. Anything longer is a broken or hostile upstream.
+# 24 h: Azure AD issues 60-90 minute tokens (up to 28 h with CAE, accepted only for the entries
+# that ask for it: broker.core.resources); Partner Center's are shorter. Anything longer is a
+# broken or hostile upstream.
 MAX_LIFETIME = 24 * 3600.0
 
 # Printable ASCII, no spaces: a token goes into Authorization headers, so CR/LF or controls
@@ -45,6 +46,9 @@ class Token:
     received_mono: float
     expires_mono: float
     received_wall: float
+    # Where it came from: "upstream" (Azure AD, Partner Center, a file) or "shared" (another
+    # broker of the fleet fetched it; read from Redis), for the operators' views.
+    source: str = "upstream"
 
     @property
     def lifetime(self) -> float:

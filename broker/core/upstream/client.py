@@ -22,6 +22,7 @@ from broker.core.errors import (
 )
 from broker.core.tokens import Token, token_from_response
 from broker.core.tokens.clock import Clock
+from broker.core.tokens.token import MAX_LIFETIME
 from broker.core.upstream.details import parse_details
 from broker.core.upstream.proxies import Proxies
 from broker.core.upstream.streams import load_json, read_limited
@@ -118,12 +119,16 @@ class Upstream:
         token): counted apart, because waiting will not fix it (an alert rule watches it)."""
         self._metrics.credential_refused.labels(profile, credential).inc()
 
-    def received(self, body: Any) -> Token:
+    def received(self, body: Any, max_lifetime: float = MAX_LIFETIME) -> Token:
         """A token answer's body as a Token, anchored on this clock at receipt, its value given
         to the redactor (opaque tokens too, not only JWT-shaped ones). TokenRejected when the
-        body is no usable token (no value, no usable expiry, expired, absurd lifetime)."""
+        body is no usable token (no value, no usable expiry, expired, a lifetime over
+        `max_lifetime`)."""
         token = token_from_response(
-            body, now_mono=self._clock.monotonic(), now_wall=self._clock.time()
+            body,
+            now_mono=self._clock.monotonic(),
+            now_wall=self._clock.time(),
+            max_lifetime=max_lifetime,
         )
         self._redactor.add(token.value)
         return token
@@ -134,6 +139,7 @@ class Upstream:
         answer: Answer,
         correlation_id: str | None,
         parse: Callable[[Answer], Any] | None = None,
+        max_lifetime: float = MAX_LIFETIME,
     ) -> tuple[Token, Any]:
         """THE place an upstream 200 becomes a Token: its body read (JSON, or by `parse`: the
         mirror reads Partner Center's XML too), the token taken from it (`received`), the
@@ -141,7 +147,7 @@ class Upstream:
         TokenFormatError carrying the reason (never the token)."""
         try:
             body = (parse or _json_answer)(answer)
-            token = self.received(body)
+            token = self.received(body, max_lifetime)
         except ValueError as e:  # TokenRejected, and a body that is not JSON (or XML)
             self.count(endpoint, "bad_token")
             raise TokenFormatError(
@@ -196,15 +202,16 @@ class Upstream:
         timeout: float,
         ids: RefreshIds,
         refused: Callable[[Answer], UpstreamError] | None = None,
+        max_lifetime: float = MAX_LIFETIME,
     ) -> tuple[Token, dict[str, Any]]:
         """POST {authority}/{tenant}/oauth2/v2.0/token. Returns the token and the whole answer
         (a refresh-token credential needs the rotated refresh token from it). A non-200 answer
         raises `refused(answer)` when given (customer tenants classify Azure AD's refusals),
-        else `error()`'s."""
+        else `error()`'s. `max_lifetime`: longer for a CAE token (see `token_answer`)."""
         answer = await self.azure_ad_answer(url, form, timeout=timeout, ids=ids)
         if answer.status != 200:
             raise refused(answer) if refused else self.error("aad", answer, ids.correlation_id)
-        return self.token_answer("aad", answer, ids.correlation_id)
+        return self.token_answer("aad", answer, ids.correlation_id, max_lifetime=max_lifetime)
 
     async def generate_token(
         self, url: str, aad_token: str, *, timeout: float, ids: RefreshIds

@@ -18,10 +18,13 @@ class RefreshIds:
 
     correlation_id: str
     request_id: str
+    # The SHA-256 (hex) of the token this refresh replaces because a caller saw it refused
+    # (`token_sha256_to_refresh`): the fleet's cache must not hand it back.
+    refused: str | None = None
 
     @classmethod
-    def new(cls) -> RefreshIds:
-        return cls(str(uuid.uuid4()), str(uuid.uuid4()))
+    def new(cls, refused: str | None = None) -> RefreshIds:
+        return cls(str(uuid.uuid4()), str(uuid.uuid4()), refused)
 
 
 @dataclass(frozen=True, slots=True)

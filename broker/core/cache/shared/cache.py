@@ -15,6 +15,8 @@ Redis problem never becomes a caller's error while upstream works.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -186,14 +188,16 @@ class SharedCache:
         store = self.store
         try:
             token = await store.read(name, policy)
-            if token is not None:
+            if token is not None and not _refused(token, ids):
                 self._count("hit")
                 return token
             self._count("miss")
             lease = await self._wait_for_lease(name, policy)
             if isinstance(lease, Token):
-                self._count("hit")
-                return lease  # another broker's fetch landed while we waited
+                if not _refused(lease, ids):
+                    self._count("hit")
+                    return lease  # another broker's fetch landed while we waited
+                lease = None  # the refused token, still stored: fetch on our own, write it
         except Unavailable:
             return await fetch(ids)
         if lease is None:  # waited long enough on another broker: fetch on our own
@@ -243,3 +247,10 @@ class SharedCache:
         if result in self._counts:
             self._counts[result] += 1
         self._metrics.shared.labels(result).inc()
+
+
+def _refused(token: Token, ids: RefreshIds) -> bool:
+    """Whether `token` is the one this refresh replaces (a caller saw it refused)."""
+    return ids.refused is not None and hmac.compare_digest(
+        hashlib.sha256(token.value.encode()).hexdigest(), ids.refused
+    )

@@ -126,6 +126,7 @@ class TokenStore:
             received_mono=now_mono - age,
             expires_mono=now_mono + left,
             received_wall=now_wall - age,
+            source="shared",
         )
 
     def fresh(self, token: Token, policy: Policy) -> bool:
