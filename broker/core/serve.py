@@ -269,6 +269,8 @@ class Desk:
 def _locate(profile: ProfileRuntime, target: Own | Customer) -> tuple[Entry, str, str]:
     """The entry that holds what `target` asks of `profile`, with the tenant and scope."""
     if isinstance(target, Own):
+        if not target.scope and not target.cae:  # the profile's own, as configured: every hit
+            return profile.entries[target.kind], "", ""
         settings = profile.settings
         scope = target.scope or settings.scope
         if target.scope and (target.kind != "aad" or not allows(settings, scope)):
