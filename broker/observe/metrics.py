@@ -216,6 +216,9 @@ class Metrics:
         """The request counts of `route` by status, for its handler to add to."""
         return self._requests.setdefault(route, defaultdict(int))
 
+    def count_request(self, route: str, status: int) -> None:
+        self.requests_of(route)[status] += 1
+
     def count_cache(self, profile: str, kind: str, hit: bool) -> None:
         self._cache[(profile, kind, "hit" if hit else "miss")] += 1
 
