@@ -170,8 +170,8 @@ class Gate(asyncio.Protocol):
             self._gates.pool.busy(self)
             server = self._server = self._gates.settings()
             self._started = self._time()
-            end = data.find(END) + len(END)
-            if len(END) <= end <= server.max_header_bytes:  # the usual head: whole, in budget
+            end = data.find(END) + 4  # (-1 + 4 when it is not there)
+            if 4 <= end <= server.max_header_bytes:  # the usual head: whole, in budget
                 self._deadline.at = 0.0  # (a new connection's: met)
                 self._counting, self._counted = False, True
                 self._after_head = len(data) - end

@@ -102,12 +102,13 @@ class V1Handlers:
             return upstream_error_response(e)
         token = served.token
         expires_in = int(token.expires_mono - broker.clock.monotonic())
-        if isinstance(target, Customer):
-            fields = render_tenant(token, name, served.tenant, served.scope, expires_in)
-            return web.Response(body=tenant_body(fields, media), headers=HEADERS[media])
-        if isinstance(target, Own) and target.scope:  # another scope: rendered each time
-            body = render(token, name, "aad").body(media, expires_in)
-            return web.Response(body=body, headers=HEADERS[media])
+        if customer:  # asked with a query: a customer tenant's, or another scope's
+            if isinstance(target, Customer):
+                fields = render_tenant(token, name, served.tenant, served.scope, expires_in)
+                return web.Response(body=tenant_body(fields, media), headers=HEADERS[media])
+            if target.scope:  # another scope: rendered each time
+                body = render(token, name, "aad").body(media, expires_in)
+                return web.Response(body=body, headers=HEADERS[media])
         rendered = self._rendered.get((name, kind))
         if rendered is None or rendered.token is not token:
             rendered = self._rendered[(name, kind)] = render(token, name, kind)
