@@ -1,4 +1,4 @@
-"""Answers on the broker's own server (the connection gate, the tracking middleware, aiohttp's
+"""Answers on the broker's own server (the connection gate, aiohttp's request handler and
 writer): every kind of request gets one complete answer, the server waits for a caller that
 reads slowly, and nothing is lost or reordered when callers pipeline, read slowly or vanish."""
 

@@ -39,3 +39,30 @@ async def test_a_miss_and_a_hit_answer_alike(sandbox, secret, run_server):
     await run_server.stop_all()  # stopping flushes the audit writer
     audit = [json.loads(line) for line in logs.getvalue().splitlines() if "token_served" in line]
     assert [a["cache"] for a in audit][-2:] == ["miss", "hit"]
+
+
+async def test_a_profile_answers_alike_on_its_own_path_and_on_the_pattern(
+    sandbox, secret, start_broker
+):
+    """A profile configured at start has a plain path of its own (/v1/token/{name}), one a
+    reload adds is found by the pattern: both answer the same way (kinds, media, a tenant's
+    query), both count as route "token", and a path left by a profile the reload removed
+    answers 404 as an unknown name does."""
+    b = await start_broker(make_settings(sandbox, secret, profiles="[profiles.first]\n"))
+    b.broker.apply(make_settings(sandbox, secret, profiles="[profiles.second]\n"))
+    for name in ("first", "second"):  # first: removed by the reload; second: added by it
+        for query, accept in (("", "application/json"), ("?kind=aad", "text/plain")):
+            r = await b.get(f"/v1/token/{name}{query}", headers={"Accept": accept})
+            if name == "first":
+                assert r.status == 404
+                assert (await r.json())["error"]["code"] == "unknown_profile"
+            else:
+                assert r.status == 200 and r.content_type == accept
+        r = await b.get(f"/v1/token/{name}?tenant=contoso.example")
+        assert r.status == (404 if name == "first" else 400)  # no customer_tenants: 400
+    b2 = await start_broker(make_settings(sandbox, secret, profiles="[profiles.first]\n"))
+    own = await b2.get("/v1/token/first?kind=aad", headers={"Accept": "application/json"})
+    body = await own.json()
+    assert own.status == 200 and body["profile"] == "first" and body["kind"] == "aad"
+    metrics = await (await b2.client.get("/metrics")).text()
+    assert 'broker_http_requests_total{route="token",status="200"} 1.0' in metrics

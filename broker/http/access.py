@@ -1,56 +1,29 @@
 """Who may pass: the origin guard every family applies, a caller's right to a profile, and the
 refusal in the broker's error shape (counted by reason).
 
-`Requester` is the caller `broker.core.serve` checks after every wait: the peer the kernel
-recorded (or the address), the access key it presented, the route it asked through.
-Managed-identity callers (`SdkCaller`) cannot present a uid or a key, so they get only
-unrestricted profiles.
+`requester` is the caller `broker.core.serve` checks after every wait (a
+`broker.http.callers.Requester`): the peer the kernel recorded (or the address), the access key
+it presented, the route it asked through. Managed-identity callers (`SdkCaller`) cannot present
+a uid or a key, so they get only unrestricted profiles.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from broker.config.settings import ProfileSettings
 from broker.core.guards import Rejection
 from broker.core.runtime import Runtime
 from broker.core.serve import Refused
-from broker.http.callers import ACCESS_KEY_HEADER, Caller, identify, may_use, restricted
+from broker.http.callers import ACCESS_KEY_HEADER, Requester, identify, restricted
 from broker.http.common import error_response
 
 
-@dataclass(frozen=True, slots=True)
-class Requester:
-    peer: Caller
-    key: str | None  # the X-Broker-Key sent, if any
-    route: str = "v1"
-
-    @property
-    def description(self) -> str:
-        return self.peer.description
-
-    def may_use(self, profile: ProfileSettings) -> bool:
-        return not restricted(profile) or may_use(profile, self.peer, self.key)
-
-
-@dataclass(frozen=True, slots=True)
-class SdkCaller:
-    peer: Caller
-    route: str = "msi"
-
-    @property
-    def description(self) -> str:
-        return self.peer.description
-
-    def may_use(self, profile: ProfileSettings) -> bool:
-        return not restricted(profile)
-
-
 def requester(request: web.BaseRequest) -> Requester:
-    return Requester(identify(request), request.headers.get(ACCESS_KEY_HEADER))
+    peer = identify(request)
+    key = request.headers.get(ACCESS_KEY_HEADER)
+    return peer.requester if key is None else Requester(peer, key, peer.description)
 
 
 def refuse(metrics: Any, reason: str, response: web.Response) -> web.Response:

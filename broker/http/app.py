@@ -2,8 +2,7 @@
 the broker, never the reverse.
 
 `create_app` builds the one application there is: aiohttp's router with the broker's routes
-(`broker.http.routes`), the middleware that gives each request its deadline
-(`broker.http.protocol.track`), and the broker's start and close in the app's lifecycle. The
+(`broker.http.routes`), no middleware, and the broker's start and close in the app's lifecycle. The
 daemon serves it with `broker.http.server.HttpServer`, and so do the tests.
 """
 
@@ -20,7 +19,6 @@ from broker.config.settings import Settings
 from broker.core.service import Broker
 from broker.core.tokens.clock import Clock, SystemClock
 from broker.http.common import MAX_BODY
-from broker.http.protocol import track
 from broker.http.routes import add_routes
 from broker.observe.audit import Audit
 from broker.observe.logs import make_logger
@@ -70,7 +68,7 @@ def create_app(
     """The application the daemon serves; `kwargs` go to `create_broker`. The broker starts
     with the application (before the first connection) and closes after the last request."""
     broker = create_broker(settings, **kwargs)
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[track])
+    app = web.Application(client_max_size=MAX_BODY)
     app[BROKER] = broker
     add_routes(app, broker)
 

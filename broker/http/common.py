@@ -7,8 +7,9 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from broker.core.errors import UpstreamError
 from broker.core.tokens.render import JSON, TEXT, json_body
@@ -39,9 +40,19 @@ CONTENT_TYPES = {
     "text/xml": "text/xml; charset=utf-8",
     TEXT: "text/plain; charset=utf-8",
 }
-HEADERS = {media: {"Content-Type": ct, **NO_STORE} for media, ct in CONTENT_TYPES.items()}
+
+
+def frozen_headers(headers: dict[str, str]) -> CIMultiDictProxy[str]:
+    """Headers for every answer of a kind, built once: aiohttp copies a case-insensitive
+    mapping with `istr` names as it is, where it would fold each name of a dict again."""
+    return CIMultiDictProxy(CIMultiDict((istr(name), value) for name, value in headers.items()))
+
+
+HEADERS = {
+    media: frozen_headers({"Content-Type": ct, **NO_STORE}) for media, ct in CONTENT_TYPES.items()
+}
 # Key in a response's own mapping: why it was refused, for the debug log.
-REASON: Any = web.ResponseKey("reason", str) if hasattr(web, "ResponseKey") else "broker_reason"
+REASON = web.ResponseKey("reason", str)
 
 
 class BodyTimeout(TimeoutError):
@@ -101,25 +112,29 @@ def upstream_error_response(e: UpstreamError) -> web.Response:
 
 
 def counted(
-    route: str, handler: Handler, *, metrics: Any, log: Any, limit_body: bool = True
+    route: str,
+    handler: Handler,
+    *,
+    metrics: Any,
+    log: Any,
+    limit_body: bool = True,
+    method: str = "*",
 ) -> Handler:
     """Count by route and status; refuse bodies over MAX_BODY and expectations other than
-    100-continue; a crash becomes a JSON 500."""
-    count = metrics.count_request
+    100-continue; a crash becomes a JSON 500. `method`: the one `handler` answers, if one."""
+    counts = metrics.requests_of(route)  # answers of this route, by status
+    posts = method in ("POST", "*")  # a GET route never sees a POST's expectation
 
     async def wrapper(request: web.Request) -> web.StreamResponse:
+        has_body = request.body_exists  # a GET has none: no length to parse, nothing unread
         try:
-            if (
-                limit_body
-                and "Content-Length" in request.headers  # a GET has none: skip the parse
-                and (request.content_length or 0) > MAX_BODY
-            ):
+            if has_body and limit_body and (request.content_length or 0) > MAX_BODY:
                 metrics.rejected.labels("body_too_large").inc()
                 response: web.StreamResponse = error_response(
                     413, "body_too_large", f"request bodies are limited to {MAX_BODY} bytes"
                 )
                 response.force_close()  # no keep-alive after a body we refused to read
-            elif _unmet_expectation(request):
+            elif posts and _unmet_expectation(request):
                 response = error_response(
                     417, "expectation_failed", "only 100-continue is supported"
                 )
@@ -135,18 +150,19 @@ def counted(
         except Exception:
             log.exception("handler_crashed", route=route)
             response = error_response(500, "internal_error", "internal error (logged)")
-        if request.can_read_body:
+        if has_body and request.can_read_body:
             # A body was left unread (refused, or not needed): whatever follows on this
             # connection cannot be told from it, so the connection ends with this answer.
             response.force_close()
-        count(route, response.status)
-        if 400 <= response.status < 500:  # refusals: visible when asked for, never by default
+        status = response.status
+        counts[status] += 1
+        if 400 <= status < 500:  # refusals: visible when asked for, never by default
             log.debug(
                 "request_refused",
                 route=route,
                 method=request.method,
                 path=request.path[:200],
-                status=response.status,
+                status=status,
                 reason=response.get(REASON, ""),
             )
         return response
@@ -157,7 +173,7 @@ def counted(
 def _unmet_expectation(request: web.Request) -> bool:
     """An HTTP/1.1 POST expecting something other than 100-continue (aiohttp's own expect
     handler would answer it with text that quotes the header)."""
-    expect = request.headers.get("Expect") if request.method == "POST" else None
+    expect = request.headers.get(hdrs.EXPECT) if request.method == "POST" else None
     return (
         expect is not None and request.version == HttpVersion11 and expect.lower() != "100-continue"
     )

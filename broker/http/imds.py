@@ -25,8 +25,8 @@ from aiohttp import web
 from broker.core.errors import UpstreamError
 from broker.core.serve import NotAllowed, Refused, ScopeNotAllowed, UnknownProfile
 from broker.core.tokens import Token
-from broker.http.access import SdkCaller, refuse
-from broker.http.callers import identify
+from broker.http.access import refuse
+from broker.http.callers import SdkCaller, identify
 from broker.http.common import NO_STORE, REASON, error_response, retry_after
 from broker.http.managed import Asked, not_served, read_query
 
@@ -142,9 +142,10 @@ class ImdsHandler:
         broker = self.broker
         msi = broker.runtime.settings.msi
         target = asked.own(msi.min_remaining)
+        peer = identify(request)
         try:
             served = await broker.desk.serve(
-                SdkCaller(identify(request), route="imds"),
+                SdkCaller(peer, peer.description, route="imds"),
                 asked.profile.name,
                 target,
                 refused=asked.refused,

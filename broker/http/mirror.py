@@ -30,6 +30,7 @@ class MirrorHandler:
 
     async def handle(self, request: web.Request) -> web.Response:
         headers = request.headers
+        caller = identify(request)  # before the first await (see `identify`)
         media = pcformat.response_type(headers.get("Accept"))
         ids = {
             "ms-correlationid": headers.get("ms-correlationid") or str(uuid.uuid4()),
@@ -107,7 +108,7 @@ class MirrorHandler:
             "mirror",
             "",  # no profile: the caller brought its own Azure AD token
             "partner",
-            identify(request).description,
+            caller.description,
             hit,
             safe_id(cached.correlation_id),
         )

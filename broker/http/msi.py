@@ -31,7 +31,7 @@ from broker.core.serve import (
     UnknownProfile,
 )
 from broker.core.tokens.render import JSON
-from broker.http.access import SdkCaller, refuse
+from broker.http.access import refuse
 from broker.http.callers import identify
 from broker.http.common import HEADERS, NO_STORE, REASON, path_param, retry_after
 from broker.http.managed import Asked, not_served, read_query
@@ -144,7 +144,7 @@ class MsiHandler:
         return await self._serve(request, asked, target)
 
     async def _serve(self, request: web.Request, asked: Asked, target: Any) -> web.Response:
-        caller = SdkCaller(identify(request))
+        caller = identify(request).sdk
         try:
             served = await self.broker.desk.serve(
                 caller, asked.profile.name, target, refused=asked.refused

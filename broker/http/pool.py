@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from broker.config.settings import ServerSettings
+
 C = TypeVar("C")  # a connection: anything hashable the caller can close
 
 
@@ -31,6 +33,15 @@ class Limits:
     max_connections: int
     per_peer: int
     unix_reserved: int
+
+
+def limits_of(s: ServerSettings) -> Limits:
+    """The limits `s` sets. The unix socket's share: only where there is one, and never more
+    than a quarter of the connections."""
+    unix = any(listen.kind == "unix" for listen in s.listen)
+    reserved = min(s.unix_reserved_connections, s.max_connections // 4) if unix else 0
+    per_peer = s.max_connections_per_peer or s.max_connections
+    return Limits(s.max_connections, per_peer, reserved)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 the application `create_app` builds, listening on the given sockets through the connection gate
 of `broker.http.protocol`. aiohttp's request handler answers a malformed request with text that
 quotes it (bearer tokens included): `JsonErrors` answers it in the broker's JSON, quoting
-nothing.
+nothing; and it reports each answer sent to the connection's gate through the one hook aiohttp
+has for that, its access logger (`Answered`).
 
     server = HttpServer(create_app(settings))
     await server.start(sockets)   # the broker starts (app start-up), then the sockets accept
@@ -10,18 +11,21 @@ nothing.
     await server.close()          # stop accepting; in-flight requests finish (shutdown_timeout)
 
 Everything here is aiohttp's public API: the runner, its `server` (the protocol factory of
-aiohttp's request handlers) and `loop.create_server` with the gate as the protocol.
+aiohttp's request handlers), an `AbstractAccessLogger` and `loop.create_server` with the gate
+as the protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from broker.core.service import Broker
@@ -31,6 +35,8 @@ from broker.http.protocol import Gate, Gates
 KEEPALIVE = 15.0  # s an idle keep-alive connection stays open
 MAX_HEADERS = 100  # request headers; more is 431
 BACKLOG = 128
+# The logger aiohttp hands the access logger; `Answered` writes nothing to it.
+_log = logging.getLogger("broker.http")
 
 
 class HttpServer:
@@ -74,7 +80,6 @@ class HttpServer:
             self.runner.server,
             loop=asyncio.get_running_loop(),
             on_reject=self.gates.on_reject,
-            access_log=None,
             keepalive_timeout=KEEPALIVE,
             max_line_size=line,
             max_field_size=line,
@@ -99,12 +104,28 @@ class HttpServer:
             await listener.wait_closed()
 
 
+class Answered(AbstractAccessLogger):
+    """Not a log (the audit line is the broker's): aiohttp calls a connection's access logger
+    once each answer is written, or found undeliverable (`RequestHandler.finish_response`),
+    whoever answered it (a route, aiohttp itself, `handle_error`); that is when the gate (the
+    protocol of the request's transport) must hear of it. A connection already lost has no
+    transport, and its gate nothing left to hear."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        transport = request.transport
+        if transport is not None:
+            gate = transport.get_protocol()
+            if isinstance(gate, Gate):
+                gate.answered(request)
+
+
 class JsonErrors(web.RequestHandler):
     """aiohttp's request handler, answering the errors it meets before any handler runs (a
-    malformed request) in the broker's JSON shape, quoting nothing of the request."""
+    malformed request) in the broker's JSON shape, quoting nothing of the request; each answer
+    sent is reported to the connection's gate (`Answered`)."""
 
     def __init__(self, manager: Any, *, on_reject: Callable[[str], None], **kwargs: Any):
-        super().__init__(manager, **kwargs)
+        super().__init__(manager, access_log_class=Answered, access_log=_log, **kwargs)
         self.on_reject = on_reject
 
     def handle_error(

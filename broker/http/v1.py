@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from broker.core.errors import UpstreamError
 from broker.core.resources import spelled
@@ -26,7 +26,7 @@ from broker.core.tokens.render import (
     render_tenant,
     tenant_body,
 )
-from broker.http.access import guard, refusal, requester
+from broker.http.access import guard, refusal, rejected, requester
 from broker.http.common import (
     HEADERS,
     NO_STORE,
@@ -39,6 +39,7 @@ from broker.http.managed import one_resource
 from broker.observe.logs import iso_time
 
 OFFERED = "offered: application/json, application/xml, text/xml, text/plain"
+OWN: dict[str, Own] = {kind: Own(kind) for kind in KINDS}  # a profile's own tokens, by kind
 
 
 def customer_target(query: Any) -> Own | Customer | web.Response:
@@ -66,27 +67,33 @@ class V1Handlers:
         self._negotiate = Negotiator()
         self._rendered: dict[tuple[str, str], Rendered] = {}  # by (profile, kind)
 
-    async def token(self, request: web.Request) -> web.Response:
-        """`GET /v1/token[/{profile}]`, `?kind=` or `?tenant=&scope=`."""
+    async def token(self, request: web.Request, profile: str | None = None) -> web.Response:
+        """`GET /v1/token[/{profile}]`, `?kind=` or `?tenant=&scope=`; `profile` when the
+        route is the profile's own (see `broker.http.routes`)."""
         broker = self.broker
-        denied = guard(broker.runtime, broker.metrics, request)
-        if denied is not None:
-            return denied
-        name = path_param(request, "profile", "default")
+        headers, path = request.headers, request.raw_path
+        rejection = broker.runtime.guard.v1(headers, path)  # as `guard` does
+        if rejection is not None:
+            return rejected(broker.metrics, rejection)
+        name = profile or request.match_info.get("profile", "default")
         kind, customer = "partner", False
-        if request.query_string:
-            customer = "tenant" in request.query or "scope" in request.query
-            kind = request.query.get("kind", "partner")
+        if "?" in path:  # the raw target: its query is parsed only when there is one
+            query = request.query
+            customer = "tenant" in query or "scope" in query
+            kind = query.get("kind", "partner")
         if kind not in KINDS:
             return error_response(400, "bad_kind", "kind must be 'partner' or 'aad'")
-        media = self._negotiate(request.headers.get("Accept"))
+        media = self._negotiate(headers.get(hdrs.ACCEPT))
         if media is None:
             return error_response(406, "not_acceptable", OFFERED)
-        target: Own | Customer | web.Response = (
-            customer_target(request.query) if customer else Own(kind)
-        )
-        if isinstance(target, web.Response):
-            return target
+        target: Own | Customer
+        if customer:
+            asked = customer_target(request.query)
+            if isinstance(asked, web.Response):
+                return asked
+            target = asked
+        else:
+            target = OWN[kind]
         try:
             served = await broker.desk.serve(requester(request), name, target)
         except Refused as e:
@@ -95,12 +102,13 @@ class V1Handlers:
             return upstream_error_response(e)
         token = served.token
         expires_in = int(token.expires_mono - broker.clock.monotonic())
-        if isinstance(target, Customer):
-            fields = render_tenant(token, name, served.tenant, served.scope, expires_in)
-            return web.Response(body=tenant_body(fields, media), headers=HEADERS[media])
-        if isinstance(target, Own) and target.scope:  # another scope: rendered each time
-            body = render(token, name, "aad").body(media, expires_in)
-            return web.Response(body=body, headers=HEADERS[media])
+        if customer:  # asked with a query: a customer tenant's, or another scope's
+            if isinstance(target, Customer):
+                fields = render_tenant(token, name, served.tenant, served.scope, expires_in)
+                return web.Response(body=tenant_body(fields, media), headers=HEADERS[media])
+            if target.scope:  # another scope: rendered each time
+                body = render(token, name, "aad").body(media, expires_in)
+                return web.Response(body=body, headers=HEADERS[media])
         rendered = self._rendered.get((name, kind))
         if rendered is None or rendered.token is not token:
             rendered = self._rendered[(name, kind)] = render(token, name, kind)

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 FLUSH_AFTER = 0.2  # s: an audit line reaches the log within this long
 FLUSH_SIZE = 32 * 1024  # bytes: or as soon as this much is waiting
 _REST_MAX = 1024  # line tails remembered (profile x kind x caller x hit x refresh)
+_MILLIS = tuple(".%03d" % ms for ms in range(1000))  # noqa: UP031 (a timestamp's last digits)
 
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -86,7 +87,7 @@ class Audit:
                 self._stamp = '{"event": "token_served", "timestamp": "' + time.strftime(
                     "%Y-%m-%dT%H:%M:%S", time.gmtime(second)
                 )
-            self._start = "%s.%03d" % (self._stamp, ms % 1000)  # noqa: UP031
+            self._start = self._stamp + _MILLIS[ms % 1000]
         key = (route, profile, kind, caller, hit, correlation_id)
         rest = self._rest.get(key)
         if rest is None:  # the same few callers get the same few tokens: build each tail once
@@ -97,7 +98,13 @@ class Audit:
                 f'"caller": "{caller}", "cache": "{"hit" if hit else "miss"}", '
                 f'"correlation_id": "{correlation_id or ""}"}}\n'
             )
-        self._queue(self._start + rest)
+        line = self._start + rest
+        self._pending.append(line)  # `_queue`, inlined: this runs once per token served
+        self._size += len(line)
+        if self._size >= FLUSH_SIZE:
+            self.flush()
+        elif self._timer is None:
+            self._arm()
 
     def served_tenant(
         self,
@@ -150,10 +157,14 @@ class Audit:
         if self._size >= FLUSH_SIZE:
             self.flush()
         elif self._timer is None:
-            try:
-                self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self.flush)
-            except RuntimeError:  # no loop (a synchronous caller): write now
-                self.flush()
+            self._arm()
+
+    def _arm(self) -> None:
+        """Flush FLUSH_AFTER from now."""
+        try:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self.flush)
+        except RuntimeError:  # no loop (a synchronous caller): write now
+            self.flush()
 
     def flush(self) -> None:
         if self._timer is not None:

@@ -123,8 +123,9 @@ class _HotCounters(Collector):
         requests = CounterMetricFamily(
             "broker_http_requests", "HTTP requests by route and status", labels=["route", "status"]
         )
-        for (route, status), n in list(self._requests.items()):
-            requests.add_metric([route, str(status)], n)
+        for route, statuses in list(self._requests.items()):
+            for status, n in list(statuses.items()):
+                requests.add_metric([route, str(status)], n)
         cache = CounterMetricFamily(
             "broker_cache_requests",
             "Token requests by profile, kind and result (hit|miss)",
@@ -141,8 +142,9 @@ class Metrics:
         r = self.registry
         # The two counters on the cache-hit path are plain ints (the event loop is the only
         # writer), exported at scrape time: a labelled prometheus Counter costs a lock and a
-        # label lookup per increment, a measurable share of a cache hit.
-        self._requests: defaultdict[tuple[str, int], int] = defaultdict(int)
+        # label lookup per increment, a measurable share of a cache hit. Requests are counted
+        # in one table per route, which its handler holds (`requests_of`).
+        self._requests: dict[str, defaultdict[int, int]] = {}
         self._cache: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         r.register(_HotCounters(self._requests, self._cache))
         self.upstream = Counter(
@@ -210,8 +212,12 @@ class Metrics:
             registry=r,
         )
 
+    def requests_of(self, route: str) -> defaultdict[int, int]:
+        """The request counts of `route` by status, for its handler to add to."""
+        return self._requests.setdefault(route, defaultdict(int))
+
     def count_request(self, route: str, status: int) -> None:
-        self._requests[(route, status)] += 1
+        self.requests_of(route)[status] += 1
 
     def count_cache(self, profile: str, kind: str, hit: bool) -> None:
         self._cache[(profile, kind, "hit" if hit else "miss")] += 1
