@@ -14,11 +14,15 @@ Servers, each on the default asyncio loop and on uvloop:
   required header, caller identity, per-profile access, metrics, the audit line);
 - the broker with `audit = false`;
 - a bare aiohttp `web.Application` serving the same route shape (`/v1/token/{profile}`, a
-  dynamic route) with the same prebuilt body and headers: the floor aiohttp itself sets.
+  dynamic route) with the same prebuilt body and headers: the floor aiohttp itself sets;
+- the same bare app with a static route (`/v1/token/default`): the broker resolves each
+  profile configured at start-up as a plain path, so this is the stricter floor.
 
 The ratio is the bare app's instructions over the broker's on the same loop: above 1.0 the
-broker does less work per hit than the bare app. Needs valgrind (installed from Debian when
-missing and run as root) and uvloop (the `speed` extra; `make bench-instructions` installs it).
+broker does less work per hit than the bare app. `ratio_vs_bare_same_loop` is against the
+dynamic route, `ratio_vs_bare_static_same_loop` against the static one. Needs valgrind
+(installed from Debian when missing and run as root) and uvloop (the `speed` extra; `make
+bench-instructions` installs it).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ async def token(request):
 async def healthz(request):
     return web.Response(body=b'{"status": "ok"}', content_type="application/json")
 app = web.Application()
-app.router.add_get("/v1/token/{profile}", token)
+app.router.add_get("/v1/token/default" if sys.argv[4] == "static" else "/v1/token/{profile}", token)
 app.router.add_get("/healthz", healthz)
 if loop_name == "uvloop":
     import uvloop
@@ -140,8 +144,8 @@ async def main(requests: int) -> None:
     try:
         for loop in ("asyncio", "uvloop"):
 
-            def bare(port: int, loop: str = loop) -> list[str]:
-                return [sys.executable, "-c", BARE_APP, loop, str(port), str(body)]
+            def bare(port: int, loop: str = loop, route: str = "dynamic") -> list[str]:
+                return [sys.executable, "-c", BARE_APP, loop, str(port), str(body), route]
 
             def broker(port: int, extra: str = "", loop: str = loop) -> list[str]:
                 path = workdir / f"broker-{port}.toml"
@@ -149,8 +153,16 @@ async def main(requests: int) -> None:
                 return [sys.executable, "-m", "broker", "serve", "--config", str(path)]
 
             baseline = await per_hit(valgrind, bare, "/v1/token/default", requests, workdir)
+            static = await per_hit(
+                valgrind,
+                lambda p, loop=loop: bare(p, loop, "static"),
+                "/v1/token/default",
+                requests,
+                workdir,
+            )
             servers = [
                 ("bare aiohttp app", baseline),
+                ("bare aiohttp app, static route", static),
                 (
                     "broker",
                     await per_hit(valgrind, broker, "/v1/token/default", requests, workdir),
@@ -173,6 +185,7 @@ async def main(requests: int) -> None:
                         "loop": loop,
                         "instructions_per_hit": round(count),
                         "ratio_vs_bare_same_loop": round(baseline / count, 3),
+                        "ratio_vs_bare_static_same_loop": round(static / count, 3),
                     }
                 )
                 print(f"  {name} ({loop}): {count / 1000:.1f}k instructions per hit", flush=True)
@@ -187,7 +200,8 @@ async def main(requests: int) -> None:
                 f"callgrind Ir of WARMUP+2N minus WARMUP+N requests, N={requests}, "
                 f"WARMUP={WARMUP}, {CONNECTIONS} keep-alive connections, PYTHONHASHSEED=0"
             ),
-            "ratio": "bare app's instructions per hit / this server's, on the same loop",
+            "ratio": "bare app's instructions per hit / this server's, on the same loop "
+            "(the dynamic route /v1/token/{profile}; _static: the route /v1/token/default)",
             "seconds": round(time.monotonic() - started),
         },
     )
