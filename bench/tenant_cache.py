@@ -69,6 +69,7 @@ customer_fetch_burst = 1000000
 
 
 def _fill(cache, n: int) -> None:
+    from broker.core.cache import outcomes
     from broker.core.tokens import token_from_response
     from broker.core.upstream import RefreshIds
     from broker.sandbox.state import SandboxState
@@ -99,7 +100,9 @@ def _fill(cache, n: int) -> None:
             now_wall=time.time(),
         )
         entry = cache.entry(tenant, scope)
-        entry._succeeded(token, time.monotonic(), RefreshIds.new())  # as a landed fetch does
+        outcomes.succeeded(
+            entry, token, time.monotonic(), RefreshIds.new()
+        )  # as a landed fetch does
 
 
 async def _serve(port: int, entries: int) -> None:

@@ -71,13 +71,13 @@ EQUIVALENT: list[Equivalent] = [
         "Entry.__init__",
         "self.retry_at = 0.0  # monotonic: no caller-driven attempt before this after a failure",
         "self.retry_at = None  # monotonic: no caller-driven attempt before this after a failure",
-        ("retry_at None for 0.0: read only when last_error is set, after _failed assigns it"),
+        ("retry_at None for 0.0: read only once last_error is set, outcomes.failed sets both"),
     ),
     Equivalent(
         "Entry.__init__",
         "self.retry_at = 0.0  # monotonic: no caller-driven attempt before this after a failure",
         "self.retry_at = 1.0  # monotonic: no caller-driven attempt before this after a failure",
-        ("retry_at 1.0 for 0.0: read only when last_error is set, after _failed assigns it"),
+        ("retry_at 1.0 for 0.0: read only once last_error is set, outcomes.failed sets both"),
     ),
     Equivalent(
         "Entry.__init__",
@@ -519,7 +519,7 @@ EQUIVALENT: list[Equivalent] = [
         "retry_after=max(2.0, retry_after),",
         (
             "retry_after floor 1.0 -> 2.0: the told-again error's retry_after is read only by "
-            "Entry._failed's retry_delay, whose result is at least FAILURE_MEMORY (2 s) and "
+            "outcomes.failed's retry_delay, whose result is at least FAILURE_MEMORY (2 s) and "
             "at least retry_after, so max(2, max(1, r)) == max(2, max(2, r)); it then "
             "replaces it"
         ),

@@ -8,7 +8,8 @@ the token of the configuration that went is not handed out; the caller is served
 one). Then it counts the hit or miss and writes the audit line. The HTTP handlers only parse
 the request, call it and render what it returns or raises.
 
-The forced refresh and the tenant invalidation live here too, with their one rate limit.
+The forced refresh and the tenant invalidation live here too, with their one rate limit. What
+it refuses, and how (status, code), is `broker.core.refusals`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from broker.config.load import is_tenant
 from broker.config.settings import ProfileSettings
 from broker.core.cache import Entry, EntryStatus
 from broker.core.errors import UpstreamError
+from broker.core.refusals import (
+    BadTenant,
+    NotAllowed,
+    NoTenants,
+    ScopeNotAllowed,
+    TenantNotAllowed,
+    TooSoon,
+    UnknownProfile,
+)
 from broker.core.resources import allows, same_resource
 from broker.core.runtime import ProfileRuntime, Runtime
 from broker.core.tenants import KIND as TENANT_KIND
@@ -28,52 +38,6 @@ from broker.core.tenants import TenantCache
 from broker.core.tokens import Token
 from broker.core.tokens.clock import Clock
 from broker.observe.audit import Audit
-
-# -- refusals: each carries its status and code; the HTTP side renders it in its own shape ------
-
-
-class Refused(Exception):
-    status = 400
-    code = "bad_request"
-    reason: str | None = None  # counted in broker_rejected_requests_total when set
-
-    def __init__(self, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-
-
-class UnknownProfile(Refused):
-    status, code = 404, "unknown_profile"
-
-
-class NotAllowed(Refused):
-    status, code, reason = 403, "forbidden", "not_allowed"
-
-
-class NoTenants(Refused):
-    status, code = 400, "tenants_not_configured"
-
-
-class BadTenant(Refused):
-    status, code = 400, "bad_tenant"
-
-
-class TenantNotAllowed(Refused):
-    status, code = 403, "tenant_not_allowed"
-
-
-class ScopeNotAllowed(Refused):
-    status, code = 400, "scope_not_allowed"
-
-
-class TooSoon(Refused):
-    status = 429
-
-    def __init__(self, code: str, reason: str, message: str, retry_after: int) -> None:
-        super().__init__(message, retry_after)
-        self.code, self.reason = code, reason
-
 
 # -- what is asked, by whom, and what is handed over --------------------------------------------
 

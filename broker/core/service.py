@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -19,7 +19,7 @@ from broker.config.files import write_private
 from broker.config.reference import RESTART_NAMES, restart_needed
 from broker.config.secret import Secret
 from broker.config.settings import Settings
-from broker.core import report
+from broker.core import report, shutdown
 from broker.core.cache import Entry, EntryStatus, TokenCache
 from broker.core.cache.mirror import MirrorCache
 from broker.core.cache.shared import SharedCache
@@ -247,46 +247,10 @@ class Broker:
         }
 
     async def close(self) -> None:
-        """Close every part, whatever one part raises: each failure is logged and the rest
-        still close (every profile's held-back refresh token written, Redis and the upstream
-        session closed)."""
-        try:
-            self.audit.flush()
-        except Exception as e:
-            self._close_failed("audit", e)
-        runtime = self.runtime
-        parts: list[tuple[str, str | None, Awaitable[Any]]] = []
-        for name, profile in runtime.profiles.items():
-            # A profile's parts one by one: an entry that raises must not keep its
-            # credential's held-back refresh token from reaching the file.
-            parts += [(f"entry {e.kind}", name, e.close()) for e in profile.all_entries()]
-            if profile.keep_alive is not None:
-                parts.append(("keep-alive", name, profile.keep_alive.close()))
-            if profile.tenants is not None:
-                parts.append(("customer tenants", name, profile.tenants.close()))
-            parts.append(("credential", name, profile.credential.close()))
-        outcomes = await asyncio.gather(*(p for _, _, p in parts), return_exceptions=True)
-        for (part, profile_name, _), outcome in zip(parts, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                self._close_failed(part, outcome, profile_name)
-        last: list[tuple[str, Callable[[], Awaitable[Any]]]] = [("shared cache", self.shared.close)]
-        if runtime.mirror is not None:
-            last.append(("mirror", runtime.mirror.close))
-        if self._owns_session and self._session is not None:
-            last.append(("upstream session", self._session.close))
-        for part, closing in last:
-            try:
-                await closing()
-            except Exception as e:
-                self._close_failed(part, e)
-
-    def _close_failed(self, part: str, error: BaseException, profile: str | None = None) -> None:
-        self.log.error(
-            "close_failed",
-            part=part,
-            profile=profile,
-            error=f"{type(error).__name__}: {error}",
-            note="the other parts were closed all the same",
+        """Close every part, whatever one part raises (`broker.core.shutdown`)."""
+        session = self._session if self._owns_session else None
+        await shutdown.close(
+            self.runtime, audit=self.audit, shared=self.shared, session=session, log=self.log
         )
 
     # -- status (`broker.core.report`, on the snapshot in force) ------------------------------

@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from broker.core.guards import Rejection
+from broker.core.refusals import Refused
 from broker.core.runtime import Runtime
-from broker.core.serve import Refused
 from broker.http.callers import ACCESS_KEY_HEADER, Requester, identify, restricted
 from broker.http.common import error_response
 

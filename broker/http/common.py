@@ -57,7 +57,7 @@ REASON = web.ResponseKey("reason", str)
 
 class BodyTimeout(TimeoutError):
     """A request body did not arrive within read_timeout of its head's first byte: raised
-    by `broker.http.protocol.read_body`. The answer is 408."""
+    by `broker.http.bodies.read_body`. The answer is 408."""
 
 
 def error_response(

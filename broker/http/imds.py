@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.core.errors import UpstreamError
-from broker.core.serve import NotAllowed, Refused, ScopeNotAllowed, UnknownProfile
+from broker.core.refusals import NotAllowed, Refused, ScopeNotAllowed, UnknownProfile
 from broker.core.tokens import Token
 from broker.http.access import refuse
 from broker.http.callers import SdkCaller, identify

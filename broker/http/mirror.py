@@ -18,9 +18,9 @@ from broker.core.cache.mirror import Relay
 from broker.core.errors import UpstreamError, UpstreamTimeout
 from broker.core.upstream import pcformat
 from broker.http import access
+from broker.http.bodies import read_body
 from broker.http.callers import identify
 from broker.http.common import REASON, BodyTimeout
-from broker.http.protocol import read_body
 from broker.observe.audit import safe_id
 
 

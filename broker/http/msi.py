@@ -18,11 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from broker.core.errors import UpstreamError
-from broker.core.resources import resource_of
-from broker.core.runtime import Runtime
-from broker.core.serve import (
+from broker.core.refusals import (
     BadTenant,
-    Customer,
     NotAllowed,
     NoTenants,
     Refused,
@@ -30,6 +27,9 @@ from broker.core.serve import (
     TenantNotAllowed,
     UnknownProfile,
 )
+from broker.core.resources import resource_of
+from broker.core.runtime import Runtime
+from broker.core.serve import Customer
 from broker.core.tokens.render import JSON
 from broker.http.access import refuse
 from broker.http.callers import identify

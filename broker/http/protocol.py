@@ -11,9 +11,9 @@ in front of aiohttp's request handler, which passes on every event and the bytes
   body, never requests pipelined after it) over `max_header_bytes` is 431 (a request line that
   long: 414); one not complete `read_timeout` after its first byte is 408; a connection silent
   that long is closed;
-- a body must be in `read_timeout` after its head's first byte: `read_body` raises
-  `BodyTimeout` then (the handler answers 408), and a body still arriving when its answer is
-  sent ends the connection at that deadline.
+- a body must be in `read_timeout` after its head's first byte: `read_body`
+  (`broker.http.bodies`) raises `BodyTimeout` then (the handler answers 408), and a body still
+  arriving when its answer is sent ends the connection at that deadline.
 
 The 429, 431, 414 and 408 come before aiohttp has a request to answer, so the gate writes them
 itself: constants (nothing of the request), on a connection aiohttp never writes to (it holds no
@@ -47,9 +47,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.config.settings import ServerSettings
-from broker.core.upstream.streams import read_limited
 from broker.http.callers import Caller, caller_of
-from broker.http.common import BodyTimeout
 from broker.http.deadline import Deadline
 from broker.http.heads import END, Head
 from broker.http.pool import Peer, Pool, limits_of
@@ -261,7 +259,7 @@ class Gate(asyncio.Protocol):
                 self._gates.on_reject("request_timeout")
                 self._linger()
         elif not self._counting:
-            return  # a request is being handled: its body deadline is `read_body`'s
+            return  # a request is being handled: its body deadline is `bodies.read_body`'s
         elif self._head.size:
             seconds = self._server.read_timeout
             self._refuse(
@@ -289,17 +287,3 @@ class Gate(asyncio.Protocol):
         if transport.can_write_eof():
             transport.write_eof()
         self._loop.call_later(LINGER, transport.close)
-
-
-async def read_body(request: web.BaseRequest, limit: int) -> bytes:
-    """The request's body (at most `limit + 1` bytes), by its deadline or BodyTimeout."""
-    transport = request.transport
-    gate = transport.get_protocol() if transport is not None else None
-    if not isinstance(gate, Gate):
-        return await read_limited(request.content, limit)
-    at, seconds = gate.body_deadline()
-    try:
-        async with asyncio.timeout_at(at):
-            return await read_limited(request.content, limit)
-    except TimeoutError:
-        raise BodyTimeout(f"the request did not arrive within {seconds:g} s") from None

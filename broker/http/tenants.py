@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.config.load import is_tenant
-from broker.core.serve import Refused
+from broker.core.refusals import Refused
 from broker.core.tokens.render import JSON, json_body
 from broker.http.access import guard, refusal, requester
 from broker.http.common import HEADERS, NO_STORE, error_response, path_param, single

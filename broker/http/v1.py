@@ -13,9 +13,10 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from broker.core.errors import UpstreamError
+from broker.core.refusals import Refused
 from broker.core.resources import spelled
 from broker.core.runtime import Runtime
-from broker.core.serve import Customer, Own, Refused
+from broker.core.serve import Customer, Own
 from broker.core.sources import KINDS
 from broker.core.tokens.render import (
     JSON,

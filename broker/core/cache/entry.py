@@ -1,7 +1,8 @@
 """One cache entry: the token of one (profile, kind), its refresh in flight, its timer and its
 failure memory. Its timer is one item in its table's `Timers` heap, when to refresh is the
-`Policy`'s, what callers said of its tokens is `refused` (revocation.py). See the package's
-docstring for the timeline.
+`Policy`'s, what callers said of its tokens is `refused` (revocation.py), what each attempt
+came to (the token taken or the failure remembered, counted and logged) is outcomes.py's. See
+the package's docstring for the timeline.
 
 An entry is small: a customer-tenant profile may hold `max_customer_tokens` of them. What its
 table shares is shared, not copied: the timer (`Timers`, one heap per table), the single flight
@@ -15,16 +16,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from broker.core.cache import revocation
+from broker.core.cache import outcomes, revocation
 from broker.core.cache.policy import EntryStatus, Fetch, Policy
 from broker.core.cache.singleflight import SingleFlight
 from broker.core.cache.status import entry_status
 from broker.core.cache.timers import Timers
 from broker.core.errors import UpstreamError, UpstreamFailing, UpstreamTimeout
-from broker.core.tokens import Token, schedule
+from broker.core.tokens import Token
 from broker.core.tokens.clock import Clock
 from broker.core.upstream import RefreshIds
-from broker.observe.logs import iso_time
 
 
 class Entry:
@@ -176,16 +176,8 @@ class Entry:
 
     @property
     def calls(self) -> Counter[str]:
-        """Attempt outcomes: ok, refused, failing, ..."""
-        calls = Counter(self._other_calls)
-        if self._ok:
-            calls["ok"] = self._ok
-        return calls
-
-    def _count(self, outcome: str) -> None:
-        if self._other_calls is None:
-            self._other_calls = Counter()
-        self._other_calls[outcome] += 1
+        """Attempt outcomes: ok, refused, failing, ... (`outcomes.calls`)"""
+        return outcomes.calls(self)
 
     async def _wait(self, flight: asyncio.Task[Token]) -> Token:
         self.waiters += 1
@@ -221,7 +213,7 @@ class Entry:
                 # timer) and found it still in the fleet's cache: fetch past it, once.
                 token = await self._fetch(replace(ids, refused=self.refused))
         except UpstreamError as e:
-            raise self._failed(e, started) from None
+            raise outcomes.failed(self, e, started) from None
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug or an unmapped error: log it, never leak it to callers
@@ -231,7 +223,7 @@ class Entry:
                 endpoint=self.kind,
                 correlation_id=ids.correlation_id,
             )
-            raise self._failed(error, started) from None
+            raise outcomes.failed(self, error, started) from None
         else:
             now = self._clock.monotonic()
             if not token.servable(now, self.policy.min_remaining):
@@ -243,69 +235,9 @@ class Entry:
                     endpoint=self.kind,
                     correlation_id=ids.correlation_id,
                 )
-                raise self._failed(error, started)
-            self._succeeded(token, started, ids)
+                raise outcomes.failed(self, error, started)
+            outcomes.succeeded(self, token, started, ids)
             return token
-
-    def _succeeded(self, token: Token, started: float, ids: RefreshIds) -> None:
-        unchanged = token is self.token  # a file-based source that has not changed
-        self.token = token
-        self.failures = 0
-        self.last_error = None
-        self._ids = None
-        now = self._clock.monotonic()
-        self._arm(self.policy.refresh_at(token, now, self._rand))
-        if unchanged:
-            return
-        self.token_correlation_id = ids.correlation_id
-        shared = token.source == "shared"  # another broker of the fleet fetched it
-        if shared:
-            self._count("shared")
-        else:
-            self._ok += 1
-        self._metrics.refreshes.labels(self.profile, self.kind, "ok").inc()
-        self._log.info(
-            "token_from_shared_cache" if shared else "token_refreshed",
-            correlation_id=ids.correlation_id,
-            duration_ms=round((self._clock.monotonic() - started) * 1000, 1),
-            lifetime_s=round(token.lifetime),
-            expires_on=token.expires_on,
-            expires_at=iso_time(token.expires_on),
-            next_refresh_in_s=round((self.next_at or now) - now, 1),
-        )
-
-    def _failed(self, error: UpstreamError, started: float) -> UpstreamError:
-        """Remember the failure and back off; returns the error as callers are told it (with
-        the delay actually used as its Retry-After, when upstream gave one)."""
-        self.failures += 1
-        self._count(error.code)
-        self._metrics.refreshes.labels(self.profile, self.kind, error.code).inc()
-        delay = schedule.retry_delay(
-            self.failures, retryable=error.retryable, retry_after=error.retry_after, rand=self._rand
-        )
-        now = self._clock.monotonic()
-        self.retry_at = now + delay
-        if error.retry_after is not None:  # callers are told the delay used, not what was asked
-            error = error.with_retry_after(delay)
-        error = error.failing_since(self.last_error, self._clock.time())  # for `doctor`
-        self.last_error = error
-        self._arm(self.retry_at)
-        servable = self.token is not None and self.token.servable(now, self.policy.min_remaining)
-        self._log.warning(
-            "refresh_failed",
-            correlation_id=error.correlation_id or (self._ids and self._ids.correlation_id),
-            endpoint=error.endpoint,
-            error=error.code,
-            upstream_status=error.upstream_status,
-            aadsts=error.aadsts,
-            trace_id=error.trace_id,
-            message=error.message,
-            failures_in_row=self.failures,
-            retry_in_s=round(delay, 1),
-            serving_cached=servable,
-            duration_ms=round((now - started) * 1000, 1),
-        )
-        return error
 
     # -- the timer: refresh ahead, retry after backoff ---------------------------------------
 
