@@ -91,15 +91,6 @@ EQUIVALENT: list[Equivalent] = [
         "self._closed = None",
         ("_closed None for False: only ever read for its truth"),
     ),
-    Equivalent(
-        "Entry._on_timer",
-        "self.next_at = None",
-        'self.next_at = ""',
-        (
-            "next_at = '' for None while the timer runs: next_at is only ever read for its "
-            "truth (status, token_refreshed) and _arm overwrites it"
-        ),
-    ),
     # -- broker/core/guards.py -------------------------------------------------------------------
     Equivalent(
         "strip_port",
@@ -530,8 +521,8 @@ EQUIVALENT: list[Equivalent] = [
         "self._policy = replace(policy_for(profile), warm=False, idle_after=TENANT_IDLE_AFTER)",
         "self._policy = replace(policy_for(profile), warm=None, idle_after=TENANT_IDLE_AFTER)",
         (
-            "warm=False -> warm=None: Entry reads policy.warm only as a truth value (cache.py "
-            "_on_timer and start); None and False are both false"
+            "warm=False -> warm=None: Entry reads policy.warm only as a truth value (entry.py "
+            "due and start); None and False are both false"
         ),
     ),
     Equivalent(
