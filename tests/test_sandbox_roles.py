@@ -21,6 +21,7 @@ from tests.support import free_port, serve_process, until
 from tests.test_tenants import gdap, token  # noqa: F401 - gdap is a fixture
 
 BIN = Path(sys.executable).parent / "pc-token-broker"
+GUID = "0f6c0000-0000-4000-8000-000000000002"
 
 
 def _sandbox(tmp_path, *args: str) -> tuple[Path, str, int]:
@@ -148,3 +149,27 @@ async def test_codes_the_sandbox_approves_itself_point_to_its_own_page(sandbox):
         assert "approves" in answer["message"]
         async with s.get(answer["verification_uri"]) as page:
             assert page.status == 200 and "nothing to do" in await page.text()
+
+
+async def test_a_profile_set_up_before_consent_serves_once_the_file_is_written(
+    sandbox,
+    gdap,  # noqa: F811
+    start_broker,
+):
+    """A refresh-token profile whose file does not exist yet (consent not run): its tokens
+    fail with "run pc-token-broker consent PROFILE" (503, remembered for the backoff), the
+    other profiles serve, and the first caller after the file is written gets a token, the
+    backoff not waited out."""
+    sandbox.state.register_customer(GUID, ("fabrikam.example",))
+    settings = gdap()
+    text = gdap.rt_file.read_text()
+    gdap.rt_file.unlink()
+    b = await start_broker(settings)
+    for _ in range(2):  # the second from memory
+        for r in (await token(b, "fabrikam.example"), await b.get("/v1/token/gdap?kind=aad")):
+            assert r.status == 503
+            assert "run `pc-token-broker consent gdap`" in (await r.json())["error"]["message"]
+    assert (await b.get("/v1/token/default")).status == 200
+    gdap.rt_file.write_text(text)  # what consent does
+    assert (await token(b, "fabrikam.example")).status == 200
+    assert (await b.get("/v1/token/gdap?kind=aad")).status == 200

@@ -110,7 +110,7 @@ def read_file(path: str, what: str, missing: str = "") -> str:
     except (OSError, ValueError) as e:
         if missing and isinstance(e, FileNotFoundError):
             why = f"the {what} {path} does not exist yet: {missing}"
-            raise LocalCredentialFailed(why, endpoint="aad") from None
+            raise LocalCredentialFailed(why, endpoint="aad", missing=path) from None
         raise LocalCredentialFailed(f"cannot read the {what} {path}: {e}", endpoint="aad") from None
 
 
