@@ -25,3 +25,16 @@ def test_the_finding_the_daemon_line_names_every_command_that_does() -> None:
     section = text[text.index("## Finding the daemon") :]
     sentence = section[: section.index("first match wins")]
     assert set(re.findall(r"`([a-z-]+)`", sentence)) == wanted
+
+
+def test_the_tryout_says_where_it_runs_and_unsets_what_it_exported() -> None:
+    """The install runs in the clone, the commands in an empty directory, and what the try-out
+    exports (its own export, and msi-env's lines) is unset at the end."""
+    for doc in ("README.md", "docs/try/index.md"):
+        text = " ".join((ROOT / doc).read_text().split())
+        assert "In the clone, install" in text and "cd /tmp/try" in text, doc
+        tryout = text[text.index("doc-test: tryout") :]
+        exported = set(re.findall(r"export ([A-Z_]+)=", tryout[: tryout.index("```", 20)]))
+        exported |= {"IDENTITY_ENDPOINT", "IDENTITY_HEADER"}  # `msi-env` without a profile
+        unset = re.search(r"unset ([A-Z_ ]+)`", tryout)
+        assert unset and exported <= set(unset.group(1).split()), doc
