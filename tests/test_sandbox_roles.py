@@ -58,6 +58,7 @@ async def test_the_newcomers_path_sandbox_consent_serve_token(tmp_path):
         assert refresh_file.parent == Path(config["msi"]["generated_header_file"]).parent
         assert not refresh_file.exists()
         assert "consent user --config" in text and "contoso.onmicrosoft.com (" in text
+        assert "contoso.onmicrosoft.com" in config["profiles"]["customers"]["customer_tenants"]
         check = _run("check-config", "--config", str(out))  # set up before consent: ready
         assert check.returncode == 0, check.stdout + check.stderr
         assert "pc-token-broker consent user" in check.stdout + check.stderr

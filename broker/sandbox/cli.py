@@ -135,9 +135,11 @@ async def run_sandbox(
         return 1
     folder = Path(tempfile.mkdtemp(prefix="pc-token-broker-sandbox-"))
     try:
-        refresh = sandbox.state.issue_refresh_token(app) if tenants else None
+        # The customers profile serves the refused tenants too: `doctor customers` explains them.
+        listed = [*tenants, *(roles.refused_consent if roles else ())]
+        refresh = sandbox.state.issue_refresh_token(app) if listed else None
         secret_file = _write(folder, "client-secret", secret)
-        text = _config(sandbox.url, folder, secret, refresh, tenants, broker_port)
+        text = _config(sandbox.url, folder, secret, refresh, listed, broker_port)
         if roles:  # customer-tenant operators' roles (issue #26): a table and comments
             text += apply(roles, sandbox.state, TENANT, secret, secret_file, str(folder))
         print(text, flush=True)
