@@ -62,7 +62,7 @@ async def test_the_newcomers_path_sandbox_consent_serve_token(tmp_path):
         check = _run("check-config", "--config", str(out))  # set up before consent: ready
         assert check.returncode == 0, check.stdout + check.stderr
         assert "pc-token-broker consent user" in check.stdout + check.stderr
-        assert "client_id" not in check.stdout + check.stderr  # no shared app warning
+        assert "share client_id" not in check.stdout + check.stderr  # the user: its own app
         serve = await serve_process(out, stderr=subprocess.DEVNULL)
         # the default profile serves meanwhile
         await until(lambda: _run("token", "--config", str(out)).returncode == 0, "serving", 30)
