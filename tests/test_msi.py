@@ -258,3 +258,20 @@ async def test_generated_header_is_written_0600(msi, tmp_path):
     """A generated identity header is written with mode 0600."""
     mode = stat.S_IMODE(os.stat(tmp_path / "identity-header").st_mode)
     assert mode == 0o600
+
+
+async def test_a_tenant_asked_of_a_profile_without_customers_says_what_is_missing(msi):
+    """ManagedIdentityCredential() ignores AZURE_CLIENT_ID (msi-env sets it): a request naming
+    no identity reaches [msi] profile, without customer_tenants; the 400 says the client_id is
+    missing from the request and which credential sends it, not "set AZURE_CLIENT_ID"."""
+    b, header = msi
+    h = {"X-IDENTITY-HEADER": header}
+    url = "/msi/tenants/fabrikam.onmicrosoft.com/token"
+    params = {"api-version": "2019-08-01", "resource": RESOURCE}
+    r = await b.client.get(url, params=params, headers=h)
+    message = (await r.json())["message"]
+    assert r.status == 400 and "names no client_id" in message
+    assert "DefaultAzureCredential" in message and "ManagedIdentityCredential(client_id=" in message
+    r = await b.client.get(url, params={**params, "client_id": CLIENT_ID}, headers=h)
+    message = (await r.json())["message"]
+    assert r.status == 400 and "names (profile 'default') has no customer_tenants" in message

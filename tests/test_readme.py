@@ -35,7 +35,7 @@ DOCS = (
 # blocks (the try-out is in the README and in docs/try/index.md, word for word).
 RUN_ORDER = ("tryout", "install", "serve", "tokens", "mirror", "msi")
 # Blocks another module runs, with the config they need: the IMDS page (test_docs_azure_sdks.py)
-RUN_ELSEWHERE = frozenset({"imds"})
+RUN_ELSEWHERE = frozenset({"imds", "customers", "doctor"})  # test_docs_sandbox_blocks.py
 README_TENANT = "contoso.onmicrosoft.com"
 README_CLIENT = "00000000-0000-0000-0000-000000000000"
 _FENCE = re.compile(r"^```(sh|bash|shell)\n(.*?)^```", re.M | re.S)

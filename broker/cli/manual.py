@@ -14,7 +14,7 @@ exit codes:
   130  interrupted (Ctrl-C)"""
 
 WHERE = """\
-finding the daemon (token, refresh, exec, status, healthcheck), first match wins:
+finding the daemon (token, refresh, exec, status, healthcheck, tenants, doctor), first match wins:
   --url URL or --socket PATH; else $PC_TOKEN_BROKER_URL or $PC_TOKEN_BROKER_SOCKET; else the
   first `listen` entry of the config's [server] table; else http://127.0.0.1:8721. The
   required header comes from $PC_TOKEN_BROKER_HEADER, else the config, else "Metadata: true".

@@ -68,7 +68,13 @@ def credential_fields(
         v["secret_source"] = f"file {file}"
         if r.offline:
             continue
-        if key == "refresh_token_file" and not (
+        if key == "refresh_token_file" and not os.path.lexists(file):
+            # A profile is set up before its user consents: the others serve meanwhile.
+            r.warn(
+                f"{'.'.join(at(key))}: {file} does not exist yet: the profile's tokens fail "
+                f"until `pc-token-broker consent {path[-1]}` writes it"
+            )
+        elif key == "refresh_token_file" and not (
             file.is_file() and os.access(file, os.R_OK | os.W_OK)
         ):
             r.problem(

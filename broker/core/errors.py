@@ -11,6 +11,7 @@ another Retry-After (the time left of a remembered failure, the delay actually u
 
 from __future__ import annotations
 
+import os
 from typing import Any, Self
 
 from broker.config.errors import BrokerError
@@ -59,6 +60,11 @@ class UpstreamError(BrokerError):
             aadsts=aadsts,
             trace_id=trace_id,
         )
+
+    def cause_gone(self) -> bool:
+        """Whether what caused this failure is known to be gone, so the next caller may try
+        again before the backoff ends (see LocalCredentialFailed)."""
+        return False
 
     def _fields(self, **fields: Any) -> None:
         """Set fields while the error is being made (subclasses add their own here)."""
@@ -131,3 +137,14 @@ class LocalCredentialFailed(UpstreamError):
 
     status = 503
     code = "credential_unavailable"
+    # The path of a file that did not exist (a refresh token not yet obtained by `consent`).
+    missing: str | None = None
+
+    def __init__(self, message: str, *, missing: str | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self._fields(missing=missing)
+
+    def cause_gone(self) -> bool:
+        """The file that was missing exists now: callers need not wait out the backoff (a
+        stat, and only while this error is remembered)."""
+        return self.missing is not None and os.path.lexists(self.missing)

@@ -64,15 +64,28 @@ def _fail(
 
 # How the desk's refusals read in this protocol: (status, message).
 _REFUSALS: dict[type[Refused], tuple[int, str]] = {
-    NoTenants: (
-        400,
-        "this identity serves no customer tenants: its profile has no customer_tenants. Set "
-        "AZURE_CLIENT_ID (or client_id) to the client id of a profile whose customer_tenants "
-        "lists this tenant, or add customer_tenants and customer_scopes to this profile",
-    ),
     BadTenant: (400, "the tenant must be a tenant id or domain name"),
     TenantNotAllowed: (403, "this tenant is not in the identity's customer_tenants"),
 }
+
+
+def _no_tenants(profile: str, named: bool) -> str:
+    """Why a customer tenant's token is refused by a profile without customer_tenants: most
+    often the request named no identity (ManagedIdentityCredential() ignores AZURE_CLIENT_ID,
+    which msi-env sets), so [msi] profile answered."""
+    if not named:
+        return (
+            f"the request names no client_id, so [msi] profile {profile!r} answered, and it "
+            "has no customer_tenants. Name the identity in the request: DefaultAzureCredential "
+            "sends AZURE_CLIENT_ID (which pc-token-broker msi-env PROFILE --tenant T sets); "
+            "ManagedIdentityCredential ignores it: pass "
+            "ManagedIdentityCredential(client_id=os.environ['AZURE_CLIENT_ID'])"
+        )
+    return (
+        f"the identity this request names (profile {profile!r}) has no customer_tenants: name "
+        "the client id of a profile whose customer_tenants lists this tenant, or add "
+        "customer_tenants and customer_scopes to this profile"
+    )
 
 
 class MsiHandler:
@@ -82,7 +95,7 @@ class MsiHandler:
     def _refuse(self, reason: str, status: int, message: str) -> web.Response:
         return refuse(self.broker.metrics, reason, _fail(status, message, reason=reason))
 
-    def _refusal(self, e: Refused, asked: Asked, customer: bool) -> web.Response:
+    def _refusal(self, e: Refused, asked: Asked, customer: bool, named: bool) -> web.Response:
         if isinstance(e, UnknownProfile | NotAllowed):  # removed or restricted: one answer
             return self._refuse("not_allowed", 403, "this identity is not served here")
         if isinstance(e, ScopeNotAllowed):
@@ -91,6 +104,8 @@ class MsiHandler:
                     400, f"resource {asked.resource[:100]!r} is not in the customer_scopes"
                 )
             return _fail(400, not_served(asked.profile, asked.resource))
+        if isinstance(e, NoTenants):
+            return _fail(400, _no_tenants(asked.profile.name, named))
         status, message = _REFUSALS.get(type(e), (e.status, e.message))
         retry = {"Retry-After": str(e.retry_after)} if e.retry_after else None
         return _fail(status, message, retry)
@@ -150,7 +165,8 @@ class MsiHandler:
                 caller, asked.profile.name, target, refused=asked.refused
             )
         except Refused as e:
-            return self._refusal(e, asked, isinstance(target, Customer))
+            named = any(key in request.query for key in SELECTORS)
+            return self._refusal(e, asked, isinstance(target, Customer), named)
         except UpstreamError as e:
             return _fail(e.status, e.message, retry_after(e))
         return _answer(served.token, asked.resource, served.profile.client_id)

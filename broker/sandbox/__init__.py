@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.sandbox import aad, partner
+from broker.sandbox import aad, devicecode, partner
 from broker.sandbox.state import AppRegistration, SandboxState
 
 __all__ = ["AppRegistration", "Sandbox", "SandboxState", "create_sandbox_app"]
@@ -64,7 +64,11 @@ def _admin_routes(state: SandboxState) -> list[web.RouteDef]:
             return web.json_response({"error": f"bad app: {e}"}, status=400)
         return web.json_response({"registered": data["client_id"]})
 
+    async def devicelogin(request: web.Request) -> web.Response:
+        return web.Response(text=devicecode.SELF_PAGE_TEXT)
+
     return [
+        web.get(devicecode.SELF_PAGE, devicelogin),
         web.get("/_sandbox/state", show),
         web.post("/_sandbox/faults", fault),
         web.post("/_sandbox/clear", clear),

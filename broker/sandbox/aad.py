@@ -287,7 +287,7 @@ def make_devicecode_handler(state: SandboxState):
             )
         else:
             flow = state.device.start(client_id, tenant, str(form["scope"]), state.now())
-            response = web.json_response(state.device.answer(flow))
+            response = web.json_response(state.device.answer(flow, str(request.url.origin())))
         call.status = response.status
         return response
 

@@ -10,37 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import secrets
 import shutil
 import signal
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 from broker.sandbox import Sandbox
-from broker.sandbox.roles import Roles, apply
+from broker.sandbox.roles import CUSTOMER_SCOPES, Roles, apply, tenant_arg, toml_list
 
 TENANT = "sandbox.onmicrosoft.com"
 CLIENT_ID = "00000000-0000-4000-8000-00000000c0de"
 CUSTOMERS_CLIENT_ID = "00000000-0000-4000-8000-00000000cafe"  # the multi-tenant (GDAP) app
-CUSTOMER_SCOPES = ("https://graph.microsoft.com/.default", "https://management.azure.com/.default")
-
-
-_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
-
-
-def customer(spec: str) -> tuple[str, str]:
-    """`NAME[=GUID]` -> (domain, tenant id): a bare NAME is NAME.onmicrosoft.com; without a GUID,
-    one made from the name (the same every run)."""
-    name, _, guid = spec.partition("=")
-    name = name.lower()
-    if len(name) > 200 or not _DOMAIN.fullmatch(name):  # it goes into the printed TOML
-        raise ValueError(f"not a tenant name (letters, digits, '-' and dots): {spec!r}")
-    domain = name if "." in name else f"{name}.onmicrosoft.com"
-    tenant_id = str(uuid.UUID(guid)) if guid else str(uuid.uuid5(uuid.NAMESPACE_DNS, domain))
-    return domain, tenant_id
 
 
 def _write(folder: Path, name: str, text: str) -> str:
@@ -52,7 +34,7 @@ def _write(folder: Path, name: str, text: str) -> str:
 
 
 def _config(url: str, folder: Path, secret: str, refresh: str | None, tenants, port: int) -> str:
-    secret_file = _write(folder, "client-secret", secret)
+    secret_file = str(folder / "client-secret")
     text = f"""\
 # pc-token-broker sandbox listening on {url} (pid {os.getpid()}; stop it: kill {os.getpid()})
 #   Azure AD token endpoint:  {url}/{TENANT}/oauth2/v2.0/token
@@ -81,8 +63,7 @@ client_id = "{CLIENT_ID}"
 client_secret_file = "{secret_file}"
 """
     if refresh is not None:
-        names = ", ".join(f'"{d}", "{t}"' for d, t in tenants)
-        scopes = ", ".join(f'"{s}"' for s in CUSTOMER_SCOPES)
+        names = toml_list([name for pair in tenants for name in pair])
         text += f"""
 # customer tenants: {", ".join(f"{d} ({t})" for d, t in tenants)}
 [profiles.customers]
@@ -92,7 +73,7 @@ credential = "refresh_token"
 refresh_token_file = "{_write(folder, "refresh-token", refresh)}"
 client_secret_file = "{secret_file}"
 customer_tenants = [{names}]
-customer_scopes = [{scopes}]
+customer_scopes = [{toml_list(CUSTOMER_SCOPES)}]
 """
     return text
 
@@ -133,7 +114,7 @@ async def run_sandbox(
     roles: Roles | None = None,
 ) -> int:
     try:
-        tenants = [customer(spec) for spec in customers or ()]
+        tenants = [tenant_arg(spec) for spec in customers or ()]
     except ValueError as e:
         print(f"pc-token-broker sandbox: --customer-tenant: {e}", file=sys.stderr)
         return 2
@@ -154,12 +135,14 @@ async def run_sandbox(
         return 1
     folder = Path(tempfile.mkdtemp(prefix="pc-token-broker-sandbox-"))
     try:
-        refresh = sandbox.state.issue_refresh_token(app) if tenants else None
-        print(_config(sandbox.url, folder, secret, refresh, tenants, broker_port), flush=True)
-        if roles:  # customer-tenant operators' roles (issue #26), as comments: the config
-            # above stays valid as printed
-            text = apply(roles, sandbox.state, sandbox.url, TENANT, CLIENT_ID)
-            print("\n".join(f"# {line}" for line in text.splitlines()), flush=True)
+        # The customers profile serves the refused tenants too: `doctor customers` explains them.
+        listed = [*tenants, *(roles.refused_consent if roles else ())]
+        refresh = sandbox.state.issue_refresh_token(app) if listed else None
+        secret_file = _write(folder, "client-secret", secret)
+        text = _config(sandbox.url, folder, secret, refresh, listed, broker_port)
+        if roles:  # customer-tenant operators' roles (issue #26): a table and comments
+            text += apply(roles, sandbox.state, TENANT, secret, secret_file, str(folder))
+        print(text, flush=True)
         if detach:
             _release_stdout()
         stop = asyncio.Event()

@@ -21,6 +21,11 @@ GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 EXPIRES_IN = 900  # Azure AD's: 15 minutes to sign in
 INTERVAL = 5  # seconds between polls
 VERIFICATION_URI = "https://microsoft.com/devicelogin"
+SELF_PAGE = "/_sandbox/devicelogin"  # when the sandbox approves codes itself (--user)
+SELF_PAGE_TEXT = (
+    "pc-token-broker sandbox: device codes are approved by the sandbox itself (--user);\n"
+    "nothing to do here: pc-token-broker consent finishes on its own.\n"
+)
 
 # error -> (AADSTS code, description)
 ERRORS: dict[str, tuple[int, str]] = {
@@ -81,16 +86,28 @@ class DeviceFlows:
         self._by_user[flow.user_code] = flow
         return flow
 
-    def answer(self, flow: DeviceFlow) -> dict[str, Any]:
-        """The /devicecode answer."""
+    def answer(self, flow: DeviceFlow, origin: str) -> dict[str, Any]:
+        """The /devicecode answer. Approved at once (`auto`): the page is the sandbox's own
+        (`origin` + SELF_PAGE), which says so, never the real Azure AD's."""
+        if self.auto is not None:
+            uri = origin + SELF_PAGE
+            message = (
+                f"The sandbox approves code {flow.user_code} by itself ({self.auto}): nothing "
+                f"to open or enter (not microsoft.com); {uri} says so."
+            )
+        else:
+            uri = VERIFICATION_URI
+            message = (
+                f"To sign in, use a web browser to open the page {uri} and enter the code "
+                f"{flow.user_code} to authenticate."
+            )
         return {
             "device_code": flow.device_code,
             "user_code": flow.user_code,
-            "verification_uri": VERIFICATION_URI,
+            "verification_uri": uri,
             "expires_in": EXPIRES_IN,
             "interval": self.interval,
-            "message": f"To sign in, use a web browser to open the page {VERIFICATION_URI} and "
-            f"enter the code {flow.user_code} to authenticate.",
+            "message": message,
         }
 
     # -- the user, played by tests ----------------------------------------------------------

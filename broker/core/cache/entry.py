@@ -120,7 +120,7 @@ class Entry:
         flight = self.flight
         if flight is None:
             error = self.last_error
-            if error is not None and now < self.retry_at:
+            if error is not None and now < self.retry_at and not error.cause_gone():
                 # Remembered: no upstream call. Each caller gets a copy, told what is left of
                 # the delay in use (when upstream gave one).
                 left = None if error.retry_after is None else self.retry_at - now

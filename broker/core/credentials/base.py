@@ -101,20 +101,26 @@ class CredentialBase:
         return None
 
 
-def read_file(path: str, what: str) -> str:
-    """A credential file's content, or a LocalCredentialFailed naming the file (not content).
-    Never blocks on a FIFO or a device (refused: not a regular file); see `read_off_loop`."""
+def read_file(path: str, what: str, missing: str = "") -> str:
+    """A credential file's content, or a LocalCredentialFailed naming the file (not content);
+    `missing`: what to do when it does not exist. Never blocks on a FIFO or a device (refused:
+    not a regular file); see `read_off_loop`."""
     try:
         return read_text(path)
     except (OSError, ValueError) as e:
+        if missing and isinstance(e, FileNotFoundError):
+            why = f"the {what} {path} does not exist yet: {missing}"
+            raise LocalCredentialFailed(why, endpoint="aad", missing=path) from None
         raise LocalCredentialFailed(f"cannot read the {what} {path}: {e}", endpoint="aad") from None
 
 
-async def read_off_loop(path: str, what: str) -> str:
+async def read_off_loop(path: str, what: str, missing: str = "") -> str:
     """`read_file` in a worker thread, within FILE_TIMEOUT: a file on a stalled network mount
     must not stall the event loop (and every caller) with it."""
     try:
-        return await asyncio.wait_for(asyncio.to_thread(read_file, path, what), FILE_TIMEOUT)
+        return await asyncio.wait_for(
+            asyncio.to_thread(read_file, path, what, missing), FILE_TIMEOUT
+        )
     except TimeoutError:
         raise LocalCredentialFailed(
             f"the {what} {path} could not be read within {FILE_TIMEOUT:g} s", endpoint="aad"

@@ -57,6 +57,7 @@ class RotatingRefreshToken:
         self.path = profile.refresh_token_file
         self.profile = profile
         self.log = log
+        self._missing = f"run `pc-token-broker consent {profile.name}` to obtain it"
         self._in_file: str | None = None  # the file's content, read by read() off the loop
         self._seen_in_file: str | None = None  # the file content we last read or wrote
         self._unsaved: str | None = None  # a rotated token not (yet) written back
@@ -83,7 +84,7 @@ class RotatingRefreshToken:
     def current(self, upstream: Upstream) -> str:
         """The refresh token to redeem now: one held back while the file is unchanged, else
         the file's (a new file always wins)."""
-        in_file = self._in_file or read_file(self.path, "refresh token file")
+        in_file = self._in_file or read_file(self.path, "refresh token file", self._missing)
         upstream.redactor.pin(f"refresh_token_file:{self.profile.name}", [in_file, self._unsaved])
         if self._unsaved is not None and in_file == self._seen_in_file:
             return self._unsaved
@@ -92,7 +93,7 @@ class RotatingRefreshToken:
 
     async def read(self, upstream: Upstream) -> None:
         """Before each request: the file, off the event loop; and the fleet's newest."""
-        self._in_file = await read_off_loop(self.path, "refresh token file")
+        self._in_file = await read_off_loop(self.path, "refresh token file", self._missing)
         if self._shared is not None:
             await self._adopt_shared(upstream)
 
