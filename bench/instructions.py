@@ -2,7 +2,7 @@
 noise (the same binary, inputs and environment give the same count, whatever else the machine
 is doing), so anyone can replay it and compare.
 
-    make bench-instructions        # or: .venv/bin/python bench/instructions.py [--requests 2000]
+    make bench-instructions        # or: .venv/bin/python bench/instructions.py [--requests 200]
 
 Each server runs under `valgrind --tool=callgrind` twice: once answering WARMUP + N requests,
 once WARMUP + 2N, from 16 keep-alive connections (an aiohttp client in this process, outside
@@ -209,5 +209,5 @@ async def main(requests: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=200)
     asyncio.run(main(parser.parse_args().requests))
