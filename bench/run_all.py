@@ -53,16 +53,17 @@ def summary() -> None:
     flat_hit = _note(peer, "broker loopback hit p99")
     rows = [
         {
+            # issue 27's floor: robust and on aiohttp's public API, not the last 20 %
             "target": "cache-hit rps vs bare aiohttp, 16 conns, default loop, audit on",
-            "wanted": ">= 1.00",
+            "wanted": ">= 0.80",
             "measured": default16,
-            "met": default16 >= 1.00,
+            "met": default16 >= 0.80,
         },
         {
             "target": "cache-hit rps with uvloop vs the same default-loop baseline",
-            "wanted": ">= 1.30",
+            "wanted": ">= 1.00",
             "measured": uvloop16,
-            "met": uvloop16 >= 1.30,
+            "met": uvloop16 >= 1.00,
         },
         {
             "target": "p99 across refresh boundaries / steady p99",
