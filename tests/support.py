@@ -233,3 +233,25 @@ def sha256_hex(token: str) -> str:
     import hashlib
 
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+async def msi_token(b, header: str, resource: str, **params) -> tuple[int, dict]:
+    """`GET /msi/token` (api-version 2019-08-01) of broker `b` with its identity header."""
+    r = await b.client.get(
+        "/msi/token",
+        params={"api-version": "2019-08-01", "resource": resource, **params},
+        headers={"X-IDENTITY-HEADER": header},
+    )
+    return r.status, await r.json()
+
+
+def refresh_token_profile(rt_file, extra: str = "") -> str:
+    """Profiles `default` and `user` (a refresh-token credential reading `rt_file`), not warm."""
+    return f"""[profiles.default]
+warm = false
+[profiles.user]
+credential = "refresh_token"
+refresh_token_file = "{rt_file}"
+warm = false
+{extra}
+"""

@@ -18,21 +18,11 @@ from broker.cli.consent import ConsentFailed, consent
 from broker.cli.main import main
 from broker.config.load import parse_settings
 from tests.conftest import CLIENT_ID, HEADERS, config_text
-
-
-def profile_text(rt_file, extra: str = "") -> str:
-    return f"""[profiles.default]
-warm = false
-[profiles.user]
-credential = "refresh_token"
-refresh_token_file = "{rt_file}"
-warm = false
-{extra}
-"""
+from tests.support import refresh_token_profile
 
 
 def user_profile(sandbox, secret, rt_file):
-    text = config_text(sandbox, profiles=profile_text(rt_file))
+    text = config_text(sandbox, profiles=refresh_token_profile(rt_file))
     settings = parse_settings(text, env={"TEST_CLIENT_SECRET": secret}, mode="offline")
     return settings.profiles["user"]
 
@@ -92,7 +82,7 @@ async def test_pending_then_approved_with_mfa_writes_the_token_0600_never_echoed
     assert "https://microsoft.com/devicelogin" in out and "had MFA" in out
     assert [f for f in os.listdir(rt_file.parent) if f != rt_file.name] == []  # no temp left
     # The broker redeems what consent wrote.
-    text = config_text(fake_sandbox, profiles=profile_text(rt_file))
+    text = config_text(fake_sandbox, profiles=refresh_token_profile(rt_file))
     settings = parse_settings(text, env={"TEST_CLIENT_SECRET": secret})
     b = await start_broker(settings, clock=clock)
     r = await b.get("/v1/token/user", params={"kind": "aad"}, headers=HEADERS)
@@ -162,7 +152,7 @@ async def test_a_sign_in_without_mfa_is_refused_unless_allowed(
 
 async def test_an_unknown_app_is_refused_at_the_device_code(fake_sandbox, clock, secret, rt_file):
     rt_file.parent.mkdir()
-    text = config_text(fake_sandbox, profiles=profile_text(rt_file))
+    text = config_text(fake_sandbox, profiles=refresh_token_profile(rt_file))
     text = text.replace(
         f'client_id = "{CLIENT_ID}"', 'client_id = "99999999-0000-4000-8000-000000000000"'
     )
@@ -180,7 +170,7 @@ async def test_the_command_line_end_to_end(sandbox, secret, tmp_path, capsys, mo
     monkeypatch.setenv("TEST_CLIENT_SECRET", secret)
     rt = tmp_path / "user.refresh-token"
     config = tmp_path / "config.toml"
-    config.write_text(config_text(sandbox, profiles=profile_text(rt)))
+    config.write_text(config_text(sandbox, profiles=refresh_token_profile(rt)))
     config.chmod(0o600)
     sandbox.state.device.interval = 0
     sandbox.state.device.auto = "approved"

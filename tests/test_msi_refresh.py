@@ -11,7 +11,7 @@ import secrets
 import msal
 import requests
 
-from tests.support import msi_settings, sha256_hex
+from tests.support import msi_settings, msi_token, sha256_hex
 
 RESOURCE = "https://api.partnercenter.microsoft.com"
 V = "2019-08-01"
@@ -25,30 +25,21 @@ async def _start(start_broker, sandbox, secret, tmp_path, witness, **kw):
     return b, header
 
 
-async def _ask(b, header, **params):
-    r = await b.client.get(
-        "/msi/token",
-        params={"api-version": V, "resource": RESOURCE, **params},
-        headers={"X-IDENTITY-HEADER": header},
-    )
-    return r.status, await r.json()
-
-
 async def test_the_hash_of_the_cached_token_replaces_it_once(
     start_broker, sandbox, secret, tmp_path, witness
 ):
     """The hash of the cached token: a new token, one Azure AD call. The same hash again (or
     the hash of a token never issued): the current token, no call."""
     b, header = await _start(start_broker, sandbox, secret, tmp_path, witness)
-    _, first = await _ask(b, header)
+    _, first = await msi_token(b, header, RESOURCE)
     assert sandbox.state.counts["aad"] == 1
-    status, second = await _ask(
-        b, header, token_sha256_to_refresh=sha256_hex(first["access_token"])
+    status, second = await msi_token(
+        b, header, RESOURCE, token_sha256_to_refresh=sha256_hex(first["access_token"])
     )
     assert status == 200 and second["access_token"] != first["access_token"]
     assert sandbox.state.counts["aad"] == 2
     for digest in (sha256_hex(first["access_token"]).upper(), secrets.token_hex(32)):
-        status, again = await _ask(b, header, token_sha256_to_refresh=digest)
+        status, again = await msi_token(b, header, RESOURCE, token_sha256_to_refresh=digest)
         assert status == 200 and again["access_token"] == second["access_token"]
     assert sandbox.state.counts["aad"] == 2
     assert b.logs.getvalue().count('"event": "token_refused_by_caller"') == 1  # and no token
@@ -62,11 +53,12 @@ async def test_racing_callers_with_the_same_hash_cause_one_fetch(
 ):
     """Twenty callers send the same hash while Azure AD is held: one call, one new token."""
     b, header = await _start(start_broker, sandbox, secret, tmp_path, witness)
-    _, first = await _ask(b, header)
+    _, first = await msi_token(b, header, RESOURCE)
     digest = sha256_hex(first["access_token"])
     gate = sandbox.state.hold("aad")
     calls = [
-        asyncio.create_task(_ask(b, header, token_sha256_to_refresh=digest)) for _ in range(20)
+        asyncio.create_task(msi_token(b, header, RESOURCE, token_sha256_to_refresh=digest))
+        for _ in range(20)
     ]
     while sandbox.state.counts["aad"] < 2:
         await asyncio.sleep(0.005)  # the one call has reached the sandbox (gate closed)
@@ -85,8 +77,10 @@ async def test_replacing_each_new_token_at_once_is_rate_limited(
     """Refusing the replacement within refresh_min_interval is a 429 with Retry-After, no
     Azure AD call: a caller cannot turn the broker into a loop on Azure AD."""
     b, header = await _start(start_broker, sandbox, secret, tmp_path, witness)
-    _, first = await _ask(b, header)
-    _, second = await _ask(b, header, token_sha256_to_refresh=sha256_hex(first["access_token"]))
+    _, first = await msi_token(b, header, RESOURCE)
+    _, second = await msi_token(
+        b, header, RESOURCE, token_sha256_to_refresh=sha256_hex(first["access_token"])
+    )
     r = await b.client.get(
         "/msi/token",
         params={
@@ -107,7 +101,7 @@ async def test_a_malformed_hash_is_a_400_and_changes_nothing(
     b, header = await _start(start_broker, sandbox, secret, tmp_path, witness)
     good = secrets.token_hex(32)
     for bad in ("", "xyz", good[:63], good + "0", "g" * 64, good[:60] + "\u00e9" * 4):
-        status, body = await _ask(b, header, token_sha256_to_refresh=bad)
+        status, body = await msi_token(b, header, RESOURCE, token_sha256_to_refresh=bad)
         assert status == 400 and "token_sha256_to_refresh" in body["message"], bad
     r = await b.client.get(
         f"/msi/token?api-version={V}&resource={RESOURCE}"
@@ -131,8 +125,8 @@ async def test_a_restricted_profile_cannot_be_refreshed_through_msi(
     locked = b.broker.entry("locked", "aad")
     token, _ = await locked.get()
     calls = sandbox.state.counts["aad"]
-    status, body = await _ask(
-        b, header, object_id="lock", token_sha256_to_refresh=sha256_hex(token.value)
+    status, body = await msi_token(
+        b, header, RESOURCE, object_id="lock", token_sha256_to_refresh=sha256_hex(token.value)
     )
     assert status == 400 and "access_token" not in body and "locked" not in body["message"]
     assert locked.token is token and sandbox.state.counts["aad"] == calls
@@ -161,7 +155,7 @@ async def test_msal_on_app_service(start_broker, sandbox, secret, tmp_path, witn
     first = await run(None, acquire)
     assert await run(None, acquire, challenge) == first  # nothing told the broker
     assert sandbox.state.counts["aad"] == 1
-    status, fresh = await _ask(b, header, token_sha256_to_refresh=sha256_hex(first))
+    status, fresh = await msi_token(b, header, RESOURCE, token_sha256_to_refresh=sha256_hex(first))
     assert status == 200
     assert await run(None, acquire, challenge) == fresh["access_token"] != first
     assert sandbox.state.counts["aad"] == 2
@@ -186,14 +180,14 @@ async def test_with_a_fleet_cache_the_refused_token_is_not_read_back(
     header = "fleet-identity-header"
     for b in (one, two):
         await b.broker.entry("default", "aad").get()
-    _, first = await _ask(one, header)
-    assert (await _ask(two, header))[1]["access_token"] == first["access_token"]
+    _, first = await msi_token(one, header, RESOURCE)
+    assert (await msi_token(two, header, RESOURCE))[1]["access_token"] == first["access_token"]
     calls = sandbox.state.counts["aad"]
     digest = sha256_hex(first["access_token"])
-    _, second = await _ask(one, header, token_sha256_to_refresh=digest)
+    _, second = await msi_token(one, header, RESOURCE, token_sha256_to_refresh=digest)
     assert second["access_token"] != first["access_token"]
     assert sandbox.state.counts["aad"] == calls + 1
-    _, other = await _ask(two, header, token_sha256_to_refresh=digest)
+    _, other = await msi_token(two, header, RESOURCE, token_sha256_to_refresh=digest)
     assert other["access_token"] == second["access_token"]
     assert sandbox.state.counts["aad"] == calls + 1
 
@@ -206,14 +200,16 @@ async def test_another_spelling_of_the_resource_does_not_reset_the_rate_limit(
     spelling (each spelling once had a limit of its own: two Azure AD calls per interval,
     and any number through the customer route's tenant spellings)."""
     b, header = await _start(start_broker, sandbox, secret, tmp_path, witness)
-    _, first = await _ask(b, header)
-    _, second = await _ask(b, header, token_sha256_to_refresh=sha256_hex(first["access_token"]))
+    _, first = await msi_token(b, header, RESOURCE)
+    _, second = await msi_token(
+        b, header, RESOURCE, token_sha256_to_refresh=sha256_hex(first["access_token"])
+    )
     assert sandbox.state.counts["aad"] == 2
     for resource in (RESOURCE + "/", RESOURCE.upper(), RESOURCE + "//"):
-        status, body = await _ask(
+        status, body = await msi_token(
             b,
             header,
-            resource=resource,
+            resource,
             token_sha256_to_refresh=sha256_hex(second["access_token"]),
         )
         assert status == 429, (resource, body)
@@ -242,14 +238,16 @@ async def test_a_refresh_in_flight_does_not_bring_the_refused_token_back_from_th
     header = "fleet-identity-header"
     entry = b.broker.entry("default", "aad")
     await entry.get()
-    _, first = await _ask(b, header)
+    _, first = await msi_token(b, header, RESOURCE)
     digest = sha256_hex(first["access_token"])
     pid = own_redis.process.pid
     os.kill(pid, signal.SIGSTOP)
     try:
         forced = asyncio.create_task(b.client.post("/v1/token/default/refresh", headers=HEADERS))
         await until(lambda: entry.flight is not None, "the forced refresh is in flight")
-        refusing = asyncio.create_task(_ask(b, header, token_sha256_to_refresh=digest))
+        refusing = asyncio.create_task(
+            msi_token(b, header, RESOURCE, token_sha256_to_refresh=digest)
+        )
         await until(lambda: entry.token is None, "the refused token is dropped")
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -257,5 +255,5 @@ async def test_a_refresh_in_flight_does_not_bring_the_refused_token_back_from_th
     assert (await forced).status == 200
     assert status == 200 and fresh["access_token"] != first["access_token"]
     assert entry.token is not None and sha256_hex(entry.token.value) != digest
-    _, again = await _ask(b, header)
+    _, again = await msi_token(b, header, RESOURCE)
     assert again["access_token"] == fresh["access_token"]

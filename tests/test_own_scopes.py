@@ -13,7 +13,7 @@ import msal
 import requests
 
 from broker.cli.main import main
-from tests.support import msi_settings
+from tests.support import msi_settings, msi_token
 
 ARM = "https://management.azure.com/.default"
 GRAPH = "https://graph.microsoft.com/.default"
@@ -33,15 +33,6 @@ async def _start(start_broker, sandbox, secret, tmp_path, witness, profiles=PROF
     return b, header
 
 
-async def _msi(b, header, resource, **params):
-    r = await b.client.get(
-        "/msi/token",
-        params={"api-version": V, "resource": resource, **params},
-        headers={"X-IDENTITY-HEADER": header},
-    )
-    return r.status, await r.json()
-
-
 async def test_each_listed_resource_has_its_own_entry_and_spelling(
     start_broker, sandbox, secret, tmp_path, witness
 ):
@@ -55,7 +46,7 @@ async def test_each_listed_resource_has_its_own_entry_and_spelling(
     }
     tokens = {}
     for resource, audience in asked.items():
-        status, body = await _msi(b, header, resource)
+        status, body = await msi_token(b, header, resource)
         assert status == 200 and body["resource"] == resource
         assert aud(body["access_token"]) == audience
         tokens[resource] = body["access_token"]
@@ -63,9 +54,9 @@ async def test_each_listed_resource_has_its_own_entry_and_spelling(
     calls = sandbox.state.counts["aad"]
     assert calls == 4  # the warm PC token and the three
     for resource in asked:
-        assert (await _msi(b, header, resource))[1]["access_token"] == tokens[resource]
+        assert (await msi_token(b, header, resource))[1]["access_token"] == tokens[resource]
     assert sandbox.state.counts["aad"] == calls
-    status, body = await _msi(b, header, "https://vault.azure.net")
+    status, body = await msi_token(b, header, "https://vault.azure.net")
     assert status == 400 and "vault.azure.net" in body["message"]
     assert "graph.microsoft.com" in body["message"] and "scopes" in body["message"]
     assert sandbox.state.counts["aad"] == calls
@@ -77,7 +68,7 @@ async def test_v1_scope_and_the_cli_share_the_msi_entry(
     """/v1/token/default?scope=Graph is the same entry as /msi/token?resource=Graph; the CLI's
     --scope prints it; a scope not listed is 400 scope_not_allowed, with no call."""
     b, header = await _start(start_broker, sandbox, secret, tmp_path, witness)
-    _, msi = await _msi(b, header, "https://graph.microsoft.com")
+    _, msi = await msi_token(b, header, "https://graph.microsoft.com")
     r = await b.get("/v1/token/default", params={"scope": GRAPH})
     body = await r.json()
     assert r.status == 200 and body["access_token"] == msi["access_token"]
@@ -127,7 +118,7 @@ async def test_scopes_never_reach_a_restricted_profile(
     b, header = await _start(start_broker, sandbox, secret, tmp_path, witness, profiles)
     witness.secrets.add("k-123456789")
     calls = sandbox.state.counts["aad"]
-    status, body = await _msi(b, header, "https://graph.microsoft.com", object_id="lock")
+    status, body = await msi_token(b, header, "https://graph.microsoft.com", object_id="lock")
     assert status == 400 and "access_token" not in body
     r = await b.get("/v1/token/locked", params={"scope": GRAPH})
     assert r.status == 403
@@ -144,12 +135,12 @@ async def test_protocol_edges(start_broker, sandbox, secret, tmp_path, witness):
     b, header = await _start(start_broker, sandbox, secret, tmp_path, witness)
     resource = "https://api.partnercenter.microsoft.com"
     for version in ("2018-02-01", "2017-09-01", "", "2019-08-01x"):
-        status, body = await _msi(b, header, resource, **{"api-version": version})
+        status, body = await msi_token(b, header, resource, **{"api-version": version})
         assert status == 400 and "2019-08-01" in body["message"], version
     for param, pointer in (("clientid", "client_id"), ("msi_res_id", "mi_res_id")):
-        status, body = await _msi(b, header, resource, **{param: "x"})
+        status, body = await msi_token(b, header, resource, **{param: "x"})
         assert status == 400 and param in body["message"] and pointer in body["message"]
-    status, body = await _msi(b, header, resource, bypass_cache="true")
+    status, body = await msi_token(b, header, resource, bypass_cache="true")
     assert status == 400 and "bypass_cache" in body["message"]
     assert "access_token" not in body
 
@@ -190,7 +181,7 @@ async def test_spellings_make_a_bounded_number_of_entries(
         cased = "".join(c.upper() if rand.random() < 0.5 else c for c in base)
         spelling = cased + "/" * rand.randrange(4) + rand.choice(("", "/.default"))
         params = {"xms_cc": "cp1"} if i % 2 else {}
-        status, body = await _msi(b, header, spelling, **params)
+        status, body = await msi_token(b, header, spelling, **params)
         assert status == 200 and body["resource"] == spelling, spelling
         r = await b.get("/v1/token/default", params={"scope": spelling})
         assert r.status == 200, spelling
@@ -209,7 +200,7 @@ async def test_a_scope_removed_by_a_reload_is_no_longer_served(
     """After a reload drops Graph from `scopes`: 400 on /msi/token and /v1, no Azure AD call,
     and the old Graph entry is retired (no timer left to refresh it)."""
     b, header = await _start(start_broker, sandbox, secret, tmp_path, witness)
-    status, _ = await _msi(b, header, "https://graph.microsoft.com")
+    status, _ = await msi_token(b, header, "https://graph.microsoft.com")
     assert status == 200
     old = b.broker.runtime.profiles["default"]
     graph = old.own_entry("https://graph.microsoft.com/.default", False)
@@ -219,14 +210,14 @@ async def test_a_scope_removed_by_a_reload_is_no_longer_served(
             sandbox, secret, tmp_path, profiles=f'[profiles.default]\nscopes = ["{ARM}"]\n'
         )
     )
-    status, body = await _msi(b, header, "https://graph.microsoft.com")
+    status, body = await msi_token(b, header, "https://graph.microsoft.com")
     assert status == 400 and "scopes" in body["message"]
     r = await b.get("/v1/token/default", params={"scope": GRAPH})
     assert r.status == 400
     assert graph.next_at is None  # retired: its timer is gone
     asked = [c.form.get("scope", "") for c in sandbox.state.calls if c.endpoint == "aad"]
     assert sum("graph" in s for s in asked) == 1  # the one before the reload
-    assert (await _msi(b, header, "https://management.azure.com"))[0] == 200
+    assert (await msi_token(b, header, "https://management.azure.com"))[0] == 200
 
 
 async def test_a_resource_spelled_with_unicode_look_alikes_is_a_400(
@@ -241,10 +232,10 @@ async def test_a_resource_spelled_with_unicode_look_alikes_is_a_400(
     b, header = await _start(start_broker, sandbox, secret, tmp_path, witness, profiles)
     calls = sandbox.state.counts["aad"]
     for look_alike in (kusto.replace("k", "\u212a"), kusto.replace("w", "\u0461")):
-        status, body = await _msi(b, header, look_alike)
+        status, body = await msi_token(b, header, look_alike)
         assert status == 400 and "access_token" not in body, look_alike
         r = await b.get("/v1/token/default", params={"scope": look_alike})
         assert r.status == 400
     assert sandbox.state.counts["aad"] == calls
-    status, body = await _msi(b, header, kusto)
+    status, body = await msi_token(b, header, kusto)
     assert status == 200 and body["resource"] == kusto

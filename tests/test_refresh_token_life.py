@@ -9,20 +9,9 @@ import json
 import os
 
 from tests.conftest import CLIENT_ID, HEADERS, make_settings
-from tests.support import until
+from tests.support import refresh_token_profile, until
 
 DAY = 86400.0
-
-
-def rt_profile(rt_file, extra: str = "") -> str:
-    return f"""[profiles.default]
-warm = false
-[profiles.user]
-credential = "refresh_token"
-refresh_token_file = "{rt_file}"
-warm = false
-{extra}
-"""
 
 
 def rt_settings(sandbox, secret, tmp_path, extra: str = "", *, age_days: float = 0.0):
@@ -34,7 +23,11 @@ def rt_settings(sandbox, secret, tmp_path, extra: str = "", *, age_days: float =
     rt_file.chmod(0o600)
     placed = sandbox.state.now() - age_days * DAY
     os.utime(rt_file, (placed, placed))
-    return make_settings(sandbox, secret, profiles=rt_profile(rt_file, extra)), rt_file, app
+    return (
+        make_settings(sandbox, secret, profiles=refresh_token_profile(rt_file, extra)),
+        rt_file,
+        app,
+    )
 
 
 def redemptions(sandbox) -> int:
