@@ -2008,6 +2008,18 @@ async def test_a_flood_of_unknown_tenants_keeps_records_bounded_and_busy_ones_kn
     assert sum(1 for s in cache.tenants.values() if s.block is not None) <= 50 - 32
 
 
+async def _msi_gdap_broker(sandbox, gdap, secret, start_broker, tmp_path, witness):
+    """A broker whose [msi] serves the `gdap` profile (and the identity header it generated)."""
+    text = config_text(
+        sandbox, profiles="[profiles.default]\nwarm = false\n" + gdap_profile(gdap.rt_file)
+    )
+    text += f'\n[msi]\nprofile = "gdap"\ngenerated_header_file = "{tmp_path}/identity-header"\n'
+    b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
+    header = (tmp_path / "identity-header").read_text().strip()
+    witness.secrets.add(header)
+    return b, header
+
+
 async def test_a_refused_customer_token_is_replaced_once(
     sandbox, gdap, secret, start_broker, tmp_path, witness
 ):
@@ -2018,13 +2030,7 @@ async def test_a_refused_customer_token_is_replaced_once(
     for i in (1, 2):
         sandbox.state.register_customer(tenant_id(i))
     gdap()
-    text = config_text(
-        sandbox, profiles="[profiles.default]\nwarm = false\n" + gdap_profile(gdap.rt_file)
-    )
-    text += f'\n[msi]\nprofile = "gdap"\ngenerated_header_file = "{tmp_path}/identity-header"\n'
-    b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
-    header = (tmp_path / "identity-header").read_text().strip()
-    witness.secrets.add(header)
+    b, header = await _msi_gdap_broker(sandbox, gdap, secret, start_broker, tmp_path, witness)
 
     async def ask(tenant: str, **params) -> str:
         r = await b.client.get(
@@ -2057,13 +2063,7 @@ async def test_tenant_spellings_do_not_multiply_replacements(
     tenant = str(uuid.UUID(int=0xABCDEF0123))
     sandbox.state.register_customer(tenant)
     gdap()
-    text = config_text(
-        sandbox, profiles="[profiles.default]\nwarm = false\n" + gdap_profile(gdap.rt_file)
-    )
-    text += f'\n[msi]\nprofile = "gdap"\ngenerated_header_file = "{tmp_path}/identity-header"\n'
-    b = await start_broker(parse_settings(text, env={"TEST_CLIENT_SECRET": secret}))
-    header = (tmp_path / "identity-header").read_text().strip()
-    witness.secrets.add(header)
+    b, header = await _msi_gdap_broker(sandbox, gdap, secret, start_broker, tmp_path, witness)
 
     async def ask(spelling: str, **params):
         r = await b.client.get(
