@@ -85,3 +85,20 @@ async def test_tenants_listing_that_pages_forever_ends(capsys, page):
             None, main, ["tenants", "gdap", "--url", url]
         )
     assert daemon.calls["tenants"] <= 2 and code in (0, 1), daemon.calls
+
+
+async def test_status_json_never_prints_nan_or_infinity(capsys):
+    """Python's json reads NaN and Infinity, which are not JSON: `status --json` would print
+    them to a script whose parser fails on them. Such an answer is refused as not JSON."""
+    import asyncio
+
+    from broker.cli.main import main
+
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        body = '{"profiles": {"p": {"aad": {"expires_in": ' + constant + "}}}}"
+        async with FakeDaemon(body, lambda n: json.dumps({"tenants": []})) as url:
+            loop = asyncio.get_running_loop()
+            code = await loop.run_in_executor(None, main, ["status", "--json", "--url", url])
+        captured = capsys.readouterr()
+        assert code == 1 and constant not in captured.out, captured.out
+        assert "not JSON" in captured.err

@@ -4,7 +4,6 @@ its JSON, and a failure as an exit code with one line on stderr."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import urllib.parse
 from typing import Any
@@ -55,20 +54,17 @@ def ask(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> tupl
         raise Failed(3, str(e)) from None
 
 
-def _no_constant(name: str) -> Any:
-    """NaN and Infinity are not JSON: an answer holding them would make `--json` print them."""
-    raise ValueError(name)
-
-
 def json_of(status: int, body: bytes) -> Any:
     """The JSON of a 200, else Failed with the broker's error as one line."""
     from broker.cli.client import error_message
 
     if status != 200:
         raise Failed(1, error_message(status, body))
-    try:
-        return json.loads(body, parse_constant=_no_constant)
-    except (ValueError, RecursionError):  # RecursionError: a hostile answer nested deep
+    from broker.core.upstream.streams import load_json
+
+    try:  # NaN and Infinity refused: `--json` would print them, and they are not JSON
+        return load_json(body, constants=False)
+    except ValueError:
         raise Failed(1, f"HTTP {status}: the answer is not JSON (is this the broker?)") from None
 
 

@@ -9,13 +9,18 @@ from typing import Any
 from aiohttp import StreamReader
 
 
-def load_json(data: str | bytes) -> Any:
+def load_json(data: str | bytes, *, constants: bool = True) -> Any:
     """json.loads for untrusted input: nesting too deep for the parser (a few KB of "[[[...")
-    is a ValueError like any other malformed JSON, not a RecursionError."""
+    is a ValueError like any other malformed JSON, not a RecursionError. `constants=False`:
+    NaN and Infinity (not JSON, though Python reads them) are a ValueError too."""
     try:
-        return json.loads(data)
+        return json.loads(data) if constants else json.loads(data, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 async def read_limited(stream: StreamReader, limit: int) -> bytes:
