@@ -60,6 +60,9 @@ def _toml(text: str, file: str | None) -> dict[str, Any]:
             line = _open_array(text)
         message = next((f"{message}: {hint}" for m, hint in _EXPECTED if m in message), message)
         raise ConfigError([Problem("(syntax)", message, file, line)]) from None
+    except RecursionError:  # a few KB of "[[[..." or "{a = {a = ..." exhausts tomllib's stack
+        message = "arrays or inline tables nested too deeply to parse"
+        raise ConfigError([Problem("(syntax)", message, file, None)]) from None
 
 
 # tomllib's messages that do not say what was expected, and what was.
