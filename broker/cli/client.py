@@ -109,9 +109,10 @@ def _header(text: Any, origin: str) -> tuple[str, str]:
 def _read_server(config_path: str, explicit: bool) -> ServerSection | None:
     """The config's [server] table, checked; None when there is none or the default path
     cannot be read."""
+    from broker.config.files import CONFIG_LIMIT, read_bounded
+
     try:
-        with open(config_path, "rb") as f:
-            text = f.read().decode("utf-8")
+        text = read_bounded(config_path, CONFIG_LIMIT).decode("utf-8")
         data = tomllib.loads(text)
     except OSError as e:
         if not explicit:
@@ -120,6 +121,10 @@ def _read_server(config_path: str, explicit: bool) -> ServerSection | None:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         # A syntax error in the default file is the operator's, and it matters: say so too.
         raise TargetError(f"{config_path}: not valid TOML: {e}") from None
+    except RecursionError:  # a few KB of "[[[..." exhausts tomllib's stack
+        raise TargetError(f"{config_path}: not valid TOML: nested too deeply") from None
+    except ValueError as e:  # larger than CONFIG_LIMIT, or not a regular file (a FIFO, a device)
+        raise TargetError(f"{config_path}: cannot read: {e}") from None
     if "server" not in data:
         return None
     from broker.config.errors import ConfigError

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from broker.config.errors import ConfigError, Problem
-from broker.config.files import read_bounded
+from broker.config.files import CONFIG_LIMIT, read_bounded
 from broker.config.paths import DEFAULT_PATH, resolve_path
 from broker.config.problems import report, salvage, valid_part
 from broker.config.profile_schema import PROFILE_KEYS, is_tenant
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
-CONFIG_LIMIT = 1 << 20  # bytes: a config is a few KiB; a huge one would stall a reload
 MODES = ("full", "offline", "msi")
 
 
