@@ -18,10 +18,12 @@ defaults apply. A [server] table that `serve` would refuse is a `TargetError` to
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import socket
+import threading
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -198,12 +200,32 @@ def request(
             )
             conn = cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
             path = parts.path.rstrip("/") + path
+        # `timeout` bounds the whole exchange, not each read: a listener dripping a byte at a
+        # time would otherwise hold the command (a Tab, a container probe) for hours.
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            with contextlib.suppress(OSError, AttributeError):
+                conn.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked read
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
         try:
             conn.request(method, path, headers=headers)
             response = conn.getresponse()
-            return response.status, response.read(RESPONSE_LIMIT)
+            answer = response.status, response.read(RESPONSE_LIMIT)
+        except (OSError, http.client.HTTPException):
+            if expired.is_set():
+                raise TimeoutError("timed out") from None
+            raise
         finally:
+            timer.cancel()
             conn.close()
+        if expired.is_set():  # the body may have been cut short by the shutdown
+            raise TimeoutError("timed out")
+        return answer
     except (OSError, http.client.HTTPException) as e:
         reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise DaemonUnreachable(f"cannot reach the broker at {target}: {reason}") from None
