@@ -294,7 +294,7 @@ async def test_a_hostile_config_for_the_client_is_exit_2_not_a_traceback(
         "binary.toml": (b'[server]\nlisten = ["\xff"]\n', "not valid TOML"),
         "huge.toml": (b"[server]\n#" + b"x" * (2 << 20) + b"\n", "larger than 1048576 bytes"),
     }
-    for name, (data, words) in cases.items():
+    for name, (data, _) in cases.items():
         (tmp_path / name).write_bytes(data)
     paths = [(str(tmp_path / name), words) for name, (_, words) in cases.items()]
     for path, words in [*paths, ("/dev/zero", "not a regular file")]:

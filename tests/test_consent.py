@@ -213,7 +213,11 @@ HOSTILE = {
     "poll not UTF-8": ((200, GOOD_START), (200, b'{"refresh_token": "\xff"}'), "without JSON"),
     "poll oversized": ((200, GOOD_START), (200, b" " * 70_000 + b"{}"), "more than"),
     "poll nested deep": ((200, GOOD_START), (400, "[" * 30_000), "without JSON"),
-    "start Infinity expires_in": ((200, {**GOOD_START, "expires_in": float("inf")}), None, "expires_in"),
+    "start Infinity expires_in": (
+        (200, {**GOOD_START, "expires_in": float("inf")}),
+        None,
+        "expires_in",
+    ),
     "interval NaN": ((200, {**GOOD_START, "interval": float("nan")}), None, "interval"),
     "interval huge": ((200, {**GOOD_START, "interval": 10**9}), None, "interval"),
     "expires_in negative": ((200, {**GOOD_START, "expires_in": -1}), None, "expires_in"),
