@@ -97,9 +97,7 @@ async def test_tenants_listing_that_pages_forever_ends(capsys, page):
     ],
     ids=["not UTF-8", "arrays nested deep", "objects nested deep", "NaN and Infinity"],
 )
-async def test_an_answer_not_utf8_nested_deep_or_with_nan_is_one_line_not_a_traceback(
-    capsys, body
-):
+async def test_an_answer_not_utf8_nested_deep_or_with_nan_is_one_line_not_a_traceback(capsys, body):
     """/v1/profiles answered (200) with bytes that are not UTF-8, JSON nested deeper than
     Python's parser recurses, or NaN/Infinity (not JSON): status and doctor, as text or
     --json, print nothing on stdout and one line on stderr, exit 1."""
