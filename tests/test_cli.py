@@ -282,6 +282,28 @@ async def test_explicit_config_missing_or_not_toml_is_exit_2(
     assert "cannot read" in capsys.readouterr().err
 
 
+async def test_a_hostile_config_for_the_client_is_exit_2_not_a_traceback(
+    tmp_path: Path, capsys
+) -> None:
+    """The client commands read [server] of --config themselves: a config nested too deeply
+    for tomllib, not UTF-8, larger than a config can be, or a device that never ends
+    (/dev/zero) is one line and exit 2, never a RecursionError or a read until memory runs
+    out."""
+    cases = {
+        "deep.toml": (b"[server]\nx = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+        "binary.toml": (b'[server]\nlisten = ["\xff"]\n', "not valid TOML"),
+        "huge.toml": (b"[server]\n#" + b"x" * (2 << 20) + b"\n", "larger than 1048576 bytes"),
+    }
+    for name, (data, _) in cases.items():
+        (tmp_path / name).write_bytes(data)
+    paths = [(str(tmp_path / name), words) for name, (_, words) in cases.items()]
+    for path, words in [*paths, ("/dev/zero", "not a regular file")]:
+        for command in ("token", "status"):
+            assert await cli(command, "--config", path) == 2, (command, path)
+            out, err = capsys.readouterr()
+            assert out == "" and err.count("\n") == 1 and words in err, (path, err[-300:])
+
+
 async def test_a_readable_config_gives_the_address_and_header(
     daemon, tmp_path: Path, capsys
 ) -> None:

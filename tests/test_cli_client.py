@@ -46,7 +46,7 @@ def test_the_answer_timeout_is_settable(silent_port, how, monkeypatch, capsys) -
     assert "timed out" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "3601", "soon", ""])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "NaN", "inf", "1e309", "3601", "soon", ""])
 def test_a_bad_timeout_is_a_usage_error(value, monkeypatch, capsys) -> None:
     monkeypatch.delenv("PC_TOKEN_BROKER_TIMEOUT", raising=False)
     assert main(["status", "--url", "127.0.0.1:9", "--timeout", value]) == 2
@@ -54,6 +54,56 @@ def test_a_bad_timeout_is_a_usage_error(value, monkeypatch, capsys) -> None:
     monkeypatch.setenv("PC_TOKEN_BROKER_TIMEOUT", value or "x")
     assert main(["status", "--url", "127.0.0.1:9"]) == 2
     assert "$PC_TOKEN_BROKER_TIMEOUT" in capsys.readouterr().err
+
+
+@pytest.fixture
+def drip_port():
+    """A TCP port whose listener answers every connection slowly: headers at once, then a
+    byte of a 100 KB body every 0.1 s (each read well within any per-read timeout)."""
+    import threading
+
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                conn.sendall(b"Content-Length: 100000\r\n\r\n")
+                while not stop.wait(0.1):
+                    conn.sendall(b" ")
+            except OSError:
+                pass
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        s.settimeout(0.2)
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = s.accept()
+                except OSError:
+                    continue
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        yield s.getsockname()[1]
+        stop.set()
+
+
+def test_a_dripping_answer_ends_at_the_timeout_not_per_read(drip_port, monkeypatch, capsys):
+    """--timeout bounds the whole answer (completion's Tab relies on `--timeout 1`, a probe on
+    healthcheck's 5 s), not each read: a listener dripping a byte every 0.1 s is given up on."""
+    monkeypatch.delenv("PC_TOKEN_BROKER_TIMEOUT", raising=False)
+    for argv in (["status", "--json"], ["token"], ["healthcheck"]):
+        started = time.monotonic()
+        code = main([*argv, "--url", f"127.0.0.1:{drip_port}", "--timeout", "1"])
+        assert code == 3, argv  # as a silent listener: the daemon is not answering
+        assert time.monotonic() - started < 4, argv
+        err = capsys.readouterr().err
+        assert "timed out" in err and err.count("\n") == 1, err
 
 
 async def _complete(shell_program: list[str], env: dict[str, str]) -> str:

@@ -209,6 +209,15 @@ HOSTILE = {
     "start not JSON": ((200, "<html>portal</html>"), None, "without JSON"),
     "start nested deep": ((200, "[" * 30_000 + "]" * 30_000), None, "without JSON"),
     "start a list": ((200, "[1, 2]"), None, "without a JSON object"),
+    "start not UTF-8": ((200, b'{"device_code": "\xff\xfe"}'), None, "without JSON"),
+    "poll not UTF-8": ((200, GOOD_START), (200, b'{"refresh_token": "\xff"}'), "without JSON"),
+    "poll oversized": ((200, GOOD_START), (200, b" " * 70_000 + b"{}"), "more than"),
+    "poll nested deep": ((200, GOOD_START), (400, "[" * 30_000), "without JSON"),
+    "start Infinity expires_in": (
+        (200, {**GOOD_START, "expires_in": float("inf")}),
+        None,
+        "expires_in",
+    ),
     "interval NaN": ((200, {**GOOD_START, "interval": float("nan")}), None, "interval"),
     "interval huge": ((200, {**GOOD_START, "interval": 10**9}), None, "interval"),
     "expires_in negative": ((200, {**GOOD_START, "expires_in": -1}), None, "expires_in"),
@@ -264,6 +273,8 @@ async def test_a_hostile_azure_ad_gets_nothing_written(tmp_path, clock, secret, 
 
     def reply(status_body):
         status, body = status_body
+        if isinstance(body, bytes):  # bytes as they are: not UTF-8, say
+            return web.Response(status=status, body=body, content_type="application/json")
         text = body if isinstance(body, str) else _json.dumps(body)
         return web.Response(status=status, text=text, content_type="application/json")
 

@@ -312,3 +312,35 @@ async def test_a_fifo_as_federated_token_file_does_not_hang_the_daemon(
         done.set()
     assert waited < 1.0, f"/healthz waited {waited:.2f} s"
     assert response.status == 503 and body["error"]["code"] == "credential_unavailable"
+
+
+async def test_a_refresh_token_file_not_utf8_or_oversized_is_a_503_naming_the_file(
+    sandbox, start_broker, tmp_path: Path
+):
+    """A refresh_token_file of binary bytes, or larger than any refresh token: the refresh
+    fails (503 naming the file and why, never its content), Azure AD is not asked, and the
+    file is left as it was."""
+    app = sandbox.state.register(TENANT, "22222222-0000-4000-8000-000000000002")
+    cases = {
+        "binary": (b"\xff\xfeRT-SECRET-PART\n", "utf-8"),
+        "huge": (b"R" * (1 << 20), "larger"),
+    }
+    profiles = ""
+    for name, (content, _) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        profiles += (
+            f'[profiles.{name}]\nwarm = false\ncredential = "refresh_token"\n'
+            f'client_id = "{app.client_id}"\nrefresh_token_file = "{tmp_path / name}"\n'
+        )
+    b = await start_broker(settings_for(sandbox, profiles))
+    calls = sandbox.state.counts["aad"]
+    for name, (content, words) in cases.items():
+        r = await b.get(f"/v1/token/{name}")
+        body = await r.text()
+        assert r.status == 503, body
+        assert str(tmp_path / name) in body and words in body, body
+        assert "RT-SECRET" not in body and "RRRRRRRR" not in body
+        assert (tmp_path / name).read_bytes() == content
+    assert sandbox.state.counts["aad"] == calls
+    logs = b.logs.getvalue()
+    assert "RT-SECRET" not in logs and "RRRRRRRR" not in logs

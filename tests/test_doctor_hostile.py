@@ -49,13 +49,15 @@ class FakeDaemon:
     `page(n)`; counts requests; after 1000 tenant pages it answers 500 (so a doctor that
     pages forever ends, and the test sees how far it went)."""
 
-    def __init__(self, profiles: str, page) -> None:
+    def __init__(self, profiles: str | bytes, page) -> None:
         self.profiles, self.page = profiles, page
         self.calls: Counter[str] = Counter()
 
     async def __aenter__(self) -> str:
         async def profiles(_request: web.Request) -> web.Response:
             self.calls["profiles"] += 1
+            if isinstance(self.profiles, bytes):  # as they are: not UTF-8, say
+                return web.Response(body=self.profiles, content_type="application/json")
             return web.Response(text=self.profiles, content_type="application/json")
 
         async def tenants(_request: web.Request) -> web.Response:

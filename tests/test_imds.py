@@ -94,6 +94,8 @@ async def test_refusals_in_imds_shape(start_broker, sandbox, secret, tmp_path, w
         ({**META, "Host": "evil.example"}, OK, 403, "Host"),
         (META, {**OK, "api-version": "2017-09-01"}, 400, "2018-02-01"),
         (META, {"resource": RESOURCE}, 400, "api-version"),
+        (META, {**OK, "api-version": "NaN"}, 400, "2018-02-01"),
+        (META, {**OK, "api-version": "Infinity"}, 400, "2018-02-01"),
         (META, {**OK, "principal_id": "x"}, 400, "object_id"),
         (META, {**OK, "clientid": "x"}, 400, "client_id"),
         (META, {**OK, "bypass": "1"}, 400, "bypass"),
@@ -225,6 +227,9 @@ async def test_hostile_queries_are_400s_never_500s(
         f"resource={RESOURCE}&%FF=1",
         f"resource={RESOURCE}&client_id[]=x",
         "resource=" + "x" * 3000,
+        f"resource={RESOURCE}&api-version=NaN",  # a second api-version, NaN
+        f"resource={RESOURCE}&api-version=%FF",
+        f"resource={RESOURCE}&token_sha256_to_refresh=" + "a" * 5000,
     ]
     routes = {
         "/msi/token?api-version=2019-08-01&": f"X-IDENTITY-HEADER: {header}",

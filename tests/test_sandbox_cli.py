@@ -23,6 +23,10 @@ GUID = "0f6c0000-0000-4000-8000-000000000001"
     [
         (["--customer-tenant", "x=not-a-guid"], "--customer-tenant"),
         (["--customer-tenant", 'x"]\n[server]'], "--customer-tenant"),
+        (["--customer-tenant", "fabrikam-\u00e9"], "--customer-tenant"),  # non-ASCII: into TOML
+        (["--customer-tenant", "\uff46\uff41\uff42.example"], "--customer-tenant"),  # fullwidth
+        (["--customer-tenant", "x\u200b.example"], "--customer-tenant"),  # zero-width space
+        (["--refused-consent", "fabrikam\u0131"], "--refused-consent"),  # dotless i
         (["--broker-port", "0"], "--broker-port"),
         (["--broker-port", "65536"], "--broker-port"),
     ],

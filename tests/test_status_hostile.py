@@ -87,18 +87,29 @@ async def test_tenants_listing_that_pages_forever_ends(capsys, page):
     assert daemon.calls["tenants"] <= 2 and code in (0, 1), daemon.calls
 
 
-async def test_status_json_never_prints_nan_or_infinity(capsys):
-    """Python's json reads NaN and Infinity, which are not JSON: `status --json` would print
-    them to a script whose parser fails on them. Such an answer is refused as not JSON."""
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"profiles": {"p\xff": {"state": "ok\xfe"}}}',
+        b'{"profiles": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"profiles": {"p": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_000 + b"}}",
+        b'{"profiles": {"p": {"state": NaN, "expires_in": Infinity, "upstream_calls": 1e999}}}',
+    ],
+    ids=["not UTF-8", "arrays nested deep", "objects nested deep", "NaN and Infinity"],
+)
+async def test_an_answer_not_utf8_nested_deep_or_with_nan_is_one_line_not_a_traceback(capsys, body):
+    """/v1/profiles answered (200) with bytes that are not UTF-8, JSON nested deeper than
+    Python's parser recurses, or NaN/Infinity (not JSON): status and doctor, as text or
+    --json, print nothing on stdout and one line on stderr, exit 1."""
     import asyncio
 
     from broker.cli.main import main
 
-    for constant in ("NaN", "Infinity", "-Infinity"):
-        body = '{"profiles": {"p": {"aad": {"expires_in": ' + constant + "}}}}"
-        async with FakeDaemon(body, lambda n: json.dumps({"tenants": []})) as url:
-            loop = asyncio.get_running_loop()
-            code = await loop.run_in_executor(None, main, ["status", "--json", "--url", url])
-        captured = capsys.readouterr()
-        assert code == 1 and constant not in captured.out, captured.out
-        assert "not JSON" in captured.err
+    async with FakeDaemon(body, lambda n: json.dumps({"tenants": []})) as url:
+        for argv in (["status"], ["status", "--json"], ["doctor"], ["doctor", "--json"]):
+            code = await asyncio.get_running_loop().run_in_executor(
+                None, main, [*argv, "--url", url]
+            )
+            out, err = capsys.readouterr()
+            assert code == 1 and out == "", (argv, out[:200])
+            assert err.count("\n") == 1 and "Traceback" not in err, (argv, err[-300:])

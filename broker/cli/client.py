@@ -18,10 +18,12 @@ defaults apply. A [server] table that `serve` would refuse is a `TargetError` to
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import socket
+import threading
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -109,9 +111,10 @@ def _header(text: Any, origin: str) -> tuple[str, str]:
 def _read_server(config_path: str, explicit: bool) -> ServerSection | None:
     """The config's [server] table, checked; None when there is none or the default path
     cannot be read."""
+    from broker.config.files import CONFIG_LIMIT, read_bounded
+
     try:
-        with open(config_path, "rb") as f:
-            text = f.read().decode("utf-8")
+        text = read_bounded(config_path, CONFIG_LIMIT).decode("utf-8")
         data = tomllib.loads(text)
     except OSError as e:
         if not explicit:
@@ -120,6 +123,10 @@ def _read_server(config_path: str, explicit: bool) -> ServerSection | None:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         # A syntax error in the default file is the operator's, and it matters: say so too.
         raise TargetError(f"{config_path}: not valid TOML: {e}") from None
+    except RecursionError:  # a few KB of "[[[..." exhausts tomllib's stack
+        raise TargetError(f"{config_path}: not valid TOML: nested too deeply") from None
+    except ValueError as e:  # larger than CONFIG_LIMIT, or not a regular file (a FIFO, a device)
+        raise TargetError(f"{config_path}: cannot read: {e}") from None
     if "server" not in data:
         return None
     from broker.config.errors import ConfigError
@@ -193,12 +200,32 @@ def request(
             )
             conn = cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
             path = parts.path.rstrip("/") + path
+        # `timeout` bounds the whole exchange, not each read: a listener dripping a byte at a
+        # time would otherwise hold the command (a Tab, a container probe) for hours.
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            with contextlib.suppress(OSError, AttributeError):
+                conn.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked read
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
         try:
             conn.request(method, path, headers=headers)
             response = conn.getresponse()
-            return response.status, response.read(RESPONSE_LIMIT)
+            answer = response.status, response.read(RESPONSE_LIMIT)
+        except (OSError, http.client.HTTPException):
+            if expired.is_set():
+                raise TimeoutError("timed out") from None
+            raise
         finally:
+            timer.cancel()
             conn.close()
+        if expired.is_set():  # the body may have been cut short by the shutdown
+            raise TimeoutError("timed out")
+        return answer
     except (OSError, http.client.HTTPException) as e:
         reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise DaemonUnreachable(f"cannot reach the broker at {target}: {reason}") from None

@@ -8,6 +8,7 @@ import stat
 import tempfile
 
 READ_LIMIT = 64 * 1024  # bytes: tokens and secrets are a few KiB
+CONFIG_LIMIT = 1 << 20  # bytes: a config is a few KiB; a huge one would stall a reload
 
 
 def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:

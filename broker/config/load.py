@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from broker.config.errors import ConfigError, Problem
-from broker.config.files import read_bounded
+from broker.config.files import CONFIG_LIMIT, read_bounded
 from broker.config.paths import DEFAULT_PATH, resolve_path
 from broker.config.problems import report, salvage, valid_part
 from broker.config.profile_schema import PROFILE_KEYS, is_tenant
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
-CONFIG_LIMIT = 1 << 20  # bytes: a config is a few KiB; a huge one would stall a reload
 MODES = ("full", "offline", "msi")
 
 
@@ -60,6 +59,9 @@ def _toml(text: str, file: str | None) -> dict[str, Any]:
             line = _open_array(text)
         message = next((f"{message}: {hint}" for m, hint in _EXPECTED if m in message), message)
         raise ConfigError([Problem("(syntax)", message, file, line)]) from None
+    except RecursionError:  # a few KB of "[[[..." or "{a = {a = ..." exhausts tomllib's stack
+        message = "arrays or inline tables nested too deeply to parse"
+        raise ConfigError([Problem("(syntax)", message, file, None)]) from None
 
 
 # tomllib's messages that do not say what was expected, and what was.
