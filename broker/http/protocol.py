@@ -25,8 +25,10 @@ aiohttp itself: aiohttp calls a connection's access logger once each answer is w
 caller is found gone), whoever answered it, and the broker's (`broker.http.server.Answered`)
 tells the gate. So it counts a head where it knows one starts: at a connection's first byte,
 and after an answer when all received so far was that request (its head and Content-Length
-body); the connection is then idle for the pool. Heads pipelined behind another are held by
-aiohttp's own line limits and keep-alive timeout instead.
+body); the connection is then idle for the pool. A head pipelined behind a request without a
+body is counted from the answer on, from the bytes kept since (at most a head's budget); behind
+one with a body, or past that budget, it is held by aiohttp's own line limits and keep-alive
+timeout instead.
 
 Each connection has one `broker.http.deadline.Deadline` (a head's first byte sets it, its end
 clears it). Limits are read from the settings in force at each connection and each head's first
@@ -105,6 +107,7 @@ class Gate(asyncio.Protocol):
         self._started = 0.0  # loop time of its first byte
         self._counted = False  # the current request's head was counted (its start is known)
         self._after_head = 0  # bytes received after the counted head's blank line
+        self._rest: bytes | None = b""  # those bytes while within a head's budget (else None)
         self._body: Any = None  # a body still arriving after its answer (aiohttp's stream)
         # The head's deadline, then the body's after its answer (one loop timer at most).
         self._deadline = Deadline(self._loop, self._overdue)
@@ -161,6 +164,10 @@ class Gate(asyncio.Protocol):
             return
         if not self._counting:
             self._after_head += len(data)
+            rest = self._rest
+            if rest is not None:  # a pipelined head's start, kept while it may be one
+                fits = len(rest) + len(data) <= self._server.max_header_bytes
+                self._rest = rest + data if fits else None
         elif self._head.size:  # more of a head begun in an earlier packet
             if self._count(data):
                 return  # refused
@@ -172,7 +179,8 @@ class Gate(asyncio.Protocol):
             if 4 <= end <= server.max_header_bytes:  # the usual head: whole, in budget
                 self._deadline.at = 0.0  # (a new connection's: met)
                 self._counting, self._counted = False, True
-                self._after_head = len(data) - end
+                self._after_head = after = len(data) - end
+                self._rest = data[end:] if after else b""
             else:
                 if not self._deadline.at:  # (a new connection's first head is due when it was)
                     self._deadline.set(self._started + server.read_timeout)
@@ -192,7 +200,8 @@ class Gate(asyncio.Protocol):
         if end >= 0:  # the head is complete: its deadline is met
             self._deadline.at = 0.0
             self._counting, self._counted = False, True
-            self._after_head = len(data) - end
+            self._after_head = after = len(data) - end
+            self._rest = data[end:] if after else b""
             head.reset()
         return False
 
@@ -209,8 +218,31 @@ class Gate(asyncio.Protocol):
         elif self._counted and not self._after_head:
             self._counting, self._counted = True, False
             self._gates.pool.idle(self)
+        elif self._counted and self._rest:  # a request pipelined behind it
+            self._pipelined(self._rest)
         else:
-            self._counted = False  # pipelined: aiohttp's own limits hold
+            self._counted = False  # pipelined past a head's budget: aiohttp's limits hold
+
+    def _pipelined(self, rest: bytes) -> None:
+        """The bytes received after the answered request start the next head: it is held to
+        the budget, and to `read_timeout` from now while it is still arriving (or, whole, it
+        is counted like any other and its answer comes next)."""
+        self._counted, self._rest = False, b""
+        self._server = server = self._gates.settings()
+        self._started = self._time()
+        head = self._head
+        end = head.feed(rest)
+        refusal = head.refusal(server.max_header_bytes)
+        if refusal is not None:
+            self._refuse(*refusal)
+        elif end < 0:  # still arriving: counted as any head in several packets
+            self._counting = True
+            self._deadline.set(self._started + server.read_timeout)
+        else:
+            head.reset()
+            self._counted = True
+            self._after_head = after = len(rest) - end
+            self._rest = rest[end:] if after else b""
 
     def _answered_with_body(self, request: web.BaseRequest) -> None:
         """With its body still arriving, the connection ends at the request's deadline."""
